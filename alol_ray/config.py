@@ -1,0 +1,434 @@
+"""Typed configuration: one dataclass per stage, loaded from YAML and overridden by dotted CLI arguments.
+
+OmegaConf does the YAML/override plumbing and the type checks; this module adds what users need on
+top: an unknown key is an error that names the closest valid key, and ``__post_init__`` cross-checks.
+
+    cfg = load_config("configs/builtin.yaml", ["train.lr=1e-5", "train.algo=a_lol"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from alol_ray.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FieldsConfig:
+    """Names of the source's fields that map onto the canonical columns (generic jsonl/parquet/hf)."""
+
+    prompt: str = "prompt"  # text of the prompt
+    response: str = "response"  # text of one response (format "rows")
+    prompt_id: str = "prompt_id"  # optional: groups responses of one prompt (hash of the prompt if absent)
+    rank: str = "rank"  # optional: 0 = best; derived from reward, else from order, if absent
+    reward: str = "reward"  # optional: a numeric reward already attached to the row
+    split: str = "split"  # optional: per-row split; the source's `split` is used if absent
+    id: str = "id"  # optional: a row id that must be unique within the source
+    chosen: str = "chosen"  # format "pairs"/"hh_rlhf": the preferred response (or whole transcript)
+    rejected: str = "rejected"  # format "pairs"/"hh_rlhf": the other response (or transcript)
+
+
+@dataclass
+class ChatTemplateConfig:
+    """How dialogue turns become one prompt string (the reference's `### Human:` rendering by default)."""
+
+    system: str = ""  # a system line put before the first turn ("" = none)
+    human: str = "### Human:"  # marker of a user turn
+    assistant: str = "### Assistant:"  # marker of an assistant turn; the prompt ends with it
+    separator: str = " "  # between a marker and its text, and between turns
+
+
+@dataclass
+class SourceConfig:
+    """One input source; its rows are appended to the run's canonical rows."""
+
+    path: str = ""  # file, folder or hub dataset name ("builtin" for the built-in task)
+    format: str = "auto"  # auto | rows | pairs | hh_pro | hh_rlhf | builtin
+    split: str = "train"  # split given to rows that carry none
+    hf_split: str = "train"  # which split of a Hugging Face dataset to read
+    fields: FieldsConfig = field(default_factory=FieldsConfig)
+    template: ChatTemplateConfig = field(default_factory=ChatTemplateConfig)
+    clean_abrupt: bool = False  # drop prompts with a reply that ends abruptly with ':' (paper's HH cleaning)
+    limit: Optional[int] = None  # read at most this many records (for quick runs)
+
+    def __post_init__(self) -> None:
+        valid = {"auto", "rows", "pairs", "hh_pro", "hh_rlhf", "builtin"}
+        if self.format not in valid:
+            raise ConfigError(f"data source format '{self.format}' is not one of {sorted(valid)}")
+
+
+@dataclass
+class DataConfig:
+    """Where the offline data comes from and how it is split."""
+
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(path="builtin", format="builtin")])
+    builtin_seed: int = 0  # seed of the built-in task's generator
+    builtin_train_prompts: int = 2400  # size of the built-in task
+    builtin_eval_prompts: int = 200  # val and test prompts each
+    skip_invalid: bool = False  # drop invalid rows (reported by reason) instead of failing
+    drop_val_overlap: bool = True  # drop training prompts whose text also occurs in the val split
+    holdout_fraction: float = 0.0  # move this fraction of `holdout_from` prompts into `holdout_split`
+    holdout_from: str = "train"
+    holdout_split: str = "test"
+    holdout_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TinyModelConfig:
+    """A GPT-2-style policy built from config, with a tokenizer trained on the run's own text."""
+
+    vocab_size: int = 2048
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 256
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (peft). Off unless enabled."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=list)  # [] = peft's default for the architecture
+    load_in_4bit: bool = False  # QLoRA through bitsandbytes (GPU only)
+
+
+@dataclass
+class PolicyConfig:
+    """The policy: a Hugging Face causal LM (hub id or folder) or a tiny model built from config."""
+
+    init: str = "tiny"  # "tiny" (built from config) or "pretrained" (load `name_or_path`)
+    name_or_path: str = ""  # hub id (e.g. EleutherAI/pythia-1b) or local folder
+    revision: Optional[str] = None
+    trust_remote_code: bool = False  # never run code from a model repo unless set
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    max_prompt_tokens: int = 96  # prompts are left-truncated to this many tokens
+    max_response_tokens: int = 48  # responses are right-truncated to this many tokens, EOS included
+
+    def __post_init__(self) -> None:
+        if self.init not in ("tiny", "pretrained"):
+            raise ConfigError(f"model.init must be 'tiny' or 'pretrained', got '{self.init}'")
+        if self.init == "pretrained" and not self.name_or_path:
+            raise ConfigError("model.init=pretrained needs model.name_or_path (a hub id or a folder)")
+        if self.max_response_tokens < 2:
+            raise ConfigError("model.max_response_tokens must be >= 2 (one token plus EOS)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# rewards and scoring
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RewardComponentConfig:
+    """One named reward source; the total reward is the weighted sum of all components."""
+
+    name: str = "builtin"  # column suffix: reward/<name>
+    kind: str = "builtin_task"  # hf_classifier | python | builtin_task | length | distinct | tfidf
+    weight: float = 1.0
+    model: str = ""  # hf_classifier: hub id or folder
+    revision: Optional[str] = None
+    label: Optional[str] = None  # hf_classifier: use P(label) instead of the single logit
+    function: str = ""  # python: "package.module:function"
+    template: str = "{prompt} {response}"  # hf_classifier input rendering ("pair" = tokenizer text pair)
+    max_length: int = 512
+    truncation_side: str = "left"
+    transform: str = "raw"  # raw | sigmoid | standardise
+    params: dict[str, Any] = field(default_factory=dict)  # extra arguments of builtin scorers
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        kinds = {"hf_classifier", "python", "builtin_task", "length", "distinct", "tfidf"}
+        if self.kind not in kinds:
+            raise ConfigError(f"reward component '{self.name}': kind '{self.kind}' is not one of {sorted(kinds)}")
+        if self.transform not in ("raw", "sigmoid", "standardise"):
+            raise ConfigError(f"reward component '{self.name}': transform must be raw, sigmoid or standardise")
+        if self.truncation_side not in ("left", "right"):
+            raise ConfigError(f"reward component '{self.name}': truncation_side must be left or right")
+
+
+@dataclass
+class RewardConfig:
+    """The reward: components summed with weights. Rows that carry a reward keep it unless `rescore`."""
+
+    components: list[RewardComponentConfig] = field(default_factory=lambda: [RewardComponentConfig()])
+    rescore: bool = False  # recompute rewards even where the data already has them
+    train_transform: str = "raw"  # applied to data-carried rewards for training: raw | sigmoid (HH logits)
+
+
+@dataclass
+class ActorPoolConfig:
+    """A Ray Data actor pool (`ActorPoolStrategy(min_size, max_size)`) and its per-actor resources."""
+
+    min_actors: int = 1
+    max_actors: int = 2
+    batch_size: int = 64
+    num_cpus: float = 1.0  # per actor; fractional allowed
+    num_gpus: float = 0.0  # per actor; fractional allowed
+    bf16: bool = True  # bf16 on GPU (ignored on CPU)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_actors <= self.max_actors:
+            raise ConfigError(f"actor pool needs 1 <= min_actors <= max_actors, got {self.min_actors}..{self.max_actors}")
+
+
+@dataclass
+class ScoringConfig:
+    """Batched reward and reference scoring on Ray actor pools."""
+
+    reward_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    reference_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    sort_by_length: bool = True  # bucket rows by length so batches waste little padding
+
+
+# ---------------------------------------------------------------------------------------------------
+# value estimate, training, generation, evaluation
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ValueConfig:
+    """The value head V(x) on the frozen reference policy's prompt states (A-LoL's baseline)."""
+
+    max_value: float = 3.0  # sigmoid output scaled to [0, max_value]; set to the reward's range
+    lr: float = 1e-3
+    epochs: int = 10
+    batch_size: int = 32
+    heads: int = 4
+    dropout: float = 0.1
+    holdout_fraction: float = 0.2  # val prompts held out to pick the best epoch
+
+
+@dataclass
+class TrainConfig:
+    """One training run (any offline algorithm) on the scored table."""
+
+    algo: str = "a_lol"  # a loss name: nll, wbc, r_gold, r_lol, a_lol, a_lol_ref_free, a_lol_seq, a_lol_kl, dpo, pro, gold
+    sampler: str = "auto"  # auto | good_priority | good_random | uniform
+    responses: str = "best"  # which rows train the A-LoL family: best (rank 0) | all
+    steps: int = 300
+    scale_steps_by_positive: bool = True  # A-LoL family: steps *= positive-advantage fraction (the paper)
+    batch_size: int = 16  # per optimizer step, over all workers
+    grad_accum: int = 1
+    lr: float = 5e-4
+    lr_schedule: str = "constant"  # constant | linear | cosine
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_eps: float = 0.9  # importance-weight clamp [1-eps, 1+eps]
+    clip: bool = True
+    gold_u: float = 0.1
+    gold_sync_every: int = 20
+    kl_beta: float = 0.1
+    dpo_beta: float = 0.1
+    dpo_reference_free: bool = False
+    pro_sft_weight: float = 0.05
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    eval_prompts: int = 64  # val prompts generated at each eval for model selection
+    max_failures: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.steps, train.batch_size and train.grad_accum must be >= 1")
+        if self.batch_size % max(self.num_workers, 1) != 0:
+            raise ConfigError(
+                f"train.batch_size ({self.batch_size}) must be divisible by train.num_workers ({self.num_workers})"
+            )
+        if self.responses not in ("best", "all"):
+            raise ConfigError(f"train.responses must be 'best' or 'all', got '{self.responses}'")
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings shared by the vLLM and transformers engines."""
+
+    engine: str = "auto"  # auto (vllm on GPU if installed, else transformers) | vllm | transformers
+    num_engines: int = 1
+    tensor_parallel_size: int = 1
+    cpus_per_engine: float = 1.0
+    gpus_per_engine: float = 0.0
+    batch_size: int = 32
+    max_new_tokens: int = 48
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop: list[str] = field(default_factory=lambda: ["### Human:"])
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation job: generate on a split, score, compute metrics."""
+
+    split: str = "test"
+    max_prompts: Optional[int] = None
+    bootstrap_samples: int = 1000
+
+
+@dataclass
+class RayConfig:
+    """How the orchestrator reaches Ray."""
+
+    address: Optional[str] = None  # None: start a local Ray (or join RAY_ADDRESS); "auto": an existing cluster
+    num_cpus: Optional[int] = None  # local Ray only
+    dashboard_host: str = "127.0.0.1"  # never expose the dashboard beyond localhost by default
+
+
+@dataclass
+class RunConfig:
+    """A whole run: data -> scoring -> reference -> value -> training -> evaluation."""
+
+    name: str = "builtin"  # the run directory's name under `storage`
+    storage: str = "runs"  # local folder or a pyarrow filesystem URI (s3://, gs://)
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: PolicyConfig = field(default_factory=PolicyConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------------
+
+
+def _valid_keys(schema_cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key a config of this dataclass accepts (lists of dataclasses as `key.0.sub`)."""
+    keys: list[str] = []
+    for f in fields(schema_cls):
+        full = f"{prefix}{f.name}"
+        keys.append(full)
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys += _valid_keys(type(default), full + ".")
+        elif isinstance(default, list) and default and is_dataclass(default[0]):
+            keys += _valid_keys(type(default[0]), full + ".0.")
+    return keys
+
+
+def _unknown_key_error(schema_cls: type, key: str, origin: str) -> ConfigError:
+    valid = _valid_keys(schema_cls)
+    generic = ".".join("0" if part.isdigit() else part for part in key.split("."))
+    close = difflib.get_close_matches(generic, valid, n=1, cutoff=0.5)
+    if not close:  # a wrong last segment is the common typo: compare it against its siblings
+        parent, _, leaf = generic.rpartition(".")
+        siblings = [k for k in valid if k.rpartition(".")[0] == parent]
+        leaves = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.4)
+        close = [f"{parent}.{leaves[0]}" if parent else leaves[0]] if leaves else []
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}' ({origin}){hint}")
+
+
+def _check_keys(root: type, schema_cls: type, node: Any, origin: str, prefix: str = "") -> None:
+    """Reject keys the schema does not have, before OmegaConf's less helpful message."""
+    if not isinstance(node, dict):
+        return
+    names = {f.name: f for f in fields(schema_cls)}
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise _unknown_key_error(root, full, origin)
+        f = names[key]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            _check_keys(root, type(default), value, origin, full + ".")
+        elif isinstance(default, dict) or value == {}:
+            continue  # a free-form mapping (e.g. params), or the leaf of a dotted override
+        elif isinstance(default, list) and default and is_dataclass(default[0]):
+            # a YAML list, or the {"0": ...} mapping a dotted override like `data.sources.0.path=x` makes
+            items = enumerate(value) if isinstance(value, list) else (value or {}).items()
+            for i, item in items:
+                _check_keys(root, type(default[0]), item, origin, f"{full}.{i}.")
+
+
+def load_config(
+    path: Optional[str] = None, overrides: Optional[list[str]] = None, schema: type = RunConfig
+) -> Any:
+    """Load `schema` from YAML (optional) with dotted overrides (`train.lr=1e-5`) applied last.
+
+    Raises ConfigError (exit 2 in the CLI) for unknown keys, with the closest valid key, and for values
+    of the wrong type. Returns a plain dataclass instance whose `__post_init__` checks have run.
+    """
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    base = OmegaConf.structured(schema)
+    layers = []
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml.YAMLError and friends
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raw = OmegaConf.to_container(loaded, resolve=False)
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+        _check_keys(schema, schema, raw or {}, path)
+        layers.append(loaded)
+    parsed: list[tuple[str, Any]] = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-5)")
+        key, text = item.split("=", 1)
+        key = key.lstrip("+")
+        nested: Any = {}
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        _check_keys(schema, schema, nested, "command-line override")
+        parsed.append((key, yaml.safe_load(text) if text else ""))
+    try:
+        merged = OmegaConf.merge(base, *layers)
+        for key, value in parsed:  # update() understands list indices (data.sources.0.path=...)
+            OmegaConf.update(merged, key, value, merge=True)
+        return OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(f"invalid config value{f' for {key}' if key else ''}: {msg}") from None
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML (written into every run directory)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Any, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(to_yaml(cfg))

@@ -1,0 +1,1 @@
+"""Offline data: readers, source formats, validation and canonical rows."""

@@ -1,0 +1,223 @@
+"""Source formats: how one raw record becomes canonical rows, with every field validated.
+
+- ``rows``:    one record = one (prompt, response), optional prompt_id / rank / reward / split / id.
+- ``pairs``:   one record = prompt + chosen + rejected (optional reward: [r_chosen, r_rejected]).
+- ``hh_rlhf``: Anthropic/hh-rlhf: chosen and rejected are whole transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...").
+- ``hh_pro``:  the PRO / A-LoL HH format: {prefix: [turns, turns], suffix: [...], reward: [...], ...}.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from alol_ray import columns as C
+from alol_ray.config import ChatTemplateConfig, FieldsConfig
+from alol_ray.errors import RowProblem
+
+
+@dataclass
+class Row:
+    """A canonical row before it becomes a table row; `location` is kept for group-level errors."""
+
+    location: str
+    prompt_id: Optional[str]
+    prompt: str
+    response: str
+    rank: Optional[int] = None
+    reward: Optional[float] = None
+    split: Optional[str] = None
+    row_id: Optional[str] = None
+
+
+class FieldError(Exception):
+    def __init__(self, field: str, reason: str, message: str):
+        super().__init__(message)
+        self.field, self.reason, self.message = field, reason, message
+
+
+def require_text(values: dict[str, Any], key: str, field: str | None = None, empty_reason: str = "empty_text") -> str:
+    field = field or key
+    if key not in values or values[key] is None:
+        raise FieldError(field, "missing_field", "missing field")
+    value = values[key]
+    if not isinstance(value, str):
+        raise FieldError(field, "wrong_type", f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise FieldError(field, empty_reason, "empty text")
+    return value.strip()
+
+
+def check_reward(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FieldError(field, "wrong_type", f"expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise FieldError(field, "non_finite_reward", f"reward is {value}")
+    return value
+
+
+def optional_value(values: dict[str, Any], key: str) -> Any:
+    return values.get(key) if key else None
+
+
+def _rows_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTemplateConfig) -> list[Row]:
+    prompt = require_text(values, fields.prompt, empty_reason="empty_prompt")
+    response = require_text(values, fields.response, empty_reason="empty_response")
+    rank = optional_value(values, fields.rank)
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+        raise FieldError(fields.rank, "wrong_type", f"expected a non-negative integer, got {rank!r}")
+    reward = optional_value(values, fields.reward)
+    reward = None if reward is None else check_reward(reward, fields.reward)
+    pid = optional_value(values, fields.prompt_id)
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int))):
+        raise FieldError(fields.prompt_id, "wrong_type", f"expected a string or integer id, got {type(pid).__name__}")
+    split = optional_value(values, fields.split)
+    if split is not None and split not in C.SPLITS:
+        raise FieldError(fields.split, "wrong_type", f"split must be one of {list(C.SPLITS)}, got {split!r}")
+    row_id = optional_value(values, fields.id)
+    return [Row("", None if pid is None else str(pid), prompt, response, rank, reward, split,
+                None if row_id is None else str(row_id))]
+
+
+def _reward_list(values: dict[str, Any], key: str, n: int) -> list[Optional[float]]:
+    rewards = optional_value(values, key)
+    if rewards is None:
+        return [None] * n
+    if not isinstance(rewards, list):
+        raise FieldError(key, "wrong_type", f"expected a list of {n} numbers, got {type(rewards).__name__}")
+    if len(rewards) != n:
+        raise FieldError(key, "wrong_type", f"expected {n} rewards (one per response), got {len(rewards)}")
+    return [check_reward(r, f"{key}[{i}]") for i, r in enumerate(rewards)]
+
+
+def _pairs_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTemplateConfig) -> list[Row]:
+    prompt = require_text(values, fields.prompt, empty_reason="empty_prompt")
+    chosen = require_text(values, fields.chosen, empty_reason="empty_response")
+    rejected = require_text(values, fields.rejected, empty_reason="empty_response")
+    rewards = _reward_list(values, fields.reward, 2)
+    pid = optional_value(values, fields.prompt_id)
+    pid = None if pid is None else str(pid)
+    return [Row("", pid, prompt, chosen, 0, rewards[0]), Row("", pid, prompt, rejected, 1, rewards[1])]
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+def split_transcript(text: str, field: str, template: ChatTemplateConfig) -> tuple[str, str]:
+    """An Anthropic/hh-rlhf transcript -> (rendered prompt, final assistant reply)."""
+    parts = _HH_TURN.split(text)
+    # parts = [preamble, role, text, role, text, ...]
+    turns = [(parts[i], parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
+    if not turns or turns[-1][0] != "Assistant":
+        raise FieldError(field, "wrong_type", "transcript does not end with an Assistant turn")
+    reply = turns[-1][1].strip()
+    if not reply:
+        raise FieldError(field, "empty_response", "empty final Assistant reply")
+    rendered = render_turns([(role == "Human", t.strip()) for role, t in turns[:-1]], template)
+    return rendered, reply
+
+
+def render_turns(turns: list[tuple[bool, str]], template: ChatTemplateConfig) -> str:
+    """(is_human, text) turns -> one prompt string ending with the assistant marker."""
+    pieces = [template.system] if template.system else []
+    for is_human, text in turns:
+        marker = template.human if is_human else template.assistant
+        pieces.append(f"{marker}{template.separator}{text}" if text else marker)
+    pieces.append(template.assistant)
+    return template.separator.join(pieces)
+
+
+def _hh_rlhf_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTemplateConfig) -> list[Row]:
+    chosen_text = require_text(values, fields.chosen, empty_reason="empty_response")
+    rejected_text = require_text(values, fields.rejected, empty_reason="empty_response")
+    prompt_c, chosen = split_transcript(chosen_text, fields.chosen, template)
+    prompt_r, rejected = split_transcript(rejected_text, fields.rejected, template)
+    if prompt_c != prompt_r:
+        raise FieldError(fields.rejected, "inconsistent_prompt", "chosen and rejected transcripts differ before the last reply")
+    return [Row("", None, prompt_c, chosen, 0), Row("", None, prompt_c, rejected, 1)]
+
+
+_PRO_ROLES = {"<|prompter|>": True, "<|assistant|>": False}
+
+
+def render_pro_prefix(turns: Any, field: str, template: ChatTemplateConfig) -> str:
+    """PRO-format turns ('<|prompter|>...', '<|assistant|>...', ending with a bare '<|assistant|>')."""
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+        raise FieldError(field, "wrong_type", "expected a non-empty list of turn strings")
+    if turns[-1].strip() != "<|assistant|>":
+        raise FieldError(field, "wrong_type", "the last turn must be a bare '<|assistant|>'")
+    parsed = []
+    for i, turn in enumerate(turns[:-1]):
+        for tag, is_human in _PRO_ROLES.items():
+            if turn.startswith(tag):
+                parsed.append((is_human, turn[len(tag):].strip()))
+                break
+        else:
+            raise FieldError(f"{field}[{i}]", "wrong_type", "turn does not start with <|prompter|> or <|assistant|>")
+    if not any(text for _, text in parsed):
+        raise FieldError(field, "empty_prompt", "no turn has text")
+    return render_turns(parsed, template)
+
+
+def _hh_pro_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTemplateConfig) -> list[Row]:
+    prefix = values.get("prefix")
+    if prefix is None:
+        raise FieldError("prefix", "missing_field", "missing field")
+    if not isinstance(prefix, list) or not prefix:
+        raise FieldError("prefix", "wrong_type", "expected a list of turn lists")
+    prompt = render_pro_prefix(prefix[0], "prefix[0]", template)
+    for i, other in enumerate(prefix[1:], start=1):
+        if other != prefix[0]:
+            raise FieldError(f"prefix[{i}]", "inconsistent_prompt", "differs from prefix[0] (one prompt per record)")
+    suffix = values.get("suffix")
+    if suffix is None:
+        raise FieldError("suffix", "missing_field", "missing field")
+    if not isinstance(suffix, list) or not suffix:
+        raise FieldError("suffix", "wrong_type", "expected a non-empty list of responses")
+    rewards = _reward_list(values, "reward", len(suffix))
+    rows = []
+    for i, response in enumerate(suffix):
+        if not isinstance(response, str):
+            rows.append(FieldError(f"suffix[{i}]", "wrong_type", f"expected a string, got {type(response).__name__}"))
+        elif not response.strip():
+            rows.append(FieldError(f"suffix[{i}]", "empty_response", "empty response"))
+        else:
+            rows.append(Row("", None, prompt, response.strip(), i, rewards[i]))
+    return rows  # type: ignore[return-value]  # per-response errors drop only that response
+
+
+FORMATS: dict[str, Callable[[dict[str, Any], FieldsConfig, ChatTemplateConfig], list]] = {
+    "rows": _rows_format,
+    "pairs": _pairs_format,
+    "hh_rlhf": _hh_rlhf_format,
+    "hh_pro": _hh_pro_format,
+}
+
+
+def detect_format(values: dict[str, Any], fields: FieldsConfig) -> str:
+    """Guess the format from the first record's keys."""
+    if "prefix" in values and "suffix" in values:
+        return "hh_pro"
+    if fields.chosen in values and fields.rejected in values:
+        return "pairs" if fields.prompt in values else "hh_rlhf"
+    return "rows"
+
+
+def convert_record(fmt: str, location: str, source: str, values: dict[str, Any], fields: FieldsConfig,
+                   template: ChatTemplateConfig) -> tuple[list[Row], list[RowProblem]]:
+    """One record -> its valid rows and the problems found (a bad response drops only that row)."""
+    try:
+        produced = FORMATS[fmt](values, fields, template)
+    except FieldError as err:
+        return [], [RowProblem(source, location, err.field, err.reason, err.message)]
+    rows, problems = [], []
+    for item in produced:
+        if isinstance(item, FieldError):
+            problems.append(RowProblem(source, location, item.field, item.reason, item.message))
+        else:
+            item.location = location
+            rows.append(item)
+    return rows, problems

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the eval job, comparison runs and reports."""
