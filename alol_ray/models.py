@@ -1,0 +1,168 @@
+"""Policies and tokenizers: load a causal LM (hub id or folder, optional LoRA) or make a tiny one.
+
+A tiny policy is a small GPT-2 built from a config (random init) with a byte-level BPE tokenizer
+trained on the run's own text. It is what the built-in task and the CPU tests train, and it is saved
+with ``save_pretrained`` (safetensors) so every other stage loads it like any hub model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``.
+
+    ``<|endoftext|>`` is both BOS and EOS, ``<|pad|>`` is a separate pad token (so padding is never
+    confused with the EOS that ends every response), and padding goes on the right by default.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        padding_side="right",
+    )
+
+
+def build_tiny_policy(
+    tokenizer: PreTrainedTokenizerBase,
+    n_layer: int = 4,
+    n_embd: int = 128,
+    n_head: int = 4,
+    n_positions: int = 256,
+    seed: int = 0,
+) -> GPT2LMHeadModel:
+    """A randomly initialised GPT-2 sized for ``tokenizer``; the same ``seed`` gives the same weights."""
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # fork_rng: seed the init without moving the caller's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def init_tiny_policy(
+    out_dir: str,
+    texts: Iterable[str],
+    vocab_size: int = 2048,
+    n_layer: int = 4,
+    n_embd: int = 128,
+    n_head: int = 4,
+    n_positions: int = 256,
+    seed: int = 0,
+) -> str:
+    """Train a tokenizer on ``texts``, build a tiny GPT-2 for it, save both into ``out_dir``."""
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer.model_max_length = n_positions
+    model = build_tiny_policy(tokenizer, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                              n_positions=n_positions, seed=seed)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A tokenizer with a pad token (the EOS token when the tokenizer defines none)."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _torch_dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r} (use e.g. 'float32', 'bfloat16', 'auto')")
+    return resolved
+
+
+def load_policy(
+    name_or_path: str,
+    *,
+    dtype=None,
+    trust_remote_code: bool = False,
+    lora: dict | None = None,
+    device=None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer from a hub id or a folder written by ``save_pretrained``.
+
+    ``dtype``: a torch dtype or its name ("bfloat16"), or "auto"; None keeps the library default.
+    ``lora``: wrap the model with a peft LoRA adapter; keys ``r``, ``alpha``, ``dropout`` and
+    ``target_modules`` (None lets peft pick the modules for known architectures).
+    Remote code runs only when ``trust_remote_code`` is passed.
+    """
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = _torch_dtype(dtype)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if lora is not None:
+        model = _with_lora(model, lora)
+    if device is not None:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def _with_lora(model: PreTrainedModel, lora: dict) -> PreTrainedModel:
+    import peft  # only runs that ask for LoRA need peft
+
+    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+    if unknown:
+        raise ValueError(f"unknown LoRA keys {sorted(unknown)}; expected r, alpha, dropout, target_modules")
+    config = peft.LoraConfig(
+        r=int(lora.get("r", 8)),
+        lora_alpha=float(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=lora.get("target_modules"),
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, config)

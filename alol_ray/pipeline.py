@@ -1,0 +1,132 @@
+"""Stage orchestration: each `ensure_*` makes one stage's output exist, skipping work already done.
+
+A stage's output folder holds a ``stage.json`` with the fingerprint of the config that produced it
+(a hash of the config sections the stage depends on). Same fingerprint -> the stage is skipped.
+Stages call the `ensure_*` of what they need, so any `alol <stage>` works from a fresh run dir.
+
+    rows -> base policy -> reference (nll SFT) -> scored table (reward + ref log-probs) -> value/advantage
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable
+
+from alol_ray.config import RunConfig, save_config
+from alol_ray.runs import RunPaths
+
+STAGE_FILE = "stage.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of config sections (dataclasses), strings and numbers."""
+
+    def plain(x: Any) -> Any:
+        if dataclasses.is_dataclass(x):
+            return plain(dataclasses.asdict(x))
+        if isinstance(x, dict):
+            return {str(k): plain(v) for k, v in sorted(x.items())}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def stage_done(folder: str, fp: str) -> bool:
+    path = os.path.join(folder, STAGE_FILE)
+    if not os.path.exists(path):
+        return False
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh).get("fingerprint") == fp
+
+
+def mark_done(folder: str, fp: str, **info: Any) -> None:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, STAGE_FILE), "w", encoding="utf-8") as fh:
+        json.dump({"fingerprint": fp, "finished_at": time.time(), **info}, fh, indent=2)
+
+
+def run_stage(name: str, folder: str, fp: str, build: Callable[[], dict | None], *, log: Callable = print) -> bool:
+    """Run `build` unless `folder` holds the same fingerprint. Returns True if work was done."""
+    if stage_done(folder, fp):
+        log(f"[{name}] up to date ({folder})")
+        return False
+    log(f"[{name}] running ...")
+    start = time.time()
+    info = build() or {}
+    mark_done(folder, fp, seconds=round(time.time() - start, 2), **info)
+    log(f"[{name}] done in {time.time() - start:.1f}s")
+    return True
+
+
+def write_run_config(cfg: RunConfig) -> RunPaths:
+    """Create the run dir and write the resolved config into it."""
+    paths = RunPaths.from_config(cfg)
+    os.makedirs(paths.root, exist_ok=True)
+    save_config(cfg, paths.config)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+
+def rows_fingerprint(cfg: RunConfig) -> str:
+    return fingerprint("rows-v1", cfg.data)
+
+
+def ensure_rows(cfg: RunConfig, log: Callable = print) -> str:
+    """Canonical rows of the run: <run>/data/rows.parquet."""
+    from alol_ray.data.loaders import load_rows, summarize, write_rows
+
+    paths = write_run_config(cfg)
+
+    def build():
+        frame, report = load_rows(cfg.data)
+        write_rows(frame, paths.data)
+        summary = summarize(frame, report)
+        with open(os.path.join(paths.data, "summary.json"), "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2)
+        if report.invalid:
+            log(f"[rows] dropped invalid rows: {dict(report.invalid)}")
+        return {"rows": summary["rows"], "prompts": summary["prompts"]}
+
+    run_stage("rows", paths.data, rows_fingerprint(cfg), build, log=log)
+    return paths.rows
+
+
+def base_policy_fingerprint(cfg: RunConfig) -> str:
+    if cfg.model.init == "tiny":
+        return fingerprint("base-v1", cfg.model.tiny, rows_fingerprint(cfg), cfg.seed)
+    return fingerprint("base-v1", cfg.model.name_or_path, cfg.model.revision)
+
+
+def ensure_base_policy(cfg: RunConfig, log: Callable = print) -> str:
+    """The starting policy: a tiny GPT-2 built from config (tokenizer trained on the run's text), or the
+    pretrained model's hub id / folder, returned as is."""
+    if cfg.model.init == "pretrained":
+        return cfg.model.name_or_path
+    import pandas as pd
+
+    from alol_ray import columns as C
+    from alol_ray.models import init_tiny_policy
+
+    rows_path = ensure_rows(cfg, log)
+    paths = RunPaths.from_config(cfg)
+
+    def build():
+        frame = pd.read_parquet(rows_path, columns=[C.PROMPT, C.RESPONSE, C.SPLIT])
+        train = frame[frame[C.SPLIT] == "train"]
+        texts = list(train[C.PROMPT].unique()) + list(train[C.RESPONSE])
+        t = cfg.model.tiny
+        init_tiny_policy(paths.base_policy, texts, vocab_size=t.vocab_size, n_layer=t.n_layer, n_embd=t.n_embd,
+                         n_head=t.n_head, n_positions=t.n_positions, seed=cfg.seed)
+        return {"kind": "tiny"}
+
+    run_stage("base policy", paths.base_policy, base_policy_fingerprint(cfg), build, log=log)
+    return paths.base_policy

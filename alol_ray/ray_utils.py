@@ -1,0 +1,29 @@
+"""Starting or joining Ray the same way from every stage."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(ray_cfg=None, **overrides):
+    """Join RAY_ADDRESS / `ray.address` if given, else start a local Ray bound to localhost.
+
+    Idempotent: a second call in the same process returns the running instance.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = overrides.pop("address", None) or (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
+    kwargs = {"ignore_reinit_error": True, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs, **overrides)
+    else:
+        num_cpus = overrides.pop("num_cpus", None) or (ray_cfg.num_cpus if ray_cfg else None)
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,  # a local run needs no dashboard; clusters bind it to 127.0.0.1
+            **kwargs,
+            **overrides,
+        )
+    return ray

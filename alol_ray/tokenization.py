@@ -1,0 +1,126 @@
+"""The one tokenisation of (prompt, response) pairs: training, reference scoring and the value head.
+
+A pair becomes ``prompt_ids + response_ids`` where
+
+- the prompt is encoded without special tokens and LEFT-truncated to ``max_prompt_tokens`` (the end of a
+  dialogue is what the reply answers), and
+- the response is encoded without special tokens, RIGHT-truncated to ``max_response_tokens - 1`` and
+  followed by EOS. The EOS is a response token like any other: it is scored, so a policy learns when to
+  stop (A-LoL / LoL-RL sum the NLL over the response tokens including the appended EOS).
+
+Everything that needs log-probabilities of responses goes through ``collate`` + ``response_token_logps``
+so that the training loss, the precomputed reference log-probs and the importance ratios line up token
+for token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_prompt_tokens: int,
+                max_response_tokens: int) -> tuple[list[int], list[int]]:
+    """Token ids of one (prompt, response) pair: (prompt ids, response ids ending in EOS)."""
+    if max_prompt_tokens < 1 or max_response_tokens < 1:
+        raise ValueError("max_prompt_tokens and max_response_tokens must be >= 1")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token; every response must end with one")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_tokens - 1]
+    return list(prompt_ids), list(response_ids) + [tokenizer.eos_token_id]
+
+
+@dataclass
+class PolicyBatch:
+    """A right-padded batch of (prompt + response) sequences. B = batch, L = longest prompt+response,
+    R = longest response (incl. EOS).
+
+    input_ids:        [B, L] long, prompt then response ids, padded with the pad id
+    attention_mask:   [B, L] long, 1 on real tokens
+    response_index:   [B, R] long, where each response token sits in the *targets* ``input_ids[:, 1:]``
+                      (equivalently: the logit position that predicts it); 0 at padding
+    response_mask:    [B, R] float, 1.0 on real response tokens (EOS included), 0.0 at padding
+    prompt_lengths:   [B] long
+    response_lengths: [B] long, response tokens incl. EOS
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_index: torch.Tensor
+    response_mask: torch.Tensor
+    prompt_lengths: torch.Tensor
+    response_lengths: torch.Tensor
+
+    def to(self, device) -> "PolicyBatch":
+        return PolicyBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> PolicyBatch:
+    """Right-pad encoded pairs (from ``encode_pair``) into a ``PolicyBatch``."""
+    if not pairs:
+        raise ValueError("collate: empty batch")
+    for prompt_ids, response_ids in pairs:
+        # The first response token is predicted from the last prompt token: a prompt must exist.
+        if not prompt_ids or not response_ids:
+            raise ValueError("collate: every pair needs at least one prompt and one response token")
+    batch = len(pairs)
+    seq_len = max(len(p) + len(r) for p, r in pairs)
+    resp_len = max(len(r) for _, r in pairs)
+    input_ids = torch.full((batch, seq_len), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, seq_len), dtype=torch.long)
+    response_index = torch.zeros((batch, resp_len), dtype=torch.long)
+    response_mask = torch.zeros((batch, resp_len), dtype=torch.float32)
+    for b, (prompt_ids, response_ids) in enumerate(pairs):
+        n_p, n_r = len(prompt_ids), len(response_ids)
+        input_ids[b, : n_p + n_r] = torch.tensor(list(prompt_ids) + list(response_ids), dtype=torch.long)
+        attention_mask[b, : n_p + n_r] = 1
+        # Token at input position n_p + j is target number n_p + j - 1.
+        response_index[b, :n_r] = torch.arange(n_p - 1, n_p - 1 + n_r)
+        response_mask[b, :n_r] = 1.0
+    return PolicyBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_index=response_index,
+        response_mask=response_mask,
+        prompt_lengths=torch.tensor([len(p) for p, _ in pairs], dtype=torch.long),
+        response_lengths=torch.tensor([len(r) for _, r in pairs], dtype=torch.long),
+    )
+
+
+def response_token_logps(model, batch: PolicyBatch) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of every response token: [B, R] float32, exactly 0.0 at padding.
+
+    Differentiable when called with grad enabled. Only the logits at response positions are kept and
+    the log-prob is ``logit[target] - logsumexp(logits)``, so no [B, L, V] log-softmax copy is made.
+    """
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # [B, L, V]
+    vocab = logits.shape[-1]
+    index = batch.response_index
+    picked = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, vocab)).float()  # [B, R, V]
+    targets = batch.input_ids[:, 1:].gather(1, index)  # [B, R]
+    token_logps = picked.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+    # where, not multiply: a NaN/inf at a padded position must not leak into sums or gradients.
+    return torch.where(batch.response_mask > 0, token_logps, torch.zeros_like(token_logps))
+
+
+def prompt_batch(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts alone, left-truncated like ``encode_pair`` and right-padded: (input_ids, attention_mask),
+    both [B, P] long. The value head reads the reference policy's hidden states of these."""
+    if max_prompt_tokens < 1:
+        raise ValueError("max_prompt_tokens must be >= 1")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("prompt_batch: empty prompt")
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for b, ids in enumerate(encoded):
+        input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[b, : len(ids)] = 1
+    return input_ids, attention_mask

@@ -1,0 +1,75 @@
+"""Shared fixtures: the real HH data, one local Ray per test session, a tiny policy built from config."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HH_DIR = Path(os.environ.get("ALOL_HH_DATA", REPO.parent / "shared" / "data" / "hh"))
+
+# Keep torch from fighting Ray workers for the 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def hh_dir() -> Path:
+    if not (HH_DIR / "helpful_base.json").exists():
+        pytest.skip(f"HH data not found at {HH_DIR} (set ALOL_HH_DATA)")
+    return HH_DIR
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray (2 CPUs) shared by every test of the session: start-up costs seconds."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def alol_cli():
+    """The installed `alol` command (falls back to `python -m alol_ray.cli`)."""
+    exe = Path(sys.executable).parent / "alol"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "alol_ray.cli"]
+
+
+@pytest.fixture(scope="session")
+def builtin_rows():
+    """The built-in task's canonical rows (small sizes for speed)."""
+    from alol_ray.tasks import builtin
+
+    return builtin.build_rows(seed=0, n_train=240, n_val=40, n_test=40)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory, builtin_rows) -> str:
+    """A tiny GPT-2 + tokenizer trained on the built-in task's text, saved with save_pretrained."""
+    from alol_ray.models import init_tiny_policy
+
+    out = tmp_path_factory.mktemp("tiny_policy")
+    texts = list(builtin_rows["prompt"].unique()) + list(builtin_rows["response"])
+    return init_tiny_policy(str(out), texts, vocab_size=512, n_layer=2, n_embd=64, n_head=2, n_positions=256, seed=0)
