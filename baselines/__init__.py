@@ -1,0 +1,1 @@
+"""Baseline methods compared against A-LoL: offline losses (dpo, pro, gold) and the online PPO loop."""
