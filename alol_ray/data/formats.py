@@ -103,7 +103,7 @@ def _pairs_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTe
     return [Row("", pid, prompt, chosen, 0, rewards[0]), Row("", pid, prompt, rejected, 1, rewards[1])]
 
 
-_HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ?")
 
 
 def split_transcript(text: str, field: str, template: ChatTemplateConfig) -> tuple[str, str]:

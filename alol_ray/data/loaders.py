@@ -212,9 +212,17 @@ def load_rows(cfg: DataConfig, *, skip_invalid: Optional[bool] = None) -> tuple[
         report.filtered_prompts["val_overlap"] += frame.loc[leak, C.PROMPT_ID].nunique()
         frame = frame[~leak].reset_index(drop=True)
     frame = _holdout(frame, cfg)
+    frame = canonical_order(frame)
     report.rows = len(frame)
     report.prompts = frame[C.PROMPT_ID].nunique()
     return frame, report
+
+
+def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Canonical columns first, then reward columns, then anything else."""
+    first = [c for c in C.CANONICAL if c in frame] + [c for c in frame if c == C.REWARD]
+    rewards = sorted(c for c in frame if c.startswith(C.REWARD_PREFIX))
+    return frame[first + rewards + [c for c in frame if c not in first and c not in rewards]]
 
 
 def summarize(frame: pd.DataFrame, report: LoadReport) -> dict[str, Any]:
