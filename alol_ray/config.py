@@ -218,6 +218,17 @@ class ValueConfig:
     heads: int = 4
     dropout: float = 0.1
     holdout_fraction: float = 0.2  # val prompts held out to pick the best epoch
+    max_prompts: Optional[int] = None  # use at most this many val prompts for the fit (None = all)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ConfigError(f"value.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.max_value <= 0:
+            raise ConfigError(f"value.max_value must be > 0, got {self.max_value}")
+        if self.epochs < 1 or self.batch_size < 1 or self.heads < 1:
+            raise ConfigError("value.epochs, value.batch_size and value.heads must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"value.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass

@@ -1,0 +1,487 @@
+"""Fitting the value head and writing ``value`` / ``advantage`` into the scored table.
+
+The stage (``build_value``), in order:
+
+1. pi_ref answers every val prompt once, greedily (``generate_greedy``); the run's reward function
+   scores the answers (``reward_function``). These are the targets: V(x) estimates the reward pi_ref
+   earns on x.
+2. pi_ref's last-layer hidden states of the (left-truncated) val prompts are computed once, without
+   grad, and cached (``prompt_states``); the head is fitted on them by MSE (``fit_value_head``). The
+   best epoch is the one with the lowest MSE on a held-out slice of the val prompts (the reference code
+   picks it by training MSE); the fit report puts that MSE next to the MSE of predicting the mean.
+3. The head, in eval() mode, predicts V(x) once per unique prompt of the scored table; ``value`` and
+   ``advantage = reward - value`` become columns of the table (``add_value_columns``), and the
+   advantage distribution is reported (``advantage_report``, ``plot_advantages``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from alol_ray import columns as C
+from alol_ray.errors import UserError
+from alol_ray.value.head import ValueHead, ValueHeadConfig, save_head
+
+FIT_REPORT = "fit.json"
+ADVANTAGE_REPORT = "advantages.json"
+HISTOGRAM = "advantage_hist.png"
+GENERATIONS = "val_generations.parquet"
+PERCENTILES = (5, 25, 50, 75, 95)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled or total < 2, leave=False)
+
+
+# ------------------------------------------------------------------------------------- prompt states
+
+
+def _backbone_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last-layer hidden states [B, P, H] without the LM head (no [B, P, vocab] logits)."""
+    backbone = getattr(model, "base_model", None)
+    if backbone is not None and backbone is not model:
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask)
+        if getattr(out, "last_hidden_state", None) is not None:
+            return out.last_hidden_state
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    return out.hidden_states[-1]
+
+
+@torch.no_grad()
+def prompt_states(model, tokenizer, prompts: Sequence[str], max_prompt_tokens: int, batch_size: int,
+                  show_progress: bool = True) -> list[torch.Tensor]:
+    """pi_ref's last-layer hidden states of each prompt: a list of float32 CPU tensors [len_i, H].
+
+    Prompts are tokenised by ``alol_ray.tokenization.prompt_batch`` (left-truncated, right-padded) so the
+    head sees exactly the prompt tokens training conditions on. Batches are formed from prompts sorted
+    by length, so little compute goes to padding.
+    """
+    from alol_ray.tokenization import prompt_batch
+
+    model.eval()
+    device = next(model.parameters()).device
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = np.argsort(lengths, kind="stable")
+    out: list[Optional[torch.Tensor]] = [None] * len(prompts)
+    starts = range(0, len(prompts), batch_size)
+    for start in _progress(starts, len(starts), "prompt states", show_progress):
+        idx = order[start:start + batch_size]
+        input_ids, mask = prompt_batch(tokenizer, [prompts[i] for i in idx], max_prompt_tokens)
+        states = _backbone_states(model, input_ids.to(device), mask.to(device)).float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = states[row, : int(mask[row].sum())].clone()
+    return out  # type: ignore[return-value]
+
+
+def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad [len_i, H] tensors into (states [B, P, H], attention_mask [B, P] long)."""
+    width = max(s.shape[0] for s in states)
+    hidden = states[0].shape[1]
+    padded = torch.zeros(len(states), width, hidden, dtype=states[0].dtype)
+    mask = torch.zeros(len(states), width, dtype=torch.long)
+    for b, s in enumerate(states):
+        padded[b, : s.shape[0]] = s
+        mask[b, : s.shape[0]] = 1
+    return padded, mask
+
+
+@torch.no_grad()
+def predict(head: ValueHead, states: Sequence[torch.Tensor], batch_size: int) -> np.ndarray:
+    """V(x) for cached prompt states, with the head in eval() mode (no dropout): float64 [N]."""
+    head.eval()
+    device = next(head.parameters()).device
+    values = []
+    for start in range(0, len(states), batch_size):
+        padded, mask = pad_states(states[start:start + batch_size])
+        values.append(head(padded.to(device), mask.to(device)).double().cpu())
+    return torch.cat(values).numpy() if values else np.zeros(0)
+
+
+# --------------------------------------------------------------------------------------------- fitting
+
+
+@dataclass
+class FitResult:
+    head: ValueHead  # the best epoch's parameters, in eval() mode
+    report: dict  # held-out MSE vs mean-MSE, per-epoch history, split sizes
+    fit_index: np.ndarray = field(repr=False)
+    holdout_index: np.ndarray = field(repr=False)
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit indices, held-out indices): a seeded random `fraction` of 0..n-1 held out (at least one each)."""
+    if n < 2:
+        raise UserError(f"the value head needs at least 2 val prompts (one to fit, one held out); got {n}")
+    n_hold = min(max(1, int(round(n * fraction))), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+
+def _mse(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.mean((pred - target) ** 2))
+
+
+def fit_value_head(states: Sequence[torch.Tensor], targets: np.ndarray, *, heads: int, dropout: float,
+                   max_value: float, lr: float, epochs: int, batch_size: int, holdout_fraction: float,
+                   seed: int = 0, holdout_index: Optional[np.ndarray] = None,
+                   log: Callable = print) -> FitResult:
+    """Fit a ValueHead by MSE on (prompt states -> target); keep the epoch with the lowest held-out MSE.
+
+    states: cached prompt states ([len_i, H] each); targets: [N] rewards in [0, max_value].
+    The held-out slice is `holdout_fraction` of the prompts (seeded), or `holdout_index` when given.
+    The head starts out predicting the mean fit target (output bias), so every epoch is compared
+    with the mean baseline on equal footing.
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    n = len(states)
+    if len(targets) != n:
+        raise ValueError(f"fit_value_head: {n} prompt states but {len(targets)} targets")
+    if epochs < 1 or batch_size < 1:
+        raise UserError("value.epochs and value.batch_size must be >= 1")
+    if holdout_index is None:
+        fit_index, holdout_index = holdout_split(n, holdout_fraction, seed)
+    else:
+        holdout_index = np.sort(np.asarray(holdout_index, dtype=np.int64))
+        fit_index = np.setdiff1d(np.arange(n), holdout_index)
+        if len(fit_index) == 0 or len(holdout_index) == 0:
+            raise UserError("fit_value_head: both the fit part and the held-out part need prompts")
+    outside = targets[(targets < 0) | (targets > max_value)]
+    if len(outside):
+        log(f"[value] warning: {len(outside)} targets outside [0, value.max_value={max_value}] "
+            f"(min {targets.min():.3f}, max {targets.max():.3f}); the head cannot reach them")
+
+    device = _device()
+    fit_states = [states[i] for i in fit_index]
+    hold_states = [states[i] for i in holdout_index]
+    y_fit, y_hold = targets[fit_index], targets[holdout_index]
+    mean_fit = float(y_fit.mean())
+
+    config = ValueHeadConfig(hidden_size=int(states[0].shape[1]), num_heads=heads, dropout=dropout,
+                             max_value=max_value)
+    with torch.random.fork_rng(devices=[]):  # seed the init and the batch order, not the caller's RNG
+        torch.manual_seed(seed)
+        head = ValueHead(config).to(device)
+        head.start_at(mean_fit)
+        opt = torch.optim.AdamW(head.parameters(), lr=lr)
+        y_fit_t = torch.tensor(y_fit, dtype=torch.float32)
+        gen = torch.Generator().manual_seed(seed)
+        history = []
+        best = {"epoch": 0, "holdout_mse": _mse(predict(head, hold_states, batch_size), y_hold), "state": None}
+        initial_holdout = best["holdout_mse"]
+        for epoch in range(1, epochs + 1):
+            head.train()
+            order = torch.randperm(len(fit_states), generator=gen)
+            losses = []
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                padded, mask = pad_states([fit_states[i] for i in idx])
+                pred = head(padded.to(device), mask.to(device))
+                loss = torch.nn.functional.mse_loss(pred, y_fit_t[idx].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            fit_mse = _mse(predict(head, fit_states, batch_size), y_fit)
+            hold_mse = _mse(predict(head, hold_states, batch_size), y_hold)
+            history.append({"epoch": epoch, "loss/train": float(np.mean(losses)), "mse/fit": fit_mse,
+                            "mse/holdout": hold_mse})
+            if best["state"] is None or hold_mse < best["holdout_mse"]:
+                best = {"epoch": epoch, "holdout_mse": hold_mse,
+                        "state": {k: v.detach().clone() for k, v in head.state_dict().items()}}
+    head.load_state_dict(best["state"])
+    head.eval()
+
+    mean_mse = _mse(np.full_like(y_hold, mean_fit), y_hold)
+    report = {
+        "prompts": n,
+        "prompts/fit": int(len(fit_index)),
+        "prompts/holdout": int(len(holdout_index)),
+        "best_epoch": int(best["epoch"]),
+        "mse/holdout": float(best["holdout_mse"]),
+        "mse/holdout_predict_mean": mean_mse,
+        "mse/holdout_ratio_to_mean": float(best["holdout_mse"] / mean_mse) if mean_mse > 0 else float("nan"),
+        "mse/holdout_initial": float(initial_holdout),
+        "mse/fit": float(history[best["epoch"] - 1]["mse/fit"]),
+        "target/mean_fit": mean_fit,
+        "target/std_fit": float(y_fit.std()),
+        "target/mean_holdout": float(y_hold.mean()),
+        "target/std_holdout": float(y_hold.std()),
+        "epochs": history,
+        "selection": "lowest held-out MSE over epochs 1..E (head in eval mode)",
+    }
+    return FitResult(head=head, report=report, fit_index=fit_index, holdout_index=holdout_index)
+
+
+# ------------------------------------------------------------------------------- generation, rewards
+
+
+def generate_greedy(model, tokenizer, prompts: Sequence[str], *, max_prompt_tokens: int, max_new_tokens: int,
+                    batch_size: int, stop: Sequence[str] = (), show_progress: bool = True) -> list[str]:
+    """One greedy reply per prompt with transformers ``generate`` (left padding, left-truncated prompts).
+
+    Stand-in for ``alol_ray.generation`` (the shared Generator); the reply text is cut at the first
+    stop string.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and max_prompt_tokens + max_new_tokens > limit:
+        max_prompt_tokens = limit - max_new_tokens  # keep the prompt's end: that is what the reply answers
+        if max_prompt_tokens < 1:
+            raise UserError(f"generation.max_new_tokens={max_new_tokens} does not fit the model's {limit} positions")
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
+    order = np.argsort([len(e) for e in encoded], kind="stable")
+    replies: list[str] = [""] * len(prompts)
+    starts = range(0, len(prompts), batch_size)
+    for start in _progress(starts, len(starts), "pi_ref generate", show_progress):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
+            ids = encoded[i]
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[row, width - len(ids):] = 1
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        for row, i in enumerate(idx):
+            text = tokenizer.decode(out[row, width:], skip_special_tokens=True)
+            for s in stop:
+                if s and s in text:
+                    text = text.split(s, 1)[0]
+            replies[i] = text.strip()
+    return replies
+
+
+def reward_function(reward_cfg) -> Callable[[list[str], list[str]], np.ndarray]:
+    """The run's total reward of (prompt, response) lists, as configured in `reward` (cfg.reward).
+
+    Uses the scoring package's in-process scorer when it is installed; otherwise the built-in task's
+    scorer (the only reward kind that needs no model), weighted as configured.
+    """
+    try:
+        from alol_ray.scoring import score_texts  # type: ignore[attr-defined]
+    except ImportError:
+        score_texts = None
+    if score_texts is not None:
+        def total(prompts: list[str], responses: list[str]) -> np.ndarray:
+            return np.asarray(score_texts(reward_cfg, prompts, responses)[C.REWARD], dtype=np.float64)
+
+        return total
+    kinds = {c.kind for c in reward_cfg.components}
+    if kinds != {"builtin_task"}:
+        raise UserError(f"reward kinds {sorted(kinds)} need alol_ray.scoring, which is not installed")
+    from alol_ray.tasks import builtin
+
+    def builtin_total(prompts: list[str], responses: list[str]) -> np.ndarray:
+        value = builtin.total_reward(builtin.score(list(prompts), list(responses)))
+        return sum(c.weight * value for c in reward_cfg.components)
+
+    return builtin_total
+
+
+# ------------------------------------------------------------------------------------ value columns
+
+
+@torch.no_grad()
+def prompt_values(model, tokenizer, head: ValueHead, prompts: Sequence[str], *, max_prompt_tokens: int,
+                  batch_size: int, show_progress: bool = True) -> np.ndarray:
+    """V(x) of each prompt: pi_ref states then the head (eval mode), streamed batch by batch so the states
+    of a large training set are never all held at once. float64 [N]."""
+    values = np.zeros(len(prompts))
+    head.eval()
+    chunk = max(batch_size, 1) * 8
+    starts = range(0, len(prompts), chunk)
+    for start in _progress(starts, len(starts), "values", show_progress):
+        part = list(prompts[start:start + chunk])
+        states = prompt_states(model, tokenizer, part, max_prompt_tokens, batch_size, show_progress=False)
+        values[start:start + len(part)] = predict(head, states, batch_size)
+    return values
+
+
+def add_value_columns(frame: pd.DataFrame, value_of_prompt: dict[str, float],
+                      source: str = "scored table") -> pd.DataFrame:
+    """A copy of `frame` with ``value`` = V(prompt) and ``advantage`` = reward - value on every row."""
+    if C.REWARD not in frame.columns:
+        raise UserError(f"{source}: no '{C.REWARD}' column (score the table first)")
+    reward = frame[C.REWARD].to_numpy(dtype=np.float64)
+    missing = np.flatnonzero(np.isnan(reward))
+    if len(missing):
+        listed = ", ".join(f"row {i + 1}" for i in missing[:10])
+        raise UserError(f"{source}: {len(missing)} row(s) without '{C.REWARD}' ({listed}"
+                        f"{', ...' if len(missing) > 10 else ''}); score the table first")
+    unknown = sorted(set(frame[C.PROMPT]) - set(value_of_prompt))
+    if unknown:
+        raise ValueError(f"add_value_columns: no value for {len(unknown)} prompt(s), e.g. {unknown[0][:80]!r}")
+    out = frame.copy()
+    out[C.VALUE] = frame[C.PROMPT].map(value_of_prompt).to_numpy(dtype=np.float64)
+    out[C.ADVANTAGE] = reward - out[C.VALUE].to_numpy()
+    return out
+
+
+def _summary(x: np.ndarray) -> dict:
+    if len(x) == 0:
+        return {"rows": 0}
+    return {
+        "rows": int(len(x)),
+        "positive_fraction": float(np.mean(x > 0)),
+        "mean": float(np.mean(x)),
+        "std": float(np.std(x)),
+        **{f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(x, PERCENTILES))},
+    }
+
+
+def advantage_report(frame: pd.DataFrame) -> dict:
+    """Advantage statistics of the training rows: all of them, and the preferred (rank-0) ones that the
+    A-LoL family trains on by default. `positive_fraction` is the share kept by A-LoL's A > 0 filter."""
+    train = frame[frame[C.SPLIT] == "train"] if C.SPLIT in frame.columns else frame
+    report = {"advantage/train": _summary(train[C.ADVANTAGE].to_numpy(dtype=np.float64))}
+    if C.RANK in train.columns:
+        best = train[train[C.RANK] == 0]
+        report["advantage/train_best"] = _summary(best[C.ADVANTAGE].to_numpy(dtype=np.float64))
+    report["value/train"] = {k: v for k, v in _summary(train[C.VALUE].to_numpy(dtype=np.float64)).items()
+                             if k != "positive_fraction"}
+    return report
+
+
+def plot_advantages(frame: pd.DataFrame, path: str) -> str:
+    """Histogram PNG of the training rows' advantages (all rows and rank-0 rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = frame[frame[C.SPLIT] == "train"] if C.SPLIT in frame.columns else frame
+    adv = train[C.ADVANTAGE].to_numpy(dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(adv.min(), adv.max(), 41) if adv.max() > adv.min() else 10
+    ax.hist(adv, bins=bins, alpha=0.6, label=f"train rows (n={len(adv)})")
+    if C.RANK in train.columns:
+        best = train.loc[train[C.RANK] == 0, C.ADVANTAGE].to_numpy(dtype=np.float64)
+        ax.hist(best, bins=bins, alpha=0.6, label=f"rank 0 (n={len(best)})")
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_xlabel("advantage = reward - V(x)")
+    ax.set_ylabel("rows")
+    ax.set_title(f"A > 0: {np.mean(adv > 0):.1%} of train rows")
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: str) -> str:
+    """Write `frame` to `path` through a temporary file + rename, so readers never see half a table."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_json(obj: dict, path: str) -> None:
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(clean(obj), fh, indent=2)
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def build_value(cfg, ref_path: str, table_path: str, out_dir: str, out_table: Optional[str] = None,
+                log: Callable = print, show_progress: bool = True) -> dict:
+    """The value stage: fit the head on pi_ref's val generations, write value/advantage into the table.
+
+    cfg: RunConfig (value, model, generation, reward, scoring sections and seed are used).
+    ref_path: pi_ref (HF folder or hub id). table_path: the scored table (parquet, with `reward`).
+    out_dir: where the head, fit.json, advantages.json and the histogram go. out_table: where the table
+    with the two new columns is written (default: `table_path`, replaced atomically).
+    Returns the fit and advantage figures (also written as JSON).
+    """
+    from alol_ray.models import load_policy
+
+    vcfg = cfg.value
+    out_table = out_table or table_path
+    os.makedirs(out_dir, exist_ok=True)
+    table = pd.read_parquet(table_path)
+    for col in (C.PROMPT, C.SPLIT, C.REWARD):
+        if col not in table.columns:
+            raise UserError(f"{table_path}: the scored table has no '{col}' column")
+    val_prompts = list(pd.unique(table.loc[table[C.SPLIT] == "val", C.PROMPT]))
+    if vcfg.max_prompts is not None:
+        val_prompts = val_prompts[: vcfg.max_prompts]
+    if len(val_prompts) < 2:
+        raise UserError(f"{table_path}: the value head needs val prompts (split 'val'); found {len(val_prompts)}")
+
+    device = _device()
+    dtype = cfg.model.dtype if device.type == "cuda" else "float32"
+    model, tokenizer = load_policy(ref_path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code,
+                                   device=device)
+    model.eval()
+    for p in model.parameters():  # frozen: pi_ref only supplies targets and states
+        p.requires_grad_(False)
+    max_prompt = cfg.model.max_prompt_tokens
+    gen = cfg.generation
+
+    log(f"[value] pi_ref answers {len(val_prompts)} val prompts (greedy, {gen.max_new_tokens} new tokens)")
+    replies = generate_greedy(model, tokenizer, val_prompts, max_prompt_tokens=max_prompt,
+                              max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, stop=gen.stop,
+                              show_progress=show_progress)
+    targets = np.asarray(reward_function(cfg.reward)(val_prompts, replies), dtype=np.float64)
+    write_parquet_atomic(pd.DataFrame({C.PROMPT: val_prompts, C.RESPONSE: replies, C.REWARD: targets}),
+                         os.path.join(out_dir, GENERATIONS))
+
+    states = prompt_states(model, tokenizer, val_prompts, max_prompt, vcfg.batch_size, show_progress)
+    result = fit_value_head(states, targets, heads=vcfg.heads, dropout=vcfg.dropout, max_value=vcfg.max_value,
+                            lr=vcfg.lr, epochs=vcfg.epochs, batch_size=vcfg.batch_size,
+                            holdout_fraction=vcfg.holdout_fraction, seed=cfg.seed, log=log)
+    fit = result.report
+    fit["reference"] = ref_path
+    _write_json(fit, os.path.join(out_dir, FIT_REPORT))
+    log(f"[value] fit: held-out MSE {fit['mse/holdout']:.4f} vs predict-the-mean {fit['mse/holdout_predict_mean']:.4f}"
+        f" (best epoch {fit['best_epoch']}/{vcfg.epochs}; {fit['prompts/fit']} fit / {fit['prompts/holdout']} "
+        f"held-out prompts; mean target {fit['target/mean_fit']:.3f})")
+    save_head(result.head, out_dir, reference=ref_path, max_prompt_tokens=max_prompt,
+              best_epoch=fit["best_epoch"], holdout_mse=fit["mse/holdout"])
+
+    prompts = list(pd.unique(table[C.PROMPT]))
+    values = prompt_values(model, tokenizer, result.head.to(device), prompts, max_prompt_tokens=max_prompt,
+                           batch_size=vcfg.batch_size, show_progress=show_progress)
+    scored = add_value_columns(table, dict(zip(prompts, values)), source=table_path)
+    write_parquet_atomic(scored, out_table)
+
+    adv = advantage_report(scored)
+    adv["histogram"] = plot_advantages(scored, os.path.join(out_dir, HISTOGRAM))
+    _write_json(adv, os.path.join(out_dir, ADVANTAGE_REPORT))
+    a = adv["advantage/train"]
+    log(f"[value] advantages of {a['rows']} train rows: A > 0 for {a['positive_fraction']:.1%}; "
+        + ", ".join(f"p{q} {a[f'p{q}']:+.3f}" for q in PERCENTILES))
+    if "advantage/train_best" in adv:
+        log(f"[value] rank-0 train rows: A > 0 for {adv['advantage/train_best']['positive_fraction']:.1%}")
+    return {"fit": {k: v for k, v in fit.items() if k != "epochs"}, "advantages": adv, "table": out_table}
