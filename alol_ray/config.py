@@ -288,8 +288,26 @@ class GenerationConfig:
     max_new_tokens: int = 48
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
-    seed: int = 0
-    stop: list[str] = field(default_factory=lambda: ["### Human:"])
+    seed: int = 0  # sampling seed; per-request seeds derive from it and the prompt's position
+    stop: list[str] = field(default_factory=lambda: ["### Human:"])  # cut the reply at the first of these
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    gpu_memory_utilization: float = 0.5  # vllm: fraction of each GPU its KV cache may take
+    enforce_eager: bool = False  # vllm: skip CUDA-graph capture (faster start, slower decode)
+    trust_remote_code: bool = False  # never run code from a model repo unless set
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("auto", "vllm", "transformers"):
+            raise ConfigError(f"generation.engine must be auto, vllm or transformers, got '{self.engine}'")
+        if self.num_engines < 1 or self.tensor_parallel_size < 1:
+            raise ConfigError("generation.num_engines and generation.tensor_parallel_size must be >= 1")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("generation.batch_size and generation.max_new_tokens must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("generation.temperature must be >= 0 and generation.top_p in (0, 1]")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"generation.dtype must be auto, float32, bfloat16 or float16, got '{self.dtype}'")
+        if any(not s for s in self.stop):
+            raise ConfigError("generation.stop must not contain an empty string")
 
 
 @dataclass
@@ -297,8 +315,10 @@ class EvalConfig:
     """The evaluation job: generate on a split, score, compute metrics."""
 
     split: str = "test"
-    max_prompts: Optional[int] = None
-    bootstrap_samples: int = 1000
+    max_prompts: Optional[int] = None  # evaluate the first N prompts of the split (by prompt_id); None = all
+    bootstrap_samples: int = 1000  # resamples for the 95% intervals
+    bootstrap_seed: int = 0
+    win_rate: bool = True  # also generate with the reference policy (cached) and report the win rate
 
 
 @dataclass

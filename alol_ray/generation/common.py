@@ -1,0 +1,59 @@
+"""What both engines share: prompt encoding under the model's context length, seeds, dtypes.
+
+Both engines receive the same token ids for a prompt (encoded here, not by the engine), so the only
+difference between them is the forward pass and the sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from alol_ray.errors import ConfigError
+
+
+def context_length(model_config: Any) -> Optional[int]:
+    """The longest sequence the model can attend over (GPT-2 ``n_positions`` and its aliases)."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_seq_len"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def prompt_budget(max_prompt_tokens: int, max_new_tokens: int, n_positions: Optional[int]) -> int:
+    """How many prompt tokens fit: prompt + new tokens must stay within the model's positions."""
+    budget = max_prompt_tokens
+    if n_positions is not None:
+        budget = min(budget, n_positions - max_new_tokens)
+    if budget < 1:
+        raise ConfigError(
+            f"generation.max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+            f"{n_positions} positions; lower generation.max_new_tokens"
+        )
+    return budget
+
+
+def encode_prompts(tokenizer, prompts: list[str], budget: int) -> list[list[int]]:
+    """Prompt ids as training sees them (no special tokens), LEFT-truncated to ``budget`` tokens."""
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    out = [list(ids)[-budget:] for ids in encoded]
+    empty = [i for i, ids in enumerate(out) if not ids]
+    if empty:
+        raise ValueError(f"prompt(s) at position {empty[:5]} encode to no tokens")
+    return out
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The sampling seed of the prompt (or batch) that starts at global position ``index``.
+
+    Seeds depend on the position in the caller's list, never on which engine runs it, so the
+    number of engines does not change what is sampled.
+    """
+    return (seed * 1_000_003 + index) % (2**31 - 1)
+
+
+def torch_dtype_name(dtype: str, on_gpu: bool) -> str:
+    """generation.dtype with 'auto' resolved: bf16 on GPU, fp32 on CPU."""
+    if dtype == "auto":
+        return "bfloat16" if on_gpu else "float32"
+    return dtype

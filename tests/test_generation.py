@@ -1,0 +1,157 @@
+"""The transformers engine in Ray actors on the built-in task (CPU, default tier).
+
+References are computed independently of the Generator: plain ``model.generate`` on one unpadded
+prompt at a time, or the engine class run in-process, batch by batch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from alol_ray import columns as C
+from alol_ray.config import GenerationConfig
+from alol_ray.errors import ConfigError
+from alol_ray.generation import Generator
+from alol_ray.generation.hf_engine import TransformersEngine
+
+MAX_PROMPT_TOKENS = 96
+
+
+def gen_cfg(**kw) -> GenerationConfig:
+    # 0.5 CPU per actor: both fixtures' actors fit the 2-CPU test cluster at once.
+    base = dict(engine="transformers", cpus_per_engine=0.5, batch_size=4, max_new_tokens=16)
+    base.update(kw)
+    return GenerationConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def prompts(builtin_rows):
+    test = builtin_rows[builtin_rows[C.SPLIT] == "test"].drop_duplicates(C.PROMPT_ID)
+    return list(test[C.PROMPT])[:10]
+
+
+@pytest.fixture(scope="module")
+def gen(ray_local, tiny_policy_dir):
+    """Two sampling actors (one actor start-up costs seconds on 2 cores, so the module shares them)."""
+    gen = Generator(tiny_policy_dir, gen_cfg(num_engines=2, temperature=1.0, top_p=0.9, seed=7),
+                    max_prompt_tokens=MAX_PROMPT_TOKENS, show_progress=False)
+    yield gen
+    gen.shutdown()
+
+
+def in_process(model_dir: str, cfg: GenerationConfig, prompts: list[str], max_prompt_tokens=MAX_PROMPT_TOKENS):
+    """What the Generator should return, computed by one engine in this process, batch by batch."""
+    engine = TransformersEngine(model_dir, cfg, max_prompt_tokens, num_threads=1)
+    out = []
+    for start in range(0, len(prompts), cfg.batch_size):
+        out += engine.generate(prompts[start:start + cfg.batch_size], start)
+    return out
+
+
+def reference_greedy(model_dir: str, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """Greedy ids from plain transformers generate, one unpadded prompt at a time."""
+    import torch
+
+    from alol_ray.models import load_policy
+
+    model, tok = load_policy(model_dir)
+    model.eval()
+    out = []
+    for prompt in prompts:
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"][:, -MAX_PROMPT_TOKENS:]
+        with torch.inference_mode():
+            seq = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+        new = seq[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in new:
+            new = new[: new.index(tok.eos_token_id) + 1]
+        out.append(new)
+    return out
+
+
+def test_greedy_batches_equal_unpadded_generate(tiny_policy_dir, prompts):
+    greedy = in_process(tiny_policy_dir, gen_cfg(), prompts)
+    # Batches of 4 are left-padded; one-at-a-time generate has no padding: the same ids mean that
+    # padding, position ids and the KV cache are handled right.
+    assert [o.token_ids for o in greedy] == reference_greedy(tiny_policy_dir, prompts, 16)
+    assert all(o.num_tokens == len(o.token_ids) <= 16 for o in greedy)
+
+
+def test_actors_sample_deterministically_for_a_seed(gen, tiny_policy_dir, prompts):
+    import torch
+
+    torch.set_num_threads(1)
+    first = gen.generate_with_ids(prompts)
+    assert gen.generate_with_ids(prompts) == first
+    assert gen.generate(prompts) == [o.text for o in first]
+    # Order and seeds survive the split over 2 actors: one in-process engine gives the same tokens.
+    assert in_process(tiny_policy_dir, gen.cfg, prompts) == first
+    # Sampling really samples: greedy differs, and another seed gives other replies.
+    assert [o.token_ids for o in first] != reference_greedy(tiny_policy_dir, prompts, 16)
+    other = in_process(tiny_policy_dir, gen_cfg(temperature=1.0, top_p=0.9, seed=8), prompts)
+    assert [o.token_ids for o in other] != [o.token_ids for o in first]
+    assert gen.generate([]) == []
+
+
+def test_stop_string_cuts_like_postprocess(tiny_policy_dir, prompts):
+    """Greedy with a stop string == greedy without it, cut at the stop's first occurrence."""
+    from alol_ray.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_policy_dir)
+    free = in_process(tiny_policy_dir, gen_cfg(stop=[]), prompts)
+    texts = [tok.decode(o.token_ids, skip_special_tokens=True) for o in free]
+    richest = max(texts, key=lambda t: len(set(t)))  # an untrained policy repeats itself: pick the most varied
+    assert len(set(richest)) >= 3, texts
+    stop = richest[len(richest) // 2: len(richest) // 2 + 3]
+    stopped = in_process(tiny_policy_dir, gen_cfg(stop=[stop]), prompts)
+    cut = 0
+    for f, s, text in zip(free, stopped, texts):
+        if stop in text:
+            cut += 1
+            assert s.text == text[: text.index(stop)].strip()
+            assert s.finish_reason == "stop"
+            assert s.token_ids == f.token_ids[: len(s.token_ids)]
+            assert stop not in tok.decode(s.token_ids)
+        else:
+            assert s == f
+    assert cut >= 1
+
+
+def test_long_prompts_are_left_truncated_to_fit_n_positions(tiny_policy_dir, prompts):
+    long_prompt = " ".join(prompts) * 4  # several hundred tokens, more than n_positions=256
+    engine = TransformersEngine(tiny_policy_dir, gen_cfg(max_new_tokens=200), max_prompt_tokens=1000, num_threads=1)
+    assert engine.budget == 256 - 200
+    out = engine.generate([long_prompt, prompts[0]])
+    assert all(o.num_tokens <= 200 for o in out)
+    # The prompt's end is what the reply continues: truncating from the left keeps it.
+    assert out[1] == engine.generate([prompts[0]])[0]
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        Generator(tiny_policy_dir, gen_cfg(max_new_tokens=256), max_prompt_tokens=8)
+
+
+def test_load_weights_swaps_the_policy_in_running_actors(gen, tiny_policy_dir, prompts, tmp_path):
+    import json
+
+    from alol_ray.models import build_tiny_policy, load_tokenizer
+
+    with open(os.path.join(tiny_policy_dir, "config.json")) as fh:
+        conf = json.load(fh)
+    other = build_tiny_policy(load_tokenizer(tiny_policy_dir), n_layer=conf["n_layer"], n_embd=conf["n_embd"],
+                              n_head=conf["n_head"], n_positions=conf["n_positions"], seed=123)
+    new_dir = str(tmp_path / "other")
+    other.save_pretrained(new_dir)
+    for name in os.listdir(tiny_policy_dir):
+        if name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(os.path.join(tiny_policy_dir, name), new_dir)
+    before = gen.generate_with_ids(prompts)
+    pids = [info["pid"] for info in gen.engine_info]
+    gen.load_weights(new_dir)
+    after = gen.generate_with_ids(prompts)
+    assert [info["pid"] for info in gen.engine_info] == pids  # the same actors, new weights
+    assert after == in_process(new_dir, gen.cfg, prompts)
+    assert after != before
+    gen.load_weights(tiny_policy_dir)
+    assert gen.generate_with_ids(prompts) == before
