@@ -130,3 +130,25 @@ def ensure_base_policy(cfg: RunConfig, log: Callable = print) -> str:
 
     run_stage("base policy", paths.base_policy, base_policy_fingerprint(cfg), build, log=log)
     return paths.base_policy
+
+
+def ensure_eval(cfg: RunConfig, method: str, seed: int, model_path: str | None = None,
+                log: Callable = print) -> str:
+    """One policy's evaluation on ``eval.split``: <run>/eval/<method>-s<seed>.parquet + .json (the summary,
+    whose path is returned). ``model_path`` None = the reference policy. Skipped when the summary holds
+    the same fingerprint (policy files, generation, reward and eval settings, rows, pi_ref)."""
+    from evaluation.eval_job import eval_fingerprint, reference_policy, run_eval, summary_path_for
+
+    out = RunPaths.from_config(cfg).eval(method, seed)
+    summary = summary_path_for(out)
+    ensure_rows(cfg, log)
+    ref_path = reference_policy(cfg, log) if (model_path is None or cfg.eval.win_rate) else None
+    fp = eval_fingerprint(cfg, model_path or ref_path, cfg.eval.split, cfg.eval.max_prompts, ref_path)
+    if os.path.exists(out) and os.path.exists(summary):
+        with open(summary, encoding="utf-8") as fh:
+            if json.load(fh).get("fingerprint") == fp:
+                log(f"[eval {method}-s{seed}] up to date ({out})")
+                return summary
+    result = run_eval(cfg, model=model_path, method=method, seed=seed, log=log)
+    log(result.table)
+    return result.summary_path

@@ -1,0 +1,87 @@
+"""`alol eval` end to end on the built-in task's test split (CPU, tiny policy), and the reference cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alol_ray import columns as C
+from alol_ray.config import load_config
+from evaluation import eval_job
+from evaluation.metrics import distinct_n
+
+RUN_ARGS = ["data.builtin_train_prompts=60", "data.builtin_eval_prompts=20", "generation.max_new_tokens=16",
+            "eval.bootstrap_samples=200"]
+
+
+def run_alol(alol_cli, args, env=None):
+    return subprocess.run([*alol_cli, *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_alol_eval_prints_the_metric_table(ray_local, alol_cli, tiny_policy_dir, tmp_path):
+    # Join the session's Ray instead of starting a second one on the 2 cores.
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    overrides = [f"storage={tmp_path}", "name=ev", f"reference.path={tiny_policy_dir}", *RUN_ARGS]
+    res = run_alol(alol_cli, ["eval", *overrides, "--max-prompts", "6", "--method", "ref", "--seed", "3"], env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for key in ("metric", "95% CI", "reward/mean", "reward/builtin", "distinct/1", "distinct/2", "distinct/3",
+                "length/words", "length/tokens", "win_rate/reference", "eval/prompts"):
+        assert key in res.stdout, key
+    assert "on 'test' (6 prompts, transformers engine)" in res.stdout
+
+    examples_path = tmp_path / "ev" / "eval" / "ref-s3.parquet"
+    examples = pd.read_parquet(examples_path)
+    with open(tmp_path / "ev" / "eval" / "ref-s3.json") as fh:
+        summary = json.load(fh)
+    # The first 6 test prompts by prompt_id, each once.
+    rows = pd.read_parquet(tmp_path / "ev" / "data" / "rows.parquet")
+    expected_ids = sorted(rows.loc[rows[C.SPLIT] == "test", C.PROMPT_ID].unique())[:6]
+    assert examples[C.PROMPT_ID].tolist() == expected_ids
+    # The summary is the metrics of the per-example file.
+    m = summary["metrics"]
+    assert m["reward/mean"] == pytest.approx(examples[C.REWARD].mean(), abs=1e-12)
+    assert m["distinct/2"] == pytest.approx(distinct_n(examples[C.RESPONSE].tolist(), 2), abs=1e-12)
+    assert m["length/tokens"] == pytest.approx(examples[eval_job.RESPONSE_TOKENS].mean(), abs=1e-12)
+    lo, hi = summary["ci95"]["reward/mean"]
+    assert lo <= m["reward/mean"] <= hi
+    # Rewards are the built-in task's: recompute them from the replies.
+    from alol_ray.tasks import builtin
+
+    parts = builtin.score(examples[C.PROMPT].tolist(), examples[C.RESPONSE].tolist())
+    np.testing.assert_allclose(examples[C.REWARD], builtin.total_reward(parts), atol=1e-12)
+    # The reference evaluated against itself: identical replies, all ties.
+    assert (examples[eval_job.REF_RESPONSE] == examples[C.RESPONSE]).all()
+    assert m["win_rate/reference"] == 0.5 and summary["prompts"] == 6 == m["eval/prompts"]
+    assert os.path.exists(tmp_path / "ev" / "eval" / eval_job.REFERENCE_CACHE)
+
+
+def test_unknown_split_is_a_user_error(alol_cli, tiny_policy_dir, tmp_path):
+    res = run_alol(alol_cli, ["eval", f"storage={tmp_path}", "name=bad", f"reference.path={tiny_policy_dir}",
+                              *RUN_ARGS, "--split", "nope"])
+    assert res.returncode == 2
+    assert "eval split 'nope' has no prompts" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_reference_replies_come_from_the_cache(tiny_policy_dir, tmp_path):
+    """Cached replies are reused; a missing prompt is filled from `own` without generating; a changed
+    generation setting invalidates the cache."""
+    cfg = load_config(None, [f"storage={tmp_path}", "name=c", *RUN_ARGS])
+    prompts = pd.DataFrame({C.PROMPT_ID: ["a", "b"], C.PROMPT: ["pa", "pb"]})
+    own = prompts.assign(**{C.RESPONSE: ["ra", "rb"], eval_job.RESPONSE_TOKENS: [1, 1],
+                            eval_job.FINISH_REASON: ["eos", "eos"]})
+    first = eval_job.reference_replies(cfg, tiny_policy_dir, prompts.head(1), log=lambda *_: None, own=own.head(1))
+    assert first[C.RESPONSE].tolist() == ["ra"]
+    # "a" from the cache (own says otherwise and is ignored for it), "b" filled from own.
+    own2 = own.assign(**{C.RESPONSE: ["changed", "rb"]})
+    both = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, log=lambda *_: None, own=own2)
+    assert both[C.RESPONSE].tolist() == ["ra", "rb"]
+    cached = pd.read_parquet(os.path.join(tmp_path, "c", "eval", eval_job.REFERENCE_CACHE))
+    assert sorted(cached[C.PROMPT_ID]) == ["a", "b"]
+    cfg.generation.max_new_tokens += 1  # another setting: the cache no longer describes pi_ref's replies
+    fresh = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, log=lambda *_: None, own=own2)
+    assert fresh[C.RESPONSE].tolist() == ["changed", "rb"]
