@@ -280,14 +280,14 @@ class GenerationConfig:
     """Sampling settings shared by the vLLM and transformers engines."""
 
     engine: str = "auto"  # auto (vllm on GPU if installed, else transformers) | vllm | transformers
-    num_engines: int = 1
-    tensor_parallel_size: int = 1
-    cpus_per_engine: float = 1.0
-    gpus_per_engine: float = 0.0
-    batch_size: int = 32
-    max_new_tokens: int = 48
+    num_engines: int = 1  # Ray actors, each with its own copy of the policy; prompts are split across them
+    tensor_parallel_size: int = 1  # vllm: GPUs one engine shards the model over (one placement group each)
+    cpus_per_engine: float = 1.0  # per actor (also its torch threads, at least 1)
+    gpus_per_engine: float = 0.0  # per actor; vllm: 0 = tensor_parallel_size; transformers: > 0 runs on GPU
+    batch_size: int = 32  # transformers: prompts per generate call (vLLM batches continuously itself)
+    max_new_tokens: int = 48  # prompt tokens are cut so that prompt + new tokens fit the model's positions
     temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
+    top_p: float = 1.0  # nucleus sampling (no top-k cut in either engine)
     seed: int = 0  # sampling seed; per-request seeds derive from it and the prompt's position
     stop: list[str] = field(default_factory=lambda: ["### Human:"])  # cut the reply at the first of these
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
