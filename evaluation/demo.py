@@ -1,0 +1,46 @@
+"""`alol demo`: the whole pipeline on the built-in task, on a laptop-sized budget, ending with a comparison.
+
+build data -> tiny policy -> pi_ref (NLL SFT) -> reward + reference scoring -> value/advantages ->
+A-LoL and baselines (one seed each) -> evaluation on the test prompts -> report.md + plots.
+Each stage prints its progress; a second `alol demo` resumes or skips what is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# Sized for <= 10 minutes and <= 6 GiB on 2 CPU cores (measured by bench/demo_budget.py); any of these can
+# be overridden on the command line (`alol demo train.steps=400`).
+DEMO_OVERRIDES = [
+    "name=demo",
+    "compare.methods=[nll,a_lol,a_lol_seq,dpo]",
+    "compare.seeds=1",
+    "reference.train.steps=250",
+    "reference.train.eval_every=0",
+    "train.steps=200",
+    "train.eval_every=100",
+    "train.eval_prompts=48",
+    "eval.max_prompts=100",
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from alol_ray.cli import add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from alol_ray.config import load_config
+    from evaluation.compare import run_compare
+
+    started = time.time()
+    cfg = load_config(args.config, DEMO_OVERRIDES + list(args.overrides or []))
+    report, table = run_compare(cfg, command="alol demo " + " ".join(args.overrides or []))
+    print()
+    print(table)
+    print(f"\nreport: {report}")
+    print(f"demo finished in {time.time() - started:.0f}s")
+    return 0
