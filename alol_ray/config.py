@@ -176,6 +176,10 @@ class RewardConfig:
     rescore: bool = False  # recompute rewards even where the data already has them
     train_transform: str = "raw"  # applied to data-carried rewards for training: raw | sigmoid (HH logits)
 
+    def __post_init__(self) -> None:
+        if self.train_transform not in ("raw", "sigmoid"):
+            raise ConfigError(f"reward.train_transform must be raw or sigmoid, got '{self.train_transform}'")
+
 
 @dataclass
 class ActorPoolConfig:
@@ -189,6 +193,8 @@ class ActorPoolConfig:
     bf16: bool = True  # bf16 on GPU (ignored on CPU)
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError("actor pool needs batch_size >= 1 and non-negative num_cpus / num_gpus")
         if not 1 <= self.min_actors <= self.max_actors:
             raise ConfigError(f"actor pool needs 1 <= min_actors <= max_actors, got {self.min_actors}..{self.max_actors}")
 
@@ -200,6 +206,13 @@ class ScoringConfig:
     reward_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)
     reference_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)
     sort_by_length: bool = True  # bucket rows by length so batches waste little padding
+    batches_per_block: int = 4  # rows reach actors in blocks of this many batches; a finished block is
+    #                             cached at once, so it is also how much an interrupted run can lose
+    reference: bool = True  # also compute ref_logp / ref_token_logps (needs pi_ref); `alol score --no-reference`
+
+    def __post_init__(self) -> None:
+        if self.batches_per_block < 1:
+            raise ConfigError("scoring.batches_per_block must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------------

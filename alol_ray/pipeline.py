@@ -152,3 +152,40 @@ def ensure_eval(cfg: RunConfig, method: str, seed: int, model_path: str | None =
     result = run_eval(cfg, model=model_path, method=method, seed=seed, log=log)
     log(result.table)
     return result.summary_path
+
+
+def ensure_scored(cfg: RunConfig, log: Callable = print) -> str:
+    """The scored table <run>/scored/table.parquet: rewards (``reward``, ``reward/<name>``) and, unless
+    ``scoring.reference`` is off, pi_ref's ``ref_token_logps`` / ``ref_logp``. Scores are cached per row
+    and scorer (alol_ray.scoring.table), so re-runs and appended rows cost only what is new.
+
+    pi_ref is ``reference.path`` when set, else what ``ensure_reference(cfg)`` makes.
+    """
+    import pandas as pd
+
+    from alol_ray.errors import UserError
+    from alol_ray.scoring import table
+
+    rows_path = ensure_rows(cfg, log)
+    paths = RunPaths.from_config(cfg)
+    ref_path = None
+    if cfg.scoring.reference:
+        ref_path = cfg.reference.path or None
+        if not ref_path:
+            make_reference = globals().get("ensure_reference")  # defined by the training stage
+            if make_reference is None:
+                raise UserError("reference log-probs need pi_ref: set reference.path, or score rewards only "
+                                "with `alol score --no-reference` (scoring.reference=false)")
+            ref_path = make_reference(cfg, log)
+    # The rows file's content, not its config: whatever rewrote rows.parquet, the table follows.
+    fp = fingerprint("scored-v1", table.file_sha(rows_path), table.stage_identity(cfg, ref_path))
+    table_path = os.path.join(paths.scored, table.TABLE_FILE)
+    if not os.path.exists(table_path) and os.path.exists(os.path.join(paths.scored, STAGE_FILE)):
+        os.remove(os.path.join(paths.scored, STAGE_FILE))  # the table was deleted: build it again
+
+    def build():
+        rows = pd.read_parquet(rows_path)
+        return table.score_rows(rows, cfg, paths.scored, ref_path=ref_path, log=log).summary()
+
+    run_stage("scored", paths.scored, fp, build, log=log)
+    return table_path

@@ -1,0 +1,83 @@
+"""ReferenceScorer: the frozen reference policy pi_ref, as a callable class for ``map_batches``.
+
+For each (prompt, response) row it computes log pi_ref(y_t | x, y_<t) of every response token
+(``ref_token_logps``, EOS included) and their sum (``ref_logp``). The pair is tokenised by
+``alol_ray.tokenization`` (``encode_pair`` + ``collate`` + ``response_token_logps``), the very path the
+training loss takes, so at step 0 (policy == pi_ref) the A-LoL importance weight
+pi_theta(y|x) / pi_ref(y|x) = exp(sum logps - ref_logp) is 1 for every row.
+
+It also gives the prompt hidden states the value head reads (``prompt_hidden_states``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from alol_ray import columns as C
+
+
+class ReferenceScorer:
+    """Frozen pi_ref: per-token log-probs of given responses; prompt hidden states for the value head."""
+
+    def __init__(self, model_path: str, *, max_prompt_tokens: int, max_response_tokens: int,
+                 use_gpu: bool = False, bf16: bool = False, num_threads: Optional[int] = None,
+                 trust_remote_code: bool = False):
+        import torch
+
+        from alol_ray.models import load_policy
+
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if (bf16 and self.device == "cuda") else torch.float32
+        self.model, self.tokenizer = load_policy(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 device=self.device)
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_response_tokens = max_response_tokens
+
+    def token_logps(self, prompts: list[str], responses: list[str]) -> list[np.ndarray]:
+        """Per-token log-probs of each response (float32 array of its length, EOS included)."""
+        import torch
+
+        from alol_ray.tokenization import collate, encode_pair, response_token_logps
+
+        pairs = [encode_pair(self.tokenizer, p, r, self.max_prompt_tokens, self.max_response_tokens)
+                 for p, r in zip(prompts, responses)]
+        batch = collate(pairs, self.tokenizer.pad_token_id).to(self.device)
+        with torch.inference_mode():
+            logps = response_token_logps(self.model, batch).float().cpu().numpy()
+        lengths = batch.response_lengths.cpu().numpy()
+        return [logps[i, : lengths[i]].astype(np.float32) for i in range(len(pairs))]
+
+    def __call__(self, batch):
+        """Adds ``ref_token_logps`` (list of float32) and ``ref_logp`` (float64) to a pandas batch; with a
+        ``row_key`` column present, returns just ``row_key`` and the two new columns (the table's cache)."""
+        import pandas as pd
+
+        token_logps = self.token_logps(batch[C.PROMPT].tolist(), batch[C.RESPONSE].tolist())
+        # The sum in float64 of the stored float32 values: exactly what a reader of the table recomputes.
+        sums = np.array([float(np.sum(t, dtype=np.float64)) for t in token_logps])
+        if C.ROW_KEY in batch:
+            return pd.DataFrame({C.ROW_KEY: batch[C.ROW_KEY].to_numpy(), C.REF_TOKEN_LOGPS: token_logps,
+                                 C.REF_LOGP: sums})
+        out = batch.copy()
+        out[C.REF_TOKEN_LOGPS] = token_logps
+        out[C.REF_LOGP] = sums
+        return out
+
+    def prompt_hidden_states(self, prompts: list[str]):
+        """Last-layer hidden states of the prompts, tokenised as training does (left-truncated):
+        (hidden [B, P, H] float32, attention_mask [B, P] long), right-padded, on the CPU."""
+        import torch
+
+        from alol_ray.tokenization import prompt_batch
+
+        input_ids, attention_mask = prompt_batch(self.tokenizer, list(prompts), self.max_prompt_tokens)
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                             output_hidden_states=True)
+        return out.hidden_states[-1].float().cpu(), attention_mask

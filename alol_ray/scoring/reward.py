@@ -1,0 +1,302 @@
+"""RewardScorer: every reward source behind one callable class, for ``Dataset.map_batches`` actor pools.
+
+A reward is a list of named components (``RewardComponentConfig``), each with a weight:
+
+    reward = sum_i weight_i * transform_i(raw_i(prompt, response))
+
+and each transformed component is kept as ``reward/<name>``; a component whose transform is not
+``raw`` also keeps its raw score as ``reward_raw/<name>``. Component kinds:
+
+- ``hf_classifier``: any Hugging Face sequence classifier (hub id or folder). Single-logit models give
+  their logit; with ``label`` set, the score is P(label) (softmax over the labels). The input is rendered
+  by ``template``: a format string over ``{prompt}`` and ``{response}``, ``pair`` (tokenizer text pair) or
+  ``chat`` (the tokenizer's chat template over the prompt's turns); truncated on ``truncation_side`` to
+  ``max_length`` tokens.
+- ``python``: ``package.module:function`` called as ``fn(prompts, responses, **params)`` -> N floats.
+- ``length`` | ``distinct`` | ``tfidf`` | ``builtin_task``: the built-in scorers of ``scorers``.
+
+Transforms: ``raw``; ``sigmoid`` (e.g. an RM logit -> (0, 1), what A-LoL trains on for HH);
+``standardise`` ((x - mean) / std with ``params.mean``/``params.std`` if given, else the statistics of
+the scored table, see ``table``).
+
+Raw scores depend only on the row and the component's identity, so the scored table caches them per
+row and applies weights and transforms when it assembles the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+import string
+from typing import Any, Optional
+
+import numpy as np
+
+from alol_ray import columns as C
+from alol_ray.config import RewardComponentConfig
+from alol_ray.errors import ConfigError, UserError
+
+RAW_PREFIX = "reward_raw/"  # float columns "reward_raw/<component>": a component's score before its transform
+STANDARDISE_KEYS = ("mean", "std")  # params of the standardise transform (not passed to scorers)
+
+
+def raw_column(component: str) -> str:
+    """The column that holds a component's raw (untransformed) score."""
+    return f"{RAW_PREFIX}{component}"
+
+
+def as_component(spec: Any) -> RewardComponentConfig:
+    """A RewardComponentConfig from itself or its dict form (what travels to Ray actors)."""
+    if isinstance(spec, RewardComponentConfig):
+        return spec
+    if isinstance(spec, dict):
+        return RewardComponentConfig(**spec)
+    raise TypeError(f"expected a RewardComponentConfig or dict, got {type(spec).__name__}")
+
+
+def scorer_params(comp: RewardComponentConfig) -> dict:
+    """The component's params minus the ones its transform reads."""
+    return {k: v for k, v in (comp.params or {}).items() if k not in STANDARDISE_KEYS}
+
+
+def apply_transform(values: np.ndarray, comp: RewardComponentConfig,
+                    stats: Optional[tuple[float, float]] = None) -> np.ndarray:
+    """``comp.transform`` applied to raw scores. ``stats`` = (mean, std) for standardise without params."""
+    values = np.asarray(values, dtype=np.float64)
+    if comp.transform == "raw":
+        return values
+    if comp.transform == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-values))
+    params = comp.params or {}
+    if "mean" in params and "std" in params:
+        mean, std = float(params["mean"]), float(params["std"])
+    elif stats is not None:
+        mean, std = stats
+    else:
+        raise ConfigError(f"reward component '{comp.name}': transform standardise needs params.mean and "
+                          "params.std, or statistics from a scored table")
+    return (values - mean) / (std if std > 0 else 1.0)
+
+
+def check_components(components: list[RewardComponentConfig]) -> None:
+    """Names unique and usable as column suffixes; each kind has what it needs."""
+    from alol_ray.scoring import scorers
+
+    names = [c.name for c in components]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"reward component names must be unique, got {names}")
+    for comp in components:
+        if not comp.name or "/" in comp.name:
+            raise ConfigError(f"reward component name {comp.name!r} must be non-empty and contain no '/'")
+        if comp.kind == "hf_classifier" and not comp.model:
+            raise ConfigError(f"reward component '{comp.name}': kind hf_classifier needs `model` (hub id or folder)")
+        if comp.kind == "python" and not re.fullmatch(r"[\w.]+:\w+", comp.function or ""):
+            raise ConfigError(f"reward component '{comp.name}': kind python needs function "
+                              f"'package.module:function', got {comp.function!r}")
+        if comp.kind in scorers.BUILTIN_SCORERS:
+            scorers.check_params(comp.kind, scorer_params(comp))
+        if comp.kind == "hf_classifier" and comp.template not in ("pair", "chat"):
+            fields = {f for _, f, _, _ in string.Formatter().parse(comp.template) if f is not None}
+            if not fields <= {"prompt", "response"} or "response" not in fields:
+                raise ConfigError(f"reward component '{comp.name}': template {comp.template!r} may use only "
+                                  "{prompt} and {response} (and must use {response}), or be 'pair' or 'chat'")
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+
+class HFClassifier:
+    """A Hugging Face sequence classifier as a reward source (single logit, or P(label))."""
+
+    def __init__(self, comp: RewardComponentConfig, device: str = "cpu", bf16: bool = False):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.comp = comp
+        self.device = device
+        kwargs = {"revision": comp.revision, "trust_remote_code": comp.trust_remote_code}
+        self.tokenizer = AutoTokenizer.from_pretrained(comp.model, **kwargs)
+        dtype = torch.bfloat16 if (bf16 and device.startswith("cuda")) else torch.float32
+        self.model = AutoModelForSequenceClassification.from_pretrained(comp.model, dtype=dtype, **kwargs)
+        if self.tokenizer.pad_token is None:  # decoder classifiers (GPT-2 style) ship without one
+            if self.tokenizer.eos_token is None:
+                raise ConfigError(f"reward model {comp.model}: tokenizer has neither pad nor eos token")
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:  # decoder classifiers find the last token through it
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.tokenizer.truncation_side = comp.truncation_side
+        self.model.to(device).eval()
+        self.label_index = self._label_index()
+        if comp.template == "chat" and not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(f"reward component '{comp.name}': template 'chat' but {comp.model} has no chat template")
+
+    def _label_index(self) -> Optional[int]:
+        num_labels = self.model.config.num_labels
+        if self.comp.label is None:
+            if num_labels != 1:
+                raise ConfigError(f"reward model {self.comp.model} has {num_labels} labels "
+                                  f"{list(self.model.config.id2label.values())}; set `label` to score P(label)")
+            return None
+        label2id = {str(k): int(v) for k, v in (self.model.config.label2id or {}).items()}
+        label = str(self.comp.label)
+        if label in label2id:
+            return label2id[label]
+        if label.isdigit() and int(label) < num_labels:
+            return int(label)
+        raise ConfigError(f"reward model {self.comp.model}: label {label!r} is not one of {sorted(label2id)}")
+
+    def _chat_text(self, prompt: str, response: str) -> str:
+        from alol_ray.config import ChatTemplateConfig
+
+        marks = ChatTemplateConfig()
+        messages = []
+        for part in re.split(f"({re.escape(marks.human)}|{re.escape(marks.assistant)})", prompt):
+            if part == marks.human:
+                messages.append({"role": "user", "content": ""})
+            elif part == marks.assistant:
+                messages.append({"role": "assistant", "content": ""})
+            elif part.strip():
+                if not messages:
+                    messages.append({"role": "user", "content": ""})
+                messages[-1]["content"] += part.strip()
+        if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+            messages.pop()  # the prompt ends with the assistant marker the response answers
+        messages.append({"role": "assistant", "content": response})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False)
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        import torch
+
+        comp = self.comp
+        enc_args = {"truncation": True, "max_length": comp.max_length, "padding": True, "return_tensors": "pt"}
+        if comp.template == "pair":
+            enc = self.tokenizer(list(prompts), list(responses), **enc_args)
+        elif comp.template == "chat":
+            enc = self.tokenizer([self._chat_text(p, r) for p, r in zip(prompts, responses)],
+                                 add_special_tokens=False, **enc_args)
+        else:
+            enc = self.tokenizer([comp.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)],
+                                 **enc_args)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        with torch.inference_mode():
+            logits = self.model(**enc).logits.float()
+        if self.label_index is None:
+            return logits[:, 0].cpu().numpy().astype(np.float64)
+        return torch.softmax(logits, dim=-1)[:, self.label_index].cpu().numpy().astype(np.float64)
+
+
+class PythonFunction:
+    """``package.module:function`` called as ``fn(prompts, responses, **params)``."""
+
+    def __init__(self, comp: RewardComponentConfig):
+        module_name, fn_name = comp.function.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"reward component '{comp.name}': cannot import {module_name}: {exc}") from None
+        self.fn = getattr(module, fn_name, None)
+        if not callable(self.fn):
+            raise ConfigError(f"reward component '{comp.name}': {module_name} has no function {fn_name}")
+        self.comp = comp
+        self.params = scorer_params(comp)
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        out = np.asarray(self.fn(list(prompts), list(responses), **self.params), dtype=np.float64)
+        if out.shape != (len(prompts),):
+            raise UserError(f"reward component '{self.comp.name}': {self.comp.function} returned shape "
+                            f"{out.shape} for {len(prompts)} rows; it must return one number per row")
+        return out
+
+
+class BuiltinScorer:
+    def __init__(self, comp: RewardComponentConfig):
+        from alol_ray.scoring import scorers
+
+        self.fn = scorers.BUILTIN_SCORERS[comp.kind]
+        self.params = scorer_params(comp)
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        return self.fn(list(prompts), list(responses), **self.params)
+
+
+def build_source(comp: RewardComponentConfig, device: str = "cpu", bf16: bool = False):
+    """The callable (prompts, responses) -> raw scores [N] of one component."""
+    if comp.kind == "hf_classifier":
+        return HFClassifier(comp, device=device, bf16=bf16)
+    if comp.kind == "python":
+        return PythonFunction(comp)
+    return BuiltinScorer(comp)
+
+
+# ----------------------------------------------------------------------------------------------- scorer
+
+
+class RewardScorer:
+    """Scores (prompt, response) rows with every configured reward component.
+
+    Use directly (``scorer.rewards(prompts, responses)``) or as a callable class in
+    ``ds.map_batches(RewardScorer, fn_constructor_kwargs={"components": [...]}, batch_format="pandas",
+    compute=ray.data.ActorPoolStrategy(...))``. ``raw_only=True`` returns just ``row_key`` and
+    ``reward_raw/<name>`` per row (what the scored table caches).
+    """
+
+    def __init__(self, components: list[Any], *, raw_only: bool = False, use_gpu: bool = False, bf16: bool = True,
+                 num_threads: Optional[int] = None, stats: Optional[dict[str, tuple[float, float]]] = None):
+        self.components = [as_component(c) for c in components]
+        if not self.components:
+            raise ConfigError("RewardScorer needs at least one reward component")
+        check_components(self.components)
+        device = "cpu"
+        if any(c.kind == "hf_classifier" for c in self.components):  # torch only where a model needs it
+            import torch
+
+            if num_threads:  # one actor = its CPUs, so actors sharing a node do not oversubscribe cores
+                torch.set_num_threads(int(num_threads))
+            device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.sources = {c.name: build_source(c, device=device, bf16=bf16) for c in self.components}
+        self.raw_only = raw_only
+        self.stats = dict(stats or {})
+
+    def score(self, prompts: list[str], responses: list[str]) -> dict[str, np.ndarray]:
+        """Raw score of every component: name -> float64 [N]."""
+        return {name: source(prompts, responses) for name, source in self.sources.items()}
+
+    def rewards(self, prompts: list[str], responses: list[str]) -> dict[str, np.ndarray]:
+        """The scored columns: ``reward``, ``reward/<name>`` and, for transformed ones, ``reward_raw/<name>``."""
+        raw = self.score(prompts, responses)
+        return combine(self.components, raw, self.stats)
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        prompts, responses = batch[C.PROMPT].tolist(), batch[C.RESPONSE].tolist()
+        if self.raw_only:
+            raw = self.score(prompts, responses)
+            return pd.DataFrame({C.ROW_KEY: batch[C.ROW_KEY].to_numpy(),
+                                 **{raw_column(n): v for n, v in raw.items()}})
+        out = batch.copy()
+        for col, values in self.rewards(prompts, responses).items():
+            out[col] = values
+        return out
+
+
+def combine(components: list[RewardComponentConfig], raw: dict[str, np.ndarray],
+            stats: Optional[dict[str, tuple[float, float]]] = None) -> dict[str, np.ndarray]:
+    """Weighted sum of transformed components. NaN in any component makes that row's reward NaN."""
+    stats = stats or {}
+    out: dict[str, np.ndarray] = {}
+    total = None
+    for comp in components:
+        values = apply_transform(raw[comp.name], comp, stats.get(comp.name))
+        out[C.reward_column(comp.name)] = values
+        if comp.transform != "raw":
+            out[raw_column(comp.name)] = np.asarray(raw[comp.name], dtype=np.float64)
+        total = comp.weight * values if total is None else total + comp.weight * values
+    out[C.REWARD] = total
+    return out
+
+
+def component_dicts(components: list[RewardComponentConfig]) -> list[dict]:
+    """Plain dicts (cheap to ship to actors, stable to hash)."""
+    return [dataclasses.asdict(c) for c in components]

