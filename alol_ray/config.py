@@ -369,20 +369,51 @@ class RewardModelConfig:
 
 @dataclass
 class ServeConfig:
-    """The RewardScorer as a Ray Serve deployment (`alol serve-rewards`)."""
+    """The RewardScorer as an autoscaled Ray Serve deployment (`alol serve-rewards`): HTTP + Python handle.
 
+    Serve adds a replica when the ongoing requests per replica exceed `target_ongoing_requests` for
+    `upscale_delay_s`, and removes one after `downscale_delay_s` below it. A replica scores up to
+    `max_batch_size` queued requests at once (@serve.batch), so set the target near the batch size
+    for a GPU reward model and low (1-2) for a cheap CPU scorer.
+    """
+
+    app_name: str = "alol-rewards"  # the Serve application (serve.get_app_handle(app_name) reaches it)
     min_replicas: int = 1
     max_replicas: int = 2
-    target_ongoing_requests: float = 2.0
+    target_ongoing_requests: float = 8.0  # per replica, queued + running
+    max_ongoing_requests: int = 32  # per replica; more wait at the proxy/handle (>= max_batch_size)
     upscale_delay_s: float = 1.0
-    downscale_delay_s: float = 5.0
-    max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.01
+    downscale_delay_s: float = 10.0
+    look_back_period_s: float = 10.0  # the load is averaged over this window (Serve's default: 30)
+    access_log: bool = False  # one log line per request (noisy under load)
+    max_batch_size: int = 16  # requests scored together by one replica
+    batch_wait_timeout_s: float = 0.01  # how long a replica waits to fill a batch
     num_cpus: float = 0.5  # per replica
-    num_gpus: float = 0.0
-    host: str = "127.0.0.1"
+    num_gpus: float = 0.0  # per replica; fractional allowed (several replicas share a GPU)
+    bf16: bool = True  # bf16 reward models on GPU (ignored on CPU)
+    host: str = "127.0.0.1"  # HTTP proxy address: localhost unless you put an authenticating proxy in front
     port: int = 8000
     route_prefix: str = "/rewards"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ConfigError(f"serve needs 0 <= min_replicas <= max_replicas and max_replicas >= 1, "
+                              f"got {self.min_replicas}..{self.max_replicas}")
+        if self.target_ongoing_requests <= 0 or self.max_batch_size < 1:
+            raise ConfigError("serve.target_ongoing_requests must be > 0 and serve.max_batch_size >= 1")
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ConfigError(f"serve.max_ongoing_requests ({self.max_ongoing_requests}) must be >= "
+                              f"serve.max_batch_size ({self.max_batch_size}), or batches never fill")
+        if self.upscale_delay_s < 0 or self.downscale_delay_s < 0 or self.batch_wait_timeout_s < 0:
+            raise ConfigError("serve delays and batch_wait_timeout_s must be >= 0")
+        if self.look_back_period_s <= 0:
+            raise ConfigError("serve.look_back_period_s must be > 0")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError("serve.num_cpus and serve.num_gpus must be >= 0")
+        if not self.route_prefix.startswith("/"):
+            raise ConfigError(f"serve.route_prefix must start with '/', got '{self.route_prefix}'")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"serve.port must be a TCP port, got {self.port}")
 
 
 @dataclass
