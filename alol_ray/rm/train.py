@@ -1,0 +1,363 @@
+"""`alol rm train`: fit a one-output sequence classifier on canonical rows as a Ray Train job.
+
+    rows -> train / held-out prompts (deterministic) -> examples (rows for regression, rank pairs for pairwise)
+         -> [frozen BERT-family encoder: encoder features once, Ray Data actor pool, cached]
+         -> TorchTrainer: head (or whole model) trained with the loss by name; a checkpoint per epoch
+         -> HF folder (model + tokenizer + alol_reward.json) -> evaluation (alol_rm_eval.json)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from alol_ray import columns as C
+from alol_ray.config import RewardModelConfig, RunConfig
+from alol_ray.errors import UserError
+
+TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "train_state.json"
+# Fields that choose resources or where the output goes, not what is learned.
+RESOURCE_FIELDS = ("num_workers", "cpus_per_worker", "use_gpu", "max_failures", "embed_pool", "output")
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def split_holdout(frame: pd.DataFrame, rm: RewardModelConfig) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """(training rows, evaluation slices). The held-out prompts are a seeded, exact fraction of the
+    training split's prompts (sorted by a hash of seed and prompt_id), so every run holds out the same."""
+    train_all = frame[frame[C.SPLIT] == rm.train_split]
+    if train_all.empty:
+        raise UserError(f"rm.train_split={rm.train_split!r}: no rows in that split "
+                        f"(splits present: {sorted(frame[C.SPLIT].unique())})")
+    pids = sorted(train_all[C.PROMPT_ID].unique(),
+                  key=lambda p: hashlib.sha1(f"{rm.seed}:{p}".encode()).hexdigest())
+    held = set(pids[: int(round(rm.holdout_fraction * len(pids)))])
+    is_held = train_all[C.PROMPT_ID].isin(held)
+    slices: dict[str, pd.DataFrame] = {}
+    if is_held.any():
+        slices["holdout"] = train_all[is_held].reset_index(drop=True)
+    for split in rm.eval_splits:
+        part = frame[frame[C.SPLIT] == split]
+        if split != rm.train_split and not part.empty:
+            slices[split] = part.reset_index(drop=True)
+    return train_all[~is_held].reset_index(drop=True), slices
+
+
+def rank_pairs(frame: pd.DataFrame) -> np.ndarray:
+    """[P, 2] row positions (chosen, rejected): every two responses of one prompt, chosen = lower rank."""
+    pairs = []
+    ranks = frame[C.RANK].to_numpy()
+    for positions in frame.groupby(C.PROMPT_ID, sort=False).indices.values():
+        ordered = sorted(positions, key=lambda i: ranks[i])
+        pairs += [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:] if ranks[a] < ranks[b]]
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def training_examples(train: pd.DataFrame, rm: RewardModelConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows the model sees and the targets: {"y", "mean", "std"} (regression) or {"pairs"} (pairwise)."""
+    if rm.loss == "regression":
+        if C.REWARD not in train or train[C.REWARD].isna().all():
+            raise UserError("rm.loss=regression needs rows with a reward; these rows carry none "
+                            "(use rm.loss=pairwise to learn from the ranking)")
+        train = train[train[C.REWARD].notna()].reset_index(drop=True)
+        y = train[C.REWARD].to_numpy(dtype=np.float64)
+        mean, std = (float(y.mean()), float(y.std())) if rm.standardize_targets else (0.0, 1.0)
+        std = std if std > 0 else 1.0
+        return train, {"y": ((y - mean) / std).astype(np.float32), "mean": mean, "std": std}
+    pairs = rank_pairs(train)
+    if len(pairs) == 0:
+        raise UserError("rm.loss=pairwise needs prompts with at least two ranked responses; found none")
+    used = np.unique(pairs)
+    remap = np.full(len(train), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return train.iloc[used].reset_index(drop=True), {"pairs": remap[pairs]}
+
+
+def _model_key(cfg: RunConfig, backbone_path: str) -> str:
+    """What determines the encoder features: the backbone's files and the input rendering."""
+    from alol_ray.pipeline import fingerprint
+
+    stamp: Any = backbone_path
+    if os.path.isdir(backbone_path):
+        stamp = sorted((name, os.path.getsize(os.path.join(backbone_path, name)),
+                        int(os.path.getmtime(os.path.join(backbone_path, name))))
+                       for name in os.listdir(backbone_path) if name.endswith((".safetensors", ".bin", ".json")))
+    rm = cfg.rm
+    return fingerprint("rm-encoder-v1", backbone_path, stamp, rm.revision, rm.pooling, rm.template,
+                       rm.max_length, rm.truncation_side)
+
+
+# ------------------------------------------------------------------------------------- the worker loop
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: shard of each global batch -> loss by name -> DDP step; report per epoch.
+
+    Head mode trains pooler + classifier on cached encoder features; full mode runs the classifier on
+    tokenized text (the encoder frozen or not). Checkpoints hold the trainable weights, the optimizer
+    and the epoch, so a restarted worker group resumes at the next epoch.
+    """
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    from alol_ray.rm.backbone import encode, load_reward_model, make_head
+    from alol_ray.rm.losses import LOSSES
+    from alol_ray.rm.metrics import pairwise_accuracy, pearson, spearman
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config["seed"] + rank)  # dropout noise differs per worker; the head init does not
+    data, holdout = ray.get(config["data"]), ray.get(config["holdout"]) if config["holdout"] is not None else None
+    model, tok, _ = load_reward_model(config["backbone"], config["pooling"], revision=config["revision"],
+                                      trust_remote_code=config["trust_remote_code"], seed=config["seed"])
+    head_mode = config["mode"] == "head"
+    module = make_head(model) if head_mode else model
+    if not head_mode and config["freeze_encoder"]:
+        for p in model.base_model.parameters():  # no cached features for this architecture: freeze in place
+            p.requires_grad_(False)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+
+    start_epoch = 0
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as folder:
+            module.load_state_dict(load_file(os.path.join(folder, TRAINABLE_FILE)))
+            optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE), weights_only=True))
+            with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as fh:
+                start_epoch = json.load(fh)["epoch"]
+    module = ray.train.torch.prepare_model(module)  # DDP across workers (gradients averaged), device placement
+    device = ray.train.torch.get_device()
+    bare = getattr(module, "module", module)
+    loss_fn = LOSSES[config["loss"]]
+
+    def rewards(rows: np.ndarray, source: dict) -> torch.Tensor:
+        """The model's output for rows (positions into `source`): from features or from text."""
+        if head_mode:
+            return module(torch.as_tensor(source["X"][rows], device=device))
+        enc = encode(tok, config["template"], [source["prompts"][i] for i in rows],
+                     [source["responses"][i] for i in rows], config["max_length"], config["truncation_side"])
+        return module(**enc.to(device)).logits.squeeze(-1)
+
+    def evaluate_holdout() -> dict[str, float]:
+        module.eval()
+        with torch.no_grad():
+            scores = np.concatenate([rewards(np.arange(i, min(i + 256, holdout["n"])), holdout).cpu().numpy()
+                                     for i in range(0, holdout["n"], 256)])
+        module.train()
+        frame = pd.DataFrame({C.PROMPT_ID: holdout["pid"], C.RANK: holdout["rank"]})
+        out = {"holdout/pairwise_acc": pairwise_accuracy(frame, scores)[0]}
+        labelled = ~np.isnan(holdout["reward"])
+        if labelled.sum() > 1:
+            out["holdout/pearson"] = pearson(scores[labelled], holdout["reward"][labelled])
+            out["holdout/spearman"] = spearman(scores[labelled], holdout["reward"][labelled])
+        return out
+
+    def save_and_report(epoch: int, metrics: dict[str, float]) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if rank == 0:  # one copy of the weights; every worker still reports (Ray Train requires it)
+                save_file({k: v.detach().cpu().contiguous() for k, v in bare.state_dict().items()},
+                          os.path.join(folder, TRAINABLE_FILE))
+                torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
+                with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as fh:
+                    json.dump({"epoch": epoch}, fh)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    n_examples = len(data["pairs"]) if config["loss"] == "pairwise" else data["n"]
+    batch, per_worker = config["batch_size"], config["batch_size"] // world
+    steps = max(n_examples // batch, 1)  # the last incomplete global batch is dropped (reshuffled each epoch)
+    module.train()
+    for epoch in range(start_epoch, config["epochs"]):
+        # The same permutation on every worker; worker r takes its slice of each global batch.
+        perm = np.random.default_rng(config["seed"] + epoch).permutation(n_examples)
+        totals: dict[str, float] = {}
+        for step in tqdm(range(steps), desc=f"rm epoch {epoch + 1}", disable=rank != 0 or head_mode, mininterval=5):
+            mine = perm[step * batch: (step + 1) * batch][rank * per_worker: (rank + 1) * per_worker]
+            if config["loss"] == "pairwise":
+                chosen, rejected = data["pairs"][mine, 0], data["pairs"][mine, 1]
+                scores = rewards(np.concatenate([chosen, rejected]), data)
+                loss, metrics = loss_fn(scores[: len(mine)], scores[len(mine):])
+            else:
+                loss, metrics = loss_fn(rewards(mine, data), torch.as_tensor(data["y"][mine], device=device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config["grad_clip"] > 0:  # keeps one noisy batch from throwing the head far off
+                torch.nn.utils.clip_grad_norm_(params, config["grad_clip"])
+            optimizer.step()
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v / steps
+        report = {"epoch": epoch + 1, **totals}
+        if holdout is not None and rank == 0:
+            report.update(evaluate_holdout())
+        if rank == 0:
+            print("[rm] " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()),
+                  flush=True)
+        save_and_report(epoch + 1, report)
+    if start_epoch >= config["epochs"]:  # restored after the last epoch: report it again so fit() returns it
+        save_and_report(start_epoch, {"epoch": start_epoch})
+
+
+# --------------------------------------------------------------------------------------- orchestration
+
+
+def reward_model_dir(cfg: RunConfig) -> str:
+    from alol_ray.runs import RunPaths
+
+    return cfg.rm.output or os.path.join(RunPaths.from_config(cfg).root, "rm", "model")
+
+
+def reward_model_fingerprint(cfg: RunConfig, rows_fp: str) -> str:
+    from alol_ray.pipeline import fingerprint
+
+    learned = {k: v for k, v in dataclasses.asdict(cfg.rm).items() if k not in RESOURCE_FIELDS}
+    return fingerprint("rm-v1", learned, rows_fp)
+
+
+def _payload(frame: pd.DataFrame, features: Optional[np.ndarray]) -> dict[str, Any]:
+    """What a worker needs about rows: features (head mode) or texts (full mode)."""
+    if features is not None:
+        return {"n": len(frame), "X": np.ascontiguousarray(features, dtype=np.float32)}
+    return {"n": len(frame), "prompts": frame[C.PROMPT].tolist(), "responses": frame[C.RESPONSE].tolist()}
+
+
+def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, log: Callable = print,
+                       fresh: bool = False) -> dict[str, Any]:
+    """Train, save the HF folder into `out_dir`, evaluate; returns a summary (also in alol_rm_eval.json).
+
+    A Ray Train run of the same config left behind by a crash is resumed, unless `fresh`.
+    """
+    import ray
+    import torch
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from safetensors.torch import load_file
+
+    from alol_ray.ray_utils import init_ray
+    from alol_ray.rm.backbone import (EVAL_FILE, RewardSpec, detect_pooling, fold_target_scale, has_cacheable_head,
+                                      load_reward_model, make_head, resolve_backbone)
+    from alol_ray.rm.embed import cached_features, run_pass
+    from alol_ray.rm.metrics import evaluate_slice, format_report
+    from alol_ray.runs import RunPaths
+
+    rm = cfg.rm
+    start = time.time()
+    frame = pd.read_parquet(rows_path)
+    train_rows, slices = split_holdout(frame, rm)
+    train_rows, targets = training_examples(train_rows, rm)
+    backbone = resolve_backbone(rm.backbone)
+    pooling = detect_pooling(backbone, rm.pooling)
+    # Building the model once here fails fast on a bad backbone and tells which training mode applies.
+    model, tok, pooling = load_reward_model(backbone, pooling, revision=rm.revision,
+                                            trust_remote_code=rm.trust_remote_code, seed=rm.seed)
+    head_mode = rm.freeze_encoder and has_cacheable_head(model)
+    log(f"[rm] {len(train_rows):,} training rows ({len(targets.get('pairs', [])) or len(train_rows):,} "
+        f"{'pairs' if rm.loss == 'pairwise' else 'rows'}), eval slices "
+        f"{ {k: len(v) for k, v in slices.items()} }; backbone {backbone} (pooling {pooling}); "
+        f"{'head on cached encoder features' if head_mode else 'whole model' if not rm.freeze_encoder else 'head, encoder frozen in place'}")
+
+    init_ray(cfg.ray)
+    runner_kwargs = {"backbone": backbone, "pooling": pooling, "template": rm.template, "max_length": rm.max_length,
+                     "truncation_side": rm.truncation_side, "revision": rm.revision,
+                     "trust_remote_code": rm.trust_remote_code, "use_gpu": rm.embed_pool.num_gpus > 0}
+    run_root = RunPaths.from_config(cfg).root
+    eval_features: dict[str, np.ndarray] = {}
+    train_features = None
+    if head_mode:
+        # One pass over training and evaluation rows together: one actor pool start-up.
+        everything = pd.concat([train_rows] + list(slices.values()), ignore_index=True)
+        features = cached_features(everything, os.path.join(run_root, "rm", "features"), _model_key(cfg, backbone),
+                                   rm.embed_pool, runner_kwargs, log)
+        train_features, offset = features[: len(train_rows)], len(train_rows)
+        for name, part in slices.items():
+            eval_features[name] = features[offset: offset + len(part)]
+            offset += len(part)
+
+    data = {**_payload(train_rows, train_features), **{k: v for k, v in targets.items() if k in ("y", "pairs")}}
+    holdout = None
+    if "holdout" in slices:
+        h = slices["holdout"]
+        holdout = {**_payload(h, eval_features.get("holdout")), "pid": h[C.PROMPT_ID].to_numpy(),
+                   "rank": h[C.RANK].to_numpy(),
+                   "reward": h[C.REWARD].to_numpy(dtype=np.float64) if C.REWARD in h else np.full(len(h), np.nan)}
+    loop_config = {
+        "mode": "head" if head_mode else "full", "backbone": backbone, "pooling": pooling, "revision": rm.revision,
+        "trust_remote_code": rm.trust_remote_code, "freeze_encoder": rm.freeze_encoder, "loss": rm.loss,
+        "template": rm.template, "max_length": rm.max_length, "truncation_side": rm.truncation_side,
+        "lr": rm.lr, "weight_decay": rm.weight_decay, "grad_clip": rm.grad_clip, "epochs": rm.epochs,
+        "batch_size": rm.batch_size, "seed": rm.seed,
+        "data": ray.put(data), "holdout": ray.put(holdout) if holdout is not None else None,
+    }
+    from alol_ray.pipeline import rows_fingerprint
+
+    fp = reward_model_fingerprint(cfg, rows_fingerprint(cfg))
+    storage = os.path.abspath(os.path.join(run_root, "rm", "ray"))
+    if fresh:
+        shutil.rmtree(os.path.join(storage, f"rm-{fp}"), ignore_errors=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=rm.num_workers, use_gpu=rm.use_gpu,
+                                     resources_per_worker={"CPU": rm.cpus_per_worker}),
+        # Same name for the same config: a rerun after a crash resumes from the last epoch's checkpoint.
+        run_config=RayRunConfig(name=f"rm-{fp}", storage_path=storage,
+                                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                failure_config=FailureConfig(max_failures=rm.max_failures)),
+    )
+    train_start = time.time()
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("reward-model training reported no checkpoint")
+    train_seconds = time.time() - train_start
+
+    # The trained weights go back into the full classifier, which is saved as a standard HF folder.
+    trained = make_head(model) if head_mode else model
+    with result.checkpoint.as_directory() as folder:
+        trained.load_state_dict(load_file(os.path.join(folder, TRAINABLE_FILE)))
+    if rm.loss == "regression":
+        fold_target_scale(model, targets["mean"], targets["std"])
+    model.eval()
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    RewardSpec(template=rm.template, max_length=rm.max_length, truncation_side=rm.truncation_side, transform="raw",
+               pooling=pooling, loss=rm.loss, backbone=rm.backbone,
+               target_mean=targets.get("mean"), target_std=targets.get("std"),
+               trained_on={"rows": len(train_rows), "pairs": int(len(targets.get("pairs", []))),
+                           "epochs": rm.epochs}).save(out_dir)
+
+    # Evaluation: cached features through the saved head, or the saved folder itself on the actor pool.
+    report: dict[str, Any] = {}
+    for name, part in slices.items():
+        if head_mode:
+            with torch.no_grad():
+                scores = make_head(model).eval()(torch.as_tensor(eval_features[name])).numpy()
+        else:
+            scores = run_pass(part, rm.embed_pool, {**runner_kwargs, "backbone": out_dir, "output": "reward"})
+        report[name] = evaluate_slice(part, scores)
+    summary = {"slices": report, "train_seconds": round(train_seconds, 1),
+               "total_seconds": round(time.time() - start, 1), "mode": "head" if head_mode else "full",
+               "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+               "config": dataclasses.asdict(rm)}
+    with open(os.path.join(out_dir, EVAL_FILE), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2, default=float)
+    log("[rm] evaluation (" + os.path.join(out_dir, EVAL_FILE) + ")\n" + format_report(report))
+    log(f"[rm] saved {out_dir}")
+    return {"mode": summary["mode"], "train_seconds": summary["train_seconds"]}
