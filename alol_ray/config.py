@@ -225,10 +225,10 @@ class ValueConfig:
     """The value head V(x) on the frozen reference policy's prompt states (A-LoL's baseline)."""
 
     max_value: float = 3.0  # sigmoid output scaled to [0, max_value]; set to the reward's range
-    lr: float = 1e-3
-    epochs: int = 10
-    batch_size: int = 32
-    heads: int = 4
+    lr: float = 1e-3  # AdamW
+    epochs: int = 20  # the best one (lowest held-out MSE) is kept
+    batch_size: int = 32  # also the batch of pi_ref forward passes for prompt states
+    heads: int = 4  # attention heads of the pooling; must divide the policy's hidden size
     dropout: float = 0.1
     holdout_fraction: float = 0.2  # val prompts held out to pick the best epoch
     max_prompts: Optional[int] = None  # use at most this many val prompts for the fit (None = all)

@@ -191,6 +191,49 @@ def ensure_scored(cfg: RunConfig, log: Callable = print) -> str:
     return table_path
 
 
+def _stage_fingerprint(folder: str) -> str | None:
+    path = os.path.join(folder, STAGE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh).get("fingerprint")
+
+
+def ensure_value(cfg: RunConfig, log: Callable = print) -> str:
+    """The scored table with ``value`` and ``advantage`` (written into <run>/scored/table.parquet); the
+    head and the fit/advantage reports in <run>/value/ (alol_ray.value).
+
+    pi_ref is ``reference.path`` when set, else what ``ensure_reference(cfg)`` makes. Re-runs when the
+    value, generation or reward config, pi_ref or the scored table's stage changes, or when the table
+    was rebuilt without the value columns.
+    """
+    from alol_ray.errors import UserError
+    from alol_ray.value.fit import build_value, has_value_columns
+
+    paths = RunPaths.from_config(cfg)
+    ref_path = cfg.reference.path or None
+    if not ref_path:
+        make_reference = globals().get("ensure_reference")  # defined by the training stage
+        if make_reference is None:
+            raise UserError("the value head needs pi_ref: set reference.path (an HF folder or hub id)")
+        ref_path = make_reference(cfg, log)
+    table_path = ensure_scored(cfg, log)
+    fp = fingerprint("value-v1", cfg.value, cfg.generation, cfg.reward, cfg.scoring.reward_pool,
+                     cfg.model.max_prompt_tokens, cfg.model.dtype, cfg.seed, ref_path,
+                     _stage_fingerprint(paths.ref), _stage_fingerprint(paths.scored))
+    if not has_value_columns(table_path) and os.path.exists(os.path.join(paths.value, STAGE_FILE)):
+        os.remove(os.path.join(paths.value, STAGE_FILE))  # the table was rebuilt: add the columns again
+
+    def build():
+        out = build_value(cfg, ref_path, table_path, paths.value, log=log)
+        fit, adv = out["fit"], out["advantages"]["advantage/train"]
+        return {"mse/holdout": fit["mse/holdout"], "mse/holdout_predict_mean": fit["mse/holdout_predict_mean"],
+                "best_epoch": fit["best_epoch"], "advantage/positive_fraction": adv["positive_fraction"]}
+
+    run_stage("value", paths.value, fp, build, log=log)
+    return table_path
+
+
 def ensure_reward_model(cfg: RunConfig, log: Callable = print, force: bool = False) -> str:
     """A reward model trained on the run's rows (`rm` section): the HF folder rm.output or <run>/rm/model,
     with alol_reward.json (input rendering) and alol_rm_eval.json (held-out metrics)."""

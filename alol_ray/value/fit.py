@@ -135,6 +135,10 @@ def _mse(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean((pred - target) ** 2))
 
 
+def _copy_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
 def fit_value_head(states: Sequence[torch.Tensor], targets: np.ndarray, *, heads: int, dropout: float,
                    max_value: float, lr: float, epochs: int, batch_size: int, holdout_fraction: float,
                    seed: int = 0, holdout_index: Optional[np.ndarray] = None,
@@ -143,8 +147,8 @@ def fit_value_head(states: Sequence[torch.Tensor], targets: np.ndarray, *, heads
 
     states: cached prompt states ([len_i, H] each); targets: [N] rewards in [0, max_value].
     The held-out slice is `holdout_fraction` of the prompts (seeded), or `holdout_index` when given.
-    The head starts out predicting the mean fit target (output bias), so every epoch is compared
-    with the mean baseline on equal footing.
+    The head starts out predicting about the mean fit target (output bias); that untrained state is
+    epoch 0 and stays a candidate, so a fit that only learns noise cannot end worse than where it began.
     """
     targets = np.asarray(targets, dtype=np.float64)
     n = len(states)
@@ -179,9 +183,16 @@ def fit_value_head(states: Sequence[torch.Tensor], targets: np.ndarray, *, heads
         opt = torch.optim.AdamW(head.parameters(), lr=lr)
         y_fit_t = torch.tensor(y_fit, dtype=torch.float32)
         gen = torch.Generator().manual_seed(seed)
-        history = []
-        best = {"epoch": 0, "holdout_mse": _mse(predict(head, hold_states, batch_size), y_hold), "state": None}
-        initial_holdout = best["holdout_mse"]
+
+        def evaluate(epoch: int, train_loss: Optional[float]) -> dict:
+            return {"epoch": epoch, "loss/train": train_loss,
+                    "mse/fit": _mse(predict(head, fit_states, batch_size), y_fit),
+                    "mse/holdout": _mse(predict(head, hold_states, batch_size), y_hold)}
+
+        # Epoch 0 (the untrained head, ~ the mean) is a candidate too: if no epoch beats it on the
+        # held-out prompts, training only fitted noise and the head is kept as it started.
+        history = [evaluate(0, None)]
+        best = {"epoch": 0, "holdout_mse": history[0]["mse/holdout"], "state": _copy_state(head)}
         for epoch in range(1, epochs + 1):
             head.train()
             order = torch.randperm(len(fit_states), generator=gen)
@@ -195,13 +206,9 @@ def fit_value_head(states: Sequence[torch.Tensor], targets: np.ndarray, *, heads
                 loss.backward()
                 opt.step()
                 losses.append(loss.item())
-            fit_mse = _mse(predict(head, fit_states, batch_size), y_fit)
-            hold_mse = _mse(predict(head, hold_states, batch_size), y_hold)
-            history.append({"epoch": epoch, "loss/train": float(np.mean(losses)), "mse/fit": fit_mse,
-                            "mse/holdout": hold_mse})
-            if best["state"] is None or hold_mse < best["holdout_mse"]:
-                best = {"epoch": epoch, "holdout_mse": hold_mse,
-                        "state": {k: v.detach().clone() for k, v in head.state_dict().items()}}
+            history.append(evaluate(epoch, float(np.mean(losses))))
+            if history[-1]["mse/holdout"] < best["holdout_mse"]:
+                best = {"epoch": epoch, "holdout_mse": history[-1]["mse/holdout"], "state": _copy_state(head)}
     head.load_state_dict(best["state"])
     head.eval()
 
@@ -214,14 +221,14 @@ def fit_value_head(states: Sequence[torch.Tensor], targets: np.ndarray, *, heads
         "mse/holdout": float(best["holdout_mse"]),
         "mse/holdout_predict_mean": mean_mse,
         "mse/holdout_ratio_to_mean": float(best["holdout_mse"] / mean_mse) if mean_mse > 0 else float("nan"),
-        "mse/holdout_initial": float(initial_holdout),
-        "mse/fit": float(history[best["epoch"] - 1]["mse/fit"]),
+        "mse/holdout_initial": float(history[0]["mse/holdout"]),
+        "mse/fit": float(history[best["epoch"]]["mse/fit"]),
         "target/mean_fit": mean_fit,
         "target/std_fit": float(y_fit.std()),
         "target/mean_holdout": float(y_hold.mean()),
         "target/std_holdout": float(y_hold.std()),
         "epochs": history,
-        "selection": "lowest held-out MSE over epochs 1..E (head in eval mode)",
+        "selection": "lowest held-out MSE over epochs 0..E (0 = untrained; head in eval mode)",
     }
     return FitResult(head=head, report=report, fit_index=fit_index, holdout_index=holdout_index)
 
@@ -229,72 +236,40 @@ def fit_value_head(states: Sequence[torch.Tensor], targets: np.ndarray, *, heads
 # ------------------------------------------------------------------------------- generation, rewards
 
 
-def generate_greedy(model, tokenizer, prompts: Sequence[str], *, max_prompt_tokens: int, max_new_tokens: int,
-                    batch_size: int, stop: Sequence[str] = (), show_progress: bool = True) -> list[str]:
-    """One greedy reply per prompt with transformers ``generate`` (left padding, left-truncated prompts).
+def generate_greedy(ref_path: str, prompts: Sequence[str], cfg) -> list[str]:
+    """pi_ref's one greedy reply per prompt, through the shared Generator (Ray actors; vLLM on GPU,
+    transformers on CPU). Sampling settings of cfg.generation are overridden to greedy."""
+    import dataclasses
 
-    Stand-in for ``alol_ray.generation`` (the shared Generator); the reply text is cut at the first
-    stop string.
+    from alol_ray.generation import generate
+    from alol_ray.ray_utils import init_ray
+
+    init_ray(cfg.ray)
+    greedy = dataclasses.replace(cfg.generation, temperature=0.0, top_p=1.0)
+    return generate(ref_path, list(prompts), greedy, cfg.model.max_prompt_tokens)
+
+
+def reward_function(cfg, scored_dir: Optional[str] = None) -> Callable[[list[str], list[str]], np.ndarray]:
+    """The run's total reward (cfg.reward) of (prompt, response) lists, on the scored table's scale.
+
+    In-process RewardScorer with every configured component; standardised components use the scored
+    table's statistics (``scoring.json`` in `scored_dir`) so targets and the table's ``reward`` agree.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if limit is not None and max_prompt_tokens + max_new_tokens > limit:
-        max_prompt_tokens = limit - max_new_tokens  # keep the prompt's end: that is what the reply answers
-        if max_prompt_tokens < 1:
-            raise UserError(f"generation.max_new_tokens={max_new_tokens} does not fit the model's {limit} positions")
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
-    order = np.argsort([len(e) for e in encoded], kind="stable")
-    replies: list[str] = [""] * len(prompts)
-    starts = range(0, len(prompts), batch_size)
-    for start in _progress(starts, len(starts), "pi_ref generate", show_progress):
-        idx = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
-            ids = encoded[i]
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            mask[row, width - len(ids):] = 1
-        with torch.no_grad():
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-        for row, i in enumerate(idx):
-            text = tokenizer.decode(out[row, width:], skip_special_tokens=True)
-            for s in stop:
-                if s and s in text:
-                    text = text.split(s, 1)[0]
-            replies[i] = text.strip()
-    return replies
+    from alol_ray.scoring.reward import RewardScorer, component_dicts
 
+    stats = {}
+    if scored_dir and any(c.transform == "standardise" for c in cfg.reward.components):
+        from alol_ray.scoring.table import load_reward_stats
 
-def reward_function(reward_cfg) -> Callable[[list[str], list[str]], np.ndarray]:
-    """The run's total reward of (prompt, response) lists, as configured in `reward` (cfg.reward).
+        stats = load_reward_stats(scored_dir)
+    pool = cfg.scoring.reward_pool
+    scorer = RewardScorer(component_dicts(list(cfg.reward.components)), use_gpu=pool.num_gpus > 0, bf16=pool.bf16,
+                          stats=stats)
 
-    Uses the scoring package's in-process scorer when it is installed; otherwise the built-in task's
-    scorer (the only reward kind that needs no model), weighted as configured.
-    """
-    try:
-        from alol_ray.scoring import score_texts  # type: ignore[attr-defined]
-    except ImportError:
-        score_texts = None
-    if score_texts is not None:
-        def total(prompts: list[str], responses: list[str]) -> np.ndarray:
-            return np.asarray(score_texts(reward_cfg, prompts, responses)[C.REWARD], dtype=np.float64)
+    def total(prompts: list[str], responses: list[str]) -> np.ndarray:
+        return np.asarray(scorer.rewards(list(prompts), list(responses))[C.REWARD], dtype=np.float64)
 
-        return total
-    kinds = {c.kind for c in reward_cfg.components}
-    if kinds != {"builtin_task"}:
-        raise UserError(f"reward kinds {sorted(kinds)} need alol_ray.scoring, which is not installed")
-    from alol_ray.tasks import builtin
-
-    def builtin_total(prompts: list[str], responses: list[str]) -> np.ndarray:
-        value = builtin.total_reward(builtin.score(list(prompts), list(responses)))
-        return sum(c.weight * value for c in reward_cfg.components)
-
-    return builtin_total
+    return total
 
 
 # ------------------------------------------------------------------------------------ value columns
@@ -334,6 +309,16 @@ def add_value_columns(frame: pd.DataFrame, value_of_prompt: dict[str, float],
     out[C.VALUE] = frame[C.PROMPT].map(value_of_prompt).to_numpy(dtype=np.float64)
     out[C.ADVANTAGE] = reward - out[C.VALUE].to_numpy()
     return out
+
+
+def has_value_columns(table_path: str) -> bool:
+    """True when the parquet table at `table_path` already holds ``value`` and ``advantage``."""
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(table_path):
+        return False
+    names = set(pq.read_schema(table_path).names)
+    return C.VALUE in names and C.ADVANTAGE in names
 
 
 def _summary(x: np.ndarray) -> dict:
@@ -439,24 +424,21 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, out_table: Op
     if len(val_prompts) < 2:
         raise UserError(f"{table_path}: the value head needs val prompts (split 'val'); found {len(val_prompts)}")
 
+    gen = cfg.generation
+    log(f"[value] pi_ref answers {len(val_prompts)} val prompts (greedy, {gen.max_new_tokens} new tokens)")
+    replies = generate_greedy(ref_path, val_prompts, cfg)
+    targets = np.asarray(reward_function(cfg, os.path.dirname(os.path.abspath(table_path)))(val_prompts, replies),
+                         dtype=np.float64)
+    write_parquet_atomic(pd.DataFrame({C.PROMPT: val_prompts, C.RESPONSE: replies, C.REWARD: targets}),
+                         os.path.join(out_dir, GENERATIONS))
+
     device = _device()
     dtype = cfg.model.dtype if device.type == "cuda" else "float32"
     model, tokenizer = load_policy(ref_path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code,
                                    device=device)
     model.eval()
-    for p in model.parameters():  # frozen: pi_ref only supplies targets and states
-        p.requires_grad_(False)
+    model.requires_grad_(False)  # frozen: pi_ref only supplies the prompt states
     max_prompt = cfg.model.max_prompt_tokens
-    gen = cfg.generation
-
-    log(f"[value] pi_ref answers {len(val_prompts)} val prompts (greedy, {gen.max_new_tokens} new tokens)")
-    replies = generate_greedy(model, tokenizer, val_prompts, max_prompt_tokens=max_prompt,
-                              max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, stop=gen.stop,
-                              show_progress=show_progress)
-    targets = np.asarray(reward_function(cfg.reward)(val_prompts, replies), dtype=np.float64)
-    write_parquet_atomic(pd.DataFrame({C.PROMPT: val_prompts, C.RESPONSE: replies, C.REWARD: targets}),
-                         os.path.join(out_dir, GENERATIONS))
-
     states = prompt_states(model, tokenizer, val_prompts, max_prompt, vcfg.batch_size, show_progress)
     result = fit_value_head(states, targets, heads=vcfg.heads, dropout=vcfg.dropout, max_value=vcfg.max_value,
                             lr=vcfg.lr, epochs=vcfg.epochs, batch_size=vcfg.batch_size,
