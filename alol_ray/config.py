@@ -209,10 +209,11 @@ class ScoringConfig:
     batches_per_block: int = 4  # rows reach actors in blocks of this many batches; a finished block is
     #                             cached at once, so it is also how much an interrupted run can lose
     reference: bool = True  # also compute ref_logp / ref_token_logps (needs pi_ref); `alol score --no-reference`
+    pass_retries: int = 2  # a pass whose actor is lost for good restarts on the rows not cached yet
 
     def __post_init__(self) -> None:
-        if self.batches_per_block < 1:
-            raise ConfigError("scoring.batches_per_block must be >= 1")
+        if self.batches_per_block < 1 or self.pass_retries < 0:
+            raise ConfigError("scoring.batches_per_block must be >= 1 and scoring.pass_retries >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -258,3 +258,19 @@ def test_ensure_value_runs_once_and_again_after_the_table_is_rebuilt(tmp_path, t
     pipeline.ensure_value(cfg, log=lines.append)
     assert any("[value] done" in line for line in lines)
     assert {C.VALUE, C.ADVANTAGE} <= set(pd.read_parquet(table_path).columns)
+
+
+def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    from alol_ray.cli import main
+
+    assert main(["value", "--table", str(tmp_path / "missing.parquet"), "--ref", "x"]) == 2
+    assert "file not found" in capsys.readouterr().err
+    assert main(["value", "--table", str(tmp_path / "t.parquet")]) == 2
+    assert "--table and --ref go together" in capsys.readouterr().err
+    no_val = _table()
+    no_val[C.SPLIT] = "train"
+    no_val.to_parquet(tmp_path / "t.parquet", index=False)
+    assert main(["value", "--table", str(tmp_path / "t.parquet"), "--ref", "x", f"storage={tmp_path}"]) == 2
+    assert "needs val prompts" in capsys.readouterr().err
+    assert main(["value", "value.holdout_fraction=1.5"]) == 2
+    assert "value.holdout_fraction" in capsys.readouterr().err
