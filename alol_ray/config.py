@@ -252,6 +252,7 @@ class TrainConfig:
     algo: str = "a_lol"  # a loss name: nll, wbc, r_gold, r_lol, a_lol, a_lol_ref_free, a_lol_seq, a_lol_kl, dpo, pro, gold
     sampler: str = "auto"  # auto | good_priority | good_random | uniform
     responses: str = "best"  # which rows train the A-LoL family: best (rank 0) | all
+    init_from: str = "reference"  # starting weights: reference (pi_ref, as in the paper) | base | a folder/hub id
     steps: int = 300
     scale_steps_by_positive: bool = True  # A-LoL family: steps *= positive-advantage fraction (the paper)
     batch_size: int = 16  # per optimizer step, over all workers
@@ -273,20 +274,37 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     checkpoint_every: int = 100
-    eval_every: int = 100
+    eval_every: int = 100  # 0 = no evaluation (the last checkpoint is exported); scaled like steps
     eval_prompts: int = 64  # val prompts generated at each eval for model selection
+    eval_at_start: bool = False  # also evaluate the starting policy (it can then be the one selected)
+    keep_checkpoints: int = 2  # checkpoints kept besides the latest: the best by val reward
+    log_every: int = 10  # steps between ray.train.report calls (metrics.jsonl gets every step)
+    optimizer: str = "adamw"  # adamw | paged_adamw_32bit (bitsandbytes, GPU; the paper's QLoRA runs)
+    bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    disable_dropout: bool = True  # no dropout: the step-0 importance ratio is exactly 1, ratios are not noise
     max_failures: int = 1
     seed: int = 0
+    stop_at_step: int = 0  # > 0: end this invocation after the checkpoint at that step (a rerun resumes)
+    crash_at_step: int = 0  # testing only: the last worker exits hard once at that step (FailureConfig test)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.steps, train.batch_size and train.grad_accum must be >= 1")
-        if self.batch_size % max(self.num_workers, 1) != 0:
+        if self.batch_size % (max(self.num_workers, 1) * self.grad_accum) != 0:
             raise ConfigError(
-                f"train.batch_size ({self.batch_size}) must be divisible by train.num_workers ({self.num_workers})"
+                f"train.batch_size ({self.batch_size}) must be divisible by train.num_workers x train.grad_accum "
+                f"({self.num_workers} x {self.grad_accum}): every worker and micro-batch gets an equal share"
             )
         if self.responses not in ("best", "all"):
             raise ConfigError(f"train.responses must be 'best' or 'all', got '{self.responses}'")
+        if self.sampler not in ("auto", "good_priority", "good_random", "uniform"):
+            raise ConfigError(f"train.sampler must be auto, good_priority, good_random or uniform, got '{self.sampler}'")
+        if self.lr_schedule not in ("constant", "linear", "cosine"):
+            raise ConfigError(f"train.lr_schedule must be constant, linear or cosine, got '{self.lr_schedule}'")
+        if self.optimizer not in ("adamw", "paged_adamw_32bit"):
+            raise ConfigError(f"train.optimizer must be adamw or paged_adamw_32bit, got '{self.optimizer}'")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError("train.checkpoint_every, log_every, keep_checkpoints must be >= 1; eval_every >= 0")
 
 
 @dataclass
@@ -341,7 +359,7 @@ class ReferenceConfig:
 
     path: str = ""  # an existing pi_ref (hub id or folder); "" = train one with `train` below
     train: TrainConfig = field(default_factory=lambda: TrainConfig(algo="nll", sampler="uniform", steps=300,
-                                                                   scale_steps_by_positive=False))
+                                                                   scale_steps_by_positive=False, eval_every=0))
 
 
 @dataclass

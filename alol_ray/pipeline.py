@@ -246,3 +246,97 @@ def ensure_reward_model(cfg: RunConfig, log: Callable = print, force: bool = Fal
         os.remove(os.path.join(out, STAGE_FILE))
     run_stage("reward model", out, fp, lambda: train_reward_model(cfg, rows_path, out, log, fresh=force), log=log)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+# TrainConfig fields that change how a run is executed or logged, not what it trains: a rerun that only
+# changes them resumes the same run.
+_RUNTIME_TRAIN_FIELDS = {"stop_at_step", "crash_at_step", "max_failures", "log_every", "num_workers",
+                         "cpus_per_worker"}
+
+
+def train_identity(tc) -> dict:
+    return {k: v for k, v in dataclasses.asdict(tc).items() if k not in _RUNTIME_TRAIN_FIELDS}
+
+
+def _policy_identity(path: str) -> str:
+    """A policy folder made by a stage is identified by its stage fingerprint, anything else by its path."""
+    marker = os.path.join(path, STAGE_FILE)
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as fh:
+            return json.load(fh).get("fingerprint") or path
+    return path
+
+
+def reference_fingerprint(cfg: RunConfig) -> str:
+    tc = cfg.reference.train
+    evaluation = (cfg.generation, cfg.reward) if tc.eval_every > 0 else None
+    return fingerprint("reference-v1", tc.algo, train_identity(tc), cfg.model, evaluation,
+                       base_policy_fingerprint(cfg), rows_fingerprint(cfg))
+
+
+def ensure_reference(cfg: RunConfig, log: Callable = print) -> str:
+    """pi_ref: ``reference.path`` when set, else the base policy fine-tuned by ``reference.train`` (NLL on
+    the preferred train responses; `alol train --algo nll --reference`), exported as an HF folder to
+    <run>/ref. Its Ray run lives in <run>/train/reference-s<seed> and resumes if interrupted."""
+    if cfg.reference.path:
+        return cfg.reference.path
+    from alol_ray.train.trainer import fit
+
+    rows_path = ensure_rows(cfg, log)
+    base = ensure_base_policy(cfg, log)
+    paths = RunPaths.from_config(cfg)
+    tc = cfg.reference.train
+    fp = reference_fingerprint(cfg)
+
+    def build():
+        out = fit(cfg, method=tc.algo, train_cfg=tc, table=rows_path, policy_path=base,
+                  run_dir=paths.train("reference", tc.seed), export_dir=paths.ref, fingerprint=fp, log=log)
+        return {"algo": tc.algo, "steps": out.total_steps, "exported_step": out.best_step}
+
+    run_stage("reference", paths.ref, fp, build, log=log)
+    return paths.ref
+
+
+def ensure_train(cfg: RunConfig, method: str | None = None, seed: int | None = None, log: Callable = print, *,
+                 table: str | None = None, init: str | None = None) -> str:
+    """A trained policy: <run>/train/<method>-s<seed>/best (HF folder, the checkpoint with the best val
+    reward). Prerequisites come from the pipeline (scored table, value/advantages when the method needs
+    them, pi_ref as the start) unless ``table`` / ``init`` are given. Interrupted runs resume."""
+    from alol_ray.scoring.table import file_sha
+    from alol_ray.train.methods import get_method
+    from alol_ray.train.trainer import BEST_DIR, fit
+
+    method = method or cfg.train.algo
+    tc = dataclasses.replace(cfg.train, algo=method, seed=cfg.train.seed if seed is None else seed)
+    needs = get_method(method)
+    if table is None:
+        table = ensure_value(cfg, log) if needs.needs_advantage else ensure_scored(cfg, log)
+    if init is None:
+        init = {"reference": lambda: ensure_reference(cfg, log),
+                "base": lambda: ensure_base_policy(cfg, log)}.get(tc.init_from, lambda: tc.init_from)()
+    paths = RunPaths.from_config(cfg)
+    run_dir = paths.train(method, tc.seed)
+    fp = fingerprint("train-v1", method, train_identity(tc), cfg.model, cfg.generation, cfg.reward,
+                     _policy_identity(init), file_sha(table))
+
+    def build():
+        out = fit(cfg, method=method, train_cfg=tc, table=table, policy_path=init, run_dir=run_dir,
+                  export_dir=os.path.join(run_dir, BEST_DIR), fingerprint=fp, log=log)
+        return {"steps": out.total_steps, "best_step": out.best_step, "best_val_reward": out.best_val_reward,
+                "positive_fraction": out.positive_fraction}
+
+    run_stage(f"train {method}-s{tc.seed}", run_dir, fp, build, log=log)
+    return os.path.join(run_dir, BEST_DIR)
+
+
+# ----------------------------------------------------------------------------------------------- ppo
+
+
+def ensure_ppo(cfg: RunConfig, seed: int | None = None, log: Callable = print, *, init: str | None = None) -> str:
+    """The online PPO baseline (baselines.ppo, `ppo` section): <run>/train/ppo-s<seed>/best, an HF folder like
+    every offline method's. Prompts from the run's rows, pi_ref from ``ensure_reference``; resumes."""
+    from baselines.ppo import ensure_ppo as run_ppo
+
+    return run_ppo(cfg, seed=seed, log=log, init=init)

@@ -1,0 +1,229 @@
+"""The training driver: scored table -> units + sampler -> ``TorchTrainer.fit`` -> best checkpoint exported.
+
+    outcome = fit(cfg, method="a_lol", train_cfg=cfg.train, table="runs/x/scored/table.parquet",
+                  policy_path="runs/x/base", run_dir="runs/x/train/a_lol-s0", export_dir="runs/x/train/a_lol-s0/best")
+
+The Ray run is named after ``run_dir`` and stored in its parent folder, so calling ``fit`` again with the
+same ``run_dir`` resumes from the latest checkpoint (Ray Train restores the run's checkpoint list from
+storage; the loop reads it with ``ray.train.get_checkpoint()``). Checkpoints are scored by validation
+reward: Ray keeps the ``keep_checkpoints`` best plus the latest, and the best is exported as an HF folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from alol_ray import columns as C
+from alol_ray.errors import ConfigError, DataError, RowProblem, UserError
+from alol_ray.train.loop import NOT_EVALUATED, SELECTION_METRIC, LoopSpec, train_loop_per_worker
+from alol_ray.train.methods import Method, get_method, training_units
+from alol_ray.train.samplers import make_sampler, positive_fraction, resolve_sampler, scaled_steps
+
+SUMMARY_FILE = "summary.json"
+RUN_FILE = "run.json"  # the fingerprint of the config that owns the run folder's checkpoints
+BEST_DIR = "best"
+
+
+@dataclass
+class PreparedData:
+    frame: Any  # the train split with the columns the method and sampler read
+    units: list[np.ndarray]
+    sampler: Any
+    total_steps: int
+    eval_every: int
+    positive_fraction: Optional[float]
+
+
+def _unit_values(frame, units: list[np.ndarray], column: str) -> Optional[np.ndarray]:
+    """The column's value of each unit's best (first) row; None when the table lacks the column."""
+    if column not in frame.columns:
+        return None
+    values = frame[column].to_numpy(dtype=np.float64)
+    return values[[u[0] for u in units]]
+
+
+def prepare_data(table, method: Method, tc, *, source: str = "scored table") -> PreparedData:
+    """Training units of the train split, the sampler, and the step budget (scaled by the positive
+    fraction for advantage-weighted methods when ``scale_steps_by_positive``)."""
+    sampler_name = resolve_sampler(tc.sampler, method.sample_weight)
+    needed = set(method.columns)
+    if sampler_name in ("good_random",) or (sampler_name == "good_priority" and method.sample_weight != "reward"):
+        needed.add(C.ADVANTAGE)
+    if sampler_name == "good_priority" and method.sample_weight == "reward":
+        needed.add(C.REWARD)
+    missing = sorted(c for c in needed | {C.PROMPT_ID, C.PROMPT, C.RESPONSE, C.RANK, C.SPLIT} if c not in table.columns)
+    if missing:
+        hint = " (run `alol value` to add advantages)" if C.ADVANTAGE in missing else ""
+        raise UserError(f"{source}: method '{method.name}' with sampler '{sampler_name}' needs columns {missing}{hint}")
+    keep = [C.PROMPT_ID, C.PROMPT, C.RESPONSE, C.RANK] + sorted(needed)
+    frame = table.loc[table[C.SPLIT] == "train", keep].reset_index(drop=True)
+    units = training_units(frame, method.layout, tc.responses)
+    if not units:
+        raise UserError(f"{source}: no training units for method '{method.name}' (layout {method.layout})")
+    used = np.concatenate(units)
+    train_rows = np.flatnonzero(table[C.SPLIT].to_numpy() == "train")  # frame row i = table row train_rows[i]
+    problems = []
+    for column in sorted(needed - {C.REF_TOKEN_LOGPS}):
+        values = frame[column].to_numpy(dtype=np.float64)
+        for i in sorted(set(used[~np.isfinite(values[used])].tolist())):
+            problems.append(RowProblem(source, f"row {int(train_rows[i]) + 1}", column, "not_finite",
+                                       f"'{column}' is missing or not finite (prompt_id {frame[C.PROMPT_ID].iloc[i]!r})"))
+    if problems:
+        raise DataError(problems)
+    advantage = _unit_values(frame, units, C.ADVANTAGE)
+    reward = _unit_values(frame, units, C.REWARD)
+    try:
+        sampler = make_sampler(tc.sampler, method.sample_weight, batch_size=tc.batch_size, seed=tc.seed,
+                               advantage=advantage, reward=reward, n_units=len(units))
+    except ValueError as err:
+        raise UserError(f"{source}: {err}") from None
+    fraction = positive_fraction(advantage) if advantage is not None else None
+    total, eval_every = tc.steps, tc.eval_every
+    if method.sample_weight == "advantage" and tc.scale_steps_by_positive and fraction is not None:
+        total = scaled_steps(tc.steps, fraction)  # the paper: A-LoL trains on the positive share only
+        eval_every = scaled_steps(tc.eval_every, fraction) if tc.eval_every > 0 else 0
+    return PreparedData(frame, units, sampler, total, eval_every, fraction)
+
+
+def val_prompts(table, n: int) -> list[str]:
+    """The first ``n`` distinct val prompts (table order): the model-selection set."""
+    if n <= 0 or C.SPLIT not in table.columns:
+        return []
+    prompts = table.loc[table[C.SPLIT] == "val", C.PROMPT].drop_duplicates()
+    return prompts.head(n).tolist()
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: str
+    export_dir: str
+    total_steps: int
+    best_step: Optional[int]
+    best_val_reward: Optional[float]
+    positive_fraction: Optional[float]
+    checkpoint_path: str  # the exported checkpoint
+    last_metrics: dict
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def build_trainer(spec: LoopSpec, tc, run_dir: str):
+    """The ``TorchTrainer``: resources from config, gloo on CPU / NCCL on GPU, score-based retention."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": tc.cpus_per_worker}
+    if tc.use_gpu:
+        resources["GPU"] = 1
+    storage = os.path.dirname(run_dir.rstrip("/"))
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec},
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=os.path.basename(run_dir.rstrip("/")),
+            storage_path=os.path.abspath(storage) if _is_local(storage) else storage,
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints,
+                                               checkpoint_score_attribute=SELECTION_METRIC,
+                                               checkpoint_score_order="max"),
+        ),
+    )
+
+
+def best_checkpoint(result) -> tuple[Any, dict]:
+    """The kept checkpoint with the highest val reward; the latest one when none was evaluated."""
+    evaluated = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(SELECTION_METRIC, NOT_EVALUATED) > NOT_EVALUATED]
+    if evaluated:
+        return max(evaluated, key=lambda cm: (cm[1][SELECTION_METRIC], cm[1].get("train/step", 0)))
+    latest = [(c, m) for c, m in (result.best_checkpoints or []) if c.path == getattr(result.checkpoint, "path", None)]
+    if latest:
+        return latest[0]
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    return result.checkpoint, result.metrics or {}
+
+
+def claim_run_dir(run_dir: str, fingerprint: Optional[str], log: Callable = print) -> None:
+    """Make ``run_dir`` belong to ``fingerprint``: checkpoints of a run with another config are removed
+    (resuming them would silently mix two configs); the same fingerprint keeps them, so the run resumes."""
+    import shutil
+
+    if fingerprint is None or not _is_local(run_dir):
+        return
+    path = os.path.join(run_dir, RUN_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            if json.load(fh).get("fingerprint") == fingerprint:
+                return
+        log(f"[train] {run_dir} holds a run with another config: starting over")
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump({"fingerprint": fingerprint}, fh)
+
+
+def fit(cfg, *, method: str, train_cfg, table, policy_path: str, run_dir: str, export_dir: str,
+        fingerprint: Optional[str] = None, log: Callable = print) -> TrainOutcome:
+    """Train ``method`` on the scored ``table`` (parquet path or DataFrame) from ``policy_path``.
+
+    With ``fingerprint``, checkpoints in ``run_dir`` left by a different config are discarded first.
+    """
+    import pandas as pd
+    import ray
+
+    from alol_ray.ray_utils import init_ray
+    from alol_ray.train.checkpoint import MODEL_DIR, export_policy
+
+    tc = train_cfg
+    try:
+        m = get_method(method)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.model.lora.load_in_4bit and not tc.use_gpu:
+        raise ConfigError("model.lora.load_in_4bit (QLoRA) needs a GPU: set train.use_gpu=true")
+    if cfg.model.lora.load_in_4bit and not cfg.model.lora.enabled:
+        raise ConfigError("model.lora.load_in_4bit needs model.lora.enabled=true (QLoRA trains adapters)")
+    source = table if isinstance(table, str) else "scored table"
+    frame = pd.read_parquet(table) if isinstance(table, str) else table
+    data = prepare_data(frame, m, tc, source=source)
+    prompts = val_prompts(frame, tc.eval_prompts)
+    if data.eval_every > 0 and not prompts:
+        raise DataError(f"{source}: train.eval_every > 0 needs val prompts (rows with split 'val')")
+    frac = "" if data.positive_fraction is None else f", positive advantage {data.positive_fraction:.1%}"
+    log(f"[train] {method}: {len(data.units)} units, sampler {data.sampler.name}, {data.total_steps} steps "
+        f"x batch {tc.batch_size} on {tc.num_workers} worker(s){frac}")
+
+    claim_run_dir(run_dir, fingerprint, log)
+    init_ray(cfg.ray)
+    spec = LoopSpec(method=method, train=tc, model=cfg.model, generation=cfg.generation, reward=cfg.reward,
+                    policy_path=policy_path, data_ref=ray.put((data.frame, data.units, data.sampler)),
+                    total_steps=data.total_steps, eval_every=data.eval_every, val_prompts=prompts,
+                    run_dir=os.path.abspath(run_dir) if _is_local(run_dir) else None)
+    result = build_trainer(spec, tc, run_dir).fit()
+
+    checkpoint, metrics = best_checkpoint(result)
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as fh:
+            state = json.load(fh)
+        export_policy(os.path.join(folder, MODEL_DIR), export_dir, base_path=policy_path,
+                      dtype=None if cfg.model.dtype == "auto" else cfg.model.dtype,
+                      trust_remote_code=cfg.model.trust_remote_code)
+    outcome = TrainOutcome(run_dir=run_dir, export_dir=export_dir, total_steps=data.total_steps,
+                           best_step=state["step"], best_val_reward=metrics.get("val/reward"),
+                           positive_fraction=data.positive_fraction, checkpoint_path=checkpoint.path,
+                           last_metrics=dict(result.metrics or {}))
+    if _is_local(run_dir):
+        with open(os.path.join(run_dir, SUMMARY_FILE), "w", encoding="utf-8") as fh:
+            json.dump({k: v for k, v in outcome.__dict__.items() if k != "last_metrics"}, fh, indent=2)
+    log(f"[train] {method}: exported step {outcome.best_step} "
+        f"(val reward {outcome.best_val_reward if outcome.best_val_reward is not None else 'n/a'}) to {export_dir}")
+    return outcome
