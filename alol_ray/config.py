@@ -266,6 +266,10 @@ class TrainConfig:
     clip: bool = True
     gold_u: float = 0.1
     gold_sync_every: int = 20
+    gold_reward: str = "s"  # GOLD's per-token reward from p_MLE (= pi_ref): delta | s (p) | p (log p - b)
+    gold_lower_bound_b: float = -60.0  # GOLD-p: b, the lower bound of log p_MLE
+    gold_truncation_c: float = 0.1  # GOLD-s/-p: each per-token reward is truncated below at c
+    gold_horizon: Optional[int] = 5  # GOLD return over this many future tokens (null = to the end)
     kl_beta: float = 0.1
     dpo_beta: float = 0.1
     dpo_reference_free: bool = False
@@ -459,6 +463,59 @@ class ServeConfig:
 
 
 @dataclass
+class PPOConfig:
+    """The online PPO baseline (`alol train --algo ppo`, baselines/ppo.py); defaults follow TRL 0.7.1 as the
+    A-LoL paper ran it. Resources: train.num_workers / cpus_per_worker / use_gpu for the update,
+    generation.* for the rollout Generator, reference_cpus / reference_gpus for the frozen pi_ref actor."""
+
+    iterations: int = 100  # rollout -> update rounds
+    rollout_size: int = 16  # prompts sampled and answered per iteration (TRL batch_size)
+    mini_batch_size: int = 4  # rollouts per optimizer step, over all workers
+    ppo_epochs: int = 4  # passes over each rollout
+    lr: float = 1.41e-5  # AdamW (TRL default); tiny CPU policies want ~1e-4
+    init_kl_coef: float = 0.2
+    adaptive_kl: bool = True  # Ziegler et al. controller; false = fixed init_kl_coef
+    target_kl: float = 6.0
+    kl_horizon: float = 10000.0
+    cliprange: float = 0.2  # policy ratio clip
+    cliprange_value: float = 0.2  # value prediction clip around the rollout's values
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten: bool = True  # whiten advantages over the rollout (all workers)
+    score_scaling: bool = True  # divide scores by their running std (TRL use_score_scaling)
+    score_norm: bool = True  # also subtract the running mean (TRL use_score_norm)
+    temperature: float = 1.0  # rollout sampling
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    eval_every: int = 10  # iterations between greedy val-reward evaluations (+ the last); 0 = never
+    eval_at_start: bool = True  # also evaluate the starting policy (the curve's first point; not exportable)
+    checkpoint_every: int = 10  # iterations between checkpoints (evaluated iterations always checkpoint)
+    reference_cpus: float = 1.0  # the frozen pi_ref actor that scores rollouts
+    reference_gpus: float = 0.0
+    reward_service: bool = False  # score rollouts through the Ray Serve deployment (serve.*) instead of in-process
+
+    def __post_init__(self) -> None:
+        if min(self.iterations, self.rollout_size, self.mini_batch_size, self.ppo_epochs, self.max_new_tokens) < 1:
+            raise ConfigError("ppo.iterations, rollout_size, mini_batch_size, ppo_epochs, max_new_tokens must be >= 1")
+        if self.rollout_size % self.mini_batch_size:
+            raise ConfigError(f"ppo.rollout_size ({self.rollout_size}) must be a multiple of ppo.mini_batch_size "
+                              f"({self.mini_batch_size})")
+        if self.init_kl_coef < 0 or self.target_kl <= 0 or self.kl_horizon <= 0:
+            raise ConfigError("ppo.init_kl_coef must be >= 0, ppo.target_kl and ppo.kl_horizon > 0")
+        if not 0 < self.cliprange < 1 or self.cliprange_value <= 0 or self.vf_coef < 0:
+            raise ConfigError("ppo.cliprange must be in (0, 1), ppo.cliprange_value > 0, ppo.vf_coef >= 0")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ConfigError("ppo.gamma and ppo.lam must be in [0, 1]")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("ppo.temperature must be > 0 (rollouts are sampled) and ppo.top_p in (0, 1]")
+        if self.eval_every < 0 or self.checkpoint_every < 1 or self.lr <= 0:
+            raise ConfigError("ppo.eval_every must be >= 0, ppo.checkpoint_every >= 1, ppo.lr > 0")
+        if self.reference_cpus < 0 or self.reference_gpus < 0:
+            raise ConfigError("ppo.reference_cpus and ppo.reference_gpus must be >= 0")
+
+
+@dataclass
 class CompareConfig:
     """`alol compare`: methods x seeds on one scored table, judged by one evaluation job."""
 
@@ -495,6 +552,7 @@ class RunConfig:
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 

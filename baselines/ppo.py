@@ -1,0 +1,618 @@
+"""PPO, the online baseline: rollouts from the current policy, scored, and a clipped policy + value update,
+as ONE Ray Train job (``TorchTrainer``) per run.
+
+Each iteration, read top to bottom in ``ppo_loop_per_worker``:
+
+    1. rank 0 samples ``ppo.rollout_size`` train prompts and the Generator actors (alol_ray.generation; vLLM
+       on GPU, transformers on CPU) answer them with the current policy (``ppo.temperature`` / ``top_p``);
+    2. rank 0 scores the replies with the RewardScorer (in-process, or the Ray Serve deployment when
+       ``ppo.reward_service``) and gets pi_ref's token log-probs of the exact rollout tokens from the
+       ``ReferencePolicy`` actor (frozen pi_ref, ``ppo.reference_cpus/gpus``); the rollout is broadcast;
+    3. every worker computes pi_old's log-probs and the critic's values for its shard, the per-token
+       KL-penalised rewards, GAE and (globally) whitened advantages (baselines.ppo_loss);
+    4. ``ppo.ppo_epochs`` passes of clipped-surrogate + clipped-value mini-batch updates (DDP over workers);
+    5. the adaptive KL coefficient is updated and the new weights are loaded into the Generator actors;
+    6. every ``ppo.eval_every`` iterations the greedy val reward (the offline trainer's selection) is measured
+       and a checkpoint is reported; the best one is exported as an HF folder like every other method.
+
+Why one long Train job and not a ``TorchTrainer.fit`` per iteration: starting a worker group costs ~20 s
+on an idle 2-core machine (minutes under load), more than a whole tiny iteration; one job keeps the
+workers, the optimizer state and the Generator / reference actors alive across iterations, and it resumes
+from its latest checkpoint like the offline runs (``FailureConfig``; the actors are children of rank 0 and
+are restarted with it). Weights reach the Generator through an HF folder in the run directory (a shared
+filesystem, as for the offline runs' metrics).
+
+The critic is a linear value head on the policy's last hidden state at each response position (TRL's
+``AutoModelForCausalLMWithValueHead``: shared body, ``vf_coef``-weighted loss), zero-initialised, saved as
+``value_head.safetensors`` next to the checkpoint's ``model/``.
+
+Run layout (as the offline trainer): ``<run>/train/ppo-s<seed>/{metrics.jsonl, val.jsonl, summary.json, best/}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from alol_ray import columns as C
+
+METHOD = "ppo"
+VALUE_HEAD_FILE = "value_head.safetensors"
+PPO_STATE_KEY = "ppo"  # trainer_state.json entry with the KL coefficient and score moments
+ROLLOUT_POLICY_DIR = "rollout_policy"  # inside the run dir: the weights the Generator loads
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def _value_head_module(hidden_size: int):
+    import torch
+
+    head = torch.nn.Linear(hidden_size, 1)
+    torch.nn.init.zeros_(head.weight)  # V = 0 at the start: the first advantages are the returns themselves
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+class PolicyWithValueHead:
+    """Factory for the torch module (kept out of module scope so importing this file needs no torch)."""
+
+    @staticmethod
+    def build(policy, value_head=None):
+        import torch
+
+        class _Module(torch.nn.Module):
+            def __init__(self, policy, head):
+                super().__init__()
+                self.policy = policy
+                self.value_head = head
+
+            def forward(self, batch, with_entropy: bool = False):
+                """(token log-probs [B, R], values [B, R], entropy [B, R] or None) at the response positions:
+                the value of the state that emits token t is read at the position whose logits predict t."""
+                out = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  output_hidden_states=True)
+                index = batch.response_index
+                logits = out.logits
+                vocab = logits.shape[-1]
+                picked = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, vocab)).float()  # [B, R, V]
+                targets = batch.input_ids[:, 1:].gather(1, index)
+                log_norm = torch.logsumexp(picked, dim=-1)
+                logps = picked.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
+                hidden = out.hidden_states[-1]
+                hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+                values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+                real = batch.response_mask > 0
+                entropy = None
+                if with_entropy:
+                    with torch.no_grad():
+                        probs = torch.softmax(picked, dim=-1)
+                        entropy = log_norm - (probs * picked).sum(-1)
+                        entropy = torch.where(real, entropy, torch.zeros_like(entropy))
+                zeros = torch.zeros_like(logps)
+                return torch.where(real, logps, zeros), torch.where(real, values, zeros), entropy
+
+        if value_head is None:
+            value_head = _value_head_module(policy.config.hidden_size)
+        return _Module(policy, value_head)
+
+
+class ReferencePolicy:
+    """The frozen pi_ref as a Ray actor: log-probs of given token ids (the exact rollout tokens, not a
+    re-tokenisation of the decoded text). Loading and the forward pass are the ReferenceScorer's."""
+
+    def __init__(self, model_path: str, *, max_prompt_tokens: int, max_response_tokens: int, use_gpu: bool,
+                 bf16: bool, num_threads: Optional[int], trust_remote_code: bool = False):
+        from alol_ray.scoring.reference import ReferenceScorer
+
+        self.scorer = ReferenceScorer(model_path, max_prompt_tokens=max_prompt_tokens,
+                                      max_response_tokens=max_response_tokens, use_gpu=use_gpu, bf16=bf16,
+                                      num_threads=num_threads, trust_remote_code=trust_remote_code)
+
+    def token_logps(self, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32) -> list[np.ndarray]:
+        import torch
+
+        from alol_ray.tokenization import collate, response_token_logps
+
+        tok, out = self.scorer.tokenizer, []
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        for start in range(0, len(pairs), batch_size):
+            batch = collate(pairs[start:start + batch_size], pad_id).to(self.scorer.device)
+            with torch.inference_mode():
+                logps = response_token_logps(self.scorer.model, batch).float().cpu().numpy()
+            out += [logps[i, :n] for i, n in enumerate(batch.response_lengths.tolist())]
+        return out
+
+
+# ------------------------------------------------------------------------------------------- spec
+
+
+@dataclass
+class PPOSpec:
+    """Everything a worker needs, shipped once through ``train_loop_config``."""
+
+    cfg: Any  # RunConfig (ppo, train, model, generation, reward, serve sections)
+    train: Any  # TrainConfig (seed, resources, grad clip, eval prompts)
+    policy_path: str  # starting weights
+    ref_path: str  # frozen pi_ref (KL penalty)
+    train_prompts: list[str]
+    val_prompts: list[str] = field(default_factory=list)
+    run_dir: Optional[str] = None
+
+
+def rollout_generation_config(cfg):
+    """generation.* with PPO's sampling settings: rollouts are sampled, evaluation stays greedy."""
+    pc = cfg.ppo
+    return dataclasses.replace(cfg.generation, temperature=pc.temperature, top_p=pc.top_p,
+                               max_new_tokens=pc.max_new_tokens)
+
+
+def sample_prompts(prompts: list[str], n: int, seed: int, iteration: int) -> list[str]:
+    """``n`` train prompts for an iteration: a pure function of (seed, iteration), so a resumed run draws
+    what an uninterrupted one would (without replacement within an iteration when possible)."""
+    rng = np.random.default_rng([seed, 7, iteration])
+    index = rng.choice(len(prompts), size=n, replace=n > len(prompts))
+    return [prompts[i] for i in index]
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _all_reduce_sum(world: int):
+    if world == 1:
+        return None
+    import torch.distributed as dist
+
+    def reduce(t):
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    return reduce
+
+
+def _broadcast(obj, rank: int, world: int):
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _save_for_generator(policy, tokenizer, out_dir: str) -> str:
+    """Full weights the Generator can load (a LoRA policy is merged into a copy first), written to a
+    temporary folder and renamed, so the engines never read a half-written checkpoint."""
+    import copy
+
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = policy
+    if hasattr(policy, "merge_and_unload"):  # peft
+        model = copy.deepcopy(policy).merge_and_unload()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _append_jsonl(path: Optional[str], record: dict) -> None:
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_jsonl(path: Optional[str], last_step: int) -> None:
+    if not path or not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        kept = [line for line in fh if line.strip() and json.loads(line).get("train/step", 0) <= last_step]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(kept)
+
+
+class _Rollouts:
+    """Rank 0's role actors: Generator, ReferencePolicy and the reward (in-process or Ray Serve)."""
+
+    def __init__(self, spec: PPOSpec, rollout_policy_dir: str):
+        import ray
+
+        from alol_ray.generation import Generator
+        from alol_ray.scoring.reward import RewardScorer
+
+        cfg, pc = spec.cfg, spec.cfg.ppo
+        self.gen_cfg = rollout_generation_config(cfg)
+        self.generator = Generator(rollout_policy_dir, self.gen_cfg, max_prompt_tokens=cfg.model.max_prompt_tokens,
+                                   show_progress=False)
+        self.budget = int(self.generator.engine_info[0]["prompt_budget"])
+        actor = ray.remote(ReferencePolicy).options(num_cpus=pc.reference_cpus, num_gpus=pc.reference_gpus)
+        self.reference = actor.remote(
+            spec.ref_path, max_prompt_tokens=cfg.model.max_prompt_tokens, max_response_tokens=pc.max_new_tokens + 1,
+            use_gpu=pc.reference_gpus > 0, bf16=cfg.scoring.reference_pool.bf16,
+            num_threads=max(1, int(pc.reference_cpus)), trust_remote_code=cfg.model.trust_remote_code)
+        if pc.reward_service:
+            from alol_ray.scoring.serve import RewardClient, start
+
+            self.reward = RewardClient(start(cfg)).rewards
+        else:
+            self.reward = RewardScorer(cfg.reward.components).rewards
+
+    def collect(self, prompts: list[str], tokenizer) -> dict:
+        """Generate, score and reference-score one rollout: token ids, texts, reward columns, ref log-probs."""
+        import ray
+
+        from alol_ray.generation.common import encode_prompts
+
+        t0 = time.perf_counter()
+        outs = self.generator.generate_with_ids(prompts)
+        t_gen = time.perf_counter() - t0
+        prompt_ids = encode_prompts(tokenizer, prompts, self.budget)  # the ids the engines conditioned on
+        # A reply cut to nothing (a stop string first) still needs one action to carry its reward: EOS.
+        response_ids = [list(o.token_ids) or [tokenizer.eos_token_id] for o in outs]
+        pairs = list(zip(prompt_ids, response_ids))
+        ref_future = self.reference.token_logps.remote(pairs)
+        texts = [o.text for o in outs]
+        scored = self.reward(prompts, texts)
+        ref_logps = ray.get(ref_future)
+        return {"pairs": pairs, "texts": texts, "scores": np.asarray(scored[C.REWARD], dtype=np.float64),
+                "components": {k: np.asarray(v, dtype=np.float64) for k, v in scored.items()
+                               if k.startswith(C.REWARD_PREFIX)},
+                "ref_logps": ref_logps, "finish": [o.finish_reason for o in outs],
+                "time/generate_s": t_gen, "time/rollout_s": time.perf_counter() - t0}
+
+    def load_weights(self, path: str) -> None:
+        self.generator.load_weights(path)
+
+    def shutdown(self) -> None:
+        import ray
+
+        self.generator.shutdown()
+        ray.kill(self.reference)
+
+
+def _pad(rows: list[np.ndarray], width: int):
+    import torch
+
+    out = torch.zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(np.asarray(r, dtype=np.float32))
+    return out
+
+
+# ------------------------------------------------------------------------------------- the loop
+
+
+def ppo_loop_per_worker(config: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from alol_ray.tokenization import collate
+    from alol_ray.train import checkpoint as ckpt
+    from alol_ray.train.loop import NOT_EVALUATED, SELECTION_METRIC, build_policy
+    from alol_ray.train.selection import evaluate_policy, reward_function
+    from baselines import ppo_loss as P
+
+    spec: PPOSpec = config["spec"]
+    cfg, tc, pc = spec.cfg, spec.train, spec.cfg.ppo
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+    reduce = _all_reduce_sum(world)
+
+    # Resume from this run's latest checkpoint (policy, value head, optimizer, KL coefficient, score stats).
+    resumed = ray.train.get_checkpoint()
+    state: dict = {"step": 0, "best_val_reward": None, "best_step": None}
+    with resumed.as_directory() if resumed else contextlib.nullcontext() as resume_dir:
+        model_dir = os.path.join(resume_dir, ckpt.MODEL_DIR) if resume_dir else None
+        shim = dataclasses.make_dataclass("PolicySpec", ["model", "train", "policy_path"])(cfg.model, tc, spec.policy_path)
+        policy, tokenizer = build_policy(shim, model_dir, device)
+        policy.config.use_cache = False
+        head = None
+        if resume_dir:
+            head = _value_head_module(policy.config.hidden_size)
+            head.load_state_dict(load_file(os.path.join(resume_dir, VALUE_HEAD_FILE)))
+        module = PolicyWithValueHead.build(policy, head)
+        model = ray.train.torch.prepare_model(module)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=pc.lr, weight_decay=tc.weight_decay)
+        if resume_dir:
+            state = ckpt.read_state(resume_dir)
+            ckpt.load_optimizer(resume_dir, optimizer)
+    inner = ckpt.unwrap(model)
+    saved = state.get(PPO_STATE_KEY, {})
+    kl_ctl = (P.AdaptiveKLController(pc.init_kl_coef, pc.target_kl, pc.kl_horizon) if pc.adaptive_kl
+              else P.FixedKLController(pc.init_kl_coef))
+    kl_ctl.value = saved.get("kl_coef", kl_ctl.value)
+    moments = P.RunningMoments(**saved["score_moments"]) if saved.get("score_moments") else P.RunningMoments()
+    start = state["step"]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    lead = rank == 0
+    metrics_path = os.path.join(spec.run_dir, "metrics.jsonl") if spec.run_dir and lead else None
+    val_path = os.path.join(spec.run_dir, "val.jsonl") if spec.run_dir and lead else None
+    rollouts = None
+    if lead:
+        os.makedirs(spec.run_dir or ".", exist_ok=True)
+        for path in (metrics_path, val_path):
+            _truncate_jsonl(path, start)
+        sync_dir = os.path.join(spec.run_dir or tempfile.mkdtemp(), ROLLOUT_POLICY_DIR)
+        rollouts = _Rollouts(spec, _save_for_generator(inner.policy, tokenizer, sync_dir))
+    reward_fn = reward_function(cfg.reward) if lead and pc.eval_every > 0 and spec.val_prompts else None
+    per_worker = pc.rollout_size // world
+    mini_per_worker = pc.mini_batch_size // world
+    use_autocast = device.type == "cuda" and tc.bf16
+
+    try:
+        for it in range(start, pc.iterations + 1):
+            # 1. Evaluate (greedy val reward) and checkpoint the policy as it is after `it` iterations.
+            fresh = it > start or (it == 0 and not resumed)
+            evaluate = fresh and pc.eval_every > 0 and (
+                (it > 0 and (it % pc.eval_every == 0 or it == pc.iterations)) or (it == 0 and pc.eval_at_start))
+            save = fresh and it > 0 and (it % pc.checkpoint_every == 0 or it == pc.iterations or evaluate)
+            report: dict[str, float] = {"train/step": it}
+            if evaluate and lead and reward_fn is not None:
+                val, _ = evaluate_policy(inner.policy, tokenizer, spec.val_prompts, reward_fn,
+                                         max_prompt_tokens=cfg.model.max_prompt_tokens,
+                                         max_new_tokens=cfg.generation.max_new_tokens, stop=list(cfg.generation.stop),
+                                         batch_size=cfg.generation.batch_size)
+                inner.policy.config.use_cache = False
+                report.update(val)
+                if it > 0 and (state["best_val_reward"] is None or val["val/reward"] > state["best_val_reward"]):
+                    state.update(best_val_reward=val["val/reward"], best_step=it)
+                _append_jsonl(val_path, report)
+            report[SELECTION_METRIC] = report.get("val/reward", NOT_EVALUATED) if it > 0 else NOT_EVALUATED
+            if save:
+                state.update(step=it, total_steps=pc.iterations, method=METHOD,
+                             **{PPO_STATE_KEY: {"kl_coef": kl_ctl.value, "score_moments": moments.state_dict()}})
+                with tempfile.TemporaryDirectory() as tmp:
+                    checkpoint = None
+                    if lead:
+                        ckpt.save_checkpoint(tmp, inner.policy, tokenizer, optimizer, state)
+                        save_file({k: v.detach().cpu().contiguous() for k, v in inner.value_head.state_dict().items()},
+                                  os.path.join(tmp, VALUE_HEAD_FILE))
+                        checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                    ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{it:07d}")
+            elif evaluate:
+                ray.train.report(report)
+            if it == pc.iterations:
+                break
+            t_iter = time.perf_counter()
+
+            # 2. Rollout (rank 0): sample prompts, generate, score, reference log-probs; shared with all workers.
+            rollout = None
+            if lead:
+                prompts = sample_prompts(spec.train_prompts, pc.rollout_size, tc.seed, it)
+                rollout = rollouts.collect(prompts, tokenizer)
+                raw = torch.as_tensor(rollout["scores"], dtype=torch.float32)
+                rollout["scaled"] = P.scale_scores(raw, moments if pc.score_scaling else None, pc.score_norm).tolist()
+            rollout = _broadcast(rollout, rank, world)
+            mine = slice(rank * per_worker, (rank + 1) * per_worker)
+            batch = collate(rollout["pairs"][mine], pad_id).to(device)
+            mask = batch.response_mask
+            ref_logps = _pad(rollout["ref_logps"][mine], mask.shape[1]).to(device)
+            scores = torch.as_tensor(rollout["scaled"][mine], dtype=torch.float32, device=device)
+
+            # 3. pi_old log-probs and values of this worker's shard; KL-penalised rewards; GAE; whitening.
+            model.eval()
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+                old_logps, old_values, entropy = model(batch, with_entropy=True)
+            model.train()
+            rewards, kl = P.kl_penalty_rewards(old_logps, ref_logps, mask, scores, kl_ctl.value)
+            advantages, returns = P.gae(rewards, old_values, mask, pc.gamma, pc.lam)
+            if pc.whiten:
+                advantages = P.masked_whiten(advantages, mask, all_reduce=reduce)
+
+            # 4. PPO epochs over mini-batches of this shard (DDP averages the gradients over workers).
+            sums: dict[str, float] = {}
+            n_updates = 0
+            for epoch in range(pc.ppo_epochs):
+                order = np.random.default_rng([tc.seed, 11, it, epoch, rank]).permutation(per_worker)
+                for start_mb in range(0, per_worker, mini_per_worker):
+                    idx = torch.as_tensor(order[start_mb:start_mb + mini_per_worker], device=device)
+                    sub = _select(batch, idx)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+                        logps, values, _ = model(sub)
+                    loss, metrics = P.ppo_loss(logps, old_logps[idx], values, old_values[idx], advantages[idx],
+                                               returns[idx], sub.response_mask, cliprange=pc.cliprange,
+                                               cliprange_value=pc.cliprange_value, vf_coef=pc.vf_coef)
+                    loss.backward()
+                    max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+                    metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    for key, value in metrics.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    n_updates += 1
+            stats = {k: v / n_updates for k, v in sums.items()}
+
+            # 5. KL controller on the rollout's mean sequence KL (all workers); new weights to the Generator.
+            seq_kl = torch.stack([kl.sum(), torch.tensor(float(kl.shape[0]), device=kl.device)])
+            seq_kl = reduce(seq_kl) if reduce else seq_kl
+            mean_kl = float(seq_kl[0] / seq_kl[1])
+            kl_coef = kl_ctl.value
+            kl_ctl.update(mean_kl, pc.rollout_size)
+            stats.update({
+                "objective/kl": mean_kl, "objective/kl_coef": kl_coef,
+                "objective/entropy": float(P.masked_mean(entropy, mask, reduce)),
+                "returns/mean": float(P.masked_mean(returns, mask, reduce)),
+                "values/mean": float(P.masked_mean(old_values, mask, reduce)),
+            })
+            stats = _mean_over_workers(stats, world, device)
+            if lead:
+                t_sync = time.perf_counter()
+                rollouts.load_weights(_save_for_generator(inner.policy, tokenizer, sync_dir))
+                lengths = [len(r) for _, r in rollout["pairs"]]
+                stats.update({
+                    "reward/mean": float(np.mean(rollout["scores"])),
+                    "reward/std": float(np.std(rollout["scores"])),
+                    "reward/scaled_mean": float(np.mean(rollout["scaled"])),
+                    **{k: float(np.mean(v)) for k, v in rollout["components"].items()},  # reward/<component>
+                    "response/tokens_mean": float(np.mean(lengths)),
+                    "response/eos_frac": float(np.mean([f == "eos" for f in rollout["finish"]])),
+                    "time/generate_s": rollout["time/generate_s"], "time/rollout_s": rollout["time/rollout_s"],
+                    "time/sync_s": time.perf_counter() - t_sync,
+                })
+            stats.update({"train/step": it + 1, "train/lr": pc.lr, "time/iteration_s": time.perf_counter() - t_iter})
+            if not all(math.isfinite(v) for v in stats.values()):
+                raise FloatingPointError(f"non-finite PPO metrics at iteration {it + 1}: {stats}")
+            _append_jsonl(metrics_path, stats)
+            if (it + 1) % tc.log_every == 0:
+                ray.train.report(stats)
+    finally:
+        if rollouts is not None:
+            rollouts.shutdown()
+
+
+def _select(batch, idx):
+    """Rows ``idx`` of a PolicyBatch, trimmed to the longest selected sequence and response."""
+    from alol_ray.tokenization import PolicyBatch
+
+    seq = int((batch.prompt_lengths[idx] + batch.response_lengths[idx]).max())
+    resp = int(batch.response_lengths[idx].max())
+    return PolicyBatch(input_ids=batch.input_ids[idx, :seq], attention_mask=batch.attention_mask[idx, :seq],
+                       response_index=batch.response_index[idx, :resp], response_mask=batch.response_mask[idx, :resp],
+                       prompt_lengths=batch.prompt_lengths[idx], response_lengths=batch.response_lengths[idx])
+
+
+def _mean_over_workers(stats: dict[str, float], world: int, device) -> dict[str, float]:
+    if world == 1:
+        return stats
+    import torch
+    import torch.distributed as dist
+
+    keys = sorted(stats)
+    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return dict(zip(keys, (values / world).tolist()))
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def check_config(cfg, tc) -> None:
+    from alol_ray.errors import ConfigError
+
+    pc = cfg.ppo
+    world = max(1, tc.num_workers)
+    if pc.rollout_size % world or pc.mini_batch_size % world:
+        raise ConfigError(f"ppo.rollout_size ({pc.rollout_size}) and ppo.mini_batch_size ({pc.mini_batch_size}) "
+                          f"must be divisible by train.num_workers ({world})")
+    if cfg.model.lora.load_in_4bit:
+        raise ConfigError("ppo does not support model.lora.load_in_4bit: the Generator needs merged weights each "
+                          "iteration; use LoRA without 4-bit or full fine-tuning")
+
+
+def fit_ppo(cfg, *, train_cfg, prompts: list[str], val_prompts: list[str], policy_path: str, ref_path: str,
+            run_dir: str, export_dir: str, fingerprint: Optional[str] = None, log: Callable = print):
+    """Run PPO as one Ray Train job; export the best checkpoint (val reward) to ``export_dir``.
+
+    Returns the offline trainer's ``TrainOutcome`` and writes the same ``summary.json``.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from alol_ray.errors import DataError
+    from alol_ray.ray_utils import init_ray
+    from alol_ray.train.checkpoint import MODEL_DIR, export_policy
+    from alol_ray.train.loop import SELECTION_METRIC
+    from alol_ray.train.trainer import SUMMARY_FILE, TrainOutcome, best_checkpoint, claim_run_dir
+
+    tc, pc = train_cfg, cfg.ppo
+    check_config(cfg, tc)
+    if not prompts:
+        raise DataError("ppo: no train prompts")
+    if pc.eval_every > 0 and not val_prompts:
+        raise DataError("ppo.eval_every > 0 needs val prompts (rows with split 'val')")
+    log(f"[train] ppo: {pc.iterations} iterations x {pc.rollout_size} rollouts ({pc.ppo_epochs} epochs of "
+        f"mini-batch {pc.mini_batch_size}) on {tc.num_workers} worker(s), {len(prompts)} train prompts")
+    claim_run_dir(run_dir, fingerprint, log)
+    init_ray(cfg.ray)
+    spec = PPOSpec(cfg=cfg, train=tc, policy_path=policy_path, ref_path=ref_path, train_prompts=list(prompts),
+                   val_prompts=list(val_prompts), run_dir=os.path.abspath(run_dir))
+    resources = {"CPU": tc.cpus_per_worker}
+    if tc.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        ppo_loop_per_worker,
+        train_loop_config={"spec": spec},
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=os.path.basename(run_dir.rstrip("/")),
+            storage_path=os.path.abspath(os.path.dirname(run_dir.rstrip("/"))),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints, checkpoint_score_attribute=SELECTION_METRIC,
+                                               checkpoint_score_order="max"),
+        ),
+    )
+    result = trainer.fit()
+    checkpoint, metrics = best_checkpoint(result)
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as fh:
+            state = json.load(fh)
+        export_policy(os.path.join(folder, MODEL_DIR), export_dir, base_path=policy_path,
+                      dtype=None if cfg.model.dtype == "auto" else cfg.model.dtype,
+                      trust_remote_code=cfg.model.trust_remote_code)
+    outcome = TrainOutcome(run_dir=run_dir, export_dir=export_dir, total_steps=pc.iterations, best_step=state["step"],
+                           best_val_reward=metrics.get("val/reward"), positive_fraction=None,
+                           checkpoint_path=checkpoint.path, last_metrics=dict(result.metrics or {}))
+    with open(os.path.join(run_dir, SUMMARY_FILE), "w", encoding="utf-8") as fh:
+        json.dump({k: v for k, v in outcome.__dict__.items() if k != "last_metrics"}, fh, indent=2)
+    shutil.rmtree(os.path.join(run_dir, ROLLOUT_POLICY_DIR), ignore_errors=True)
+    log(f"[train] ppo: exported iteration {outcome.best_step} (val reward "
+        f"{outcome.best_val_reward if outcome.best_val_reward is not None else 'n/a'}) to {export_dir}")
+    return outcome
+
+
+def train_prompts_of(rows) -> list[str]:
+    """Distinct train prompts, in table order."""
+    return rows.loc[rows[C.SPLIT] == "train", C.PROMPT].drop_duplicates().tolist()
+
+
+def ensure_ppo(cfg, seed: Optional[int] = None, log: Callable = print, *, init: Optional[str] = None) -> str:
+    """The PPO policy <run>/train/ppo-s<seed>/best: prompts from the run's rows, pi_ref from the pipeline
+    (also the start unless ``train.init_from`` / ``init`` say otherwise). Skipped when done; resumes."""
+    import pandas as pd
+
+    from alol_ray import pipeline
+    from alol_ray.runs import RunPaths
+    from alol_ray.train.trainer import BEST_DIR, val_prompts
+
+    tc = dataclasses.replace(cfg.train, algo=METHOD, seed=cfg.train.seed if seed is None else seed)
+    rows_path = pipeline.ensure_rows(cfg, log)
+    ref = pipeline.ensure_reference(cfg, log)
+    if init is None:
+        init = {"reference": lambda: ref, "base": lambda: pipeline.ensure_base_policy(cfg, log)}.get(
+            tc.init_from, lambda: tc.init_from)()
+    rows = pd.read_parquet(rows_path, columns=[C.PROMPT, C.SPLIT])
+    run_dir = RunPaths.from_config(cfg).train(METHOD, tc.seed)
+    fp = pipeline.fingerprint("ppo-v1", pipeline.train_identity(tc), cfg.ppo, cfg.model, cfg.generation, cfg.reward,
+                              pipeline._policy_identity(init), pipeline._policy_identity(ref),
+                              pipeline.rows_fingerprint(cfg))
+
+    def build():
+        out = fit_ppo(cfg, train_cfg=tc, prompts=train_prompts_of(rows), val_prompts=val_prompts(rows, tc.eval_prompts),
+                      policy_path=init, ref_path=ref, run_dir=run_dir, export_dir=os.path.join(run_dir, BEST_DIR),
+                      fingerprint=fp, log=log)
+        return {"iterations": out.total_steps, "best_step": out.best_step, "best_val_reward": out.best_val_reward}
+
+    pipeline.run_stage(f"train {METHOD}-s{tc.seed}", run_dir, fp, build, log=log)
+    return os.path.join(run_dir, BEST_DIR)
