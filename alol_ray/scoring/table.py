@@ -253,6 +253,30 @@ def run_pool(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorPo
     return done
 
 
+def _run_with_retries(remaining: Callable[[], pd.DataFrame], fn_cls: type, ctor_kwargs: dict,
+                      pool: ActorPoolConfig, scoring, on_output: Callable, desc: str, ray_cfg, log: Callable) -> None:
+    """``run_pool`` on the rows not cached yet, restarted up to ``scoring.pass_retries`` times when Ray loses an
+    actor for good (e.g. ``ray.kill`` without restart, a lost node): Ray Data retries a task on a restarted
+    actor, but fails the whole dataset when the actor cannot come back."""
+    import ray
+
+    lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+            ray.exceptions.ObjectLostError)
+    for attempt in range(scoring.pass_retries + 1):
+        todo = remaining()
+        if todo.empty:
+            return
+        try:
+            run_pool(todo, fn_cls, ctor_kwargs, pool, sort_by_length=scoring.sort_by_length,
+                     batches_per_block=scoring.batches_per_block, on_output=on_output, desc=desc, ray_cfg=ray_cfg)
+            return
+        except lost as exc:
+            if attempt == scoring.pass_retries:
+                raise
+            log(f"[score] {desc}: {type(exc).__name__} ({str(exc).splitlines()[0]}); "
+                f"restarting the pass for the {len(remaining())} rows not cached yet")
+
+
 def _pool_kwargs(pool: ActorPoolConfig) -> dict:
     return {"use_gpu": pool.num_gpus > 0, "bf16": pool.bf16, "num_threads": max(1, int(pool.num_cpus))}
 
@@ -264,8 +288,8 @@ def _pool_kwargs(pool: ActorPoolConfig) -> dict:
 class ScoreReport:
     table: str
     rows: int
-    reward_scored: int  # rows the reward pass scored in this run (0 = all cached)
-    reference_scored: int
+    reward_scored: int  # rows the reward pass produced in this run (0 = all cached)
+    reference_scored: int  # rows the reference pass produced in this run
     reward_keys: dict[str, str]
     reference_key: Optional[str]
     seconds: float
@@ -313,6 +337,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path:
                } if len(unique) else {}
     reward_scored = 0
     if missing and any(m.any() for m in missing.values()):
+        done = {c.name: set(unique.loc[~missing[c.name], C.ROW_KEY]) for c in components}
         # Rows missing the same set of components go through one pool together.
         signature = pd.Series(["|".join(n for n in missing if missing[n][i]) for i in range(len(unique))])
         for sig, group in unique.groupby(signature.to_numpy(), sort=True):
@@ -326,16 +351,21 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path:
             def write(out: pd.DataFrame, todo=todo) -> None:
                 nonlocal reward_scored
                 for c in todo:
-                    cache.write_part(reward_keys[c.name], pd.DataFrame(
-                        {C.ROW_KEY: out[C.ROW_KEY].to_numpy(), "value": out[raw_column(c.name)].to_numpy()}))
-                reward_scored += len(out)
+                    new = ~out[C.ROW_KEY].isin(done[c.name]).to_numpy()  # a retried pass never caches twice
+                    if new.any():
+                        cache.write_part(reward_keys[c.name], pd.DataFrame(
+                            {C.ROW_KEY: out[C.ROW_KEY].to_numpy()[new], "value": out[raw_column(c.name)].to_numpy()[new]}))
+                    done[c.name].update(out[C.ROW_KEY])
+                reward_scored += len(out)  # rows the pool produced (a duplicate from Ray would count twice)
                 if on_part:
                     on_part("reward", reward_scored)
 
-            run_pool(group, RewardScorer,
-                     {"components": [dataclasses.asdict(c) for c in todo], "raw_only": True, **_pool_kwargs(pool)},
-                     pool, sort_by_length=scoring.sort_by_length, batches_per_block=scoring.batches_per_block,
-                     on_output=write, desc="reward", ray_cfg=cfg.ray)
+            def remaining(group=group, todo=todo) -> pd.DataFrame:
+                return group[~np.logical_and.reduce([group[C.ROW_KEY].isin(done[c.name]).to_numpy() for c in todo])]
+
+            _run_with_retries(remaining, RewardScorer,
+                              {"components": [dataclasses.asdict(c) for c in todo], "raw_only": True,
+                               **_pool_kwargs(pool)}, pool, scoring, write, "reward", cfg.ray, log)
     elif needs_reward.any():
         log(f"[score] reward: all {len(unique)} unique rows cached")
 
@@ -353,18 +383,22 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path:
             cache.describe(reference_key, {"reference": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr})
             log(f"[score] reference: {len(todo_rows)} of {len(unique_all)} unique rows to score with {ref_path}")
 
+            done_ref: set = set()
+
             def write_ref(out: pd.DataFrame) -> None:
                 nonlocal reference_scored
-                cache.write_part(reference_key, out[[C.ROW_KEY, C.REF_TOKEN_LOGPS, C.REF_LOGP]])
-                reference_scored += len(out)
+                reference_scored += len(out)  # rows the pool produced (a duplicate from Ray would count twice)
+                out = out[~out[C.ROW_KEY].isin(done_ref)]
+                if len(out):
+                    cache.write_part(reference_key, out[[C.ROW_KEY, C.REF_TOKEN_LOGPS, C.REF_LOGP]])
+                done_ref.update(out[C.ROW_KEY])
                 if on_part:
                     on_part("reference", reference_scored)
 
-            run_pool(todo_rows, ReferenceScorer,
-                     {"model_path": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr,
-                      "trust_remote_code": cfg.model.trust_remote_code, **_pool_kwargs(rpool)},
-                     rpool, sort_by_length=scoring.sort_by_length, batches_per_block=scoring.batches_per_block,
-                     on_output=write_ref, desc="reference", ray_cfg=cfg.ray)
+            _run_with_retries(lambda: todo_rows[~todo_rows[C.ROW_KEY].isin(done_ref)], ReferenceScorer,
+                              {"model_path": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr,
+                               "trust_remote_code": cfg.model.trust_remote_code, **_pool_kwargs(rpool)},
+                              rpool, scoring, write_ref, "reference", cfg.ray, log)
         else:
             log(f"[score] reference: all {len(unique_all)} unique rows cached")
 
