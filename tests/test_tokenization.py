@@ -1,0 +1,150 @@
+"""The shared tokenisation: truncation sides, EOS, masks, and log-probs against a slow reference."""
+
+import pytest
+import torch
+from tokenizers.processors import TemplateProcessing
+
+from alol_ray.models import build_tiny_policy, train_tokenizer
+from alol_ray.tokenization import PolicyBatch, collate, encode_pair, prompt_batch, response_token_logps
+
+torch.set_num_threads(1)
+
+TEXTS = [
+    "### Human: Any tips for gardening on a small budget? ### Assistant:",
+    "Sure, happy to help! For gardening, pull the weeds every week.",
+    "### Human: How should I practice chess late at night? ### Assistant:",
+    "Thanks for asking! Play short games every day. At night, keep the lights soft.",
+] * 5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TEXTS, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_tiny_policy(tokenizer, n_layer=2, n_embd=32, n_head=2, n_positions=128, seed=0).eval()
+
+
+def _ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_prompt_is_left_truncated_and_response_right_truncated_with_eos(tokenizer):
+    prompt, response = TEXTS[0], TEXTS[1]
+    full_p, full_r = _ids(tokenizer, prompt), _ids(tokenizer, response)
+    assert len(full_p) > 5 and len(full_r) > 5
+    p, r = encode_pair(tokenizer, prompt, response, max_prompt_tokens=5, max_response_tokens=4)
+    assert p == full_p[-5:]  # the END of the prompt is kept
+    assert r == full_r[:3] + [tokenizer.eos_token_id]  # the START of the response, then EOS
+    p, r = encode_pair(tokenizer, prompt, response, max_prompt_tokens=1000, max_response_tokens=1000)
+    assert p == full_p and r == full_r + [tokenizer.eos_token_id]
+    p, r = encode_pair(tokenizer, prompt, response, max_prompt_tokens=3, max_response_tokens=1)
+    assert r == [tokenizer.eos_token_id]  # EOS survives any truncation
+    p, r = encode_pair(tokenizer, prompt, "", max_prompt_tokens=3, max_response_tokens=8)
+    assert r == [tokenizer.eos_token_id]
+
+
+def test_no_special_tokens_even_if_the_tokenizer_adds_them(tokenizer):
+    bos_adding = train_tokenizer(TEXTS, vocab_size=300)
+    bos_adding.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos_adding.bos_token_id)])
+    assert bos_adding("Sure")["input_ids"][0] == bos_adding.bos_token_id  # the default would add BOS
+    p, r = encode_pair(bos_adding, "Sure", "Sure", 10, 10)
+    assert p == _ids(bos_adding, "Sure") and p[0] != bos_adding.bos_token_id
+    assert r == p + [bos_adding.eos_token_id]
+
+
+def test_encode_pair_rejects_bad_limits(tokenizer):
+    with pytest.raises(ValueError):
+        encode_pair(tokenizer, "a", "b", 0, 4)
+    with pytest.raises(ValueError):
+        encode_pair(tokenizer, "a", "b", 4, 0)
+
+
+def test_collate_layout(tokenizer):
+    pad = tokenizer.pad_token_id
+    pairs = [([1, 2, 3], [4, 5]), ([6], [7, 8, 9, 10])]
+    batch = collate(pairs, pad)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    pairs = [([1, 2, 3, 4, 5, 6], [7]), ([8], [9, 10, 11])]
+    batch = collate(pairs, pad)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, pad, pad, pad]]
+    assert batch.attention_mask.tolist() == [[1] * 7, [1, 1, 1, 1, 0, 0, 0]]
+    # targets = input_ids[:, 1:]; response token j of row b is target prompt_len_b - 1 + j
+    assert batch.response_index.tolist() == [[5, 0, 0], [0, 1, 2]]
+    assert batch.response_mask.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+    assert batch.prompt_lengths.tolist() == [6, 1] and batch.response_lengths.tolist() == [1, 3]
+    targets = batch.input_ids[:, 1:].gather(1, batch.response_index)
+    assert targets[0, :1].tolist() == [7] and targets[1].tolist() == [9, 10, 11]
+    assert len(batch) == 2 and isinstance(batch.to("cpu"), PolicyBatch)
+    with pytest.raises(ValueError):
+        collate([([], [1])], pad)
+
+
+def _slow_logps(model, prompt_ids, response_ids):
+    """Reference: the model on one unpadded example; full log-softmax; pick each response token."""
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    n_p = len(prompt_ids)
+    return torch.stack([logp[n_p - 1 + j, t] for j, t in enumerate(response_ids)])
+
+
+def _pairs(tokenizer):
+    return [
+        encode_pair(tokenizer, TEXTS[0], TEXTS[1], 64, 64),  # long prompt, long response
+        encode_pair(tokenizer, TEXTS[2], "Ok", 3, 64),  # 3-token prompt, 2-token response
+        encode_pair(tokenizer, TEXTS[2], TEXTS[3], 64, 1),  # response = EOS only
+        encode_pair(tokenizer, "Hi", TEXTS[3], 64, 64),
+    ]
+
+
+def test_logps_match_a_slow_per_example_reference(tokenizer, model):
+    pairs = _pairs(tokenizer)
+    lengths = [len(p) + len(r) for p, r in pairs]
+    assert max(lengths) > 3 * min(lengths)  # very different lengths in one batch
+    batch = collate(pairs, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logps = response_token_logps(model, batch)
+    assert logps.shape == batch.response_mask.shape and logps.dtype == torch.float32
+    for b, (p, r) in enumerate(pairs):
+        n = len(r)
+        torch.testing.assert_close(logps[b, :n], _slow_logps(model, p, r), atol=1e-5, rtol=0)
+        assert logps[b, n - 1] < 0  # the EOS is scored
+        assert torch.all(logps[b, n:] == 0.0)  # exactly zero at padding
+
+
+def test_logps_are_differentiable_and_padding_gets_no_gradient(tokenizer, model):
+    pairs = _pairs(tokenizer)
+    batch = collate(pairs, tokenizer.pad_token_id)
+    model.zero_grad()
+    logps = response_token_logps(model, batch)
+    assert logps.requires_grad
+    logps.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    # Same gradient as summing only the real tokens of each example separately.
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for p_ids, r_ids in pairs:
+        model.zero_grad()
+        response_token_logps(model, collate([(p_ids, r_ids)], tokenizer.pad_token_id)).sum().backward()
+        for n, p in model.named_parameters():
+            expected[n] += p.grad
+    model.zero_grad()
+    response_token_logps(model, batch).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], atol=1e-5, rtol=1e-4)
+    model.zero_grad()
+
+
+def test_prompt_batch_matches_encode_pair(tokenizer):
+    prompts = [TEXTS[0], "Hi"]
+    input_ids, attention_mask = prompt_batch(tokenizer, prompts, max_prompt_tokens=6)
+    for b, prompt in enumerate(prompts):
+        expected, _ = encode_pair(tokenizer, prompt, "x", 6, 4)
+        n = len(expected)
+        assert input_ids[b, :n].tolist() == expected
+        assert attention_mask[b].tolist() == [1] * n + [0] * (input_ids.shape[1] - n)
+        assert torch.all(input_ids[b, n:] == tokenizer.pad_token_id)
