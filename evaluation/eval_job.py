@@ -126,7 +126,7 @@ def generate_replies(model_path: str, cfg: RunConfig, prompts: list[str], log: C
         return gen.generate_with_ids(prompts), gen.engine
 
 
-def _reply_columns(outputs, eos_id: Optional[int] = None) -> dict[str, list]:
+def _reply_columns(outputs) -> dict[str, list]:
     return {
         C.RESPONSE: [o.text for o in outputs],
         RESPONSE_TOKENS: [o.num_tokens - (1 if o.finish_reason == "eos" else 0) for o in outputs],
@@ -210,11 +210,11 @@ def run_eval(cfg: RunConfig, *, model: Optional[str] = None, split: Optional[str
 
     split = split or cfg.eval.split
     max_prompts = max_prompts if max_prompts is not None else cfg.eval.max_prompts
+    if model is not None and not os.path.exists(model) and (os.path.isabs(model) or model.startswith(".")):
+        raise UserError(f"--model: no such folder: {model}")
     prompts = eval_prompts(cfg, split, max_prompts, log)
     ref_path = reference_policy(cfg, log) if (model is None or cfg.eval.win_rate) else None
     model_path = model or ref_path
-    if model is not None and not os.path.exists(model) and (os.path.isabs(model) or model.startswith(".")):
-        raise UserError(f"--model: no such folder: {model}")
     method = method or (REFERENCE_METHOD if model is None else "model")
     seed = cfg.train.seed if seed is None else seed
     out = out or RunPaths.from_config(cfg).eval(method, seed)

@@ -39,15 +39,15 @@ def cfg(engine: str, **kw) -> GenerationConfig:
     return GenerationConfig(**base)
 
 
-def finetune(src: str, dst: str, rows, steps: int = 300, seed: int = 0) -> str:
-    """A copy of the policy at ``src`` trained by NLL on the rank-0 training replies (GPU)."""
+def finetune(src: str, dst: str, rows, steps: int = 300, seed: int = 0, device: str = "cuda") -> str:
+    """A copy of the policy at ``src`` trained by NLL on the rank-0 training replies."""
     import torch
 
     from alol_ray.models import load_policy
     from alol_ray.tokenization import collate, encode_pair, response_token_logps
 
     torch.manual_seed(seed)
-    model, tok = load_policy(src, dtype="float32", device="cuda")
+    model, tok = load_policy(src, dtype="float32", device=device)
     model.train()
     best = rows[(rows[C.SPLIT] == "train") & (rows[C.RANK] == 0)]
     pairs = [encode_pair(tok, p, r, MAX_PROMPT_TOKENS, 48) for p, r in zip(best[C.PROMPT], best[C.RESPONSE])]
@@ -55,7 +55,7 @@ def finetune(src: str, dst: str, rows, steps: int = 300, seed: int = 0) -> str:
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randint(len(pairs), (32,), generator=gen).tolist()
-        batch = collate([pairs[i] for i in idx], tok.pad_token_id).to("cuda")
+        batch = collate([pairs[i] for i in idx], tok.pad_token_id).to(device)
         logps = response_token_logps(model, batch)
         loss = -(logps * batch.response_mask).sum() / batch.response_mask.sum()
         opt.zero_grad()
