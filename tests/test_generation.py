@@ -72,6 +72,26 @@ def reference_greedy(model_dir: str, prompts: list[str], max_new_tokens: int) ->
     return out
 
 
+def test_engine_choice_and_light_import():
+    import subprocess
+    import sys
+
+    from alol_ray.generation import resolve_engine, vllm_installed
+
+    assert resolve_engine(gen_cfg(engine="auto"), gpus=0) == "transformers"
+    assert resolve_engine(gen_cfg(engine="auto"), gpus=1) == ("vllm" if vllm_installed() else "transformers")
+    assert resolve_engine(gen_cfg(engine="transformers"), gpus=8) == "transformers"
+    with pytest.raises(ConfigError):
+        resolve_engine(gen_cfg(engine="vllm"), gpus=0)  # no GPU (or no vllm): a clear error, not a crash later
+    with pytest.raises(ConfigError, match="generation.engine"):
+        gen_cfg(engine="tgi")
+    # Importing the package must not pull in vllm (an optional extra), ray or torch.
+    code = ("import sys, alol_ray.generation; "
+            "print(sorted(m for m in ('vllm', 'ray', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
 def test_greedy_batches_equal_unpadded_generate(tiny_policy_dir, prompts):
     greedy = in_process(tiny_policy_dir, gen_cfg(), prompts)
     # Batches of 4 are left-padded; one-at-a-time generate has no padding: the same ids mean that
