@@ -81,6 +81,7 @@ def run_cluster_checks(out_path: str, work: str) -> None:
     from alol_ray.train.trainer import fit
 
     findings: dict = {"timings": {}}
+    os.makedirs(work, exist_ok=True)
     t = time.time()
     rows = builtin.build_rows(seed=0, n_train=24, n_val=4, n_test=4)
     policy_dir = init_tiny_policy(os.path.join(work, "policy"), list(rows[C.PROMPT].unique()) + list(rows[C.RESPONSE]),
@@ -155,6 +156,10 @@ def run_cluster_checks(out_path: str, work: str) -> None:
             findings["timings"][f"train_w{workers}_s"] = round(time.time() - t, 1)
         start = load_file(os.path.join(policy_dir, "model.safetensors"))
         findings["train_max_abs_diff"] = max(float((params[2][k] - params[1][k]).abs().max()) for k in params[1])
+        # The same, in units of the weight's size where it exceeds 1 (float32 rounding of p - lr * update is
+        # relative: a weight near 2 carries twice the rounding of one near 1).
+        findings["train_max_scaled_diff"] = max(
+            float(((params[2][k] - params[1][k]).abs() / params[1][k].abs().clamp(min=1.0)).max()) for k in params[1])
         findings["train_max_abs_change"] = max(float((params[1][k] - start[k]).abs().max()) for k in start)
         findings["train_same_keys"] = sorted(params[1]) == sorted(params[2]) == sorted(start)
     finally:
@@ -164,14 +169,19 @@ def run_cluster_checks(out_path: str, work: str) -> None:
         json.dump(findings, fh, indent=2)
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(900)
 def test_scoring_actors_spread_and_two_node_training_matches_one_node(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
     out = tmp_path / "findings.json"
     start = time.time()
-    proc = subprocess.run([sys.executable, __file__, str(out), str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=450)
+    for attempt in (1, 2):
+        proc = subprocess.run([sys.executable, __file__, str(out), str(tmp_path / f"try{attempt}")], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=450)
+        # On a machine this loaded a raylet can miss Ray's fixed 30 s registration deadline; the nodes of a
+        # failed try die with its process (Ray's fate sharing), so a second try starts clean.
+        if proc.returncode == 0 or "timed out during startup" not in proc.stderr:
+            break
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
     found = json.loads(out.read_text())
     print(f"multinode findings ({time.time() - start:.1f}s): {json.dumps(found)}")
@@ -193,7 +203,9 @@ def test_scoring_actors_spread_and_two_node_training_matches_one_node(tmp_path):
     # whatever its gradient's size, so lr (1e-4) also bounds how far float-rounding differences between
     # the two runs' gradients can push a weight whose gradient is near zero: hence the small lr.
     assert found["train_max_abs_change"] > 5e-5
-    assert found["train_max_abs_diff"] <= 1e-6, found
+    # Equal up to float32 rounding: the 2-worker gradient is the mean of two half-batch means (gloo all-reduce),
+    # the 1-worker one the mean over the whole batch; the measured gap is a few ulps (~7e-7 here).
+    assert found["train_max_scaled_diff"] <= 1e-6, found
 
 
 if __name__ == "__main__":
