@@ -163,14 +163,19 @@ def submit(cluster: LocalCluster, submission_id: str, entrypoint: list[str], att
 
 @pytest.mark.timeout(420)
 def test_pipeline_submitted_with_ray_job_submit(local_cluster, tmp_path):
-    """data convert + reward scoring on a RewardScorer actor pool, as one submitted job; the driver joins
-    the cluster through the RAY_ADDRESS Ray sets for job drivers (ray_utils.init_ray)."""
+    """data convert + reward scoring on a RewardScorer actor pool + the reward service (alol serve-rewards
+    --detach), as one submitted job; the driver joins the cluster through the RAY_ADDRESS Ray sets for job
+    drivers (ray_utils.init_ray)."""
     storage = tmp_path / "storage"
     overrides = [f"storage={storage}", "name=jobtest", "data.builtin_train_prompts=24", "data.builtin_eval_prompts=4",
                  "reward.rescore=true", "scoring.reward_pool.batch_size=16", "scoring.reward_pool.num_cpus=0.5"]
-    # Two stages in one job: `ray job submit` shell-quotes its arguments, so the `&&` goes through sh -c.
+    serve_port = free_ports(1)[0]
+    # Three stages in one job (`ray job submit` shell-quotes its arguments, so the `&&` goes through sh -c);
+    # the last one leaves the reward service running on the cluster after the job ends.
     stages = (f"alol data convert builtin --out {tmp_path / 'converted'} && "
-              f"alol score --config configs/builtin.yaml --no-reference {' '.join(overrides)}")
+              f"alol score --config configs/builtin.yaml --no-reference {' '.join(overrides)} && "
+              f"alol serve-rewards --config configs/builtin.yaml --detach serve.port={serve_port} "
+              "serve.num_cpus=0.25 serve.max_replicas=1")
     entrypoint = ["sh", "-c", stages]
     submission_id = f"alol-test-{secrets.token_hex(4)}"
     out, seconds = submit(local_cluster, submission_id, entrypoint)
@@ -199,3 +204,16 @@ def test_pipeline_submitted_with_ray_job_submit(local_cluster, tmp_path):
     np.testing.assert_allclose(table[C.REWARD].to_numpy(), np.sum([expected[c] for c in builtin.COMPONENTS], axis=0),
                                rtol=0, atol=1e-12)
     assert (storage / "jobtest" / "config.yaml").exists()
+
+    # Stage 3: the detached reward service answers on the head's loopback with the same scores.
+    import json
+    import urllib.request
+
+    prompt, response = table[C.PROMPT].iloc[0], table[C.RESPONSE].iloc[0]
+    req = urllib.request.Request(f"http://127.0.0.1:{serve_port}/rewards", method="POST",
+                                 data=json.dumps({"prompt": prompt, "response": response}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        answer = json.loads(r.read())
+    assert answer[C.REWARD] == pytest.approx(table[C.REWARD].iloc[0], abs=1e-12)
+    assert set(answer) >= {C.REWARD, C.reward_column("builtin")}
