@@ -6,7 +6,7 @@
 
 Every arm is timed end to end: building the scorer (model load) plus scoring every row; for (b) and (c)
 that includes actor start-up (a fresh process imports torch) and Ray Data's scheduling. Ray itself is
-started before the clock runs. Each actor gets ``--cpus`` CPUs and as many torch threads; the loop
+started before any clock runs. ``--repeats N`` runs a, b, c N times interleaved and takes medians. Each actor gets ``--cpus`` CPUs and as many torch threads; the loop
 uses the same number of threads, so b/a is the cost of Ray and c/a the gain of a second actor.
 Goal on 2 cores: b/a >= 0.85. The three arms' scores must agree (printed as the largest difference).
 
@@ -20,6 +20,7 @@ The rows: the first ``--rows`` (prompt, response) rows of the HH data (hh_pro fo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -42,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--cpus", type=float, default=1.0, help="CPUs (and torch threads) per actor and for the loop")
     p.add_argument("--model", default="", help="an HF sequence classifier folder (default: MiniLM + new head)")
+    p.add_argument("--repeats", type=int, default=1, help="run the three arms this many times, interleaved; "
+                   "report the median time of each")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "hh" / "helpful_base.json"))
     return p.parse_args()
 
@@ -82,34 +85,44 @@ def main() -> None:
     print(f"rows {len(rows)}, batch {args.batch_size}, max_length {args.max_length}, model {model}, "
           f"{args.cpus} CPU(s) / {threads} thread(s) per actor and for the loop")
 
-    # (a) plain loop, the same length sorting and batch size as the pool
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}})
     import torch
 
     torch.set_num_threads(threads)
-    start = time.perf_counter()
-    scorer = RewardScorer([comp], raw_only=True, num_threads=threads)
     order = np.argsort((rows[C.PROMPT].str.len() + rows[C.RESPONSE].str.len()).to_numpy(), kind="stable")
     sorted_rows = rows.iloc[order]
-    outs = [scorer(sorted_rows.iloc[i:i + args.batch_size]) for i in range(0, len(rows), args.batch_size)]
-    seconds = {"a": time.perf_counter() - start}
-    scores = {"a": pd.concat(outs).set_index(C.ROW_KEY)[raw_column("rm")]}
-    del scorer
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}})
-    for arm, actors in (("b", 1), ("c", 2)):
+    def plain_loop() -> pd.DataFrame:
+        """(a): the same length sorting and batch size as the pool, in this process."""
+        scorer = RewardScorer([comp], raw_only=True, num_threads=threads)
+        return pd.concat([scorer(sorted_rows.iloc[i:i + args.batch_size])
+                          for i in range(0, len(rows), args.batch_size)])
+
+    def ray_pool(actors: int) -> pd.DataFrame:
         pool = ActorPoolConfig(min_actors=actors, max_actors=actors, batch_size=args.batch_size, num_cpus=args.cpus)
-        got = []
-        start = time.perf_counter()
-        run_pool(rows, RewardScorer, {"components": [comp.__dict__.copy()], "raw_only": True, "num_threads": threads},
+        got: list[pd.DataFrame] = []
+        run_pool(rows, RewardScorer, {"components": [dataclasses.asdict(comp)], "raw_only": True,
+                                      "num_threads": threads},
                  pool, sort_by_length=True, batches_per_block=args.batches_per_block, on_output=got.append,
-                 desc=f"({arm}) {actors} actor(s)")
-        seconds[arm] = time.perf_counter() - start
-        scores[arm] = pd.concat(got).set_index(C.ROW_KEY)[raw_column("rm")]
+                 desc=f"{actors} actor(s)")
+        return pd.concat(got)
+
+    arms = {"a": plain_loop, "b": lambda: ray_pool(1), "c": lambda: ray_pool(2)}
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    scores = {}
+    for _ in range(args.repeats):  # interleaved, so slow drifts in machine load hit every arm alike
+        for arm, run in arms.items():
+            start = time.perf_counter()
+            out = run()
+            times[arm].append(time.perf_counter() - start)
+            scores[arm] = out.set_index(C.ROW_KEY)[raw_column("rm")]
     ray.shutdown()
+    seconds = {arm: float(np.median(t)) for arm, t in times.items()}
 
     rate = {arm: len(rows) / s for arm, s in seconds.items()}
     diff = max(float((scores[arm] - scores["a"].reindex(scores[arm].index)).abs().max()) for arm in ("b", "c"))
+    print(f"times per arm (s): {({arm: [round(x, 1) for x in t] for arm, t in times.items()})}")
     print(f"(a) plain loop         {rate['a']:8.2f} rows/s  ({seconds['a']:.1f} s)")
     print(f"(b) Ray pool, 1 actor  {rate['b']:8.2f} rows/s  ({seconds['b']:.1f} s)")
     print(f"(c) Ray pool, 2 actors {rate['c']:8.2f} rows/s  ({seconds['c']:.1f} s)")

@@ -136,6 +136,42 @@ def test_reward_scorer_in_process(classifiers, builtin_rows):
     assert len(out) == len(rows) and (out[C.PROMPT] == rows[C.PROMPT]).all()
 
 
+def test_hf_input_renderings(classifiers, tmp_path):
+    """template 'chat' renders the prompt's turns with the tokenizer's chat template; 'pair' is a text pair;
+    truncation_side right keeps the start of a long input."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from alol_ray.scoring.reward import HFClassifier
+
+    folder = tmp_path / "chat_rm"
+    shutil.copytree(classifiers["logit"], folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+    tok.save_pretrained(folder)
+    prompt = "### Human: Hi there ### Assistant: Hello! ### Human: Tips for baking? ### Assistant:"
+    chat = HFClassifier(RewardComponentConfig(name="c", kind="hf_classifier", model=str(folder), template="chat"))
+    assert chat._chat_text(prompt, "Measure the flour.") == (
+        "<user>Hi there\n<assistant>Hello!\n<user>Tips for baking?\n<assistant>Measure the flour.\n")
+    got = chat([prompt], ["Measure the flour."])
+    want = _manual_logits(str(folder), [chat._chat_text(prompt, "Measure the flour.")], 512)[:, 0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    pair = HFClassifier(RewardComponentConfig(name="p", kind="hf_classifier", model=classifiers["logit"],
+                                              template="pair", truncation_side="right", max_length=6))
+    long_prompt = "one two three four five six seven eight nine ten"
+    enc = pair.tokenizer(long_prompt, "reply", truncation=True, max_length=6)
+    assert len(enc["input_ids"]) == 6
+    ids = pair.tokenizer(long_prompt, add_special_tokens=False)["input_ids"]
+    assert enc["input_ids"][:3] == ids[:3]  # right truncation keeps the start
+    np.testing.assert_allclose(
+        pair([long_prompt], ["reply"]),
+        pair.model(input_ids=torch.tensor([enc["input_ids"]])).logits[0, :1].detach().numpy(), atol=1e-5)
+    with pytest.raises(ConfigError, match="no chat template"):
+        HFClassifier(RewardComponentConfig(name="x", kind="hf_classifier", model=classifiers["logit"], template="chat"))
+
+
 def test_reward_scorer_rejects_bad_components(classifiers):
     with pytest.raises(ConfigError, match="set `label`"):
         RewardScorer([RewardComponentConfig(name="x", kind="hf_classifier", model=classifiers["labels"])])

@@ -25,13 +25,14 @@ def run(args: argparse.Namespace) -> int:
     from alol_ray import columns as C
     from alol_ray.config import load_config
     from alol_ray.pipeline import ensure_scored
+    from alol_ray.scoring.reward import RAW_PREFIX
 
     cfg = load_config(args.config, args.overrides)
     if args.no_reference:
         cfg.scoring.reference = False
     path = ensure_scored(cfg)
-    table = pd.read_parquet(path, columns=None)
-    reward_cols = [c for c in table.columns if c == C.REWARD or c.startswith(C.REWARD_PREFIX)]
+    table = pd.read_parquet(path)
+    reward_cols = [c for c in table.columns if c == C.REWARD or c.startswith((C.REWARD_PREFIX, RAW_PREFIX))]
     print(f"scored table: {path} ({len(table)} rows)")
     for col in reward_cols:
         values = table[col].dropna()

@@ -23,7 +23,7 @@ class ReferenceScorer:
 
     def __init__(self, model_path: str, *, max_prompt_tokens: int, max_response_tokens: int,
                  use_gpu: bool = False, bf16: bool = False, num_threads: Optional[int] = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, dtype: str = "float32"):
         import torch
 
         from alol_ray.models import load_policy
@@ -31,7 +31,9 @@ class ReferenceScorer:
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if (bf16 and self.device == "cuda") else torch.float32
+        # bf16 as training does it (fp32 weights under bf16 autocast), so that at step 0 the policy's
+        # log-probs and these agree as closely as the hardware allows.
+        self.autocast = bf16 and self.device == "cuda"
         self.model, self.tokenizer = load_policy(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                  device=self.device)
         self.model.eval()
@@ -48,7 +50,7 @@ class ReferenceScorer:
         pairs = [encode_pair(self.tokenizer, p, r, self.max_prompt_tokens, self.max_response_tokens)
                  for p, r in zip(prompts, responses)]
         batch = collate(pairs, self.tokenizer.pad_token_id).to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             logps = response_token_logps(self.model, batch).float().cpu().numpy()
         lengths = batch.response_lengths.cpu().numpy()
         return [logps[i, : lengths[i]].astype(np.float32) for i in range(len(pairs))]
@@ -77,7 +79,7 @@ class ReferenceScorer:
         from alol_ray.tokenization import prompt_batch
 
         input_ids, attention_mask = prompt_batch(self.tokenizer, list(prompts), self.max_prompt_tokens)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
                              output_hidden_states=True)
         return out.hidden_states[-1].float().cpu(), attention_mask

@@ -147,11 +147,19 @@ def reward_scorer_key(comp: RewardComponentConfig, pool: ActorPoolConfig) -> str
     return _key(comp.kind, identity)
 
 
+def reference_dtype(cfg: RunConfig) -> str:
+    """pi_ref's weight dtype: the one training loads the policy in (model.dtype; auto = fp32, bf16 for LoRA
+    on GPU); on GPU with reference_pool.bf16 the forward runs under bf16 autocast, as training's does."""
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    return "bfloat16" if (cfg.model.lora.enabled and cfg.scoring.reference_pool.num_gpus > 0) else "float32"
+
+
 def reference_scorer_key(ref_path: str, max_prompt_tokens: int, max_response_tokens: int,
-                         pool: ActorPoolConfig) -> str:
+                         pool: ActorPoolConfig, dtype: str = "float32") -> str:
     """What the reference log-probs depend on: pi_ref, the truncation limits, the tokenisation code."""
     return _key("reference", {"v": KEY_VERSION, "model": model_identity(ref_path), "max_prompt": max_prompt_tokens,
-                              "max_response": max_response_tokens, "precision": _precision(pool),
+                              "max_response": max_response_tokens, "precision": _precision(pool), "dtype": dtype,
                               "tokenization": _source_hash("alol_ray.tokenization")})
 
 
@@ -376,7 +384,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path:
 
         rpool = scoring.reference_pool
         mp, mr = cfg.model.max_prompt_tokens, cfg.model.max_response_tokens
-        reference_key = reference_scorer_key(ref_path, mp, mr, rpool)
+        reference_key = reference_scorer_key(ref_path, mp, mr, rpool, reference_dtype(cfg))
         unique_all = rows[[C.ROW_KEY, C.PROMPT, C.RESPONSE]].drop_duplicates(C.ROW_KEY)
         todo_rows = unique_all[~unique_all[C.ROW_KEY].isin(cache.done(reference_key))]
         if len(todo_rows):
@@ -397,7 +405,8 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path:
 
             _run_with_retries(lambda: todo_rows[~todo_rows[C.ROW_KEY].isin(done_ref)], ReferenceScorer,
                               {"model_path": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr,
-                               "trust_remote_code": cfg.model.trust_remote_code, **_pool_kwargs(rpool)},
+                               "trust_remote_code": cfg.model.trust_remote_code, "dtype": reference_dtype(cfg),
+                               **_pool_kwargs(rpool)},
                               rpool, scoring, write_ref, "reference", cfg.ray, log)
         else:
             log(f"[score] reference: all {len(unique_all)} unique rows cached")
@@ -472,6 +481,6 @@ def stage_identity(cfg: RunConfig, ref_path: Optional[str]) -> dict:
                    for c in cfg.reward.components],
         "rescore": cfg.reward.rescore,
         "train_transform": cfg.reward.train_transform,
-        "reference": reference_scorer_key(ref_path, cfg.model.max_prompt_tokens, cfg.model.max_response_tokens, rpool)
-        if ref_path else None,
+        "reference": reference_scorer_key(ref_path, cfg.model.max_prompt_tokens, cfg.model.max_response_tokens, rpool,
+                                          reference_dtype(cfg)) if ref_path else None,
     }
