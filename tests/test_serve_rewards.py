@@ -84,6 +84,19 @@ def post(url: str, payload) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
+def test_bad_requests_and_detach_without_a_cluster_are_user_errors(alol_cli):
+    from alol_ray.scoring.serve import BadRequest, parse_request
+
+    assert parse_request({"prompt": "p", "response": "r"}) == ("p", "r")
+    for body, msg in (([1], "JSON object"), ({"prompt": "p"}, "missing"), ({"prompt": "p", "response": 3}, "strings")):
+        with pytest.raises(BadRequest, match=msg):
+            parse_request(body)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([*alol_cli, "serve-rewards", "--config", str(REPO / "configs" / "builtin.yaml"), "--detach"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2 and "--detach" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_serve_config_checks():
     with pytest.raises(ConfigError, match="max_ongoing_requests"):
         ServeConfig(max_batch_size=32, max_ongoing_requests=8)

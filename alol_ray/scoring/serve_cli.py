@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from alol_ray.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from alol_ray.cli import add_config_arguments
@@ -27,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import time
 
     from ray import serve
@@ -37,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     sc = cfg.serve
+    if args.detach and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        raise UserError("--detach leaves the service on a running cluster, but none is named: run it as a "
+                        "`ray job submit` entrypoint, or set RAY_ADDRESS / ray.address (a local Ray would stop "
+                        "with this command)")
     if args.shutdown:
         init_ray(cfg.ray)
         serve.delete(sc.app_name)
