@@ -219,9 +219,19 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path, tiny_pol
         torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
     # resuming from the adapter checkpoint restores the same adapter
     resumed, _ = build_policy(spec, str(tmp_path / "ckpt"), torch.device("cpu"))
-    resumed.eval()
+    # a starting policy that is an adapter (e.g. timdettmers/qlora-hh-rlhf-7b) is trained further as that
+    # adapter with LoRA on, and merged into its base for full fine-tuning with LoRA off
+    continued, _ = build_policy(dataclasses.replace(spec, policy_path=str(tmp_path / "ckpt")), None, torch.device("cpu"))
+    assert {n for n, p in continued.named_parameters() if p.requires_grad} == trainable
+    full_spec = dataclasses.replace(spec, policy_path=str(tmp_path / "ckpt"))
+    full_spec.model = dataclasses.replace(spec.model, lora=dataclasses.replace(spec.model.lora, enabled=False))
+    full, _ = build_policy(full_spec, None, torch.device("cpu"))
+    assert all(p.requires_grad for p in full.parameters()) and not hasattr(full, "peft_config")
     with torch.no_grad():
-        torch.testing.assert_close(resumed(input_ids=ids).logits, model(input_ids=ids).logits)
+        expected = model(input_ids=ids).logits
+        for other in (resumed, continued, full):
+            other.eval()
+            torch.testing.assert_close(other(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_qlora_on_cpu_is_a_clear_config_error(tiny_policy_dir):
@@ -236,3 +246,24 @@ def test_train_config_cross_checks():
         TrainConfig(batch_size=6, num_workers=2, grad_accum=2)
     with pytest.raises(ConfigError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("four_bit", [False, True])
+def test_bf16_autocast_step_on_gpu(scored_table, tiny_policy_dir, four_bit):
+    """On CUDA: a LoRA (or QLoRA, if bitsandbytes is installed) a_lol step under bf16 autocast is finite."""
+    if four_bit:
+        pytest.importorskip("bitsandbytes")
+    spec = spec_for(tiny_policy_dir)
+    spec.model.lora = dataclasses.replace(spec.model.lora, enabled=True, r=4, alpha=8, load_in_4bit=four_bit)
+    device = torch.device("cuda")
+    model, tok = build_policy(spec, None, device)
+    if not four_bit:  # 4-bit weights are placed on the GPU when loaded
+        model.to(device)
+    method = get_method("a_lol")
+    batch = batch_of(scored_table, method, range(8), tok).to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, metrics = method.compute(model, batch, method.make_params(TrainConfig()), None)
+    loss.backward()
+    assert torch.isfinite(loss) and all(np.isfinite(v) for v in metrics.values())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)

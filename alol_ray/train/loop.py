@@ -60,8 +60,29 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank) % (2**63 - 1)
 
 
+def adapter_base(path: str) -> tuple[str, Optional[str]]:
+    """(base model, adapter) when ``path`` is a peft adapter (a folder or hub repo with adapter_config.json,
+    like timdettmers/qlora-hh-rlhf-7b), else (path, None)."""
+    from alol_ray.train.checkpoint import ADAPTER_CONFIG
+
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, ADAPTER_CONFIG)):
+            return path, None
+    try:
+        import peft
+
+        config = peft.PeftConfig.from_pretrained(path)
+    except Exception:  # not an adapter (or not reachable): load it as a plain model
+        return path, None
+    return config.base_model_name_or_path, path
+
+
 def build_policy(spec: LoopSpec, checkpoint_model_dir: Optional[str], device):
-    """The trainable policy: from the checkpoint if resuming, else the starting weights; LoRA if enabled."""
+    """The trainable policy: from the checkpoint if resuming, else the starting weights; LoRA if enabled.
+
+    A starting policy that is itself a LoRA adapter is trained further as that adapter (with LoRA on), or
+    merged into its base for full fine-tuning (LoRA off).
+    """
     import torch
 
     from alol_ray.models import load_policy
@@ -73,18 +94,27 @@ def build_policy(spec: LoopSpec, checkpoint_model_dir: Optional[str], device):
     # Full fine-tuning keeps fp32 master weights (bf16 only through autocast); a frozen LoRA base may
     # be stored in bf16 on GPU.
     dtype = pc.dtype if pc.dtype != "auto" else ("bfloat16" if lora.enabled and on_gpu else "float32")
+    base_path, start_adapter = adapter_base(spec.policy_path)
     if not lora.enabled:
-        path = checkpoint_model_dir or spec.policy_path
-        model, tokenizer = load_policy(path, dtype=dtype, trust_remote_code=pc.trust_remote_code)
+        if checkpoint_model_dir:
+            model, tokenizer = load_policy(checkpoint_model_dir, dtype=dtype, trust_remote_code=pc.trust_remote_code)
+        else:
+            model, tokenizer = load_policy(base_path, dtype=dtype, trust_remote_code=pc.trust_remote_code)
+            if start_adapter:
+                import peft
+
+                model = peft.PeftModel.from_pretrained(model, start_adapter).merge_and_unload()
+                model.requires_grad_(True)  # peft froze the base weights; full fine-tuning trains them all
     else:
         import peft
 
         if lora.load_in_4bit:
-            model, tokenizer = _load_4bit(spec.policy_path, pc, device)
+            model, tokenizer = _load_4bit(base_path, pc, device)
         else:
-            model, tokenizer = load_policy(spec.policy_path, dtype=dtype, trust_remote_code=pc.trust_remote_code)
-        if checkpoint_model_dir and is_adapter(checkpoint_model_dir):
-            model = peft.PeftModel.from_pretrained(model, checkpoint_model_dir, is_trainable=True)
+            model, tokenizer = load_policy(base_path, dtype=dtype, trust_remote_code=pc.trust_remote_code)
+        adapter = checkpoint_model_dir if checkpoint_model_dir and is_adapter(checkpoint_model_dir) else start_adapter
+        if adapter:
+            model = peft.PeftModel.from_pretrained(model, adapter, is_trainable=True)
         else:
             model = peft.get_peft_model(model, peft.LoraConfig(
                 r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -194,7 +224,8 @@ def train_loop_per_worker(config: dict) -> None:
     with resumed.as_directory() if resumed else contextlib.nullcontext() as resume_dir:
         model_dir = os.path.join(resume_dir, ckpt.MODEL_DIR) if resume_dir else None
         model, tokenizer = build_policy(spec, model_dir, device)
-        model = ray.train.torch.prepare_model(model)  # to the worker's device; DDP (gloo/NCCL) if world > 1
+        # To the worker's device (4-bit weights are placed when loaded and cannot move); DDP if world > 1.
+        model = ray.train.torch.prepare_model(model, move_to_device=not pc.lora.load_in_4bit)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(trainable, tc)
         if resume_dir:

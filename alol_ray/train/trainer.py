@@ -20,7 +20,7 @@ import numpy as np
 
 from alol_ray import columns as C
 from alol_ray.errors import ConfigError, DataError, RowProblem, UserError
-from alol_ray.train.loop import NOT_EVALUATED, SELECTION_METRIC, LoopSpec, train_loop_per_worker
+from alol_ray.train.loop import NOT_EVALUATED, SELECTION_METRIC, LoopSpec, adapter_base, train_loop_per_worker
 from alol_ray.train.methods import Method, get_method, training_units
 from alol_ray.train.samplers import make_sampler, positive_fraction, resolve_sampler, scaled_steps
 
@@ -214,7 +214,7 @@ def fit(cfg, *, method: str, train_cfg, table, policy_path: str, run_dir: str, e
     with checkpoint.as_directory() as folder:
         with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as fh:
             state = json.load(fh)
-        export_policy(os.path.join(folder, MODEL_DIR), export_dir, base_path=policy_path,
+        export_policy(os.path.join(folder, MODEL_DIR), export_dir, base_path=adapter_base(policy_path)[0],
                       dtype=None if cfg.model.dtype == "auto" else cfg.model.dtype,
                       trust_remote_code=cfg.model.trust_remote_code)
     outcome = TrainOutcome(run_dir=run_dir, export_dir=export_dir, total_steps=data.total_steps,
