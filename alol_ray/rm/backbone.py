@@ -289,22 +289,26 @@ class RewardSpec:
 SPEC_DEFAULTS = ("template", "max_length", "truncation_side", "transform", "label")
 
 
-def apply_reward_spec(comp):
-    """A reward component (RewardComponentConfig) with the `alol_reward.json` of its model folder filled in.
+def reward_spec_overrides(comp) -> dict[str, Any]:
+    """Fields of a reward component (RewardComponentConfig) that its model folder's `alol_reward.json` fills in.
 
     Fields the user left at their RewardComponentConfig defaults take the folder's values, so a folder
     trained by `alol rm train` is scored exactly as it was trained with nothing but `model: <folder>`;
-    fields set explicitly win. Components of other kinds, hub ids and folders without the file are
-    returned unchanged.
+    fields set explicitly win. Other kinds, hub ids and folders without the file give {}.
     """
-    import dataclasses
-
     if getattr(comp, "kind", None) != "hf_classifier" or not comp.model or not os.path.isdir(comp.model):
-        return comp
+        return {}
     spec = RewardSpec.load(comp.model)
     if spec is None:
-        return comp
+        return {}
     defaults = type(comp)()
-    changes = {k: getattr(spec, k) for k in SPEC_DEFAULTS
-               if getattr(comp, k) == getattr(defaults, k) and getattr(spec, k) != getattr(comp, k)}
+    return {k: getattr(spec, k) for k in SPEC_DEFAULTS
+            if getattr(comp, k) == getattr(defaults, k) and getattr(spec, k) != getattr(comp, k)}
+
+
+def apply_reward_spec(comp):
+    """A copy of the reward component with `reward_spec_overrides` applied (the component itself if none)."""
+    import dataclasses
+
+    changes = reward_spec_overrides(comp)
     return dataclasses.replace(comp, **changes) if changes else comp

@@ -169,7 +169,7 @@ def train_loop_per_worker(config: dict) -> None:
             out["holdout/spearman"] = spearman(scores[labelled], holdout["reward"][labelled])
         return out
 
-    def save_and_report(epoch: int, metrics: dict[str, float]) -> None:
+    def save_and_report(epoch: int, metrics: dict[str, float], suffix: str = "") -> None:
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:  # one copy of the weights; every worker still reports (Ray Train requires it)
@@ -179,7 +179,7 @@ def train_loop_per_worker(config: dict) -> None:
                 with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as fh:
                     json.dump({"epoch": epoch}, fh)
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch:04d}{suffix}")
 
     n_examples = len(data["pairs"]) if config["loss"] == "pairwise" else data["n"]
     batch, per_worker = config["batch_size"], config["batch_size"] // world
@@ -212,7 +212,7 @@ def train_loop_per_worker(config: dict) -> None:
                   flush=True)
         save_and_report(epoch + 1, report)
     if start_epoch >= config["epochs"]:  # restored after the last epoch: report it again so fit() returns it
-        save_and_report(start_epoch, {"epoch": start_epoch})
+        save_and_report(start_epoch, {"epoch": start_epoch}, suffix="-restored")
 
 
 # --------------------------------------------------------------------------------------- orchestration
