@@ -420,27 +420,9 @@ def ppo_loop_per_worker(config: dict) -> None:
                 advantages = P.masked_whiten(advantages, mask, all_reduce=reduce)
 
             # 4. PPO epochs over mini-batches of this shard (DDP averages the gradients over workers).
-            sums: dict[str, float] = {}
-            n_updates = 0
-            for epoch in range(pc.ppo_epochs):
-                order = np.random.default_rng([tc.seed, 11, it, epoch, rank]).permutation(per_worker)
-                for start_mb in range(0, per_worker, mini_per_worker):
-                    idx = torch.as_tensor(order[start_mb:start_mb + mini_per_worker], device=device)
-                    sub = _select(batch, idx)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-                        logps, values, _ = model(sub)
-                    loss, metrics = P.ppo_loss(logps, old_logps[idx], values, old_values[idx], advantages[idx],
-                                               returns[idx], sub.response_mask, cliprange=pc.cliprange,
-                                               cliprange_value=pc.cliprange_value, vf_coef=pc.vf_coef)
-                    loss.backward()
-                    max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-                    metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    for key, value in metrics.items():
-                        sums[key] = sums.get(key, 0.0) + value
-                    n_updates += 1
-            stats = {k: v / n_updates for k, v in sums.items()}
+            stats = ppo_epochs(model, optimizer, trainable, batch, old_logps, old_values, advantages, returns, pc,
+                               grad_clip=tc.grad_clip, mini_batch=mini_per_worker, seed=(tc.seed, it, rank),
+                               use_autocast=use_autocast)
 
             # 5. KL controller on the rollout's mean sequence KL (all workers); new weights to the Generator.
             seq_kl = torch.stack([kl.sum(), torch.tensor(float(kl.shape[0]), device=kl.device)])
@@ -478,6 +460,39 @@ def ppo_loop_per_worker(config: dict) -> None:
     finally:
         if rollouts is not None:
             rollouts.shutdown()
+
+
+def ppo_epochs(model, optimizer, trainable, batch, old_logps, old_values, advantages, returns, pc, *,
+               grad_clip: float, mini_batch: int, seed: tuple, use_autocast: bool = False) -> dict[str, float]:
+    """``pc.ppo_epochs`` shuffled passes over one rollout shard in mini-batches of ``mini_batch`` rollouts,
+    one optimizer step each; returns the mean of every step's metrics."""
+    import torch
+
+    from baselines import ppo_loss as P
+
+    n = len(batch)
+    sums: dict[str, float] = {}
+    steps = 0
+    for epoch in range(pc.ppo_epochs):
+        order = np.random.default_rng([*seed, 11, epoch]).permutation(n)
+        for start in range(0, n, mini_batch):
+            idx = torch.as_tensor(order[start:start + mini_batch], device=batch.input_ids.device)
+            sub = _select(batch, idx)
+            rows = (idx, slice(0, sub.response_mask.shape[1]))  # the mini-batch is trimmed to its longest response
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+                logps, values, _ = model(sub)
+            loss, metrics = P.ppo_loss(logps, old_logps[rows], values, old_values[rows], advantages[rows],
+                                       returns[rows], sub.response_mask, cliprange=pc.cliprange,
+                                       cliprange_value=pc.cliprange_value, vf_coef=pc.vf_coef)
+            loss.backward()
+            max_norm = grad_clip if grad_clip > 0 else float("inf")
+            metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+            steps += 1
+    return {k: v / steps for k, v in sums.items()}
 
 
 def _select(batch, idx):
@@ -568,7 +583,7 @@ def fit_ppo(cfg, *, train_cfg, prompts: list[str], val_prompts: list[str], polic
     with checkpoint.as_directory() as folder:
         with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as fh:
             state = json.load(fh)
-        export_policy(os.path.join(folder, MODEL_DIR), export_dir, base_path=policy_path,
+        export_policy(os.path.join(folder, MODEL_DIR), export_dir, base_path=_base_of(policy_path),
                       dtype=None if cfg.model.dtype == "auto" else cfg.model.dtype,
                       trust_remote_code=cfg.model.trust_remote_code)
     outcome = TrainOutcome(run_dir=run_dir, export_dir=export_dir, total_steps=pc.iterations, best_step=state["step"],
@@ -580,6 +595,15 @@ def fit_ppo(cfg, *, train_cfg, prompts: list[str], val_prompts: list[str], polic
     log(f"[train] ppo: exported iteration {outcome.best_step} (val reward "
         f"{outcome.best_val_reward if outcome.best_val_reward is not None else 'n/a'}) to {export_dir}")
     return outcome
+
+
+def _base_of(policy_path: str) -> str:
+    """The base model under a LoRA-adapter starting policy (what a LoRA checkpoint is merged into)."""
+    try:
+        from alol_ray.train.loop import adapter_base
+    except ImportError:  # a training core without adapter starts
+        return policy_path
+    return adapter_base(policy_path)[0]
 
 
 def train_prompts_of(rows) -> list[str]:

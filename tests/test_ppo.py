@@ -66,6 +66,40 @@ def test_policy_with_value_head_matches_the_shared_tokenisation(tiny_policy_dir,
         np.testing.assert_allclose(row, expected[i, :n].numpy(), atol=1e-5, rtol=0)
 
 
+def test_ppo_epochs_on_rollouts_of_different_lengths(tiny_policy_dir, builtin_rows):
+    """One rollout shard of 4 replies with different lengths (mini-batches are trimmed to their longest reply):
+    the first mini-batch step starts at ratio 1 (approx_kl 0), the policy and the critic move, metrics are
+    finite, and a positive advantage on one reply raises its log-prob."""
+    from alol_ray.models import load_policy
+    from baselines import ppo_loss as P
+    from baselines.ppo import PolicyWithValueHead, ppo_epochs
+
+    model, tok = load_policy(tiny_policy_dir)
+    pairs = pairs_of(tok, builtin_rows, 4)
+    pairs = [(p, r[:n] + [tok.eos_token_id]) for (p, r), n in zip(pairs, (3, 9, 5, 14))]
+    batch = collate(pairs, tok.pad_token_id)
+    module = PolicyWithValueHead.build(model)
+    with torch.no_grad():
+        old_logps, old_values, _ = module(batch)
+    scores = torch.tensor([1.0, -1.0, -1.0, -1.0])
+    rewards, _ = P.kl_penalty_rewards(old_logps, old_logps, batch.response_mask, scores, 0.2)
+    adv, ret = P.gae(rewards, old_values, batch.response_mask, 1.0, 0.95)
+    adv = P.masked_whiten(adv, batch.response_mask)
+    pc = dataclasses.replace(RunConfig().ppo, ppo_epochs=2, mini_batch_size=2)
+    trainable = list(module.parameters())
+    opt = torch.optim.AdamW(trainable, lr=1e-3)
+    head_before = module.value_head.weight.detach().clone()
+    stats = ppo_epochs(module, opt, trainable, batch, old_logps, old_values, adv, ret, pc, grad_clip=1.0,
+                       mini_batch=2, seed=(0, 0, 0))
+    assert all(math.isfinite(v) for v in stats.values())
+    assert stats["loss/value"] > 0 and stats["ppo/approx_kl"] >= 0
+    assert not torch.equal(module.value_head.weight, head_before)
+    with torch.no_grad():
+        new_logps, _, _ = module(batch)
+    seq_old, seq_new = old_logps.sum(-1), new_logps.sum(-1)
+    assert seq_new[0] > seq_old[0]  # the one reply with a positive score became more likely
+
+
 def test_sample_prompts_is_a_function_of_seed_and_iteration():
     from baselines.ppo import sample_prompts
 
@@ -164,15 +198,16 @@ def nll_pretrain(policy_dir: str, rows, out_dir: str, steps: int, seed: int = 0)
 @pytest.mark.slow
 def test_ppo_raises_the_builtin_reward_over_its_starting_policy(ray_local, tiny_policy_dir, builtin_rows, tmp_path):
     """PPO from a briefly NLL-trained tiny policy (also pi_ref) raises the greedy val reward of the built-in
-    task within a bounded number of iterations. Prints the curve and the wall time."""
+    task within 20 iterations (16 rollouts each, 4 epochs of mini-batch 4). Prints the curve and the wall time;
+    ALOL_PPO_SLOW_NLL_STEPS / ALOL_PPO_SLOW_ITERATIONS change the start policy's training and the budget."""
     from alol_ray.train.trainer import BEST_DIR
     from baselines.ppo import fit_ppo, train_prompts_of
 
     t0 = time.time()
     start = nll_pretrain(tiny_policy_dir, builtin_rows, str(tmp_path / "start"), steps=int(os.environ.get(
-        "ALOL_PPO_SLOW_NLL_STEPS", 150)))
+        "ALOL_PPO_SLOW_NLL_STEPS", 100)))
     t_nll = time.time() - t0
-    iterations = int(os.environ.get("ALOL_PPO_SLOW_ITERATIONS", 30))
+    iterations = int(os.environ.get("ALOL_PPO_SLOW_ITERATIONS", 20))
     cfg = ppo_config(iterations=iterations, rollout_size=16, mini_batch_size=4, ppo_epochs=4, lr=5e-4,
                      max_new_tokens=40, eval_every=5, checkpoint_every=5, init_kl_coef=0.05)
     cfg.train = dataclasses.replace(cfg.train, eval_prompts=32)
@@ -190,5 +225,5 @@ def test_ppo_raises_the_builtin_reward_over_its_starting_policy(ray_local, tiny_
     start_reward = curve[0][1]
     assert curve[0][0] == 0
     assert out.best_val_reward > start_reward + 0.15, curve
-    # The rollouts (sampled) improve too: the last five iterations beat the first five.
-    assert np.mean([r for _, r in rollout[-5:]]) > np.mean([r for _, r in rollout[:5]]) + 0.1, rollout
+    # The sampled rollouts improve too: the second half of the run beats the first three iterations.
+    assert np.mean([r for _, r in rollout[len(rollout) // 2:]]) > np.mean([r for _, r in rollout[:3]]) + 0.1, rollout
