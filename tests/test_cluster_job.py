@@ -162,7 +162,7 @@ def submit(cluster: LocalCluster, submission_id: str, entrypoint: list[str], att
     raise TimeoutError(f"the job agent never became available:\n{out.stderr[-2000:]}")
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(900)
 def test_pipeline_submitted_with_ray_job_submit(local_cluster, tmp_path):
     """data convert + reward scoring on a RewardScorer actor pool + the reward service (alol serve-rewards
     --detach), as one submitted job; the driver joins the cluster through the RAY_ADDRESS Ray sets for job
