@@ -24,12 +24,23 @@ from alol_ray.runs import RunPaths
 from evaluation.report import REFERENCE, RunEntry, write_report
 
 
+ONLINE = "ppo"  # the online baseline trains on its own rollouts, not on the scored table
+
+
+def needs_advantage(method: str) -> bool:
+    from alol_ray.train.methods import get_method
+
+    return method != ONLINE and get_method(method).needs_advantage
+
+
 def check_methods(methods: list[str]) -> list[str]:
     from alol_ray.train.methods import get_method
 
     if not methods:
         raise ConfigError("compare.methods is empty")
     for m in methods:
+        if m == ONLINE:
+            continue
         try:
             get_method(m)
         except ValueError as err:
@@ -62,7 +73,6 @@ def run_one(cfg: RunConfig, method: str, seed: int, log: Callable = print) -> Ru
 def run_compare(cfg: RunConfig, *, command: Optional[str] = None, log: Callable = print) -> tuple[str, str]:
     """Run the comparison described by ``cfg.compare``; returns (report path, printed table)."""
     from alol_ray import pipeline
-    from alol_ray.train.methods import get_method
 
     methods = check_methods(list(cfg.compare.methods))
     seeds = list(range(cfg.compare.seeds))
@@ -73,7 +83,7 @@ def run_compare(cfg: RunConfig, *, command: Optional[str] = None, log: Callable 
     pipeline.ensure_rows(cfg, log)
     pipeline.ensure_reference(cfg, log)
     table = pipeline.ensure_scored(cfg, log)
-    if any(get_method(m).needs_advantage for m in methods):
+    if any(needs_advantage(m) for m in methods):
         table = pipeline.ensure_value(cfg, log)
     pipeline.ensure_eval(cfg, REFERENCE, 0, None, log=log)
     entries = [RunEntry(method=REFERENCE, seed=None, eval_path=paths.eval(REFERENCE, 0))]

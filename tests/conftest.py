@@ -44,7 +44,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+        # address="local": always a fresh in-process cluster, never one a test started with `ray start`.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}})
     yield ray
     ray.shutdown()

@@ -53,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"pi_ref: {path}")
         return 0
 
+    if cfg.train.algo == "ppo":  # the online baseline: its own Ray Train job (baselines/ppo.py)
+        if args.table:
+            raise ConfigError("--table does not apply to ppo: it trains on its own rollouts")
+        print(f"best checkpoint (ppo, seed {cfg.train.seed}): {pipeline.ensure_ppo(cfg, init=args.init)}")
+        return 0
     from alol_ray.train.methods import get_method
 
     try:
