@@ -132,28 +132,6 @@ def ensure_base_policy(cfg: RunConfig, log: Callable = print) -> str:
     return paths.base_policy
 
 
-def ensure_eval(cfg: RunConfig, method: str, seed: int, model_path: str | None = None,
-                log: Callable = print) -> str:
-    """One policy's evaluation on ``eval.split``: <run>/eval/<method>-s<seed>.parquet + .json (the summary,
-    whose path is returned). ``model_path`` None = the reference policy. Skipped when the summary holds
-    the same fingerprint (policy files, generation, reward and eval settings, rows, pi_ref)."""
-    from evaluation.eval_job import eval_fingerprint, reference_policy, run_eval, summary_path_for
-
-    out = RunPaths.from_config(cfg).eval(method, seed)
-    summary = summary_path_for(out)
-    ensure_rows(cfg, log)
-    ref_path = reference_policy(cfg, log) if (model_path is None or cfg.eval.win_rate) else None
-    fp = eval_fingerprint(cfg, model_path or ref_path, cfg.eval.split, cfg.eval.max_prompts, ref_path)
-    if os.path.exists(out) and os.path.exists(summary):
-        with open(summary, encoding="utf-8") as fh:
-            if json.load(fh).get("fingerprint") == fp:
-                log(f"[eval {method}-s{seed}] up to date ({out})")
-                return summary
-    result = run_eval(cfg, model=model_path, method=method, seed=seed, log=log)
-    log(result.table)
-    return result.summary_path
-
-
 def ensure_scored(cfg: RunConfig, log: Callable = print) -> str:
     """The scored table <run>/scored/table.parquet: rewards (``reward``, ``reward/<name>``) and, unless
     ``scoring.reference`` is off, pi_ref's ``ref_token_logps`` / ``ref_logp``. Scores are cached per row
@@ -248,6 +226,28 @@ def ensure_reward_model(cfg: RunConfig, log: Callable = print, force: bool = Fal
     return out
 
 
+def ensure_eval(cfg: RunConfig, method: str, seed: int, model_path: str | None = None,
+                log: Callable = print) -> str:
+    """One policy's evaluation on ``eval.split``: <run>/eval/<method>-s<seed>.parquet + .json (the summary,
+    whose path is returned). ``model_path`` None = the reference policy. Skipped when the summary holds
+    the same fingerprint (policy files, generation, reward and eval settings, rows, pi_ref)."""
+    from evaluation.eval_job import eval_fingerprint, reference_policy, run_eval, summary_path_for
+
+    out = RunPaths.from_config(cfg).eval(method, seed)
+    summary = summary_path_for(out)
+    ensure_rows(cfg, log)
+    ref_path = reference_policy(cfg, log) if (model_path is None or cfg.eval.win_rate) else None
+    fp = eval_fingerprint(cfg, model_path or ref_path, cfg.eval.split, cfg.eval.max_prompts, ref_path)
+    if os.path.exists(out) and os.path.exists(summary):
+        with open(summary, encoding="utf-8") as fh:
+            if json.load(fh).get("fingerprint") == fp:
+                log(f"[eval {method}-s{seed}] up to date ({out})")
+                return summary
+    result = run_eval(cfg, model=model_path, method=method, seed=seed, log=log)
+    log(result.table)
+    return result.summary_path
+
+
 # ----------------------------------------------------------------------------------------------- training
 
 # TrainConfig fields that change how a run is executed or logged, not what it trains: a rerun that only
@@ -304,6 +304,8 @@ def ensure_train(cfg: RunConfig, method: str | None = None, seed: int | None = N
     """A trained policy: <run>/train/<method>-s<seed>/best (HF folder, the checkpoint with the best val
     reward). Prerequisites come from the pipeline (scored table, value/advantages when the method needs
     them, pi_ref as the start) unless ``table`` / ``init`` are given. Interrupted runs resume."""
+    if (method or cfg.train.algo) == "ppo":  # online: trains on its own rollouts (baselines/ppo.py)
+        return ensure_ppo(cfg, seed=seed, log=log, init=init)
     from alol_ray.scoring.table import file_sha
     from alol_ray.train.methods import get_method
     from alol_ray.train.trainer import BEST_DIR, fit
