@@ -203,11 +203,12 @@ def test_cli_bad_backbone_exits_2(alol_cli, tmp_path):
 # ---------------------------------------------------------------------------------- CLI end to end (Ray)
 
 RUN_ARGS = ["data.builtin_train_prompts=48", "data.builtin_eval_prompts=8", "rm.batch_size=8",
-            "rm.embed_pool.max_actors=1", "rm.embed_pool.batch_size=32", "rm.holdout_fraction=0.2", "ray.num_cpus=2"]
+            "rm.embed_pool.max_actors=1", "rm.embed_pool.batch_size=32", "rm.holdout_fraction=0.2"]
 
 
 def _train(alol_cli, tmp_path, name, extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
+    # RAY_ADDRESS=local: a fresh local Ray for the command, never a cluster someone else started on this machine
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "local"}
     proc = subprocess.run(alol_cli + ["rm", "train", f"storage={tmp_path}", f"name={name}", *RUN_ARGS, *extra],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
