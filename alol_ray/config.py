@@ -166,6 +166,13 @@ class RewardComponentConfig:
             raise ConfigError(f"reward component '{self.name}': transform must be raw, sigmoid or standardise")
         if self.truncation_side not in ("left", "right"):
             raise ConfigError(f"reward component '{self.name}': truncation_side must be left or right")
+        if self.kind == "hf_classifier":
+            # A folder made by `alol rm train` carries its input rendering (alol_reward.json): fields left at
+            # their defaults take the folder's values, so `model: <folder>` alone scores as it was trained.
+            from alol_ray.rm.backbone import reward_spec_overrides  # stdlib-only module
+
+            for key, value in reward_spec_overrides(self).items():
+                setattr(self, key, value)
 
 
 @dataclass
