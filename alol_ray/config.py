@@ -437,7 +437,7 @@ class ServeConfig:
     max_ongoing_requests: int = 32  # per replica; more wait at the proxy/handle (>= max_batch_size)
     upscale_delay_s: float = 1.0
     downscale_delay_s: float = 10.0
-    look_back_period_s: float = 10.0  # the load is averaged over this window (Serve's default: 30)
+    look_back_period_s: float = 30.0  # the load is averaged over this window; > 10 (Serve's metrics interval)
     access_log: bool = False  # one log line per request (noisy under load)
     max_batch_size: int = 16  # requests scored together by one replica
     batch_wait_timeout_s: float = 0.01  # how long a replica waits to fill a batch
@@ -459,8 +459,8 @@ class ServeConfig:
                               f"serve.max_batch_size ({self.max_batch_size}), or batches never fill")
         if self.upscale_delay_s < 0 or self.downscale_delay_s < 0 or self.batch_wait_timeout_s < 0:
             raise ConfigError("serve delays and batch_wait_timeout_s must be >= 0")
-        if self.look_back_period_s <= 0:
-            raise ConfigError("serve.look_back_period_s must be > 0")
+        if self.look_back_period_s <= 10:
+            raise ConfigError("serve.look_back_period_s must be > 10 s, Serve's autoscaling metrics interval")
         if self.num_cpus < 0 or self.num_gpus < 0:
             raise ConfigError("serve.num_cpus and serve.num_gpus must be >= 0")
         if not self.route_prefix.startswith("/"):

@@ -108,7 +108,7 @@ class LocalCluster:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # --block: ray start shuts its node down on SIGTERM
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

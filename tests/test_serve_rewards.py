@@ -121,7 +121,7 @@ def test_burst_scales_replicas_up_and_down_and_every_score_is_right(ray_local, b
     cfg = load_config(str(REPO / "configs" / "builtin.yaml"), [
         f"serve.port={port}", f"serve.app_name={app}", "serve.min_replicas=1", "serve.max_replicas=2",
         "serve.target_ongoing_requests=1", "serve.upscale_delay_s=1", "serve.downscale_delay_s=2",
-        "serve.look_back_period_s=2",
+        "serve.look_back_period_s=11",
         "serve.num_cpus=0.25", "serve.max_batch_size=8", "serve.max_ongoing_requests=8"])
     url = reward_serve.url(cfg)
     assert url.startswith("http://127.0.0.1:")  # loopback only by default
