@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable
 
 import torch
+import transformers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -112,6 +113,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     return tokenizer
 
 
+# transformers renamed from_pretrained's ``torch_dtype`` to ``dtype`` (4.56); support both.
+_DTYPE_KWARG = "dtype" if tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
+
+
 def _torch_dtype(dtype):
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
@@ -139,7 +144,7 @@ def load_policy(
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
-        kwargs["dtype"] = _torch_dtype(dtype)
+        kwargs[_DTYPE_KWARG] = _torch_dtype(dtype)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

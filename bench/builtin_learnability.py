@@ -3,11 +3,15 @@
 Builds the task, makes a tiny GPT-2 (tokenizer trained on the task's training text), fine-tunes it
 with NLL on the rank-0 training replies and prints the mean built-in reward of greedy generations on
 test prompts before and after, next to the reward of the data's rank-0 replies and of the best reply
-per prompt (the "oracle"). ``--arms nll,positive`` also trains a second copy on only the rank-0
-replies whose reward beats the mean rank-0 reward (advantage > 0 against a constant value): a crude
-stand-in for what A-LoL's advantage filter can gain over plain NLL on this data.
+per prompt (the "oracle"). The second arm (``--arms nll,positive``, the default) trains a copy on
+only the rank-0 replies whose reward beats the mean rank-0 reward (advantage > 0 against a constant
+value): a crude stand-in for what A-LoL's advantage filter can gain over plain NLL on this data.
 
-    PYTHONPATH=. python bench/builtin_learnability.py --steps 600 --threads 2
+    PYTHONPATH=. python bench/builtin_learnability.py --steps 400 --threads 2
+
+Measured (seed 0, 400 steps of batch 32, 0.94M params, ~250 CPU-seconds per arm on one thread):
+greedy test reward 0.84 at init -> nll 2.29 (3.00 on ordinary requests, 0.83 on sensitive ones)
+vs positive 3.00; sampled nll 2.23 vs positive 2.93; data rank-0 2.26, oracle 2.95.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-eval", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--max-prompt-tokens", type=int, default=48)
+    p.add_argument("--max-prompt-tokens", type=int, default=32)
     p.add_argument("--max-response-tokens", type=int, default=64)
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--n-layer", type=int, default=4)
@@ -46,7 +50,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=0, help="greedy test reward every N steps (0: only at the end)")
-    p.add_argument("--arms", default="nll", help="comma list of: nll, positive")
+    p.add_argument("--arms", default="nll,positive", help="comma list of: nll, positive")
     p.add_argument("--sample", action="store_true", help="also report the reward of sampled (T=1) replies")
     return p.parse_args()
 
@@ -161,7 +165,8 @@ def main() -> None:
             after = generate(model, tokenizer, test_prompts, args)
             r_after = mean_reward(test_prompts, after)
             comps = builtin.score(test_prompts, after)
-            print(f"greedy reward after {args.steps} steps ({seconds:.0f}s wall, {cpu_seconds:.0f}s cpu): {r_after:.3f}  "
+            print(f"greedy reward after {args.steps} steps ({seconds:.0f}s wall, {cpu_seconds:.0f}s cpu): "
+                  f"{r_after:.3f}  "
                   + "  ".join(f"{k} {v.mean():.2f}" for k, v in comps.items()))
             totals = builtin.total_reward(comps)
             print(f"  on sensitive requests {totals[sensitive].mean():.3f} ({sensitive.sum()} prompts), "

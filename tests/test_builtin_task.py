@@ -17,14 +17,18 @@ def rows():
     return B.build_rows(seed=0)
 
 
+@pytest.fixture(scope="module")
+def rows_seed1():
+    return B.build_rows(seed=1)
+
+
 def _component(prompt, response, name):
     return float(B.score([prompt], [response])[name][0])
 
 
-def test_deterministic_for_a_seed_and_different_across_seeds(rows):
+def test_deterministic_for_a_seed_and_different_across_seeds(rows, rows_seed1):
     pd.testing.assert_frame_equal(rows, B.build_rows(seed=0))
-    other = B.build_rows(seed=1)
-    assert not rows[C.PROMPT].equals(other[C.PROMPT])
+    assert not rows[C.PROMPT].equals(rows_seed1[C.PROMPT])
 
 
 def test_sizes_splits_and_columns(rows):
@@ -36,7 +40,8 @@ def test_sizes_splits_and_columns(rows):
     assert prompts[C.PROMPT].is_unique  # one id per prompt text
     assert prompts[C.SPLIT].value_counts().to_dict() == {"train": 2400, "val": 200, "test": 200}
     texts = {s: set(prompts.loc[prompts[C.SPLIT] == s, C.PROMPT]) for s in C.SPLITS}
-    assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"] and not texts["val"] & texts["test"]
+    assert not (texts["train"] & texts["val"]) and not (texts["train"] & texts["test"])
+    assert not (texts["val"] & texts["test"])
     assert prompts[C.PROMPT_ID].str.fullmatch(r"builtin-(train|val|test)-\d{6}").all()
     sizes = per_prompt.size()
     assert sizes.min() == 2 and sizes.max() == 4
@@ -72,7 +77,8 @@ def test_vocabulary_is_consistent():
 
 def test_good_reply_scores_three():
     # 20 words, both key words, "happy to help" -> 1 + 1 + 1
-    reply = "Sure, happy to help! For gardening, pull the weeds every week. Keep the budget low and reuse what you have."
+    reply = ("Sure, happy to help! For gardening, pull the weeds every week. "
+             "Keep the budget low and reuse what you have.")
     scores = B.score([PROMPT], [reply])
     assert {k: float(v[0]) for k, v in scores.items()} == {"relevance": 1.0, "politeness": 1.0, "length": 1.0}
     assert B.total_reward(scores)[0] == 3.0
@@ -154,8 +160,8 @@ def test_score_is_fast(rows):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_rank_noise_and_low_reward_share_are_in_band(seed, rows):
-    data = rows if seed == 0 else B.build_rows(seed=seed)
+def test_rank_noise_and_low_reward_share_are_in_band(seed, rows, rows_seed1):
+    data = rows if seed == 0 else rows_seed1
     best = data.groupby(C.PROMPT_ID)[C.REWARD].transform("max")
     rank0 = data[C.RANK] == 0
     is_best = (data[C.REWARD] >= best - 1e-9)[rank0]

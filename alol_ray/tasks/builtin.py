@@ -43,8 +43,11 @@ value is low exactly on those prompts, so their good replies get a large advanta
 ones none.
 
 **Moving the reward** means raising the mean ``score`` of the policy's own replies to held-out test
-prompts: a random policy scores about 0.5-1, imitating the rank-0 data averages about 2.2 (sampled) to
-about 2.3 (greedy), and the best reply per prompt averages about 2.95.
+prompts. Measured with a 0.94M-parameter GPT-2 trained from scratch for 400 steps
+(bench/builtin_learnability.py, 64 test prompts): random init 0.84; NLL on the rank-0 replies 2.29
+greedy (3.00 on ordinary requests, 0.83 on sensitive ones: "I do not know.") and 2.23 sampled, about
+the rank-0 data's own 2.26; the same training on only the rank-0 replies that beat the mean rank-0
+reward 3.00 greedy and 2.93 sampled; the best reply per prompt averages 2.95.
 """
 
 from __future__ import annotations
@@ -84,10 +87,14 @@ TOPICS: dict[str, tuple[str, str, str]] = {
     "cooking": ("chop the vegetables before you start", "cook one simple pot of soup", "keep a few spices on hand"),
     "running": ("start with short slow runs", "rest one day after each run", "buy shoes that fit well"),
     "reading": ("read ten pages before bed", "keep a book in your bag", "pick short books first"),
-    "painting": ("mix a few colors and keep it simple", "paint small cards before big ones", "clean the brushes after use"),
+    "painting": (
+        "mix a few colors and keep it simple", "paint small cards before big ones", "clean the brushes after use",
+    ),
     "baking": ("measure the flour with care", "start with plain bread or muffins", "let the oven heat up first"),
     "cycling": ("check the tires before each ride", "ride on quiet roads first", "wear a helmet on every ride"),
-    "swimming": ("practice breathing at the edge of the pool", "swim short laps and rest", "use a float board for kicks"),
+    "swimming": (
+        "practice breathing at the edge of the pool", "swim short laps and rest", "use a float board for kicks",
+    ),
     "camping": ("pack a warm sleeping bag", "set up the tent at home first", "bring extra water and snacks"),
     "fishing": ("use simple bait and be patient", "go early when the water is calm", "learn to tie one good knot"),
     "chess": ("learn the basic openings", "play short games every day", "look at every check and capture"),
@@ -116,18 +123,51 @@ TOPICS: dict[str, tuple[str, str, str]] = {
 
 # constraint word -> (phrase used in prompts, two reply sentences that address it)
 CONSTRAINTS: dict[str, tuple[str, tuple[str, str]]] = {
-    "budget": ("on a small budget", ("keep the budget low and reuse what you have", "a small budget is fine since the basics are cheap")),
-    "time": ("with very little free time", ("even a little time each day adds up", "set aside a short time slot each week")),
-    "beginner": ("as a total beginner", ("as a beginner, go slow and be kind to yourself", "every beginner starts with the basics")),
+    "budget": (
+        "on a small budget",
+        ("keep the budget low and reuse what you have", "a small budget is fine since the basics are cheap"),
+    ),
+    "time": (
+        "with very little free time",
+        ("even a little time each day adds up", "set aside a short time slot each week"),
+    ),
+    "beginner": (
+        "as a total beginner",
+        ("as a beginner, go slow and be kind to yourself", "every beginner starts with the basics"),
+    ),
     "kids": ("with two kids at home", ("let the kids join in and make it a game", "kids can help with the easy parts")),
-    "weekend": ("over one weekend", ("plan the weekend so you start early", "one weekend is enough to learn the basics")),
-    "winter": ("during the cold winter", ("in winter, stay warm and work indoors when needed", "winter is a good season to plan ahead")),
-    "city": ("in a small city flat", ("a city flat works fine if you keep things small", "the city has clubs and shops that can help")),
-    "night": ("late at night", ("at night, keep the lights soft and stay calm", "night sessions work if you keep them short")),
-    "alone": ("all alone", ("doing it alone is fine, go at your own pace", "alone you can pick the pace that suits you")),
-    "friends": ("with a few friends", ("ask your friends to join and share the fun", "friends can keep you going when it gets hard")),
-    "injury": ("after a knee injury", ("with an injury, go easy and ask a doctor first", "rest the injury and stop if anything hurts")),
-    "travel": ("while I travel for work", ("when you travel, pack a small kit", "travel days are good for short practice")),
+    "weekend": (
+        "over one weekend",
+        ("plan the weekend so you start early", "one weekend is enough to learn the basics"),
+    ),
+    "winter": (
+        "during the cold winter",
+        ("in winter, stay warm and work indoors when needed", "winter is a good season to plan ahead"),
+    ),
+    "city": (
+        "in a small city flat",
+        ("a city flat works fine if you keep things small", "the city has clubs and shops that can help"),
+    ),
+    "night": (
+        "late at night",
+        ("at night, keep the lights soft and stay calm", "night sessions work if you keep them short"),
+    ),
+    "alone": (
+        "all alone",
+        ("doing it alone is fine, go at your own pace", "alone you can pick the pace that suits you"),
+    ),
+    "friends": (
+        "with a few friends",
+        ("ask your friends to join and share the fun", "friends can keep you going when it gets hard"),
+    ),
+    "injury": (
+        "after a knee injury",
+        ("with an injury, go easy and ask a doctor first", "rest the injury and stop if anything hurts"),
+    ),
+    "travel": (
+        "while I travel for work",
+        ("when you travel, pack a small kit", "travel days are good for short practice"),
+    ),
 }
 
 KEYWORDS = frozenset(TOPICS) | frozenset(CONSTRAINTS)
