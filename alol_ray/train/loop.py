@@ -215,7 +215,6 @@ def train_loop_per_worker(config: dict) -> None:
     method = get_method(spec.method)
     params = method.make_params(tc)
     frame, units, sampler = ray.get(spec.data_ref)
-    per_worker = tc.batch_size // world
     total = spec.total_steps
 
     # Resume: the latest checkpoint of this run (same name and storage path), else the starting policy.
