@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        from alol_ray.storage import cli_session
+
+        with cli_session(args):  # a cloud storage URI: pull the run dir, run, push it back
+            return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as err:
         print(f"alol {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
