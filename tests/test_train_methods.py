@@ -144,10 +144,12 @@ def test_reference_logps_of_another_tokenisation_are_refused(scored_table, tiny_
 
 
 def test_pair_and_list_layouts_stack_units_with_group_and_position(scored_table, tiny_policy_dir):
-    """Prompt with ranks 0,1,2 -> pairs (0,1), (0,2); list (0,1,2). Stacked best first per unit."""
+    """Prompt with ranks 0,1,2 -> pairs (0,1) (default) or (0,1), (0,2) (all); list (0,1,2). Stacked best
+    first per unit."""
     frame = pd.DataFrame({C.PROMPT_ID: ["a", "a", "a", "b", "b", "c"], C.RANK: [2, 0, 1, 1, 0, 0],
                           C.PROMPT: ["p"] * 6, C.RESPONSE: ["r0", "r1", "r2", "r3", "r4", "r5"]})
-    pairs = training_units(frame, "pair")
+    assert [u.tolist() for u in training_units(frame, "pair")] == [[1, 2], [4, 3]]
+    pairs = training_units(frame, "pair", responses="all")
     assert [u.tolist() for u in pairs] == [[1, 2], [1, 0], [4, 3]]
     assert [u.tolist() for u in training_units(frame, "list")] == [[1, 2, 0], [4, 3]]
     assert [u.tolist() for u in training_units(frame, "single")] == [[1], [4], [5]]

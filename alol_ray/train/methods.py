@@ -71,7 +71,8 @@ def training_units(frame, layout: str, responses: str = "best") -> list[np.ndarr
     """Row indices (positions in ``frame``) of every training unit, best row first.
 
     ``single``: one row per unit -- the rank-0 rows (``responses="best"``) or every row (``"all"``).
-    ``pair``:   (rank-0 row, rank-k row) for every k > 0 of every prompt.
+    ``pair``:   (rank-0 row, rank-1 row) of every prompt (``responses="best"``, DPO's pairs), or
+                (rank-0 row, rank-k row) for every k > 0 (``"all"``).
     ``list``:   all rows of a prompt with at least two, ordered by rank.
     """
     if layout not in LAYOUTS:
@@ -87,7 +88,8 @@ def training_units(frame, layout: str, responses: str = "best") -> list[np.ndarr
         if len(group) < 2 or ranks[group[0]] != 0:
             continue
         if layout == "pair":
-            units += [np.array([group[0], other]) for other in group[1:]]
+            others = group[1:2] if responses == "best" else group[1:]
+            units += [np.array([group[0], other]) for other in others]
         else:
             units.append(group)
     return units
