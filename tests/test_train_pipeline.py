@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # ~17 min on 2 loaded cores (2026-11-23)
 
 OVERRIDES = [
     "name=alol_pipeline", "data.builtin_train_prompts=600", "data.builtin_eval_prompts=64",
