@@ -6,7 +6,7 @@ import os
 
 
 def init_ray(ray_cfg=None, **overrides):
-    """Join RAY_ADDRESS / `ray.address` if given, else start a local Ray bound to localhost.
+    """Join RAY_ADDRESS / `ray.address` if given ("auto" = the cluster on this machine), else start a local Ray.
 
     Idempotent: a second call in the same process returns the running instance.
     """
@@ -21,6 +21,7 @@ def init_ray(ray_cfg=None, **overrides):
     else:
         num_cpus = overrides.pop("num_cpus", None) or (ray_cfg.num_cpus if ray_cfg else None)
         ray.init(
+            address="local",  # never join a cluster someone else started with `ray start` by accident
             num_cpus=num_cpus,
             include_dashboard=False,  # a local run needs no dashboard; clusters bind it to 127.0.0.1
             **kwargs,
