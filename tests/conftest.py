@@ -38,9 +38,21 @@ def hh_dir() -> Path:
     return HH_DIR
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def _ray_shutdown_after_module():
+    """A test module never inherits another module's Ray: actors it leaked would hold the CPUs a later
+    Train worker group waits for (seen as a hang in a full run, never in one file)."""
+    yield
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray (2 CPUs) shared by every test of the session: start-up costs seconds."""
+    """One local Ray (2 CPUs) shared by the tests of a module: start-up costs seconds."""
     import ray
 
     if not ray.is_initialized():
