@@ -540,15 +540,10 @@ def fit_ppo(cfg, *, train_cfg, prompts: list[str], val_prompts: list[str], polic
 
     Returns the offline trainer's ``TrainOutcome`` and writes the same ``summary.json``.
     """
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from alol_ray.errors import DataError
     from alol_ray.ray_utils import init_ray
     from alol_ray.train.checkpoint import MODEL_DIR, export_policy
-    from alol_ray.train.loop import SELECTION_METRIC
-    from alol_ray.train.trainer import SUMMARY_FILE, TrainOutcome, best_checkpoint, claim_run_dir
+    from alol_ray.train.trainer import SUMMARY_FILE, TrainOutcome, best_checkpoint, build_trainer, claim_run_dir
 
     tc, pc = train_cfg, cfg.ppo
     check_config(cfg, tc)
@@ -562,22 +557,7 @@ def fit_ppo(cfg, *, train_cfg, prompts: list[str], val_prompts: list[str], polic
     init_ray(cfg.ray)
     spec = PPOSpec(cfg=cfg, train=tc, policy_path=policy_path, ref_path=ref_path, train_prompts=list(prompts),
                    val_prompts=list(val_prompts), run_dir=os.path.abspath(run_dir))
-    resources = {"CPU": tc.cpus_per_worker}
-    if tc.use_gpu:
-        resources["GPU"] = 1
-    trainer = TorchTrainer(
-        ppo_loop_per_worker,
-        train_loop_config={"spec": spec},
-        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=os.path.basename(run_dir.rstrip("/")),
-            storage_path=os.path.abspath(os.path.dirname(run_dir.rstrip("/"))),
-            failure_config=FailureConfig(max_failures=tc.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints, checkpoint_score_attribute=SELECTION_METRIC,
-                                               checkpoint_score_order="max"),
-        ),
-    )
+    trainer = build_trainer(spec, tc, run_dir, loop_fn=ppo_loop_per_worker)
     result = trainer.fit()
     checkpoint, metrics = best_checkpoint(result)
     with checkpoint.as_directory() as folder:

@@ -114,8 +114,9 @@ def _is_local(path: str) -> bool:
     return "://" not in path
 
 
-def build_trainer(spec: LoopSpec, tc, run_dir: str):
-    """The ``TorchTrainer``: resources from config, gloo on CPU / NCCL on GPU, score-based retention."""
+def build_trainer(spec: Any, tc, run_dir: str, loop_fn: Optional[Callable] = None):
+    """The ``TorchTrainer``: resources from config, gloo on CPU / NCCL on GPU, score-based retention.
+    ``loop_fn`` defaults to the offline ``train_loop_per_worker`` (PPO passes its own loop)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -124,7 +125,7 @@ def build_trainer(spec: LoopSpec, tc, run_dir: str):
         resources["GPU"] = 1
     storage = os.path.dirname(run_dir.rstrip("/"))
     return TorchTrainer(
-        train_loop_per_worker,
+        loop_fn or train_loop_per_worker,
         train_loop_config={"spec": spec},
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
