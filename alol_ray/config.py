@@ -290,7 +290,8 @@ class TrainConfig:
     eval_at_start: bool = False  # also evaluate the starting policy (it can then be the one selected)
     keep_checkpoints: int = 2  # checkpoints kept besides the latest: the best by val reward
     log_every: int = 10  # steps between ray.train.report calls (metrics.jsonl gets every step)
-    optimizer: str = "adamw"  # adamw | paged_adamw_32bit (bitsandbytes, GPU; the paper's QLoRA runs)
+    optimizer: str = "adamw"  # adamw | sgd | paged_adamw_32bit (bitsandbytes, GPU; the paper's QLoRA runs)
+    momentum: float = 0.0  # sgd only
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
     disable_dropout: bool = True  # no dropout: the step-0 importance ratio is exactly 1, ratios are not noise
     max_failures: int = 1
@@ -312,8 +313,8 @@ class TrainConfig:
             raise ConfigError(f"train.sampler must be auto, good_priority, good_random or uniform, got '{self.sampler}'")
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"train.lr_schedule must be constant, linear or cosine, got '{self.lr_schedule}'")
-        if self.optimizer not in ("adamw", "paged_adamw_32bit"):
-            raise ConfigError(f"train.optimizer must be adamw or paged_adamw_32bit, got '{self.optimizer}'")
+        if self.optimizer not in ("adamw", "sgd", "paged_adamw_32bit"):
+            raise ConfigError(f"train.optimizer must be adamw, sgd or paged_adamw_32bit, got '{self.optimizer}'")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("train.checkpoint_every, log_every, keep_checkpoints must be >= 1; eval_every >= 0")
 

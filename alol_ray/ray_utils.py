@@ -20,6 +20,7 @@ def init_ray(ray_cfg=None, **overrides):
         ray.init(address=address, **kwargs, **overrides)
     else:
         num_cpus = overrides.pop("num_cpus", None) or (ray_cfg.num_cpus if ray_cfg else None)
+        overrides.setdefault("runtime_env", {"worker_process_setup_hook": "alol_ray.ray_utils.quiet_ray_internals"})
         ray.init(
             address="local",  # never join a cluster someone else started with `ray start` by accident
             num_cpus=num_cpus,
@@ -28,3 +29,16 @@ def init_ray(ray_cfg=None, **overrides):
             **overrides,
         )
     return ray
+
+
+# Ray-internal loggers that flood a local run's console: Train's placement-group cleaner warns every few
+# seconds that the State API is unavailable (it is served by the dashboard, which a local run does not start).
+NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_ray_internals() -> None:
+    """worker_process_setup_hook of the local Ray instance: raise the noisy loggers to ERROR."""
+    import logging
+
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

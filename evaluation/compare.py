@@ -70,10 +70,25 @@ def run_one(cfg: RunConfig, method: str, seed: int, log: Callable = print) -> Ru
                     train_seconds=_stage_seconds(train_dir))
 
 
+def once_per_stage(log: Callable) -> Callable:
+    """``log`` that shows each "[stage] up to date (...)" line once: every run re-checks the shared stages."""
+    seen: set[str] = set()
+
+    def filtered(line: str, *args, **kwargs):
+        if "] up to date (" in line:
+            if line in seen:
+                return None
+            seen.add(line)
+        return log(line, *args, **kwargs)
+
+    return filtered
+
+
 def run_compare(cfg: RunConfig, *, command: Optional[str] = None, log: Callable = print) -> tuple[str, str]:
     """Run the comparison described by ``cfg.compare``; returns (report path, printed table)."""
     from alol_ray import pipeline
 
+    log = once_per_stage(log)
     methods = check_methods(list(cfg.compare.methods))
     seeds = list(range(cfg.compare.seeds))
     paths = pipeline.write_run_config(cfg)

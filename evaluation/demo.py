@@ -13,7 +13,7 @@ import argparse
 # be overridden on the command line (`alol demo train.steps=400`).
 DEMO_OVERRIDES = [
     "name=demo",
-    "compare.methods=[nll,a_lol,a_lol_seq,dpo]",
+    "compare.methods=[nll,a_lol,dpo]",  # A-LoL, its SFT baseline and a preference baseline
     "compare.seeds=1",
     # the built-in task's tiny policy (bench/builtin_learnability.py): 0.9M parameters, short prompts
     "model.tiny.vocab_size=1024",
@@ -22,18 +22,30 @@ DEMO_OVERRIDES = [
     "model.max_response_tokens=64",
     "generation.max_new_tokens=48",
     "reference.train.steps=300",
-    "reference.train.batch_size=32",
+    "reference.train.batch_size=16",
     "reference.train.lr=3e-3",
     "reference.train.lr_schedule=cosine",
     "reference.train.warmup_steps=30",
     "reference.train.eval_every=0",
     "train.steps=150",
-    "train.batch_size=32",
+    "train.batch_size=16",
     "train.lr=1e-3",
-    "train.eval_every=50",
+    "train.eval_every=75",
     "train.eval_prompts=48",
     "eval.max_prompts=100",
 ]
+
+
+def resource_overrides(cpus: int, n_methods: int) -> list[str]:
+    """Use the machine: a tiny policy gains little beyond 2 torch threads, so each run gets up to 2 CPUs and
+    the remaining cores run more (method, seed) runs at once. On 2 cores: one run at a time, 2 threads."""
+    per_run = max(1, min(2, cpus))
+    return [
+        f"train.cpus_per_worker={per_run}",
+        f"reference.train.cpus_per_worker={per_run}",
+        f"compare.max_concurrent={max(1, min(n_methods, cpus // per_run))}",
+        f"scoring.reference_pool.max_actors={per_run}",
+    ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import time
 
     from alol_ray.config import load_config
@@ -50,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.time()
     cfg = load_config(args.config, DEMO_OVERRIDES + list(args.overrides or []))
+    # what the local Ray will offer (the cores this process may use; macOS has no sched_getaffinity)
+    cpus = cfg.ray.num_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    cfg = load_config(args.config, DEMO_OVERRIDES + resource_overrides(cpus, len(cfg.compare.methods))
+                      + list(args.overrides or []))
     report, table = run_compare(cfg, command="alol demo " + " ".join(args.overrides or []))
     print()
     print(table)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -159,6 +160,8 @@ def make_optimizer(params, tc):
         import bitsandbytes as bnb
 
         return bnb.optim.PagedAdamW32bit(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    if tc.optimizer == "sgd":  # plain (momentum) SGD: the update is linear in the gradient
+        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
 
 
@@ -177,6 +180,29 @@ def _all_reduce(metrics: dict[str, float], world: int, device) -> dict[str, floa
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(values)
     return {k: v if k in SUMMED_METRICS else v / world for k, v in zip(keys, values.tolist())}
+
+
+def _quiet_ray_train_reports() -> None:
+    """Ray Train v2 logs every ``ray.train.report`` call in full at INFO (one long line per call, from every
+    worker); the loop prints its own one-line progress instead (``_progress_line``)."""
+    import logging
+
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def _say(line: str) -> None:
+    """One line to the worker's stdout (Ray forwards it to the driver). Not print(): Ray Train patches print
+    in its workers to also log through the root logger, which shows every line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _progress_line(method: str, step: int, total: int, metrics: dict[str, float]) -> str:
+    loss = metrics.get("loss/policy", metrics.get("loss/total", float("nan")))
+    return (f"[train] {method} step {step}/{total} ({100.0 * step / max(total, 1):.0f}%): loss {loss:.4g}, "
+            f"grad norm {metrics.get('train/grad_norm', float('nan')):.3g}, {metrics['time/step_s']:.2f} s/step")
 
 
 def _append_jsonl(path: str, record: dict) -> None:
@@ -207,6 +233,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     spec: LoopSpec = config["spec"]
     tc, pc = spec.train, spec.model
+    _quiet_ray_train_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -267,6 +294,8 @@ def train_loop_per_worker(config: dict) -> None:
                     state.update(best_val_reward=val["val/reward"], best_step=step)
                 if val_path:
                     _append_jsonl(val_path, report)
+                _say(f"[train] {spec.method} step {step}/{total}: val reward {val['val/reward']:.4f} "
+                     f"(best {state['best_val_reward']:.4f} at step {state['best_step']})")
             report[SELECTION_METRIC] = report.get("val/reward", NOT_EVALUATED)
             if save:
                 state.update(step=step, total_steps=total, method=spec.method, sampler=sampler.state_dict())
@@ -321,6 +350,8 @@ def train_loop_per_worker(config: dict) -> None:
             _append_jsonl(metrics_path, metrics)
         if (step + 1) % tc.log_every == 0:
             ray.train.report(metrics)
+            if rank == 0:
+                _say(_progress_line(spec.method, step + 1, total, metrics))
 
 
 def _maybe_crash(tc, step: int, rank: int, world: int, run_dir: Optional[str]) -> None:

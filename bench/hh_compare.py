@@ -1,0 +1,109 @@
+"""A-LoL and the baselines head to head on real data: Helpful-and-Harmless (issue #8's benchmark).
+
+    python bench/hh_compare.py                                  # configs/hh_tiny_cpu.yaml as committed
+    python bench/hh_compare.py --methods nll,a_lol,dpo --seeds 1 train.steps=100   # a smaller run
+    python bench/hh_compare.py --publish docs/results/hh_compare                    # copy the report there
+
+1. The reward model: `configs/rm_hh.yaml` (all-MiniLM-L6-v2, frozen, head distilled by regression on the
+   harmless_base + helpful_base reward labels, 10% of their prompts held out), through the same stage as
+   `alol rm train`; skipped when the storage folder already holds it with the same fingerprint.
+2. The comparison: `configs/hh_tiny_cpu.yaml` (train = harmless_base + helpful_base minus the 10% holdout,
+   val = sampled_dev, test = that same 10% holdout, which the reward model never saw; pi_ref = a tiny GPT-2
+   trained from scratch by NLL) with that reward model as the evaluation reward, through `alol compare`.
+3. With --publish DIR: report.md, methods.csv and the plots are copied to DIR, headed by the exact command,
+   the machine and the wall time of each part.
+
+The data folder defaults to ../shared/data/hh (or $ALOL_HH_DATA); it is read in place, never copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+FILES = [("harmless_base", "train"), ("helpful_base", "train"), ("sampled_dev", "val")]
+
+
+def data_overrides(data_dir: str) -> list[str]:
+    return [f"data.sources.{i}.path={os.path.join(data_dir, name + '.json')}" for i, (name, _) in enumerate(FILES)]
+
+
+def publish(report: str, dest: str, command: str, timings: dict[str, float]) -> None:
+    """Copy the report and its plots to ``dest``, headed by how they were made."""
+    src_root = os.path.dirname(report)
+    os.makedirs(os.path.join(dest, "report"), exist_ok=True)
+    for name in os.listdir(os.path.join(src_root, "report")):
+        shutil.copy2(os.path.join(src_root, "report", name), os.path.join(dest, "report", name))
+    with open(report, encoding="utf-8") as fh:
+        body = fh.read()
+    head = [
+        "<!-- written by bench/hh_compare.py --publish; rerun the command below to reproduce -->",
+        "",
+        "How this report was made:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}",
+        *(f"- {part}: {seconds / 60:.1f} min wall" for part, seconds in timings.items()),
+        "",
+    ]
+    with open(os.path.join(dest, "README.md"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(head) + "\n" + body)
+    print(f"published to {dest}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=os.environ.get("ALOL_HH_DATA", str(REPO.parent / "shared" / "data" / "hh")))
+    parser.add_argument("--storage", default=str(REPO / "runs"))
+    parser.add_argument("--methods", help="comma-separated methods (default: the config's compare.methods)")
+    parser.add_argument("--seeds", type=int, help="seeds per method (default: the config's compare.seeds)")
+    parser.add_argument("--publish", metavar="DIR", help="copy the report here (e.g. docs/results/hh_compare)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of configs/hh_tiny_cpu.yaml")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.data_dir):
+        print(f"error: HH data folder not found: {args.data_dir} (set --data-dir or ALOL_HH_DATA)", file=sys.stderr)
+        return 2
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from alol_ray.config import load_config
+    from alol_ray.pipeline import ensure_reward_model
+    from evaluation.compare import run_compare, with_methods
+
+    command = " ".join(shlex.quote(a) for a in ["python", "bench/hh_compare.py", *(argv or sys.argv[1:])])
+    timings: dict[str, float] = {}
+    t = time.time()
+    rm_cfg = load_config(str(REPO / "configs" / "rm_hh.yaml"), [f"storage={args.storage}", *data_overrides(args.data_dir)])
+    rm_dir = ensure_reward_model(rm_cfg)
+    timings["reward model (alol rm train; cached when up to date)"] = time.time() - t
+
+    t = time.time()
+    cfg = load_config(str(REPO / "configs" / "hh_tiny_cpu.yaml"),
+                      [f"storage={args.storage}", *data_overrides(args.data_dir),
+                       f"reward.components.0.model={rm_dir}", *args.overrides])
+    cfg = with_methods(cfg, args.methods, args.seeds)
+    report, table = run_compare(cfg, command=command)
+    timings["comparison (alol compare)"] = time.time() - t
+    print()
+    print(table)
+    print(f"\nreport: {report}")
+    for part, seconds in timings.items():
+        print(f"{part}: {seconds / 60:.1f} min")
+    if args.publish:
+        publish(report, args.publish, command, timings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`alol demo` / `alol compare` end to end at toy size: every shared stage once, every (method, seed) trained
+and evaluated, the report names every method, and a second invocation resumes: it trains nothing again.
+
+The demo's real budget (<= 10 min, <= 6 GiB on 2 cores) is measured by bench/demo_budget.py; here the
+sizes are cut to seconds per stage so the whole pipeline runs in the default tier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from evaluation.compare import once_per_stage
+from evaluation.demo import resource_overrides
+
+TOY = [
+    "data.builtin_train_prompts=240", "data.builtin_eval_prompts=24",
+    "model.tiny.n_layer=2", "model.tiny.n_embd=64", "model.tiny.n_head=2", "model.tiny.vocab_size=512",
+    "reference.train.steps=20", "train.steps=6", "train.eval_every=3", "train.eval_prompts=8",
+    "train.checkpoint_every=3", "eval.max_prompts=12", "eval.bootstrap_samples=200",
+    "generation.max_new_tokens=12", "compare.methods=[nll,a_lol,dpo]",
+]
+
+
+def test_resource_overrides_fill_the_machine():
+    def parsed(cpus, n):
+        return dict(o.split("=") for o in resource_overrides(cpus, n))
+
+    assert parsed(1, 4)["train.cpus_per_worker"] == "1" and parsed(1, 4)["compare.max_concurrent"] == "1"
+    assert parsed(2, 4)["train.cpus_per_worker"] == "2" and parsed(2, 4)["compare.max_concurrent"] == "1"
+    assert parsed(16, 4)["compare.max_concurrent"] == "4"  # never more runs at once than methods
+    assert parsed(6, 4)["compare.max_concurrent"] == "3"
+
+
+def test_once_per_stage_drops_repeated_up_to_date_lines_only():
+    seen = []
+    log = once_per_stage(seen.append)
+    for line in ["[rows] up to date (/r/data)", "[rows] up to date (/r/data)", "[x] running ...",
+                 "[x] running ...", "[ref] up to date (/r/ref)", "[rows] up to date (/r/data)"]:
+        log(line)
+    assert seen == ["[rows] up to date (/r/data)", "[x] running ...", "[x] running ...", "[ref] up to date (/r/ref)"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from alol_ray.cli import main
+
+    storage = tmp_path_factory.mktemp("demo")
+    argv = ["demo", f"storage={storage}", "ray.num_cpus=2", *TOY]
+    assert main(argv) == 0
+    return storage / "demo", argv
+
+
+def test_demo_runs_every_stage_and_reports_every_method(demo_run, capsys):
+    root, _ = demo_run
+    report = (root / "report.md").read_text(encoding="utf-8")
+    assert "alol demo" in report  # the command that produced it
+    table = pd.read_csv(root / "report" / "methods.csv")
+    assert set(table["method"]) == {"reference", "nll", "a_lol", "dpo"}
+    for png in ("val_reward.png", "reward_dist.png", "advantages.png"):
+        assert (root / "report" / png).stat().st_size > 1000, png
+        assert f"report/{png}" in report
+    for method in ("nll", "a_lol", "dpo"):
+        summary = json.loads((root / "eval" / f"{method}-s0.json").read_text(encoding="utf-8"))
+        assert summary["prompts"] == 12
+        assert 0.0 <= summary["metrics"]["win_rate/reference"] <= 1.0
+        assert (root / "train" / f"{method}-s0" / "best" / "config.json").exists()
+    # the A-LoL run trained only on the positive-advantage share of the scored table; the others on all rows
+    rows = table.set_index("method")
+    advantages = json.loads((root / "value" / "advantages.json").read_text(encoding="utf-8"))
+    positive = advantages["advantage/train_best"]["positive_fraction"]  # A-LoL trains the rank-0 rows
+    assert 0.0 < positive <= 1.0
+    assert rows.loc["a_lol", "data_used"] == pytest.approx(positive, abs=1e-9)
+    assert rows.loc["nll", "data_used"] == rows.loc["dpo", "data_used"] == 1.0
+    assert rows.loc["a_lol", "train_seconds"] > 0
+
+
+def test_second_demo_resumes_and_trains_nothing(demo_run, capsys):
+    from alol_ray.cli import main
+
+    root, argv = demo_run
+    before = {m: os.path.getmtime(root / "train" / f"{m}-s0" / "stage.json") for m in ("nll", "a_lol", "dpo")}
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "running ..." not in out, out
+    assert out.count("[rows] up to date") == 1  # repeated checks of the shared stages are shown once
+    after = {m: os.path.getmtime(root / "train" / f"{m}-s0" / "stage.json") for m in ("nll", "a_lol", "dpo")}
+    assert after == before
