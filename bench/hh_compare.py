@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from alol_ray.config import load_config
     from alol_ray.pipeline import ensure_reward_model
-    from evaluation.compare import run_compare, with_methods
+    from evaluation.compare import run_compare
+    from evaluation.demo import load_sized
 
     command = " ".join(shlex.quote(a) for a in ["python", "bench/hh_compare.py", *(argv or sys.argv[1:])])
     timings: dict[str, float] = {}
@@ -89,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     timings["reward model (alol rm train; cached when up to date)"] = time.time() - t
 
     t = time.time()
-    cfg = load_config(str(REPO / "configs" / "hh_tiny_cpu.yaml"),
-                      [f"storage={args.storage}", *data_overrides(args.data_dir),
-                       f"reward.components.0.model={rm_dir}", *args.overrides])
-    cfg = with_methods(cfg, args.methods, args.seeds)
+    base = [f"storage={args.storage}", *data_overrides(args.data_dir), f"reward.components.0.model={rm_dir}"]
+    if args.methods:
+        base.append(f"compare.methods=[{args.methods}]")
+    if args.seeds:
+        base.append(f"compare.seeds={args.seeds}")
+    cfg = load_sized(str(REPO / "configs" / "hh_tiny_cpu.yaml"), base, args.overrides)
     report, table = run_compare(cfg, command=command)
     timings["comparison (alol compare)"] = time.time() - t
     print()

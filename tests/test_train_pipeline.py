@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # ~17 min on 2 loaded cores (2026-11-23)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 OVERRIDES = [
     "name=alol_pipeline", "data.builtin_train_prompts=600", "data.builtin_eval_prompts=64",
@@ -21,10 +21,11 @@ OVERRIDES = [
     "model.tiny.n_positions=160", "model.max_prompt_tokens=48", "model.max_response_tokens=64",
     "generation.max_new_tokens=48", "generation.batch_size=32",
     "scoring.reward_pool.max_actors=1", "scoring.reference_pool.max_actors=1",
-    "reference.train.steps=500", "reference.train.batch_size=32", "reference.train.lr=3e-3",
-    "reference.train.warmup_steps=30", "reference.train.num_workers=1", "reference.train.checkpoint_every=250",
-    "train.steps=400", "train.batch_size=32", "train.lr=1e-3", "train.num_workers=2", "train.eval_every=100",
-    "train.eval_prompts=64", "train.eval_at_start=true", "train.checkpoint_every=100",
+    "reference.train.steps=300", "reference.train.batch_size=16", "reference.train.lr=3e-3",
+    "reference.train.warmup_steps=30", "reference.train.num_workers=1", "reference.train.cpus_per_worker=2",
+    "reference.train.checkpoint_every=150",
+    "train.steps=150", "train.batch_size=16", "train.lr=1e-3", "train.num_workers=2", "train.eval_every=50",
+    "train.eval_prompts=64", "train.eval_at_start=true", "train.checkpoint_every=50",
 ]
 
 
