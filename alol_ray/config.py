@@ -473,8 +473,10 @@ class ServeConfig:
 @dataclass
 class PPOConfig:
     """The online PPO baseline (`alol train --algo ppo`, baselines/ppo.py); defaults follow TRL 0.7.1 as the
-    A-LoL paper ran it. Resources: train.num_workers / cpus_per_worker / use_gpu for the update,
-    generation.* for the rollout Generator, reference_cpus / reference_gpus for the frozen pi_ref actor."""
+    A-LoL paper ran it. Resources: train.num_workers / use_gpu and ``cpus_per_worker`` for the update,
+    generation.* (and ``generation_cpus``) for the rollout Generator, reference_cpus / reference_gpus for the
+    frozen pi_ref actor. All of them must fit the cluster at once: a local Ray that cannot hold them is an
+    error before any work starts (a cluster may autoscale, so there it is only logged)."""
 
     iterations: int = 100  # rollout -> update rounds
     rollout_size: int = 16  # prompts sampled and answered per iteration (TRL batch_size)
@@ -501,6 +503,8 @@ class PPOConfig:
     checkpoint_every: int = 10  # iterations between checkpoints (evaluated iterations always checkpoint)
     reference_cpus: float = 1.0  # the frozen pi_ref actor that scores rollouts
     reference_gpus: float = 0.0
+    cpus_per_worker: Optional[float] = None  # CPUs per PPO train worker; None = train.cpus_per_worker
+    generation_cpus: Optional[float] = None  # CPUs per rollout Generator engine; None = generation.cpus_per_engine
     reward_service: bool = False  # score rollouts through the Ray Serve deployment (serve.*) instead of in-process
 
     def __post_init__(self) -> None:
@@ -521,6 +525,8 @@ class PPOConfig:
             raise ConfigError("ppo.eval_every must be >= 0, ppo.checkpoint_every >= 1, ppo.lr > 0")
         if self.reference_cpus < 0 or self.reference_gpus < 0:
             raise ConfigError("ppo.reference_cpus and ppo.reference_gpus must be >= 0")
+        if any(v is not None and v <= 0 for v in (self.cpus_per_worker, self.generation_cpus)):
+            raise ConfigError("ppo.cpus_per_worker and ppo.generation_cpus must be > 0 (or null)")
 
 
 @dataclass
@@ -539,6 +545,13 @@ class RayConfig:
     address: Optional[str] = None  # None: start a local Ray (or join RAY_ADDRESS); "auto": an existing cluster
     num_cpus: Optional[int] = None  # local Ray only
     dashboard_host: str = "127.0.0.1"  # never expose the dashboard beyond localhost by default
+    # How often a Ray Train controller polls its workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S). Each
+    # ray.train.report waits for the next poll, so Ray's default of 2 s made every report cost ~2 s.
+    train_poll_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.train_poll_s <= 60:
+            raise ConfigError(f"ray.train_poll_s must be in (0, 60] seconds, got {self.train_poll_s}")
 
 
 @dataclass

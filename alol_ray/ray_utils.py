@@ -5,13 +5,20 @@ from __future__ import annotations
 import os
 
 
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # Ray Train v2: the controller's worker-poll interval
+DEFAULT_TRAIN_POLL_S = 0.1  # RayConfig.train_poll_s
+
+
 def init_ray(ray_cfg=None, **overrides):
     """Join RAY_ADDRESS / `ray.address` if given ("auto" = the cluster on this machine), else start a local Ray.
 
-    Idempotent: a second call in the same process returns the running instance.
+    Idempotent: a second call in the same process returns the running instance. Also sets the Ray Train
+    controller's poll interval for the Train jobs this process starts (``ray.train_poll_s``).
     """
     import ray
 
+    # Read from this process's environment when a Train job starts; Ray passes it on to the controller.
+    os.environ[TRAIN_POLL_ENV] = str(ray_cfg.train_poll_s if ray_cfg else DEFAULT_TRAIN_POLL_S)
     if ray.is_initialized():
         return ray
     address = overrides.pop("address", None) or (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
@@ -29,6 +36,13 @@ def init_ray(ray_cfg=None, **overrides):
             **overrides,
         )
     return ray
+
+
+def is_local_ray(ray_cfg=None) -> bool:
+    """Whether init_ray starts (or started) a local Ray of this machine's fixed size, i.e. no cluster address
+    is given: no autoscaler will add resources."""
+    address = (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
+    return address in (None, "", "local")
 
 
 # Ray-internal loggers that flood a local run's console: Train's placement-group cleaner warns every few

@@ -154,7 +154,47 @@ def rollout_generation_config(cfg):
     """generation.* with PPO's sampling settings: rollouts are sampled, evaluation stays greedy."""
     pc = cfg.ppo
     return dataclasses.replace(cfg.generation, temperature=pc.temperature, top_p=pc.top_p,
-                               max_new_tokens=pc.max_new_tokens)
+                               max_new_tokens=pc.max_new_tokens,
+                               cpus_per_engine=pc.generation_cpus or cfg.generation.cpus_per_engine)
+
+
+def ppo_train_config(cfg, tc):
+    """train.* for the PPO update: ``ppo.cpus_per_worker`` (when set) replaces train.cpus_per_worker."""
+    return dataclasses.replace(tc, cpus_per_worker=cfg.ppo.cpus_per_worker or tc.cpus_per_worker)
+
+
+def resources_needed(cfg, tc) -> dict[str, float]:
+    """What one PPO run holds at once: the Train workers, the Generator engines, the pi_ref actor and, with
+    ``ppo.reward_service``, the Serve replicas at their minimum count."""
+    gen, pc = rollout_generation_config(cfg), cfg.ppo
+    gen_gpus = gen.gpus_per_engine or (gen.tensor_parallel_size if gen.engine == "vllm" else 0.0)
+    need = {"CPU": tc.num_workers * tc.cpus_per_worker + gen.num_engines * gen.cpus_per_engine + pc.reference_cpus,
+            "GPU": (tc.num_workers if tc.use_gpu else 0) + gen.num_engines * gen_gpus + pc.reference_gpus}
+    if pc.reward_service:
+        need["CPU"] += cfg.serve.min_replicas * cfg.serve.num_cpus
+        need["GPU"] += cfg.serve.min_replicas * cfg.serve.num_gpus
+    return need
+
+
+def check_resources(cfg, tc, total: dict[str, float], *, local: bool, log: Callable = print) -> None:
+    """A local Ray that cannot hold every PPO actor at once would wait forever (the Train workers take their
+    CPUs first, the Generator / pi_ref actors never start): fail now, naming the knobs. A cluster may
+    autoscale, so there a shortfall is only logged."""
+    from alol_ray.errors import ConfigError
+
+    need = resources_needed(cfg, tc)
+    short = {k: (v, float(total.get(k, 0.0))) for k, v in need.items() if v > float(total.get(k, 0.0)) + 1e-9}
+    if not short:
+        return
+    what = ", ".join(f"{v:g} {k} (the cluster has {have:g})" for k, (v, have) in short.items())
+    knobs = (f"train.num_workers x ppo.cpus_per_worker ({tc.num_workers} x {tc.cpus_per_worker:g}) + "
+             f"generation.num_engines x ppo.generation_cpus ({cfg.generation.num_engines} x "
+             f"{rollout_generation_config(cfg).cpus_per_engine:g}) + ppo.reference_cpus ({cfg.ppo.reference_cpus:g})"
+             + (" + serve.min_replicas x serve.num_cpus" if cfg.ppo.reward_service else ""))
+    if local:
+        raise ConfigError(f"ppo needs {what} at once: {knobs}. Lower them (e.g. ppo.cpus_per_worker=1 "
+                          f"ppo.generation_cpus=0.5 ppo.reference_cpus=0.5 on 2 cores) or raise ray.num_cpus")
+    log(f"[train] ppo: needs {what} at once ({knobs}); waiting for the autoscaler to add nodes")
 
 
 def sample_prompts(prompts: list[str], n: int, seed: int, iteration: int) -> list[str]:
@@ -541,11 +581,11 @@ def fit_ppo(cfg, *, train_cfg, prompts: list[str], val_prompts: list[str], polic
     Returns the offline trainer's ``TrainOutcome`` and writes the same ``summary.json``.
     """
     from alol_ray.errors import DataError
-    from alol_ray.ray_utils import init_ray
+    from alol_ray.ray_utils import init_ray, is_local_ray
     from alol_ray.train.checkpoint import MODEL_DIR, export_policy
     from alol_ray.train.trainer import SUMMARY_FILE, TrainOutcome, best_checkpoint, build_trainer, claim_run_dir
 
-    tc, pc = train_cfg, cfg.ppo
+    tc, pc = ppo_train_config(cfg, train_cfg), cfg.ppo
     check_config(cfg, tc)
     if not prompts:
         raise DataError("ppo: no train prompts")
@@ -554,7 +594,8 @@ def fit_ppo(cfg, *, train_cfg, prompts: list[str], val_prompts: list[str], polic
     log(f"[train] ppo: {pc.iterations} iterations x {pc.rollout_size} rollouts ({pc.ppo_epochs} epochs of "
         f"mini-batch {pc.mini_batch_size}) on {tc.num_workers} worker(s), {len(prompts)} train prompts")
     claim_run_dir(run_dir, fingerprint, log)
-    init_ray(cfg.ray)
+    ray = init_ray(cfg.ray)
+    check_resources(cfg, tc, ray.cluster_resources(), local=is_local_ray(cfg.ray), log=log)
     spec = PPOSpec(cfg=cfg, train=tc, policy_path=policy_path, ref_path=ref_path, train_prompts=list(prompts),
                    val_prompts=list(val_prompts), run_dir=os.path.abspath(run_dir))
     trainer = build_trainer(spec, tc, run_dir, loop_fn=ppo_loop_per_worker)

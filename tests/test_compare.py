@@ -33,6 +33,10 @@ def test_resource_overrides_fill_the_machine():
     assert parsed(2, 4)["train.cpus_per_worker"] == "2" and parsed(2, 4)["compare.max_concurrent"] == "1"
     assert parsed(16, 4)["compare.max_concurrent"] == "4"  # never more runs at once than methods
     assert parsed(6, 4)["compare.max_concurrent"] == "3"
+    for cpus in range(1, 17):  # a PPO run (workers + Generator + pi_ref) always fits the machine on its own
+        ppo = parsed(cpus, 4)
+        held = sum(float(ppo[k]) for k in ("ppo.cpus_per_worker", "ppo.generation_cpus", "ppo.reference_cpus"))
+        assert 0 < held <= cpus, cpus
 
 
 def test_once_per_stage_drops_repeated_up_to_date_lines_only():

@@ -168,6 +168,33 @@ def test_ppo_smoke_on_ray(ray_local, tiny_policy_dir, builtin_rows, tmp_path):
     assert os.path.exists(os.path.join(out.checkpoint_path, "value_head.safetensors"))
 
 
+def test_ppo_resources_are_checked_before_any_work(ray_local, tiny_policy_dir, builtin_rows, tmp_path):
+    """2 train CPUs + the Generator (0.5) + pi_ref (0.5) cannot run at once on a 2-CPU local Ray: that used to
+    wait forever (the workers took both CPUs, the actors never started); now it is a ConfigError naming the
+    knobs, before the Train job starts. On a cluster (which may autoscale) the same shortfall is logged."""
+    from alol_ray.errors import ConfigError
+    from baselines.ppo import check_resources, fit_ppo, ppo_train_config, resources_needed, train_prompts_of
+
+    cfg = ppo_config(iterations=1, rollout_size=4, mini_batch_size=2)
+    cfg.train = dataclasses.replace(cfg.train, cpus_per_worker=2)
+    run_dir = str(tmp_path / "ppo-s0")
+    t0 = time.time()
+    with pytest.raises(ConfigError, match=r"ppo needs 3 CPU \(the cluster has 2\).*ppo.cpus_per_worker"):
+        fit_ppo(cfg, train_cfg=cfg.train, prompts=train_prompts_of(builtin_rows)[:8], val_prompts=["x"],
+                policy_path=tiny_policy_dir, ref_path=tiny_policy_dir, run_dir=run_dir,
+                export_dir=os.path.join(run_dir, "best"), log=lambda *_: None)
+    assert time.time() - t0 < 60
+    assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
+    # ppo.cpus_per_worker overrides train.cpus_per_worker for PPO only, and then it fits.
+    cfg.ppo = dataclasses.replace(cfg.ppo, cpus_per_worker=1.0)
+    assert resources_needed(cfg, ppo_train_config(cfg, cfg.train)) == {"CPU": 2.0, "GPU": 0.0}
+    check_resources(cfg, ppo_train_config(cfg, cfg.train), {"CPU": 2.0}, local=True)
+    logged = []
+    cfg.ppo = dataclasses.replace(cfg.ppo, reward_service=True)  # + 1 Serve replica x 0.5 CPU
+    check_resources(cfg, ppo_train_config(cfg, cfg.train), {"CPU": 2.0}, local=False, log=logged.append)
+    assert len(logged) == 1 and "2.5 CPU" in logged[0] and "autoscaler" in logged[0]
+
+
 # ------------------------------------------------------------------------------------------- slow
 
 

@@ -260,8 +260,11 @@ def test_cli_regression_head_on_cached_mean_pooled_features(alol_cli, tmp_path, 
     assert abs(scores.mean() - rows[C.REWARD].mean()) < rows[C.REWARD].std()
 
 
+@pytest.mark.slow
 def test_cli_pairwise_whole_model(alol_cli, tmp_path, tiny_bert):
-    """Bradley-Terry on rank pairs with the encoder trained too (the model's own [CLS] head)."""
+    """Bradley-Terry on rank pairs with the encoder trained too (the model's own [CLS] head).
+    Slow tier (~75 s on 2 cores): the default tier covers the same Ray Train job through the regression CLI
+    test and the Bradley-Terry loss by hand."""
     from safetensors.torch import load_file
 
     out, summary, _ = _train(alol_cli, tmp_path, "bt", [f"rm.backbone={tiny_bert}", "rm.pooling=model",

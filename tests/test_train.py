@@ -26,6 +26,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from alol_ray.config import load_config
+from alol_ray.errors import ConfigError
 from test_train_methods import MAX_PROMPT, MAX_RESPONSE, build_scored_table
 
 STEPS = 4
@@ -120,6 +121,16 @@ def test_alol_train_smoke_two_workers(straight, setup):
     end = final_weights(straight)
     unchanged = [k for k in start if np.array_equal(start[k], end[k])]
     assert not unchanged, f"parameters that did not change: {unchanged}"
+
+
+def test_train_jobs_poll_their_workers_at_ray_train_poll_s(straight):
+    """init_ray hands ray.train_poll_s to Ray Train (each report waits for a poll; Ray's default is 2 s)."""
+    from alol_ray.config import RayConfig
+    from alol_ray.ray_utils import TRAIN_POLL_ENV
+
+    assert float(os.environ[TRAIN_POLL_ENV]) == RayConfig().train_poll_s == 0.1
+    with pytest.raises(ConfigError, match="ray.train_poll_s"):
+        RayConfig(train_poll_s=0)
 
 
 def test_best_checkpoint_by_val_reward_is_exported_as_hf_folder(straight):
