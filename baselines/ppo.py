@@ -289,14 +289,15 @@ class _Rollouts:
         else:
             self.reward = RewardScorer(cfg.reward.components).rewards
 
-    def collect(self, prompts: list[str], tokenizer) -> dict:
-        """Generate, score and reference-score one rollout: token ids, texts, reward columns, ref log-probs."""
+    def collect(self, prompts: list[str], tokenizer, iteration: int = 0) -> dict:
+        """Generate, score and reference-score one rollout: token ids, texts, reward columns, ref log-probs.
+        Iteration ``i`` samples with the seeds of positions i * len(prompts) on, fresh every iteration."""
         import ray
 
         from alol_ray.generation.common import encode_prompts
 
         t0 = time.perf_counter()
-        outs = self.generator.generate_with_ids(prompts)
+        outs = self.generator.generate_with_ids(prompts, first_index=iteration * len(prompts))
         t_gen = time.perf_counter() - t0
         prompt_ids = encode_prompts(tokenizer, prompts, self.budget)  # the ids the engines conditioned on
         # A reply cut to nothing (a stop string first) still needs one action to carry its reward: EOS.
@@ -439,7 +440,7 @@ def ppo_loop_per_worker(config: dict) -> None:
             rollout = None
             if lead:
                 prompts = sample_prompts(spec.train_prompts, pc.rollout_size, tc.seed, it)
-                rollout = rollouts.collect(prompts, tokenizer)
+                rollout = rollouts.collect(prompts, tokenizer, iteration=it)
                 raw = torch.as_tensor(rollout["scores"], dtype=torch.float32)
                 rollout["scaled"] = P.scale_scores(raw, moments if pc.score_scaling else None, pc.score_norm).tolist()
             rollout = _broadcast(rollout, rank, world)

@@ -131,6 +131,10 @@ def test_actors_sample_deterministically_for_a_seed(gen, policy_dir, prompts):
     assert [o.token_ids for o in first] != reference_greedy(policy_dir, prompts, 16)
     other = in_process(policy_dir, gen_cfg(temperature=1.0, top_p=0.9, seed=8), prompts)
     assert [o.token_ids for o in other] != [o.token_ids for o in first]
+    # A later call (PPO's next rollout) starts at another position: other random streams, still reproducible.
+    later = gen.generate_with_ids(prompts, first_index=len(prompts))
+    assert [o.token_ids for o in later] != [o.token_ids for o in first]
+    assert gen.generate_with_ids(prompts, first_index=len(prompts)) == later
     assert gen.generate([]) == []
 
 

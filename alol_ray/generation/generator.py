@@ -148,9 +148,11 @@ class Generator:
         size = self.cfg.batch_size
         return [(s, min(s + size, n)) for s in range(0, n, size)]
 
-    def generate_with_ids(self, prompts: list[str], progress: Optional[Callable[[int], None]] = None
-                          ) -> list[GenerationOutput]:
-        """Replies with token ids, in the order of ``prompts``."""
+    def generate_with_ids(self, prompts: list[str], progress: Optional[Callable[[int], None]] = None,
+                          first_index: int = 0) -> list[GenerationOutput]:
+        """Replies with token ids, in the order of ``prompts``. Sampling seeds derive from ``generation.seed``
+        and each prompt's position counted from ``first_index``: a caller that samples repeatedly (PPO's
+        rollouts) passes a new ``first_index`` each call so that no two calls reuse a random stream."""
         import ray
         from tqdm.auto import tqdm
 
@@ -159,7 +161,7 @@ class Generator:
         pending = {}
         for i, (start, end) in enumerate(slices):
             actor = self.actors[i % len(self.actors)]  # Ray runs an actor's calls in submission order
-            pending[actor.generate.remote(prompts[start:end], start)] = start
+            pending[actor.generate.remote(prompts[start:end], first_index + start)] = start
         results: dict[int, list[GenerationOutput]] = {}
         bar = tqdm(total=len(prompts), desc=f"generate ({self.engine})", unit="prompt",
                    disable=not self.show_progress or len(slices) <= 1)
