@@ -6,22 +6,23 @@ import os
 
 
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # Ray Train v2: the controller's worker-poll interval
-DEFAULT_TRAIN_POLL_S = 0.1  # RayConfig.train_poll_s
 
 
 def init_ray(ray_cfg=None, **overrides):
     """Join RAY_ADDRESS / `ray.address` if given ("auto" = the cluster on this machine), else start a local Ray.
 
-    Idempotent: a second call in the same process returns the running instance. Also sets the Ray Train
-    controller's poll interval for the Train jobs this process starts (``ray.train_poll_s``).
+    Idempotent: a second call in the same process returns the running instance. Given a config, also sets
+    the Ray Train controller's poll interval for the Train jobs this process starts (``ray.train_poll_s``);
+    every stage that starts a Train job calls it with one first.
     """
     import ray
 
-    # Read from this process's environment when a Train job starts; Ray passes it on to the controller.
-    os.environ[TRAIN_POLL_ENV] = str(ray_cfg.train_poll_s if ray_cfg else DEFAULT_TRAIN_POLL_S)
+    if ray_cfg is not None:
+        # Read from this process's environment when a Train job starts; Ray passes it on to the controller.
+        os.environ[TRAIN_POLL_ENV] = str(ray_cfg.train_poll_s)
     if ray.is_initialized():
         return ray
-    address = overrides.pop("address", None) or (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
+    address = overrides.pop("address", None) or _address(ray_cfg)
     kwargs = {"ignore_reinit_error": True, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs, **overrides)
@@ -38,11 +39,15 @@ def init_ray(ray_cfg=None, **overrides):
     return ray
 
 
+def _address(ray_cfg=None):
+    """The cluster to join: ``ray.address``, else RAY_ADDRESS; None (or "local") starts a local Ray."""
+    return (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
+
+
 def is_local_ray(ray_cfg=None) -> bool:
     """Whether init_ray starts (or started) a local Ray of this machine's fixed size, i.e. no cluster address
     is given: no autoscaler will add resources."""
-    address = (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
-    return address in (None, "", "local")
+    return _address(ray_cfg) in (None, "", "local")
 
 
 # Ray-internal loggers that flood a local run's console: Train's placement-group cleaner warns every few

@@ -45,16 +45,15 @@ def resource_overrides(cpus: int, n_methods: int) -> list[str]:
     fit alone: 2 + 1 + 1 CPUs from 4 cores up, 1 + 0.5 + 0.5 on 2 cores."""
     per_run = max(1, min(2, cpus))
     ppo_train = 2 if cpus >= 4 else max(cpus - 1, cpus / 2)
-    ppo_side = (min(cpus, 4) - ppo_train) / 2  # the Generator engine and the pi_ref actor
-    ppo = (ppo_train, ppo_side, ppo_side)
+    ppo_side = (min(cpus, 4) - ppo_train) / 2  # each of the Generator engine and the pi_ref actor
     return [
         f"train.cpus_per_worker={per_run}",
         f"reference.train.cpus_per_worker={per_run}",
         f"compare.max_concurrent={max(1, min(n_methods, cpus // per_run))}",
         f"scoring.reference_pool.max_actors={per_run}",
-        f"ppo.cpus_per_worker={ppo[0]:g}",
-        f"ppo.generation_cpus={ppo[1]:g}",
-        f"ppo.reference_cpus={ppo[2]:g}",
+        f"ppo.cpus_per_worker={ppo_train:g}",
+        f"ppo.generation_cpus={ppo_side:g}",
+        f"ppo.reference_cpus={ppo_side:g}",
     ]
 
 
