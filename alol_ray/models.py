@@ -103,6 +103,21 @@ def init_tiny_policy(
     return out_dir
 
 
+def tiny_policy_from_rows(out_dir: str, rows_path: str, tiny_cfg, seed: int = 0) -> str:
+    """The base-policy stage of a tiny model: its tokenizer is trained on the train split's prompts and
+    responses of the canonical rows (``rows_path``), its sizes come from ``model.tiny``."""
+    import pandas as pd
+
+    from alol_ray import columns as C
+
+    frame = pd.read_parquet(rows_path, columns=[C.PROMPT, C.RESPONSE, C.SPLIT])
+    train = frame[frame[C.SPLIT] == "train"]
+    texts = list(train[C.PROMPT].unique()) + list(train[C.RESPONSE])
+    t = tiny_cfg
+    return init_tiny_policy(out_dir, texts, vocab_size=t.vocab_size, n_layer=t.n_layer, n_embd=t.n_embd,
+                            n_head=t.n_head, n_positions=t.n_positions, seed=seed)
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A tokenizer with a pad token (the EOS token when the tokenizer defines none)."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

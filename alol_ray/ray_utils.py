@@ -1,63 +1,77 @@
-"""Starting or joining Ray the same way from every stage."""
+"""Starting or joining Ray the same way from every stage.
+
+Which cluster: ``ray.address`` in the config, else the ``RAY_ADDRESS`` variable; none (or ``local``)
+starts a private local Ray. Users have RAY_ADDRESS in several forms; each is understood or refused in one
+line before anything runs:
+
+- ``auto``: the cluster started with ``ray start`` on this machine;
+- ``host:port`` (the GCS, port 6379 by default) or ``ray://host:port`` (Ray Client);
+- ``http://host:8265``: the dashboard address that ``ray job submit`` uses (cluster/README.md exports it).
+  A stage cannot join a cluster through it: that is an error that says what to set instead.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Optional
+
+from alol_ray import ray_compat
+from alol_ray.errors import ConfigError
+
+def _given_address(ray_cfg=None) -> Optional[str]:
+    return (ray_cfg.address if ray_cfg is not None else None) or os.environ.get("RAY_ADDRESS") or None
 
 
-TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # Ray Train v2: the controller's worker-poll interval
+def cluster_address(ray_cfg=None) -> Optional[str]:
+    """The address to join, or None for a private local Ray; ConfigError for one no stage can use."""
+    address = _given_address(ray_cfg)
+    if address in (None, "", "local"):
+        return None
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"RAY_ADDRESS={address} is a dashboard (job submission) address; a stage cannot join a cluster through "
+            "it. Run the stage with `ray job submit --address ... -- alol ...`, set RAY_ADDRESS=auto (a cluster "
+            "on this machine) or <head-ip>:6379, or unset RAY_ADDRESS for a local Ray")
+    return address
 
 
 def init_ray(ray_cfg=None, **overrides):
-    """Join RAY_ADDRESS / `ray.address` if given ("auto" = the cluster on this machine), else start a local Ray.
+    """Join the cluster (``cluster_address``) or start a local Ray. Idempotent within a process.
 
-    Idempotent: a second call in the same process returns the running instance. Given a config, also sets
-    the Ray Train controller's poll interval for the Train jobs this process starts (``ray.train_poll_s``);
-    every stage that starts a Train job calls it with one first.
+    Given a config, also sets the Ray Train controller's poll interval for the Train jobs this process
+    starts (``ray.train_poll_s``; see ``ray_compat.TRAIN_POLL_ENV``).
     """
     import ray
 
     if ray_cfg is not None:
-        # Read from this process's environment when a Train job starts; Ray passes it on to the controller.
-        os.environ[TRAIN_POLL_ENV] = str(ray_cfg.train_poll_s)
+        ray_compat.set_train_poll_interval(ray_cfg.train_poll_s)
     if ray.is_initialized():
         return ray
-    address = overrides.pop("address", None) or _address(ray_cfg)
+    address = overrides.pop("address", None) or cluster_address(ray_cfg)
     kwargs = {"ignore_reinit_error": True, "log_to_driver": True}
     if address:
-        ray.init(address=address, **kwargs, **overrides)
-    else:
-        num_cpus = overrides.pop("num_cpus", None) or (ray_cfg.num_cpus if ray_cfg else None)
-        overrides.setdefault("runtime_env", {"worker_process_setup_hook": "alol_ray.ray_utils.quiet_ray_internals"})
-        ray.init(
-            address="local",  # never join a cluster someone else started with `ray start` by accident
-            num_cpus=num_cpus,
-            include_dashboard=False,  # a local run needs no dashboard; clusters bind it to 127.0.0.1
-            **kwargs,
-            **overrides,
-        )
+        try:
+            ray.init(address=address, **kwargs, **overrides)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = "ray.address" if ray_cfg is not None and ray_cfg.address else "RAY_ADDRESS"
+            raise ConfigError(f"cannot join the Ray cluster at {where}={address}: {str(exc).splitlines()[0]} "
+                              "(start it with `ray start --head`, fix the address, or unset it for a local Ray)") from None
+        return ray
+    num_cpus = overrides.pop("num_cpus", None) or (ray_cfg.num_cpus if ray_cfg else None)
+    env_vars = {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
+    overrides.setdefault("runtime_env", {"worker_process_setup_hook": "alol_ray.ray_compat.quiet_local_ray",
+                                         "env_vars": env_vars})
+    ray.init(
+        address="local",  # never join a cluster someone else started with `ray start` by accident
+        num_cpus=num_cpus,
+        include_dashboard=False,  # a local run needs no dashboard; clusters bind it to 127.0.0.1
+        **kwargs,
+        **overrides,
+    )
     return ray
 
 
-def _address(ray_cfg=None):
-    """The cluster to join: ``ray.address``, else RAY_ADDRESS; None (or "local") starts a local Ray."""
-    return (ray_cfg.address if ray_cfg else None) or os.environ.get("RAY_ADDRESS")
-
-
 def is_local_ray(ray_cfg=None) -> bool:
-    """Whether init_ray starts (or started) a local Ray of this machine's fixed size, i.e. no cluster address
-    is given: no autoscaler will add resources."""
-    return _address(ray_cfg) in (None, "", "local")
-
-
-# Ray-internal loggers that flood a local run's console: Train's placement-group cleaner warns every few
-# seconds that the State API is unavailable (it is served by the dashboard, which a local run does not start).
-NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
-
-
-def quiet_ray_internals() -> None:
-    """worker_process_setup_hook of the local Ray instance: raise the noisy loggers to ERROR."""
-    import logging
-
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    """Whether init_ray starts (or started) a local Ray of this machine's fixed size: no autoscaler adds
+    resources."""
+    return cluster_address(ray_cfg) is None

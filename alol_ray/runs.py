@@ -1,13 +1,20 @@
-"""The run directory: where each stage reads and writes (see ARCHITECTURE.md, "Run directory").
+"""The run directory: where each stage reads and writes (docs/architecture.md, "The run directory").
 
-    runs/<name>/config.yaml                  resolved config
-    runs/<name>/data/rows.parquet            canonical rows
-    runs/<name>/scored/                      scored table (parquet) + cache manifest
-    runs/<name>/ref/                         pi_ref (HF folder)
-    runs/<name>/value/                       value head (safetensors) + fit report
-    runs/<name>/train/<method>-s<seed>/      checkpoints + metrics + best/ (HF folder)
-    runs/<name>/eval/<method>-s<seed>.parquet
-    runs/<name>/report.md, report/*.png
+    runs/<name>/config.yaml                          resolved config (absolute paths)
+    runs/<name>/.lock                                who holds the run (alol_ray.runlock)
+    runs/<name>/data/                                canonical rows: rows.parquet, summary.json
+    runs/<name>/base/                                the tiny starting policy (HF folder), model.init=tiny only
+    runs/<name>/train/reference-s<seed>/best/        pi_ref (HF folder); checkpoints, metrics beside it
+    runs/<name>/scored/                              scored table: table.parquet, scoring.json
+    runs/<name>/value/                               value table (scored + value, advantage), value head, reports
+    runs/<name>/train/<method>-s<seed>/              best/ (HF folder), checkpoints/, metrics.jsonl, val.jsonl
+    runs/<name>/eval/<method>-s<seed>/               examples.parquet, summary.json
+    runs/<name>/rm/model/                            a reward model trained by `alol rm train`
+    runs/<name>/cache/                               scores/ (per row and scorer), rm-features/, reference replies
+    runs/<name>/report.md, report/                   the comparison report, plots, methods.csv, config.yaml
+
+Every stage folder holds a ``stage.json`` written last (alol_ray.stage); a stage builds in a hidden
+``.<folder>.staging-<fingerprint>`` beside its folder and replaces it in one step when done.
 """
 
 from __future__ import annotations
@@ -37,17 +44,17 @@ class RunPaths:
         return os.path.join(self.root, "data", "rows.parquet")
 
     @property
+    def base_policy(self) -> str:
+        """The tiny starting policy built from config (model.init=tiny)."""
+        return os.path.join(self.root, "base")
+
+    def reference(self, seed: int = 0) -> str:
+        """pi_ref as the reference stage exports it (an HF folder)."""
+        return os.path.join(self.train("reference", seed), "best")
+
+    @property
     def scored(self) -> str:
         return os.path.join(self.root, "scored")
-
-    @property
-    def ref(self) -> str:
-        return os.path.join(self.root, "ref")
-
-    @property
-    def base_policy(self) -> str:
-        """The initial policy (tiny model built from config, or a copy-free pointer to a pretrained one)."""
-        return os.path.join(self.root, "base")
 
     @property
     def value(self) -> str:
@@ -57,7 +64,27 @@ class RunPaths:
         return os.path.join(self.root, "train", f"{method}-s{seed}")
 
     def eval(self, method: str, seed: int) -> str:
-        return os.path.join(self.root, "eval", f"{method}-s{seed}.parquet")
+        return os.path.join(self.root, "eval", f"{method}-s{seed}")
+
+    @property
+    def reward_model(self) -> str:
+        return os.path.join(self.root, "rm", "model")
+
+    @property
+    def cache(self) -> str:
+        return os.path.join(self.root, "cache")
+
+    @property
+    def score_cache(self) -> str:
+        return os.path.join(self.cache, "scores")
+
+    @property
+    def rm_features(self) -> str:
+        return os.path.join(self.cache, "rm-features")
+
+    @property
+    def reference_replies(self) -> str:
+        return os.path.join(self.cache, "reference_replies.parquet")
 
     @property
     def report(self) -> str:

@@ -6,11 +6,11 @@ driver and workers may sit on machines with no shared disk, so the run directory
 and each stage works on a local copy:
 
     with storage.synced(cfg) as local_cfg:     # pulls <storage>/<name>/ into a local cache folder
-        ensure_scored(local_cfg)               # writes locally, exactly as for a local `storage`
+        Pipeline(local_cfg).scored()           # writes locally, exactly as for a local `storage`
                                                # on exit (also on failure: finished parts resume) pushes back
 
-Every `alol` stage gets this through ``cli_session(args)``, which the CLI wraps around a stage's
-``run(args)``: the stage sees ``storage=<local mirror>`` and never knows about the bucket.
+Every `alol` command that works on a run gets this from ``alol_ray.cli``: the stages see
+``storage=<local mirror>`` and never know about the bucket.
 
 Sync is incremental by file size and modification time (after a copy both sides carry the same mtime),
 so a stage that changed one file pushes one file. Credentials come from the environment the way pyarrow reads them (AWS_* variables or the
@@ -166,27 +166,3 @@ def synced(cfg, cache_dir: Optional[str] = None, log=print) -> Iterator[Any]:
     finally:
         copied = push(run_dir, remote)
         log(f"[storage] pushed {len(copied)} file(s) to {remote}")
-
-
-@contextlib.contextmanager
-def cli_session(args, log=print) -> Iterator[None]:
-    """Around a stage's ``run(args)`` in ``alol_ray.cli.main``: when its config (``--config`` + overrides)
-    names a storage URI, pull the run dir, point the stage at the local mirror with a last
-    ``storage=<local>`` override, and push the run dir back when the stage ends (also on failure).
-    A stage without a config, or with a local ``storage``, runs unchanged."""
-    from alol_ray.config import load_config
-
-    if not hasattr(args, "overrides"):
-        yield
-        return
-    cfg = load_config(getattr(args, "config", None), args.overrides)
-    if not is_uri(cfg.storage):
-        yield
-        return
-    with synced(cfg, log=log) as local_cfg:
-        original = list(args.overrides or [])
-        args.overrides = original + [f"storage={local_cfg.storage}"]
-        try:
-            yield
-        finally:
-            args.overrides = original

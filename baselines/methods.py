@@ -5,13 +5,13 @@ a name it does not know):
 
     dpo           pair  (rank 0, rank k) of a prompt; -log sigmoid(beta * margin), reference log-probs from
                         the scored table's ``ref_token_logps`` (no reference forward pass);
-                        ``train.dpo_beta``, ``train.dpo_reference_free``
+                        ``train.dpo.beta``, ``train.dpo.reference_free``
     dpo_ref_free  pair  DPO with the reference term set to 0 (needs no reference column)
     pro           list  all rows of a prompt in rank order; listwise PRO loss with reward-difference
-                        temperatures plus ``train.pro_sft_weight`` * (n-1)^2 * NLL of the best row
+                        temperatures plus ``train.pro.sft_weight`` * (n-1)^2 * NLL of the best row
     gold          single  GOLD (Pang & He 2021): per-token weight max(u, pi~(y_t)) from a stale copy of the
-    gold_delta            policy re-synced every ``train.gold_sync_every`` updates, times the return of
-    gold_s                the p_MLE-based reward; ``gold`` takes the reward from ``train.gold_reward``,
+    gold_delta            policy re-synced every ``train.gold.sync_every`` updates, times the return of
+    gold_s                the p_MLE-based reward; ``gold`` takes the reward from ``train.gold.reward``,
     gold_p                the suffixed names fix it. p_MLE = pi_ref: the table's ``ref_token_logps``.
 
 R-GOLD (the reward-weighted GOLD of the A-LoL paper) is the A-LoL family's ``r_gold``, registered by
@@ -30,11 +30,11 @@ from typing import Optional
 import torch
 
 from alol_ray import columns as C
-from alol_ray.errors import ConfigError
 from alol_ray.tokenization import response_token_logps
+from alol_ray.train.checkpoint import unwrap
 from alol_ray.train.methods import Method, TrainBatch, register
 from baselines.dpo import dpo_loss
-from baselines.gold import REWARD_KINDS, StaleCopySync, gold_loss
+from baselines.gold import StaleCopySync, gold_loss
 from baselines.pro import pro_loss
 
 # ----------------------------------------------------------------------------------------------- DPO
@@ -48,10 +48,8 @@ class DPOParams:
 
 def _dpo_params(reference_free: Optional[bool]):
     def make(tc) -> DPOParams:
-        if tc.dpo_beta <= 0:
-            raise ConfigError(f"train.dpo_beta must be > 0, got {tc.dpo_beta}")
-        return DPOParams(beta=tc.dpo_beta,
-                         reference_free=tc.dpo_reference_free if reference_free is None else reference_free)
+        return DPOParams(beta=tc.dpo.beta,
+                         reference_free=tc.dpo.reference_free if reference_free is None else reference_free)
 
     return make
 
@@ -87,9 +85,7 @@ class PROParams:
 
 
 def _pro_params(tc) -> PROParams:
-    if tc.pro_sft_weight < 0:
-        raise ConfigError(f"train.pro_sft_weight must be >= 0, got {tc.pro_sft_weight}")
-    return PROParams(sft_weight=tc.pro_sft_weight)
+    return PROParams(sft_weight=tc.pro.sft_weight)
 
 
 def pro_compute(model, batch: TrainBatch, params: PROParams, state=None):
@@ -139,17 +135,10 @@ class GOLDParams:
 
 def _gold_params(reward_kind: Optional[str]):
     def make(tc) -> GOLDParams:
-        kind = tc.gold_reward if reward_kind is None else reward_kind
-        if kind not in REWARD_KINDS:
-            raise ConfigError(f"train.gold_reward must be one of {list(REWARD_KINDS)}, got '{kind}'")
-        if not 0.0 <= tc.gold_u <= 1.0:
-            raise ConfigError(f"train.gold_u must be in [0, 1], got {tc.gold_u}")
-        if tc.gold_sync_every < 1:
-            raise ConfigError(f"train.gold_sync_every must be >= 1, got {tc.gold_sync_every}")
-        if tc.gold_horizon is not None and tc.gold_horizon < 0:
-            raise ConfigError(f"train.gold_horizon must be >= 0 or null, got {tc.gold_horizon}")
-        return GOLDParams(u=tc.gold_u, reward_kind=kind, lower_bound_b=tc.gold_lower_bound_b,
-                          truncation_c=tc.gold_truncation_c, horizon=tc.gold_horizon, sync_every=tc.gold_sync_every)
+        g = tc.gold
+        return GOLDParams(u=g.u, reward_kind=g.reward if reward_kind is None else reward_kind,
+                          lower_bound_b=g.lower_bound_b, truncation_c=g.truncation_c, horizon=g.horizon,
+                          sync_every=g.sync_every)
 
     return make
 
@@ -160,9 +149,7 @@ def gold_make_state(model, tc) -> StaleCopySync:
     Not checkpointed: a resumed run takes its copy from the resumed weights, so after a resume at a step
     that is not a multiple of ``gold_sync_every`` the copy is fresher than an uninterrupted run's.
     """
-    from alol_ray.train.checkpoint import unwrap
-
-    return StaleCopySync(unwrap(model), tc.gold_sync_every)
+    return StaleCopySync(unwrap(model), tc.gold.sync_every)
 
 
 def gold_after_step(state: StaleCopySync, model, step: int) -> None:

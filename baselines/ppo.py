@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -45,6 +44,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from alol_ray import columns as C
+from alol_ray.errors import UserError
+from alol_ray.train.methods import Method, register
 
 METHOD = "ppo"
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -148,6 +149,8 @@ class PPOSpec:
     train_prompts: list[str]
     val_prompts: list[str] = field(default_factory=list)
     run_dir: Optional[str] = None
+    reward_stats: dict = field(default_factory=dict)  # standardised reward components' (mean, std)
+    stop_at_step: int = 0  # > 0: end after the checkpoint at that iteration (the run is not finished)
 
 
 def rollout_generation_config(cfg):
@@ -208,29 +211,6 @@ def sample_prompts(prompts: list[str], n: int, seed: int, iteration: int) -> lis
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def _all_reduce_sum(world: int):
-    if world == 1:
-        return None
-    import torch.distributed as dist
-
-    def reduce(t):
-        t = t.clone()
-        dist.all_reduce(t)
-        return t
-
-    return reduce
-
-
-def _broadcast(obj, rank: int, world: int):
-    if world == 1:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _save_for_generator(policy, tokenizer, out_dir: str) -> str:
     """Full weights the Generator can load (a LoRA policy is merged into a copy first), written to a
     temporary folder and renamed, so the engines never read a half-written checkpoint."""
@@ -248,21 +228,6 @@ def _save_for_generator(policy, tokenizer, out_dir: str) -> str:
     return out_dir
 
 
-def _append_jsonl(path: Optional[str], record: dict) -> None:
-    if path:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-
-def _truncate_jsonl(path: Optional[str], last_step: int) -> None:
-    if not path or not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as fh:
-        kept = [line for line in fh if line.strip() and json.loads(line).get("train/step", 0) <= last_step]
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(kept)
-
-
 class _Rollouts:
     """Rank 0's role actors: Generator, ReferencePolicy and the reward (in-process or Ray Serve)."""
 
@@ -270,7 +235,7 @@ class _Rollouts:
         import ray
 
         from alol_ray.generation import Generator
-        from alol_ray.scoring.reward import RewardScorer
+        from alol_ray.scoring.reward import run_scorer
 
         cfg, pc = spec.cfg, spec.cfg.ppo
         self.gen_cfg = rollout_generation_config(cfg)
@@ -285,9 +250,9 @@ class _Rollouts:
         if pc.reward_service:
             from alol_ray.scoring.serve import RewardClient, start
 
-            self.reward = RewardClient(start(cfg)).rewards
+            self.reward = RewardClient(start(cfg, stats=spec.reward_stats)).rewards
         else:
-            self.reward = RewardScorer(cfg.reward.components).rewards
+            self.reward = run_scorer(cfg.reward, stats=spec.reward_stats).rewards
 
     def collect(self, prompts: list[str], tokenizer, iteration: int = 0) -> dict:
         """Generate, score and reference-score one rollout: token ids, texts, reward columns, ref log-probs.
@@ -342,10 +307,14 @@ def ppo_loop_per_worker(config: dict) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from alol_ray.atomic import append_jsonl, truncate_jsonl
+    from alol_ray.scoring.reward import run_scorer
     from alol_ray.tokenization import collate
     from alol_ray.train import checkpoint as ckpt
-    from alol_ray.train.loop import NOT_EVALUATED, SELECTION_METRIC, build_policy
-    from alol_ray.train.selection import evaluate_policy, reward_function
+    from alol_ray.train.policy import build_policy, make_optimizer
+    from alol_ray.train.selection import evaluate_policy
+    from alol_ray.train.worker import (NOT_EVALUATED, SELECTION_METRIC, all_reduce_sum, broadcast,
+                                       mean_over_workers, report_checkpoint, say)
     from baselines import ppo_loss as P
 
     spec: PPOSpec = config["spec"]
@@ -355,15 +324,14 @@ def ppo_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
-    reduce = _all_reduce_sum(world)
+    reduce = all_reduce_sum(world)
 
     # Resume from this run's latest checkpoint (policy, value head, optimizer, KL coefficient, score stats).
     resumed = ray.train.get_checkpoint()
     state: dict = {"step": 0, "best_val_reward": None, "best_step": None}
     with resumed.as_directory() if resumed else contextlib.nullcontext() as resume_dir:
         model_dir = os.path.join(resume_dir, ckpt.MODEL_DIR) if resume_dir else None
-        shim = dataclasses.make_dataclass("PolicySpec", ["model", "train", "policy_path"])(cfg.model, tc, spec.policy_path)
-        policy, tokenizer = build_policy(shim, model_dir, device)
+        policy, tokenizer = build_policy(cfg.model, tc, spec.policy_path, model_dir, device)
         policy.config.use_cache = False
         head = None
         if resume_dir:
@@ -372,7 +340,7 @@ def ppo_loop_per_worker(config: dict) -> None:
         module = PolicyWithValueHead.build(policy, head)
         model = ray.train.torch.prepare_model(module)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=pc.lr, weight_decay=tc.weight_decay)
+        optimizer = make_optimizer(trainable, tc, lr=pc.lr)
         if resume_dir:
             state = ckpt.read_state(resume_dir)
             ckpt.load_optimizer(resume_dir, optimizer)
@@ -383,6 +351,8 @@ def ppo_loop_per_worker(config: dict) -> None:
     kl_ctl.value = saved.get("kl_coef", kl_ctl.value)
     moments = P.RunningMoments(**saved["score_moments"]) if saved.get("score_moments") else P.RunningMoments()
     start = state["step"]
+    if resumed and rank == 0:
+        say(f"[train] ppo: resuming from the checkpoint at iteration {start}/{pc.iterations}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     lead = rank == 0
@@ -392,10 +362,12 @@ def ppo_loop_per_worker(config: dict) -> None:
     if lead:
         os.makedirs(spec.run_dir or ".", exist_ok=True)
         for path in (metrics_path, val_path):
-            _truncate_jsonl(path, start)
+            truncate_jsonl(path, start)
         sync_dir = os.path.join(spec.run_dir or tempfile.mkdtemp(), ROLLOUT_POLICY_DIR)
         rollouts = _Rollouts(spec, _save_for_generator(inner.policy, tokenizer, sync_dir))
-    reward_fn = reward_function(cfg.reward) if lead and pc.eval_every > 0 and spec.val_prompts else None
+    reward_fn = None
+    if lead and pc.eval_every > 0 and spec.val_prompts:
+        reward_fn = run_scorer(cfg.reward, stats=spec.reward_stats).rewards
     per_worker = pc.rollout_size // world
     mini_per_worker = pc.mini_batch_size // world
     use_autocast = device.type == "cuda" and tc.bf16
@@ -406,7 +378,8 @@ def ppo_loop_per_worker(config: dict) -> None:
             fresh = it > start or (it == 0 and not resumed)
             evaluate = fresh and pc.eval_every > 0 and (
                 (it > 0 and (it % pc.eval_every == 0 or it == pc.iterations)) or (it == 0 and pc.eval_at_start))
-            save = fresh and it > 0 and (it % pc.checkpoint_every == 0 or it == pc.iterations or evaluate)
+            save = fresh and it > 0 and (it % pc.checkpoint_every == 0 or it == pc.iterations or evaluate
+                                         or it == spec.stop_at_step)
             report: dict[str, float] = {"train/step": it}
             if evaluate and lead and reward_fn is not None:
                 val, _ = evaluate_policy(inner.policy, tokenizer, spec.val_prompts, reward_fn,
@@ -417,22 +390,22 @@ def ppo_loop_per_worker(config: dict) -> None:
                 report.update(val)
                 if it > 0 and (state["best_val_reward"] is None or val["val/reward"] > state["best_val_reward"]):
                     state.update(best_val_reward=val["val/reward"], best_step=it)
-                _append_jsonl(val_path, report)
+                if val_path:
+                    append_jsonl(val_path, report)
             report[SELECTION_METRIC] = report.get("val/reward", NOT_EVALUATED) if it > 0 else NOT_EVALUATED
             if save:
                 state.update(step=it, total_steps=pc.iterations, method=METHOD,
                              **{PPO_STATE_KEY: {"kl_coef": kl_ctl.value, "score_moments": moments.state_dict()}})
-                with tempfile.TemporaryDirectory() as tmp:
-                    checkpoint = None
-                    if lead:
-                        ckpt.save_checkpoint(tmp, inner.policy, tokenizer, optimizer, state)
-                        save_file({k: v.detach().cpu().contiguous() for k, v in inner.value_head.state_dict().items()},
-                                  os.path.join(tmp, VALUE_HEAD_FILE))
-                        checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                    ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{it:07d}")
+
+                def write(tmp: str) -> None:
+                    ckpt.save_checkpoint(tmp, inner.policy, tokenizer, optimizer, state)
+                    save_file({k: v.detach().cpu().contiguous() for k, v in inner.value_head.state_dict().items()},
+                              os.path.join(tmp, VALUE_HEAD_FILE))
+
+                report_checkpoint(report, f"checkpoint-{it:07d}", write if lead else None)
             elif evaluate:
                 ray.train.report(report)
-            if it == pc.iterations:
+            if it == pc.iterations or it == spec.stop_at_step > 0:
                 break
             t_iter = time.perf_counter()
 
@@ -443,7 +416,7 @@ def ppo_loop_per_worker(config: dict) -> None:
                 rollout = rollouts.collect(prompts, tokenizer, iteration=it)
                 raw = torch.as_tensor(rollout["scores"], dtype=torch.float32)
                 rollout["scaled"] = P.scale_scores(raw, moments if pc.score_scaling else None, pc.score_norm).tolist()
-            rollout = _broadcast(rollout, rank, world)
+            rollout = broadcast(rollout, rank, world)
             mine = slice(rank * per_worker, (rank + 1) * per_worker)
             batch = collate(rollout["pairs"][mine], pad_id).to(device)
             mask = batch.response_mask
@@ -477,7 +450,7 @@ def ppo_loop_per_worker(config: dict) -> None:
                 "returns/mean": float(P.masked_mean(returns, mask, reduce)),
                 "values/mean": float(P.masked_mean(old_values, mask, reduce)),
             })
-            stats = _mean_over_workers(stats, world, device)
+            stats = mean_over_workers(stats, world, device)
             if lead:
                 t_sync = time.perf_counter()
                 rollouts.load_weights(_save_for_generator(inner.policy, tokenizer, sync_dir))
@@ -492,10 +465,12 @@ def ppo_loop_per_worker(config: dict) -> None:
                     "time/generate_s": rollout["time/generate_s"], "time/rollout_s": rollout["time/rollout_s"],
                     "time/sync_s": time.perf_counter() - t_sync,
                 })
-            stats.update({"train/step": it + 1, "train/lr": pc.lr, "time/iteration_s": time.perf_counter() - t_iter})
+            stats.update({"train/step": it + 1, "train/lr": pc.lr, "time/iteration_s": time.perf_counter() - t_iter,
+                          "time/wall": time.time()})
             if not all(math.isfinite(v) for v in stats.values()):
                 raise FloatingPointError(f"non-finite PPO metrics at iteration {it + 1}: {stats}")
-            _append_jsonl(metrics_path, stats)
+            if metrics_path:
+                append_jsonl(metrics_path, stats)
             if (it + 1) % tc.log_every == 0:
                 ray.train.report(stats)
     finally:
@@ -547,18 +522,6 @@ def _select(batch, idx):
                        prompt_lengths=batch.prompt_lengths[idx], response_lengths=batch.response_lengths[idx])
 
 
-def _mean_over_workers(stats: dict[str, float], world: int, device) -> dict[str, float]:
-    if world == 1:
-        return stats
-    import torch
-    import torch.distributed as dist
-
-    keys = sorted(stats)
-    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(values)
-    return dict(zip(keys, (values / world).tolist()))
-
-
 # ------------------------------------------------------------------------------------------ driver
 
 
@@ -575,57 +538,41 @@ def check_config(cfg, tc) -> None:
                           "iteration; use LoRA without 4-bit or full fine-tuning")
 
 
-def fit_ppo(cfg, *, train_cfg, prompts: list[str], val_prompts: list[str], policy_path: str, ref_path: str,
-            run_dir: str, export_dir: str, fingerprint: Optional[str] = None, log: Callable = print):
-    """Run PPO as one Ray Train job; export the best checkpoint (val reward) to ``export_dir``.
+def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_dir: str, stop_at_step: int = 0,
+            reward_stats: Optional[dict] = None, log: Callable = print):
+    """PPO's training stage (the ``fit_online`` of the registered method): prompts from the canonical
+    ``rows`` (train split to roll out on, val split to select by), one Ray Train job in ``work_dir`` (the
+    layout of the offline trainer's), the best checkpoint (val reward) exported to ``work_dir``/best.
 
-    Returns the offline trainer's ``TrainOutcome`` and writes the same ``summary.json``.
+    Returns the offline trainer's ``TrainOutcome`` (or ``Unfinished`` after ``stop_at_step``).
     """
-    from alol_ray.errors import DataError
+    import pandas as pd
+
     from alol_ray.ray_utils import init_ray, is_local_ray
-    from alol_ray.train.checkpoint import MODEL_DIR, export_policy
-    from alol_ray.train.trainer import SUMMARY_FILE, TrainOutcome, best_checkpoint, build_trainer, claim_run_dir
+    from alol_ray.train.trainer import TrainOutcome, build_trainer, export_best, finish, val_prompts
 
     tc, pc = ppo_train_config(cfg, train_cfg), cfg.ppo
     check_config(cfg, tc)
+    frame = pd.read_parquet(rows, columns=[C.PROMPT, C.SPLIT])
+    prompts, val = train_prompts_of(frame), val_prompts(frame, tc.eval_prompts)
     if not prompts:
-        raise DataError("ppo: no train prompts")
-    if pc.eval_every > 0 and not val_prompts:
-        raise DataError("ppo.eval_every > 0 needs val prompts (rows with split 'val')")
+        raise UserError(f"{rows}: ppo needs train prompts (rows with split 'train'), and there are none")
+    if pc.eval_every > 0 and not val:
+        raise UserError(f"{rows}: ppo.eval_every > 0 needs val prompts (rows with split 'val'), and there are none")
     log(f"[train] ppo: {pc.iterations} iterations x {pc.rollout_size} rollouts ({pc.ppo_epochs} epochs of "
         f"mini-batch {pc.mini_batch_size}) on {tc.num_workers} worker(s), {len(prompts)} train prompts")
-    claim_run_dir(run_dir, fingerprint, log)
     ray = init_ray(cfg.ray)
     check_resources(cfg, tc, ray.cluster_resources(), local=is_local_ray(cfg.ray), log=log)
-    spec = PPOSpec(cfg=cfg, train=tc, policy_path=policy_path, ref_path=ref_path, train_prompts=list(prompts),
-                   val_prompts=list(val_prompts), run_dir=os.path.abspath(run_dir))
-    trainer = build_trainer(spec, tc, run_dir, loop_fn=ppo_loop_per_worker)
-    result = trainer.fit()
-    checkpoint, metrics = best_checkpoint(result)
-    with checkpoint.as_directory() as folder:
-        with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as fh:
-            state = json.load(fh)
-        export_policy(os.path.join(folder, MODEL_DIR), export_dir, base_path=_base_of(policy_path),
-                      dtype=None if cfg.model.dtype == "auto" else cfg.model.dtype,
-                      trust_remote_code=cfg.model.trust_remote_code)
-    outcome = TrainOutcome(run_dir=run_dir, export_dir=export_dir, total_steps=pc.iterations, best_step=state["step"],
-                           best_val_reward=metrics.get("val/reward"), positive_fraction=None,
-                           checkpoint_path=checkpoint.path, last_metrics=dict(result.metrics or {}))
-    with open(os.path.join(run_dir, SUMMARY_FILE), "w", encoding="utf-8") as fh:
-        json.dump({k: v for k, v in outcome.__dict__.items() if k != "last_metrics"}, fh, indent=2)
-    shutil.rmtree(os.path.join(run_dir, ROLLOUT_POLICY_DIR), ignore_errors=True)
-    log(f"[train] ppo: exported iteration {outcome.best_step} (val reward "
-        f"{outcome.best_val_reward if outcome.best_val_reward is not None else 'n/a'}) to {export_dir}")
-    return outcome
-
-
-def _base_of(policy_path: str) -> str:
-    """The base model under a LoRA-adapter starting policy (what a LoRA checkpoint is merged into)."""
-    try:
-        from alol_ray.train.loop import adapter_base
-    except ImportError:  # a training core without adapter starts
-        return policy_path
-    return adapter_base(policy_path)[0]
+    spec = PPOSpec(cfg=cfg, train=tc, policy_path=policy_path, ref_path=ref_path, train_prompts=prompts,
+                   val_prompts=val, run_dir=os.path.abspath(work_dir), reward_stats=dict(reward_stats or {}),
+                   stop_at_step=stop_at_step)
+    result = build_trainer(spec, tc, work_dir, loop_fn=ppo_loop_per_worker).fit()
+    shutil.rmtree(os.path.join(work_dir, ROLLOUT_POLICY_DIR), ignore_errors=True)
+    state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)
+    outcome = TrainOutcome(run_dir=work_dir, export_dir=os.path.join(work_dir, "best"), total_steps=pc.iterations,
+                           best_step=state["step"], best_val_reward=metrics.get("val/reward"), positive_fraction=None,
+                           checkpoint_path=path, last_metrics=dict(result.metrics or {}))
+    return finish(outcome, work_dir, stop_at_step, log)
 
 
 def train_prompts_of(rows) -> list[str]:
@@ -633,32 +580,4 @@ def train_prompts_of(rows) -> list[str]:
     return rows.loc[rows[C.SPLIT] == "train", C.PROMPT].drop_duplicates().tolist()
 
 
-def ensure_ppo(cfg, seed: Optional[int] = None, log: Callable = print, *, init: Optional[str] = None) -> str:
-    """The PPO policy <run>/train/ppo-s<seed>/best: prompts from the run's rows, pi_ref from the pipeline
-    (also the start unless ``train.init_from`` / ``init`` say otherwise). Skipped when done; resumes."""
-    import pandas as pd
-
-    from alol_ray import pipeline
-    from alol_ray.runs import RunPaths
-    from alol_ray.train.trainer import BEST_DIR, val_prompts
-
-    tc = dataclasses.replace(cfg.train, algo=METHOD, seed=cfg.train.seed if seed is None else seed)
-    rows_path = pipeline.ensure_rows(cfg, log)
-    ref = pipeline.ensure_reference(cfg, log)
-    if init is None:
-        init = {"reference": lambda: ref, "base": lambda: pipeline.ensure_base_policy(cfg, log)}.get(
-            tc.init_from, lambda: tc.init_from)()
-    rows = pd.read_parquet(rows_path, columns=[C.PROMPT, C.SPLIT])
-    run_dir = RunPaths.from_config(cfg).train(METHOD, tc.seed)
-    fp = pipeline.fingerprint("ppo-v1", pipeline.train_identity(tc), cfg.ppo, cfg.model, cfg.generation, cfg.reward,
-                              pipeline._policy_identity(init), pipeline._policy_identity(ref),
-                              pipeline.rows_fingerprint(cfg))
-
-    def build():
-        out = fit_ppo(cfg, train_cfg=tc, prompts=train_prompts_of(rows), val_prompts=val_prompts(rows, tc.eval_prompts),
-                      policy_path=init, ref_path=ref, run_dir=run_dir, export_dir=os.path.join(run_dir, BEST_DIR),
-                      fingerprint=fp, log=log)
-        return {"iterations": out.total_steps, "best_step": out.best_step, "best_val_reward": out.best_val_reward}
-
-    pipeline.run_stage(f"train {METHOD}-s{tc.seed}", run_dir, fp, build, log=log)
-    return os.path.join(run_dir, BEST_DIR)
+register(Method(name=METHOD, online=True, fit_online=fit_ppo))

@@ -77,16 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from alol_ray import logs
+    from alol_ray.commands.demo import load_sized
     from alol_ray.config import load_config
-    from alol_ray.pipeline import ensure_reward_model
+    from alol_ray.pipeline import Pipeline
     from evaluation.compare import run_compare
-    from evaluation.demo import load_sized
+
+    logs.setup()
 
     command = " ".join(shlex.quote(a) for a in ["python", "bench/hh_compare.py", *(argv or sys.argv[1:])])
     timings: dict[str, float] = {}
     t = time.time()
     rm_cfg = load_config(str(REPO / "configs" / "rm_hh.yaml"), [f"storage={args.storage}", *data_overrides(args.data_dir)])
-    rm_dir = ensure_reward_model(rm_cfg)
+    rm_dir = Pipeline(rm_cfg).reward_model()
     timings["reward model (alol rm train; cached when up to date)"] = time.time() - t
 
     t = time.time()
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         base.append(f"compare.seeds={args.seeds}")
     cfg = load_sized(str(REPO / "configs" / "hh_tiny_cpu.yaml"), base, args.overrides)
-    report, table = run_compare(cfg, command=command)
+    report, table = run_compare(Pipeline(cfg), command=command)
     timings["comparison (alol compare)"] = time.time() - t
     print()
     print(table)

@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from alol_ray import logs
     from alol_ray.config import load_config
-    from alol_ray.pipeline import ensure_reward_model
+    from alol_ray.pipeline import Pipeline
     from alol_ray.rm.backbone import EVAL_FILE
     from alol_ray.rm.metrics import format_report
 
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                   for i, (name, _) in enumerate(files)]
     cfg = load_config(str(REPO / "configs" / "rm_hh.yaml"), overrides + args.overrides)
     start = time.time()
-    out = ensure_reward_model(cfg, force=args.force)
+    logs.setup()
+    out = Pipeline(cfg).reward_model(force=args.force)
     wall = time.time() - start
     with open(os.path.join(out, EVAL_FILE), encoding="utf-8") as fh:
         summary = json.load(fh)

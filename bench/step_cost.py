@@ -37,7 +37,8 @@ def build_batches(model_dir: str, n_batches: int, batch_size: int, max_prompt: i
     from alol_ray.models import load_policy
     from alol_ray.tasks import builtin
     from alol_ray.tokenization import collate, encode_pair, response_token_logps
-    from alol_ray.train.methods import collate_units, get_method
+    from alol_ray.registry import get_method
+    from alol_ray.train.methods import collate_units
 
     rows = builtin.build_rows(seed=0, n_train=n_batches * batch_size, n_val=8, n_test=8)
     frame = rows[(rows[C.SPLIT] == "train") & (rows[C.RANK] == 0)].reset_index(drop=True)
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     from alol_ray.config import TrainConfig
     from alol_ray.models import init_tiny_policy, load_policy
     from alol_ray.tokenization import response_token_logps
-    from alol_ray.train.methods import get_method
+    from alol_ray.registry import get_method
 
     if args.threads:
         torch.set_num_threads(args.threads)

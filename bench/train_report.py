@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from alol_ray.ray_utils import TRAIN_POLL_ENV
+    from alol_ray.ray_compat import TRAIN_POLL_ENV
 
     ray.init(address="local", num_cpus=max(2, args.workers), include_dashboard=False, log_to_driver=False)
     rows = []

@@ -233,9 +233,36 @@ def plot_advantages(scored_table: str, path: str) -> Optional[str]:
     return path
 
 
-def write_report(run_root: str, entries: list[RunEntry], *, command: str, config_text: str,
-                 scored_table: Optional[str] = None, notes: Sequence[str] = (), n_bootstrap: int = 2000) -> tuple[str, str]:
-    """Write <run>/report.md and <run>/report/*.png. Returns (report path, the printed table)."""
+def portable_command(command: str, base: Optional[str] = None) -> str:
+    """The command line with absolute paths shown as they would be typed in ``base`` (see config.portable)."""
+    import shlex
+
+    from alol_ray.config import portable_path
+
+    out = []
+    for token in shlex.split(command):
+        key, sep, value = token.partition("=")
+        out.append(f"{key}={portable_path(value, base)}" if sep and not key.startswith("/") else portable_path(token, base))
+    return " ".join(shlex.quote(t) for t in out)
+
+
+def config_section(cfg) -> tuple[str, str]:
+    """(what the report shows: the keys that differ from the defaults, the full resolved config), as YAML with
+    absolute paths made portable."""
+    import yaml
+
+    from alol_ray.config import non_defaults, portable, to_yaml
+
+    shown = portable(cfg)
+    return yaml.safe_dump(non_defaults(shown), sort_keys=False).rstrip(), to_yaml(shown)
+
+
+def write_report(run_root: str, entries: list[RunEntry], *, command: str, cfg, scored_table: Optional[str] = None,
+                 notes: Sequence[str] = (), n_bootstrap: int = 2000) -> tuple[str, str]:
+    """Write <run>/report.md and <run>/report/ (plots, methods.csv, config.yaml: the full resolved config).
+    Returns (report path, the printed table). The report holds no absolute paths of this machine."""
+    from alol_ray.atomic import write_text
+
     report_dir = os.path.join(run_root, "report")
     os.makedirs(report_dir, exist_ok=True)
     table = method_rows(entries, n_bootstrap)
@@ -246,13 +273,15 @@ def write_report(run_root: str, entries: list[RunEntry], *, command: str, config
         ("Advantage histogram", plot_advantages(scored_table, os.path.join(report_dir, "advantages.png"))
          if scored_table else None),
     ]
+    shown, full = config_section(cfg)
+    write_text(os.path.join(report_dir, "config.yaml"), full)
     text = [
         "# alol-ray comparison report",
         "",
         "Produced by:",
         "",
         "```",
-        command,
+        portable_command(command),
         "```",
         "",
         "Intervals are 95% hierarchical bootstrap intervals over seeds and test prompts. *win vs ref*: share of",
@@ -266,8 +295,8 @@ def write_report(run_root: str, entries: list[RunEntry], *, command: str, config
     for title, path in plots:
         if path:
             text += ["", f"## {title}", "", f"![{title}](report/{os.path.basename(path)})"]
-    text += ["", "## Config", "", "```yaml", config_text.rstrip(), "```", ""]
+    text += ["", "## Config", "", "The settings that differ from the defaults (the full resolved config is "
+             "[report/config.yaml](report/config.yaml)):", "", "```yaml", shown, "```", ""]
     report_path = os.path.join(run_root, "report.md")
-    with open(report_path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(text))
+    write_text(report_path, "\n".join(text))
     return report_path, format_table(table)

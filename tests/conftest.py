@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HH_DIR = Path(os.environ.get("ALOL_HH_DATA", REPO.parent / "shared" / "data" / "hh"))
+HH_ENV = "ALOL_HH_DATA"
+HH_DIR = Path(os.environ.get(HH_ENV, REPO.parent / "shared" / "data" / "hh"))
+
+# Fault injection (alol_ray.faults): every process of the test session, Ray workers included, reads the armed
+# faults from this file, so a test can arm one for Train workers started by a long-running Ray instance.
+_FAULTS = Path(tempfile.mkdtemp(prefix="alol-faults-"))
+(_FAULTS / "armed").write_text("")
+os.environ["ALOL_FAULTS"] = f"@{_FAULTS / 'armed'}"
+os.environ["ALOL_FAULTS_DIR"] = str(_FAULTS / "fired")
 
 # Keep torch from fighting Ray workers for the 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -31,11 +41,36 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@contextlib.contextmanager
+def armed(spec: str):
+    """Arm faults (``ALOL_FAULTS`` syntax, e.g. ``train.step=3``) for the block; each fires once."""
+    import shutil
+
+    shutil.rmtree(_FAULTS / "fired", ignore_errors=True)
+    (_FAULTS / "armed").write_text(spec)
+    try:
+        yield
+    finally:
+        (_FAULTS / "armed").write_text("")
+
+
+_hh_skipped: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def hh_dir() -> Path:
     if not (HH_DIR / "helpful_base.json").exists():
-        pytest.skip(f"HH data not found at {HH_DIR} (set ALOL_HH_DATA)")
+        _hh_skipped.append(str(HH_DIR))
+        pytest.skip(f"HH data not found at {HH_DIR}: set {HH_ENV}=<folder with helpful_base.json, "
+                    "harmless_base.json, sampled_dev.json> to run the tests on real data")
     return HH_DIR
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say it loudly when the real-data tests did not run."""
+    if _hh_skipped:
+        terminalreporter.write_sep("!", f"tests on the real HH data were SKIPPED: no data at {_hh_skipped[0]}; "
+                                        f"set {HH_ENV} to run them", yellow=True)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -21,7 +21,8 @@ import torch
 from alol_ray import columns as C
 from alol_ray.config import RunConfig
 from alol_ray.tokenization import response_token_logps
-from alol_ray.train.methods import collate_units, get_method, method_names, training_units
+from alol_ray.registry import get_method, method_names
+from alol_ray.train.methods import collate_units, training_units
 from baselines.dpo import dpo_loss
 from baselines.pro import pro_loss
 
@@ -138,12 +139,16 @@ def test_pro_scores_response_tokens_only_and_handles_mixed_list_sizes(scored_tab
 
 
 def test_gold_stale_copy_resyncs_every_k_steps(scored_table, tiny_policy_dir):
-    """With gold_sync_every=2 the stale copy keeps the start weights after update 1 and equals the policy
+    """With gold.sync_every=2 the stale copy keeps the start weights after update 1 and equals the policy
     after update 2; its log-probs (not the current policy's) set the token weights."""
     from alol_ray.models import load_policy
+    from baselines.gold import gold_loss
 
     model, tok = load_policy(tiny_policy_dir)
-    tc = dataclasses.replace(RunConfig().train, gold_sync_every=2, gold_reward="s")
+    tc = RunConfig().train
+    # u = 0: the token weight is the stale copy's probability itself (a random tiny policy gives every
+    # token p < 0.1, so the default u would make every weight u and hide which policy set them).
+    tc = dataclasses.replace(tc, gold=dataclasses.replace(tc.gold, sync_every=2, reward="s", u=0.0))
     method, batch = batch_for(scored_table, "gold", tok, 4)
     params = method.make_params(tc)
     state = method.make_state(model, tc)
@@ -155,18 +160,31 @@ def test_gold_stale_copy_resyncs_every_k_steps(scored_table, tiny_policy_dir):
 
     for step in (1, 2):
         loss, metrics = method.compute(model, batch, params, state)
-        assert math.isfinite(loss.item()) and 0.1 <= metrics["gold_weight/mean"] <= 1.0
+        assert math.isfinite(loss.item()) and 0.0 < metrics["gold_weight/mean"] <= 1.0
         loss.backward()
         opt.step()
         opt.zero_grad()
         method.after_step(state, model, step)
         if step == 1:
             assert same(state.module.state_dict(), start) and not same(model.state_dict(), start)
+            # The loss after update 1 weighs tokens by the stale copy (the start weights), which now differs
+            # from the policy: it equals gold_loss given the stale log-probs, not gold_loss with none.
+            with torch.no_grad():
+                weighted, _ = method.compute(model, batch, params, state)
+                logps = response_token_logps(model, batch.policy)
+                stale = response_token_logps(state.module, batch.policy)
+                kw = dict(u=params.u, reward_kind="s", lower_bound_b=params.lower_bound_b,
+                          truncation_c=params.truncation_c, horizon=params.horizon)
+                by_stale, _ = gold_loss(logps, batch.policy.response_mask, stale, batch.ref_logps, **kw)
+                by_current, _ = gold_loss(logps, batch.policy.response_mask, None, batch.ref_logps, **kw)
+            assert weighted.item() == pytest.approx(by_stale.item(), rel=1e-6)
+            assert abs(by_stale.item() - by_current.item()) > 1e-4 * abs(by_current.item())
         else:
             assert same(state.module.state_dict(), model.state_dict()) and state.synced_at == 2
 
 
 def test_gold_reward_kinds_and_bad_config(scored_table, policy):
+    from alol_ray.config import load_config
     from alol_ray.errors import ConfigError
 
     model, tok = policy
@@ -177,8 +195,8 @@ def test_gold_reward_kinds_and_bad_config(scored_table, policy):
             losses[name], _ = method.compute(model, batch, method.make_params(RunConfig().train), None)
     # GOLD-p's returns are larger than GOLD-s's (log p - b >= c vs p <= 1), and both weigh more than delta's 1.
     assert losses["gold_p"] > losses["gold_s"] > 0 and losses["gold_delta"] > 0
-    with pytest.raises(ConfigError, match="gold_reward"):
-        get_method("gold").make_params(dataclasses.replace(RunConfig().train, gold_reward="q"))
+    with pytest.raises(ConfigError, match="train.gold.reward"):
+        load_config(None, ["train.gold.reward=q"])
 
 
 # ------------------------------------------------------------------------------- Ray Train smoke
@@ -193,10 +211,11 @@ def test_baseline_trains_a_few_steps_on_ray(name, ray_local, scored_table, tiny_
     cfg = RunConfig()
     cfg.model.max_prompt_tokens, cfg.model.max_response_tokens = MAX_PROMPT, MAX_RESPONSE
     tc = dataclasses.replace(cfg.train, algo=name, steps=3, batch_size=4, lr=3e-3, eval_every=0, checkpoint_every=3,
-                             log_every=1, num_workers=1, cpus_per_worker=1, gold_sync_every=2)
+                             log_every=1, num_workers=1, cpus_per_worker=1,
+                             gold=dataclasses.replace(cfg.train.gold, sync_every=2))
     run_dir = str(tmp_path / f"{name}-s0")
-    out = fit(cfg, method=name, train_cfg=tc, table=scored_table, policy_path=tiny_policy_dir, run_dir=run_dir,
-              export_dir=os.path.join(run_dir, BEST_DIR), log=lambda *_: None)
+    out = fit(cfg, method=get_method(name), train_cfg=tc, table=scored_table, policy_path=tiny_policy_dir,
+              work_dir=run_dir, log=lambda *_: None)
     assert out.total_steps == 3 and out.best_step == 3
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
         lines = [json.loads(line) for line in fh]

@@ -85,7 +85,7 @@ def test_launcher_node_types_fit_what_each_config_asks_for(name, config_path):
     """Every resource request the config makes fits on some worker type, and the GPU workers can hold
     train.num_workers training workers at once."""
     (cluster,) = load(CLUSTER / name)
-    run = load_config(str(config_path))
+    run = load_config(str(config_path), resolve=False)
     nodes = [t for n, t in cluster["available_node_types"].items() if n != cluster["head_node_type"]]
 
     def fits(cpus: float, gpus: float) -> list[dict]:

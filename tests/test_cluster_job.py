@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -65,12 +66,14 @@ class LocalCluster:
     def __init__(self, num_cpus: int = 2):
         # A short temp dir: Ray's unix sockets live under it and socket paths are limited to ~107 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="alolray-", dir="/tmp")
+        self.job_storage = os.path.join(self.temp_dir, "jobs")  # where jobs' relative outputs go
         (self.gcs_port, self.dashboard_port, agent_http, agent_grpc, runtime_env_port, metrics_port,
          client_port, node_manager_port, object_manager_port) = free_ports(9)
         self.token = secrets.token_hex(16)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
-                   OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+                   OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0",
+                   ALOL_JOB_STORAGE=self.job_storage)
         self.env = env
         self.log_path = os.path.join(self.temp_dir, "ray_start.log")
         cmd = [RAY, "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
@@ -162,51 +165,67 @@ def submit(cluster: LocalCluster, submission_id: str, entrypoint: list[str], att
     raise TimeoutError(f"the job agent never became available:\n{out.stderr[-2000:]}")
 
 
-@pytest.mark.timeout(900)
+TINY = ["data.builtin_train_prompts=24", "data.builtin_eval_prompts=4", "model.tiny.n_layer=1", "model.tiny.n_embd=32",
+        "model.tiny.n_head=2", "model.tiny.vocab_size=300", "reference.train.steps=4", "train.steps=4",
+        "train.eval_every=0", "generation.max_new_tokens=8", "scoring.reward_pool.num_cpus=0.5",
+        "scoring.reference_pool.num_cpus=0.5"]
+
+
+@pytest.mark.timeout(1200)
 def test_pipeline_submitted_with_ray_job_submit(local_cluster, tmp_path):
-    """data convert + reward scoring on a RewardScorer actor pool + the reward service (alol serve-rewards
-    --detach), as one submitted job; the driver joins the cluster through the RAY_ADDRESS Ray sets for job
-    drivers (ray_utils.init_ray)."""
-    storage = tmp_path / "storage"
-    overrides = [f"storage={storage}", "name=jobtest", "data.builtin_train_prompts=24", "data.builtin_eval_prompts=4",
-                 "reward.rescore=true", "scoring.reward_pool.batch_size=16", "scoring.reward_pool.num_cpus=0.5"]
+    """cluster/runtime_env.yaml's header example, as written (relative settings: the default `storage: runs`,
+    a relative --out), then a training stage and the reward service, as one submitted job. Relative outputs
+    of a job go to ALOL_JOB_STORAGE (the job's working directory is deleted with it); the driver joins the
+    cluster through the RAY_ADDRESS Ray sets for job drivers. The rows are rescored with a reward other than
+    the one they carry, so a table that kept the data's rewards, or a pass that never ran, fails."""
     serve_port = free_ports(1)[0]
-    # Three stages in one job (`ray job submit` shell-quotes its arguments, so the `&&` goes through sh -c);
-    # the last one leaves the reward service running on the cluster after the job ends.
-    stages = (f"alol data convert builtin --out {tmp_path / 'converted'} && "
-              f"alol score --config configs/builtin.yaml --no-reference {' '.join(overrides)} && "
+    rescore = ["reward.rescore=true", "reward.components.0.name=words", "reward.components.0.kind=length",
+               "reward.components.0.params={min_words: 20, max_words: 30}"]
+    # `ray job submit` shell-quotes its arguments, so the `&&` goes through sh -c; the last stage leaves the
+    # reward service running on the cluster after the job ends.
+    settings = " ".join(shlex.quote(x) for x in TINY + rescore)
+    stages = (f"alol data convert builtin --out converted && "
+              f"alol score --config configs/builtin.yaml {settings} && "
+              f"alol train --config configs/builtin.yaml --algo nll {settings} && "
               f"alol serve-rewards --config configs/builtin.yaml --detach serve.port={serve_port} "
               "serve.num_cpus=0.25 serve.max_replicas=1")
-    entrypoint = ["sh", "-c", stages]
     submission_id = f"alol-test-{secrets.token_hex(4)}"
-    out, seconds = submit(local_cluster, submission_id, entrypoint)
+    out, seconds = submit(local_cluster, submission_id, ["sh", "-c", stages])
     logs = out.stdout + out.stderr
     print(f"ray job submit wall time: {seconds:.1f}s")
     assert out.returncode == 0, logs[-4000:]
     status = local_cluster.job("status", submission_id)
     assert re.search(r"\bsucceeded\b", status.stdout, re.I), status.stdout + status.stderr
+    assert "is relative and this is a Ray job" in logs  # the user is told where the run went
 
     # The driver joined this cluster (the GCS on our port), it did not start a Ray of its own.
     joined = [line for line in logs.splitlines() if "Connecting to existing Ray cluster at address" in line]
     assert joined and f":{local_cluster.gcs_port}" in joined[0], logs[-4000:]
+    storage = Path(local_cluster.job_storage)
 
-    # Stage 1: the converted rows.
-    converted = pd.read_parquet(tmp_path / "converted" / "rows.parquet")
+    # Stage 1: the converted rows, kept although the job's working directory is gone.
+    converted = pd.read_parquet(storage / "converted" / "rows.parquet")
     assert len(converted) > 100 and {"prompt", "response", "reward"} <= set(converted.columns)
 
-    # Stage 2: every row rescored by the actor pool; the scores equal the built-in reward computed here.
+    # Stage 2: every row rescored by the actor pool with the length reward, not the data's own reward.
     from alol_ray import columns as C
-    from alol_ray.tasks import builtin
+    from alol_ray.scoring.scorers import BUILTIN_SCORERS
 
-    table = pd.read_parquet(storage / "jobtest" / "scored" / "table.parquet")
-    rows = pd.read_parquet(storage / "jobtest" / "data" / "rows.parquet")
+    run = storage / "runs" / "builtin"
+    table = pd.read_parquet(run / "scored" / "table.parquet")
+    rows = pd.read_parquet(run / "data" / "rows.parquet")
     assert len(table) == len(rows) > 50
-    expected = builtin.score(table[C.PROMPT].tolist(), table[C.RESPONSE].tolist())
-    np.testing.assert_allclose(table[C.REWARD].to_numpy(), np.sum([expected[c] for c in builtin.COMPONENTS], axis=0),
-                               rtol=0, atol=1e-12)
-    assert (storage / "jobtest" / "config.yaml").exists()
+    expected = BUILTIN_SCORERS["length"](table[C.PROMPT].tolist(), table[C.RESPONSE].tolist(), min_words=20,
+                                         max_words=30)
+    np.testing.assert_allclose(table[C.REWARD].to_numpy(), expected, rtol=0, atol=1e-12)
+    assert not np.allclose(table[C.REWARD].to_numpy(), rows[C.REWARD].to_numpy())
+    assert list((run / "cache" / "scores").glob("length-*/part-*.parquet"))  # the pass ran on the actor pool
 
-    # Stage 3: the detached reward service answers on the head's loopback with the same scores.
+    # Stage 3: the trained policy, an HF folder.
+    assert (run / "train" / "nll-s0" / "best" / "config.json").exists()
+
+    # Stage 4: the detached reward service (configs/builtin.yaml's reward: the built-in task's scorer) answers
+    # on the head's loopback.
     import json
     import urllib.request
 
@@ -216,5 +235,15 @@ def test_pipeline_submitted_with_ray_job_submit(local_cluster, tmp_path):
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         answer = json.loads(r.read())
-    assert answer[C.REWARD] == pytest.approx(table[C.REWARD].iloc[0], abs=1e-12)
-    assert set(answer) >= {C.REWARD, C.reward_column("builtin")}
+    builtin_reward = BUILTIN_SCORERS["builtin_task"]([prompt], [response])[0]
+    assert answer[C.REWARD] == pytest.approx(builtin_reward, abs=1e-12)
+
+
+def test_a_dashboard_address_in_the_shell_is_a_one_line_error(local_cluster, tmp_path):
+    """With RAY_ADDRESS=http://... exported (cluster/README.md's step 6 for `ray job submit`), a stage run in
+    that shell says what to set instead of crashing with a traceback."""
+    proc = subprocess.run([str(BIN / "alol"), "score", "--no-reference", *TINY], cwd=tmp_path,
+                          env=local_cluster.client_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "dashboard" in proc.stderr and "ray job submit" in proc.stderr and "RAY_ADDRESS=auto" in proc.stderr

@@ -75,29 +75,20 @@ def test_local_storage_is_untouched(tmp_path):
 
 
 def test_cli_session_runs_a_real_stage_against_a_file_uri(tmp_path, monkeypatch):
-    """cli_session around a stage's run(args): the stage (the real rows stage, `pipeline.ensure_rows`)
-    loads its config as every stage does, writes to the local mirror, and its output lands in the bucket."""
+    """The CLI's session around a command: the stage (the real rows stage) sees its config with the local
+    mirror as storage, writes there, and its output lands in the bucket."""
     import argparse
 
-    from alol_ray.pipeline import ensure_rows
+    from alol_ray.cli import session_for
 
     monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "mirror"))
     uri = f"file://{tmp_path}/bucket/runs"
     args = argparse.Namespace(config=None, overrides=[f"storage={uri}", "name=cli", "data.builtin_train_prompts=8",
                                                      "data.builtin_eval_prompts=2"])
-    seen = []
-
-    def run(a):  # what every stage module's run(args) does first
-        cfg = load_config(a.config, a.overrides)
-        seen.append(cfg.storage)
-        return ensure_rows(cfg, log=lambda *_: None)
-
-    with storage.cli_session(args, log=lambda *_: None):
-        rows_path = run(args)
-    assert not storage.is_uri(seen[0]) and seen[0].startswith(str(tmp_path / "mirror"))
-    assert args.overrides[0] == f"storage={uri}" and len(args.overrides) == 4  # restored
+    module = argparse.Namespace(USES_RUN=True)
+    with session_for(args, module, "alol test") as session:
+        seen = session.cfg.storage
+        rows_path = session.pipeline.rows()
+    assert not storage.is_uri(seen) and seen.startswith(str(tmp_path / "mirror"))
     remote = tmp_path / "bucket" / "runs" / "cli" / "data" / "rows.parquet"
     assert remote.exists() and pd.read_parquet(remote).equals(pd.read_parquet(rows_path))
-    # A stage without config arguments (e.g. `alol data convert`) is left alone.
-    with storage.cli_session(argparse.Namespace(config=None)):
-        pass

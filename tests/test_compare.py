@@ -1,5 +1,7 @@
-"""`alol demo` / `alol compare` end to end at toy size: every shared stage once, every (method, seed) trained
-and evaluated, the report names every method, and a second invocation resumes: it trains nothing again.
+"""`alol demo` / `alol compare` end to end at toy size, from a working directory with the default relative
+storage as a user runs it: every shared stage once, every (method, seed) trained and evaluated, the report
+names every method, a second invocation resumes (it trains nothing again), and a third with more seeds
+adds only the new seeds.
 
 The demo's real budget (<= 10 min, <= 6 GiB on 2 cores) is measured by bench/demo_budget.py; here the
 sizes are cut to seconds per stage so the whole pipeline runs in the default tier.
@@ -13,8 +15,7 @@ import os
 import pandas as pd
 import pytest
 
-from evaluation.compare import once_per_stage
-from evaluation.demo import resource_overrides
+from alol_ray.commands.demo import resource_overrides
 
 TOY = [
     "data.builtin_train_prompts=240", "data.builtin_eval_prompts=24",
@@ -39,27 +40,28 @@ def test_resource_overrides_fill_the_machine():
         assert 0 < held <= cpus, cpus
 
 
-def test_once_per_stage_drops_repeated_up_to_date_lines_only():
-    seen = []
-    log = once_per_stage(seen.append)
-    for line in ["[rows] up to date (/r/data)", "[rows] up to date (/r/data)", "[x] running ...",
-                 "[x] running ...", "[ref] up to date (/r/ref)", "[rows] up to date (/r/data)"]:
-        log(line)
-    assert seen == ["[rows] up to date (/r/data)", "[x] running ...", "[x] running ...", "[ref] up to date (/r/ref)"]
+def in_dir(folder, argv):
+    from alol_ray.cli import main
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        return main(argv)
+    finally:
+        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from alol_ray.cli import main
-
-    storage = tmp_path_factory.mktemp("demo")
-    argv = ["demo", f"storage={storage}", "ray.num_cpus=2", *TOY]
-    assert main(argv) == 0
-    return storage / "demo", argv
+    """`alol demo` (toy sizes) from a fresh working directory: the run lands in ./runs/demo."""
+    cwd = tmp_path_factory.mktemp("user")
+    argv = ["demo", "ray.num_cpus=2", *TOY]
+    assert in_dir(cwd, argv) == 0
+    return cwd / "runs" / "demo", argv, cwd
 
 
 def test_demo_runs_every_stage_and_reports_every_method(demo_run, capsys):
-    root, _ = demo_run
+    root, _, _ = demo_run
     report = (root / "report.md").read_text(encoding="utf-8")
     assert "alol demo" in report  # the command that produced it
     table = pd.read_csv(root / "report" / "methods.csv")
@@ -68,7 +70,7 @@ def test_demo_runs_every_stage_and_reports_every_method(demo_run, capsys):
         assert (root / "report" / png).stat().st_size > 1000, png
         assert f"report/{png}" in report
     for method in ("nll", "a_lol", "dpo"):
-        summary = json.loads((root / "eval" / f"{method}-s0.json").read_text(encoding="utf-8"))
+        summary = json.loads((root / "eval" / f"{method}-s0" / "summary.json").read_text(encoding="utf-8"))
         assert summary["prompts"] == 12
         assert 0.0 <= summary["metrics"]["win_rate/reference"] <= 1.0
         assert (root / "train" / f"{method}-s0" / "best" / "config.json").exists()
@@ -83,14 +85,27 @@ def test_demo_runs_every_stage_and_reports_every_method(demo_run, capsys):
 
 
 def test_second_demo_resumes_and_trains_nothing(demo_run, capsys):
-    from alol_ray.cli import main
-
-    root, argv = demo_run
+    root, argv, cwd = demo_run
     before = {m: os.path.getmtime(root / "train" / f"{m}-s0" / "stage.json") for m in ("nll", "a_lol", "dpo")}
     capsys.readouterr()
-    assert main(argv) == 0
+    assert in_dir(cwd, argv) == 0
     out = capsys.readouterr().out
     assert "running ..." not in out, out
-    assert out.count("[rows] up to date") == 1  # repeated checks of the shared stages are shown once
+    assert out.count("[rows] up to date") == 1  # every shared stage is checked once
     after = {m: os.path.getmtime(root / "train" / f"{m}-s0" / "stage.json") for m in ("nll", "a_lol", "dpo")}
     assert after == before
+
+
+def test_more_seeds_add_runs_to_the_same_comparison(demo_run, capsys):
+    """`alol demo compare.seeds=2` on the finished run trains and evaluates seed 1 of every method, leaves
+    seed 0 alone, and reports both seeds."""
+    root, argv, cwd = demo_run
+    before = {m: os.path.getmtime(root / "train" / f"{m}-s0" / "stage.json") for m in ("nll", "a_lol", "dpo")}
+    capsys.readouterr()
+    assert in_dir(cwd, argv + ["compare.seeds=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[train nll-s1] running") == out.count("[train a_lol-s1] running") == 1
+    assert "[train nll-s0] running" not in out
+    assert {m: os.path.getmtime(root / "train" / f"{m}-s0" / "stage.json") for m in before} == before
+    table = pd.read_csv(root / "report" / "methods.csv").set_index("method")
+    assert table.loc["a_lol", "seeds"] == table.loc["nll", "seeds"] == 2 and table.loc["reference", "seeds"] == 1

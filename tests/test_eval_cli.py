@@ -19,24 +19,29 @@ RUN_ARGS = ["data.builtin_train_prompts=60", "data.builtin_eval_prompts=20", "ge
             "eval.bootstrap_samples=200"]
 
 
-def run_alol(alol_cli, args, env=None):
-    return subprocess.run([*alol_cli, *args], capture_output=True, text=True, timeout=600, env=env)
+def run_alol(alol_cli, args, env=None, cwd=None):
+    return subprocess.run([*alol_cli, *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
 
 
 def test_alol_eval_prints_the_metric_table(ray_local, alol_cli, tiny_policy_dir, tmp_path):
+    """As a user types it: from the working directory, relative storage and pi_ref folder."""
+    import shutil
+
+    shutil.copytree(tiny_policy_dir, tmp_path / "policy")
     # Join the session's Ray instead of starting a second one on the 2 cores.
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    overrides = [f"storage={tmp_path}", "name=ev", f"reference.path={tiny_policy_dir}", *RUN_ARGS]
-    res = run_alol(alol_cli, ["eval", *overrides, "--max-prompts", "6", "--method", "ref", "--seed", "3"], env)
+    overrides = ["storage=runs", "name=ev", "reference.path=policy", *RUN_ARGS]
+    res = run_alol(alol_cli, ["eval", *overrides, "--max-prompts", "6", "--method", "ref", "--seed", "3"], env,
+                   cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    tmp_path = tmp_path / "runs"
     for key in ("metric", "95% CI", "reward/mean", "reward/builtin", "distinct/1", "distinct/2", "distinct/3",
                 "length/words", "length/tokens", "win_rate/reference", "eval/prompts"):
         assert key in res.stdout, key
     assert "on 'test' (6 prompts, transformers engine)" in res.stdout
 
-    examples_path = tmp_path / "ev" / "eval" / "ref-s3.parquet"
-    examples = pd.read_parquet(examples_path)
-    with open(tmp_path / "ev" / "eval" / "ref-s3.json") as fh:
+    examples = pd.read_parquet(tmp_path / "ev" / "eval" / "ref-s3" / eval_job.EXAMPLES_FILE)
+    with open(tmp_path / "ev" / "eval" / "ref-s3" / eval_job.SUMMARY_FILE) as fh:
         summary = json.load(fh)
     # The first 6 test prompts by prompt_id, each once.
     rows = pd.read_parquet(tmp_path / "ev" / "data" / "rows.parquet")
@@ -57,31 +62,40 @@ def test_alol_eval_prints_the_metric_table(ray_local, alol_cli, tiny_policy_dir,
     # The reference evaluated against itself: identical replies, all ties.
     assert (examples[eval_job.REF_RESPONSE] == examples[C.RESPONSE]).all()
     assert m["win_rate/reference"] == 0.5 and summary["prompts"] == 6 == m["eval/prompts"]
-    assert os.path.exists(tmp_path / "ev" / "eval" / eval_job.REFERENCE_CACHE)
+    assert os.path.exists(tmp_path / "ev" / "cache" / "reference_replies.parquet")
 
 
-def test_unknown_split_is_a_user_error(alol_cli, tiny_policy_dir, tmp_path):
-    res = run_alol(alol_cli, ["eval", f"storage={tmp_path}", "name=bad", f"reference.path={tiny_policy_dir}",
-                              *RUN_ARGS, "--split", "nope"])
-    assert res.returncode == 2
-    assert "eval split 'nope' has no prompts" in res.stderr and "Traceback" not in res.stderr
+def test_bad_eval_arguments_are_user_errors(alol_cli, tiny_policy_dir, tmp_path):
+    base = ["eval", f"storage={tmp_path}", "name=bad", f"reference.path={tiny_policy_dir}", *RUN_ARGS]
+    res = run_alol(alol_cli, base + ["--split", "nope"], cwd=tmp_path)
+    assert res.returncode == 2 and "--split must be train, val or test" in res.stderr and "Traceback" not in res.stderr
+    res = run_alol(alol_cli, base + ["--model", "runs/nope/best"], cwd=tmp_path)
+    assert res.returncode == 2 and "--model: 'runs/nope/best' is not a file or folder" in res.stderr
 
 
 def test_reference_replies_come_from_the_cache(tiny_policy_dir, tmp_path):
     """Cached replies are reused; a missing prompt is filled from `own` without generating; a changed
     generation setting invalidates the cache."""
     cfg = load_config(None, [f"storage={tmp_path}", "name=c", *RUN_ARGS])
+    cache = str(tmp_path / "reference_replies.parquet")
     prompts = pd.DataFrame({C.PROMPT_ID: ["a", "b"], C.PROMPT: ["pa", "pb"]})
     own = prompts.assign(**{C.RESPONSE: ["ra", "rb"], eval_job.RESPONSE_TOKENS: [1, 1],
                             eval_job.FINISH_REASON: ["eos", "eos"]})
-    first = eval_job.reference_replies(cfg, tiny_policy_dir, prompts.head(1), log=lambda *_: None, own=own.head(1))
+    quiet = dict(log=lambda *_: None)
+    first = eval_job.reference_replies(cfg, tiny_policy_dir, prompts.head(1), cache, own=own.head(1), **quiet)
     assert first[C.RESPONSE].tolist() == ["ra"]
     # "a" from the cache (own says otherwise and is ignored for it), "b" filled from own.
     own2 = own.assign(**{C.RESPONSE: ["changed", "rb"]})
-    both = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, log=lambda *_: None, own=own2)
+    both = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own2, **quiet)
     assert both[C.RESPONSE].tolist() == ["ra", "rb"]
-    cached = pd.read_parquet(os.path.join(tmp_path, "c", "eval", eval_job.REFERENCE_CACHE))
-    assert sorted(cached[C.PROMPT_ID]) == ["a", "b"]
+    assert sorted(pd.read_parquet(cache)[C.PROMPT_ID]) == ["a", "b"]
     cfg.generation.max_new_tokens += 1  # another setting: the cache no longer describes pi_ref's replies
-    fresh = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, log=lambda *_: None, own=own2)
+    fresh = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own2, **quiet)
     assert fresh[C.RESPONSE].tolist() == ["changed", "rb"]
+    # A cache file cut short by a crash (its marker no longer matches the file) is never read.
+    cfg.generation.max_new_tokens -= 1
+    eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own, **quiet)
+    with open(cache, "r+b") as fh:
+        fh.truncate(100)
+    again = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own2, **quiet)
+    assert again[C.RESPONSE].tolist() == ["changed", "rb"]

@@ -76,7 +76,9 @@ def run_cluster_checks(out_path: str, work: str) -> None:
     from alol_ray.config import ActorPoolConfig, load_config
     from alol_ray.models import init_tiny_policy
     from alol_ray.scoring.reward import RewardScorer, component_dicts
-    from alol_ray.scoring.table import row_keys, run_pool
+    from alol_ray.actor_pool import pool_pass
+    from alol_ray.registry import get_method
+    from alol_ray.scoring.table import row_keys
     from alol_ray.tasks import builtin
     from alol_ray.train.trainer import fit
 
@@ -120,7 +122,7 @@ def run_cluster_checks(out_path: str, work: str) -> None:
         frame = frame.drop_duplicates(C.ROW_KEY).reset_index(drop=True)  # the row key is the join key below
         outputs = []
         pool = ActorPoolConfig(min_actors=2, max_actors=2, batch_size=8, num_cpus=1.0)
-        run_pool(frame, NodeTaggedScorer, {"components": component_dicts(cfg.reward.components)}, pool,
+        pool_pass(frame, NodeTaggedScorer, {"components": component_dicts(cfg.reward.components)}, pool,
                  sort_by_length=False, batches_per_block=1, on_output=outputs.append, desc="score")
         import pandas as pd
 
@@ -147,8 +149,8 @@ def run_cluster_checks(out_path: str, work: str) -> None:
             before = {a_id for a_id in ray._private.state.actors()}
             tc = dataclasses.replace(base, num_workers=workers)
             run_dir = os.path.join(work, "train", f"w{workers}")
-            outcome = fit(cfg, method="a_lol", train_cfg=tc, table=table, policy_path=policy_dir, run_dir=run_dir,
-                          export_dir=os.path.join(run_dir, "best"), log=lambda *a: None)
+            outcome = fit(cfg, method=get_method("a_lol"), train_cfg=tc, table=table, policy_path=policy_dir,
+                          work_dir=run_dir, log=lambda *a: None)
             params[workers] = load_file(os.path.join(outcome.export_dir, "model.safetensors"))
             workers_nodes = [a["Address"]["NodeID"] for a_id, a in ray._private.state.actors().items()
                              if a_id not in before and "RayTrainWorker" in a["ActorClassName"]]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from alol_ray import columns as C
+from alol_ray.config import load_config
 from evaluation.report import RunEntry, hierarchical_ci, method_rows, write_report
 
 
@@ -34,7 +36,8 @@ def _eval_file(path, rewards, responses, win=None):
     return str(path)
 
 
-def test_method_table_and_report(tmp_path):
+def test_method_table_and_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     train_dir = tmp_path / "train" / "a_lol-s0"
     train_dir.mkdir(parents=True)
     (train_dir / "summary.json").write_text(json.dumps({"positive_fraction": 0.6}))
@@ -58,10 +61,16 @@ def test_method_table_and_report(tmp_path):
     # distinct-1 averaged over seeds: seed 0 has 4 unique of 6 words, seed 1 has 3 of 3
     assert alol["distinct/1"] == pytest.approx((4 / 6 + 1.0) / 2)
 
-    report, printed = write_report(str(tmp_path), entries, command="alol compare --seeds 2", config_text="name: t\n",
-                                   n_bootstrap=100)
+    cfg = load_config(None, ["name=t", f"storage={tmp_path / 'runs'}"])
+    report, printed = write_report(str(tmp_path), entries, command=f"alol compare --seeds 2 storage={tmp_path}/runs",
+                                   cfg=cfg, n_bootstrap=100)
     text = open(report).read()
-    assert "alol compare --seeds 2" in text and "| a_lol | 2 |" in text and "name: t" in text
+    assert "| a_lol | 2 |" in text and "name: t" in text
+    # No machine paths: the storage below the working directory reads as typed there, the rest of the
+    # config is only what differs from the defaults, and the full config is a file beside the report.
+    assert str(tmp_path) not in text and os.path.expanduser("~") + "/" not in text
+    assert "seed: 0" not in text and "hf_split" not in text
+    assert "report/config.yaml" in text and "hf_split: train" in (tmp_path / "report" / "config.yaml").read_text()
     assert (tmp_path / "report" / "val_reward.png").stat().st_size > 1000
     assert (tmp_path / "report" / "reward_dist.png").stat().st_size > 1000
     assert "a_lol" in printed and "reference" in printed

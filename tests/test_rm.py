@@ -184,7 +184,7 @@ def test_reward_spec_fills_defaults_but_explicit_fields_win(tmp_path):
 
 
 def test_rm_config_file_and_checks():
-    cfg = load_config(os.path.join(REPO, "configs", "rm_hh.yaml"))
+    cfg = load_config(os.path.join(REPO, "configs", "rm_hh.yaml"), resolve=False)
     assert cfg.rm.backbone == "minilm" and cfg.rm.loss == "regression" and cfg.rm.holdout_fraction == 0.1
     with pytest.raises(Exception, match="rm.loss"):
         load_config(None, ["rm.loss=hinge"])
@@ -193,11 +193,10 @@ def test_rm_config_file_and_checks():
 
 
 def test_cli_bad_backbone_exits_2(alol_cli, tmp_path):
-    proc = subprocess.run(alol_cli + ["rm", "train", f"storage={tmp_path}", "data.builtin_train_prompts=20",
-                                      "data.builtin_eval_prompts=5", f"rm.backbone={tmp_path}/missing"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(alol_cli + ["rm", "train", "data.builtin_train_prompts=20", "data.builtin_eval_prompts=5",
+                                      "rm.backbone=./missing"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "folder not found" in proc.stderr
+    assert "rm.backbone: './missing' is not a file or folder" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------- CLI end to end (Ray)
@@ -206,13 +205,16 @@ RUN_ARGS = ["data.builtin_train_prompts=48", "data.builtin_eval_prompts=8", "rm.
             "rm.embed_pool.max_actors=1", "rm.embed_pool.batch_size=32", "rm.holdout_fraction=0.2"]
 
 
-def _train(alol_cli, tmp_path, name, extra):
+def _train(alol_cli, tmp_path, name, extra, env=None, expect=0):
+    """`alol rm train` as a user types it: from the working directory, default relative storage."""
     # RAY_ADDRESS=local: a fresh local Ray for the command, never a cluster someone else started on this machine
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "local"}
-    proc = subprocess.run(alol_cli + ["rm", "train", f"storage={tmp_path}", f"name={name}", *RUN_ARGS, *extra],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    out = os.path.join(str(tmp_path), name, "rm", "model")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "local", **(env or {})}
+    proc = subprocess.run(alol_cli + ["rm", "train", f"name={name}", *RUN_ARGS, *extra],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == expect, (proc.stdout[-3000:], proc.stderr[-3000:])
+    out = os.path.join(str(tmp_path), "runs", name, "rm", "model")
+    if expect:
+        return out, None, proc
     with open(os.path.join(out, B.EVAL_FILE)) as fh:
         return out, json.load(fh), proc
 
@@ -229,13 +231,22 @@ def _scores(folder: str, frame: pd.DataFrame) -> np.ndarray:
         return model(**enc).logits.squeeze(-1).numpy()
 
 
-def test_cli_regression_head_on_cached_mean_pooled_features(alol_cli, tmp_path, tiny_bert):
+REGRESSION = ["rm.backbone=bert", "rm.pooling=mean", "rm.loss=regression", "rm.epochs=6", "rm.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def regression_run(alol_cli, tmp_path_factory, tiny_bert):
+    cwd = tmp_path_factory.mktemp("rm")
+    os.symlink(tiny_bert, cwd / "bert")  # a backbone folder beside the user's configs, named relatively
+    return cwd, _train(alol_cli, cwd, "reg", REGRESSION)
+
+
+def test_cli_regression_head_on_cached_mean_pooled_features(regression_run, tiny_bert):
     """Frozen encoder: only pooler + classifier change; the folder loads with plain transformers and its
     scores reproduce the reported held-out metrics; the labels' scale is folded back into the head."""
     from safetensors.torch import load_file
 
-    out, summary, _ = _train(alol_cli, tmp_path, "reg", [f"rm.backbone={tiny_bert}", "rm.pooling=mean",
-                                                         "rm.loss=regression", "rm.epochs=6", "rm.lr=3e-3"])
+    tmp_path, (out, summary, _) = regression_run
     assert summary["mode"] == "head"
     spec = B.RewardSpec.load(out)
     assert (spec.pooling, spec.loss, spec.max_length, spec.truncation_side) == ("mean", "regression", 160, "left")
@@ -249,7 +260,7 @@ def test_cli_regression_head_on_cached_mean_pooled_features(alol_cli, tmp_path, 
     assert not torch.allclose(saved["bert.pooler.dense.weight"], init_state["bert.pooler.dense.weight"])
     assert summary["final_metrics"]["loss/mse"] < 1.0  # below predicting the mean of z-scored labels
 
-    rows = pd.read_parquet(os.path.join(str(tmp_path), "reg", "data", "rows.parquet"))
+    rows = pd.read_parquet(os.path.join(str(tmp_path), "runs", "reg", "data", "rows.parquet"))
     _, slices = split_holdout(rows, load_config(None, ["rm.holdout_fraction=0.2"]).rm)
     held = slices["holdout"]
     scores = _scores(out, held)
@@ -258,6 +269,25 @@ def test_cli_regression_head_on_cached_mean_pooled_features(alol_cli, tmp_path, 
     assert pairwise_accuracy(held, scores)[0] == pytest.approx(reported["pairwise_acc"], abs=1e-9)
     # regression on raw labels: predictions live on the labels' scale, not the z-scored one
     assert abs(scores.mean() - rows[C.REWARD].mean()) < rows[C.REWARD].std()
+
+
+def test_a_crashed_rm_run_resumes_from_its_last_epoch(alol_cli, regression_run):
+    """A worker dies after epoch 2 with no restarts left: the command fails. Rerun, it resumes from the last
+    checkpoint Ray had registered (epoch 1 or 2: registration is asynchronous), not from scratch, and ends
+    with exactly the uninterrupted run's weights (dropout noise is seeded per epoch)."""
+    import re
+
+    from safetensors.torch import load_file
+
+    cwd, (straight, _, _) = regression_run
+    faults = {"ALOL_FAULTS": "rm.epoch=2", "ALOL_FAULTS_DIR": str(cwd / "faults")}
+    _train(alol_cli, cwd, "resume", REGRESSION + ["rm.max_failures=0"], env=faults, expect=1)
+    assert not os.path.exists(os.path.join(cwd, "runs", "resume", "rm", "model"))  # nothing half-done published
+    out, summary, proc = _train(alol_cli, cwd, "resume", REGRESSION + ["rm.max_failures=0"], env=faults)
+    assert re.search(r"resuming from the checkpoint after epoch [12]\b", proc.stdout + proc.stderr)
+    assert summary["final_metrics"]["epoch"] == 6
+    a, b = load_file(os.path.join(out, "model.safetensors")), load_file(os.path.join(straight, "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow

@@ -240,14 +240,14 @@ def cache_runs(ray_local, classifiers, tiny_policy_dir, builtin_rows, tmp_path_f
     rows_a, rows_b = rows.head(48), rows.tail(24)
     storage = tmp_path_factory.mktemp("runs")
     cfg = _cfg(classifiers, storage)
-    scored = os.path.join(storage, "scored")
-    runs = {"rows_a": rows_a, "rows": rows, "cfg": cfg, "dir": scored}
+    scored, cache = os.path.join(storage, "scored"), os.path.join(storage, "cache")
+    runs = {"rows_a": rows_a, "rows": rows, "cfg": cfg, "dir": scored, "cache": cache}
     t = time.time()
-    runs[1] = score_rows(rows_a, cfg, scored, ref_path=tiny_policy_dir)
+    runs[1] = score_rows(rows_a, cfg, scored, cache_dir=cache, ref_path=tiny_policy_dir)
     runs["t1"] = time.time() - t
     runs["table1"] = pd.read_parquet(runs[1].table)
     t = time.time()
-    runs[2] = score_rows(rows_a, cfg, scored, ref_path=tiny_policy_dir)
+    runs[2] = score_rows(rows_a, cfg, scored, cache_dir=cache, ref_path=tiny_policy_dir)
     runs["t2"] = time.time() - t
     runs["table2"] = pd.read_parquet(runs[2].table)
     parts = []
@@ -258,9 +258,9 @@ def cache_runs(ray_local, classifiers, tiny_policy_dir, builtin_rows, tmp_path_f
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        score_rows(rows, cfg, scored, ref_path=tiny_policy_dir, on_part=stop_after_first_reference_part)
+        score_rows(rows, cfg, scored, cache_dir=cache, ref_path=tiny_policy_dir, on_part=stop_after_first_reference_part)
     runs["interrupted_ref_rows"] = parts[0]
-    runs[4] = score_rows(rows, cfg, scored, ref_path=tiny_policy_dir)
+    runs[4] = score_rows(rows, cfg, scored, cache_dir=cache, ref_path=tiny_policy_dir)
     runs["table4"] = pd.read_parquet(runs[4].table)
     return runs
 
@@ -304,7 +304,7 @@ def test_appended_rows_and_interrupted_run_resume(cache_runs, tiny_policy_dir):
     new_missing = int(rows.tail(24)[C.REWARD].isna().sum())
     # Run 3 scored rewards for the appended rows only; run 4 had no reward work left.
     assert cache_runs[4].reward_scored == 0
-    cache = ScoreCache(os.path.join(cache_runs["dir"], "cache"))
+    cache = ScoreCache(cache_runs["cache"])
     for key in cache_runs[4].reward_keys.values():
         assert len(cache.read(key)) == int(rows[C.REWARD].isna().sum())  # A's + B's, each once
     # Run 4 resumed the reference pass: only what the interrupted run had not cached.
@@ -377,7 +377,7 @@ scoring:
     np.testing.assert_allclose(table[C.REWARD], 1 / (1 + np.exp(-table[raw_column("rm")])))
     np.testing.assert_allclose(table[raw_column("data")], rows[C.REWARD])  # HH's own logits, kept
     assert table[C.REF_LOGP].notna().all() and table[C.REF_LOGP].lt(0).all()
-    parts = sorted(glob.glob(str(tmp_path / "runs" / "hh" / "scored" / "cache" / "*" / "part-*")))
+    parts = sorted(glob.glob(str(tmp_path / "runs" / "hh" / "cache" / "scores" / "*" / "part-*")))
     out = capsys.readouterr().out
     assert "scored table" in out
 
@@ -385,7 +385,7 @@ scoring:
     assert main(["score", "--config", str(yaml)]) == 0
     assert time.time() - start < 5.0
     assert "[scored] up to date" in capsys.readouterr().out
-    assert sorted(glob.glob(str(tmp_path / "runs" / "hh" / "scored" / "cache" / "*" / "part-*"))) == parts
+    assert sorted(glob.glob(str(tmp_path / "runs" / "hh" / "cache" / "scores" / "*" / "part-*"))) == parts
     # A changed weight re-assembles the table from the cache without scoring anything.
     assert main(["score", "--config", str(yaml), "reward.components.0.weight=2.0"]) == 0
     assert "to score" not in capsys.readouterr().out

@@ -84,7 +84,8 @@ def test_killing_a_scorer_actor_loses_and_duplicates_nothing(ray_local, builtin_
 
     logs = []
     try:
-        report = score_rows(rows, cfg, str(tmp_path / "scored"), on_part=kill_one_actor, log=logs.append)
+        report = score_rows(rows, cfg, str(tmp_path / "scored"), cache_dir=str(tmp_path / "cache"),
+                            on_part=kill_one_actor, log=logs.append)
         registered = ray.get(registry.list.remote())
     finally:
         ray.kill(registry)
@@ -103,7 +104,7 @@ def test_killing_a_scorer_actor_loses_and_duplicates_nothing(ray_local, builtin_
     assert others & scored_by, (registered, scored_by)  # the rows after the kill were scored elsewhere
 
     # Exactly once: the cache holds each row key once, the table each input row once, all scored right.
-    cache = ScoreCache(str(tmp_path / "scored" / "cache"))
+    cache = ScoreCache(str(tmp_path / "cache"))
     cached = cache.read(report.reward_keys["words"])
     unique_keys = pd.unique(pd.read_parquet(report.table)[C.ROW_KEY])
     assert cached[C.ROW_KEY].is_unique and len(cached) == len(unique_keys) == report.reward_scored

@@ -92,9 +92,11 @@ def test_bad_requests_and_detach_without_a_cluster_are_user_errors(alol_cli):
         with pytest.raises(BadRequest, match=msg):
             parse_request(body)
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([*alol_cli, "serve-rewards", "--config", str(REPO / "configs" / "builtin.yaml"), "--detach"],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 2 and "--detach" in out.stderr and "Traceback" not in out.stderr
+    for flag in ("--detach", "--shutdown"):
+        out = subprocess.run([*alol_cli, "serve-rewards", "--config", str(REPO / "configs" / "builtin.yaml"), flag],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 2 and flag in out.stderr and "RAY_ADDRESS" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 def test_serve_config_checks():

@@ -1,12 +1,14 @@
-"""Ray Train end to end on CPU: `alol train` smoke, exact resume, a killed worker, 2 x 4 == 1 x 8.
+"""Ray Train end to end on CPU: `alol train` as users type it, stop and resume through the CLI, a killed
+worker, a changed config, 2 x 4 == 1 x 8.
 
 Every ``TorchTrainer.fit`` costs tens of seconds on 2 cores, so the runs are made once per module and
 shared by the assertions. All runs train a_lol for 4 steps of global batch 8 from the same tiny policy
 on the same scored table; they differ only in how they are executed:
 
-    straight   `alol train` (in-process CLI), 2 workers x 4, eval + checkpoint every 2 steps
-    resumed    2 workers x 4, stopped after the checkpoint at step 2, then started again
-    killed     2 workers x 4, the last worker os._exit()s at step 3, FailureConfig(max_failures=1)
+    straight   `alol train --table scored.parquet --init policy` from the run's working directory
+               (relative paths), 2 workers x 4, eval + checkpoint every 2 steps
+    resumed    the same command with `--stop-at-step 2` (not published), then again without it (resumes)
+    killed     2 workers x 4, the last worker dies at step 3, FailureConfig(max_failures=1)
 
 so all three must end with the same parameters (within 1e-6). The loss-aggregation check trains the
 same batches with momentum SGD (an update linear in the gradient, which Adam's g / sqrt(v) is not):
@@ -17,17 +19,20 @@ same batches with momentum SGD (an update linear in the gradient, which Adam's g
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
+import shutil
+import time
 
 import numpy as np
 import pytest
+from conftest import armed
 from safetensors.numpy import load_file
+from test_train_methods import MAX_PROMPT, MAX_RESPONSE, build_scored_table
 
+from alol_ray.atomic import read_json, read_jsonl
 from alol_ray.config import load_config
 from alol_ray.errors import ConfigError
-from test_train_methods import MAX_PROMPT, MAX_RESPONSE, build_scored_table
+from alol_ray.stage import stage_fingerprint
 
 STEPS = 4
 COMMON = [
@@ -39,12 +44,7 @@ COMMON = [
 
 
 def final_weights(run_dir: str, step: int = STEPS) -> dict[str, np.ndarray]:
-    return load_file(os.path.join(run_dir, f"checkpoint-{step:07d}", "model", "model.safetensors"))
-
-
-def jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return load_file(os.path.join(run_dir, "checkpoints", f"checkpoint-{step:07d}", "model", "model.safetensors"))
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -56,42 +56,55 @@ def max_diff(a: dict, b: dict) -> float:
 def setup(ray_local, tmp_path_factory, builtin_rows, tiny_policy_dir):
     root = tmp_path_factory.mktemp("train")
     table = build_scored_table(builtin_rows, tiny_policy_dir)
-    table_path = str(root / "scored.parquet")
-    table.to_parquet(table_path)
-    return {"root": root, "table": table_path, "policy": tiny_policy_dir}
+    table.to_parquet(root / "scored.parquet")
+    shutil.copytree(tiny_policy_dir, root / "policy")
+    return {"root": root, "table": str(root / "scored.parquet"), "policy": str(root / "policy")}
 
 
-def _fit(setup, name: str, *overrides: str):
+def _fit(setup, name: str, *overrides: str, stop_at_step: int = 0):
+    from alol_ray.registry import get_method
     from alol_ray.train.trainer import fit
 
     cfg = load_config(None, COMMON + ["train.eval_every=0", *overrides])
-    run_dir = str(setup["root"] / "runs" / name)
-    return fit(cfg, method="a_lol", train_cfg=cfg.train, table=setup["table"], policy_path=setup["policy"],
-               run_dir=run_dir, export_dir=os.path.join(run_dir, "best"), log=lambda *_: None)
+    work = str(setup["root"] / "runs" / name)
+    return fit(cfg, method=get_method(cfg.train.algo), train_cfg=cfg.train, table=setup["table"],
+               policy_path=setup["policy"], work_dir=work, stop_at_step=stop_at_step, log=lambda *_: None)
+
+
+def _cli(setup, *argv: str) -> int:
+    """`alol train ...` as a user types it: from the run's folder, with relative paths."""
+    from alol_ray.cli import main
+
+    cwd = os.getcwd()
+    os.chdir(setup["root"])
+    try:
+        return main(["train", "--algo", "a_lol", "--seed", "0", "--table", "scored.parquet", "--init", "policy",
+                     "storage=runs", "train.num_workers=2", "train.eval_every=2", *COMMON, *argv])
+    finally:
+        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")
 def straight(setup):
-    """`alol train --algo a_lol --table ... --init ...` with 2 Ray Train workers, in-process."""
-    from alol_ray.cli import main
-
-    argv = ["train", "--algo", "a_lol", "--seed", "0", "--table", setup["table"], "--init", setup["policy"],
-            f"storage={setup['root']}", "name=cli", "train.num_workers=2", "train.eval_every=2", *COMMON]
-    assert main(argv) == 0
-    return str(setup["root"] / "cli" / "train" / "a_lol-s0")
+    assert _cli(setup, "name=cli") == 0
+    return str(setup["root"] / "runs" / "cli" / "train" / "a_lol-s0")
 
 
 @pytest.fixture(scope="module")
 def resumed(setup):
-    first = _fit(setup, "resumed", "train.num_workers=2", "train.stop_at_step=2")
-    assert first.best_step == 2  # stopped after the step-2 checkpoint
-    _fit(setup, "resumed", "train.num_workers=2")  # same run folder: resumes from step 2
-    return str(setup["root"] / "runs" / "resumed")
+    """`--stop-at-step 2`, then the same command again: the second run resumes at step 2."""
+    folder = setup["root"] / "runs" / "res" / "train" / "a_lol-s0"
+    assert _cli(setup, "name=res", "--stop-at-step", "2") == 0
+    stopped = {"published": folder.exists(), "staged": list(folder.parent.glob(".a_lol-s0.staging-*"))}
+    second_start = time.time()
+    assert _cli(setup, "name=res") == 0
+    return {"folder": str(folder), "second_start": second_start, **stopped}
 
 
 @pytest.fixture(scope="module")
 def killed(setup):
-    _fit(setup, "killed", "train.num_workers=2", "train.crash_at_step=3", "train.max_failures=1")
+    with armed("train.step=3"):
+        _fit(setup, "killed", "train.num_workers=2", "train.max_failures=1")
     return str(setup["root"] / "runs" / "killed")
 
 
@@ -112,7 +125,7 @@ def single_sgd(setup):
 
 def test_alol_train_smoke_two_workers(straight, setup):
     """Losses finite every step, every parameter tensor moved, importance weight 1 at step 0."""
-    metrics = jsonl(os.path.join(straight, "metrics.jsonl"))
+    metrics = read_jsonl(os.path.join(straight, "metrics.jsonl"))
     assert [m["train/step"] for m in metrics] == [1, 2, 3, 4]
     assert all(np.isfinite(v) for m in metrics for v in m.values())
     assert metrics[0]["is_weight/mean"] == pytest.approx(1.0, abs=1e-5)  # pi_theta == pi_ref before any update
@@ -126,9 +139,9 @@ def test_alol_train_smoke_two_workers(straight, setup):
 def test_train_jobs_poll_their_workers_at_ray_train_poll_s(straight):
     """init_ray hands ray.train_poll_s to Ray Train (each report waits for a poll; Ray's default is 2 s)."""
     from alol_ray.config import RayConfig
-    from alol_ray.ray_utils import TRAIN_POLL_ENV
+    from alol_ray.ray_compat import TRAIN_POLL_ENV
 
-    assert float(os.environ[TRAIN_POLL_ENV]) == RayConfig().train_poll_s == 0.1
+    assert float(os.environ[TRAIN_POLL_ENV]) == RayConfig().train_poll_s
     with pytest.raises(ConfigError, match="ray.train_poll_s"):
         RayConfig(train_poll_s=0)
 
@@ -138,10 +151,9 @@ def test_best_checkpoint_by_val_reward_is_exported_as_hf_folder(straight):
     loads and generates with plain transformers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    val = jsonl(os.path.join(straight, "val.jsonl"))
+    val = read_jsonl(os.path.join(straight, "val.jsonl"))
     assert [v["train/step"] for v in val] == [2, 4]
-    with open(os.path.join(straight, "summary.json"), encoding="utf-8") as fh:
-        summary = json.load(fh)
+    summary = read_json(os.path.join(straight, "summary.json"))
     best = max(val, key=lambda v: (v["val/reward"], v["train/step"]))
     assert summary["best_step"] == best["train/step"]
     assert summary["best_val_reward"] == pytest.approx(best["val/reward"])
@@ -154,19 +166,43 @@ def test_best_checkpoint_by_val_reward_is_exported_as_hf_folder(straight):
     assert out.shape[1] > 0
 
 
-def test_stop_and_resume_equals_straight_run(straight, resumed):
-    """4 steps straight == 2 steps, stop, start again (resumes at 2), 2 steps; metrics logged once per step."""
-    assert max_diff(final_weights(resumed), final_weights(straight)) < 1e-6
-    assert [m["train/step"] for m in jsonl(os.path.join(resumed, "metrics.jsonl"))] == [1, 2, 3, 4]
+def test_stop_at_step_is_not_done_and_the_rerun_resumes(straight, resumed):
+    """`--stop-at-step 2` publishes nothing (the run is not finished; its checkpoint waits in staging). The
+    second command resumes from step 2 and does not retrain steps 1-2: their metrics lines were written by
+    the first command (a restart from step 0 would rewrite every line), and the result equals the straight
+    run's."""
+    assert not resumed["published"] and len(resumed["staged"]) == 1
+    metrics = read_jsonl(os.path.join(resumed["folder"], "metrics.jsonl"))
+    assert [m["train/step"] for m in metrics] == [1, 2, 3, 4]
+    first, later = [m for m in metrics if m["train/step"] <= 2], [m for m in metrics if m["train/step"] > 2]
+    assert all(m["time/wall"] < resumed["second_start"] for m in first), "steps 1-2 were trained again"
+    assert all(m["time/wall"] > resumed["second_start"] for m in later)
+    assert max_diff(final_weights(resumed["folder"]), final_weights(straight)) < 1e-6
 
 
 def test_killed_worker_restarts_from_checkpoint_and_finishes(straight, killed):
-    """A worker os._exit()s at step 3; Ray restarts the group from the step-2 checkpoint and the run ends
-    with the straight run's parameters. Steps 3 (done twice) is logged once."""
-    with open(os.path.join(killed, ".crash_injected"), encoding="utf-8") as fh:
-        assert fh.read() == "3"
+    """A worker dies at step 3; Ray restarts the group from the step-2 checkpoint and the run ends with the
+    straight run's parameters. Step 3 (done twice) is logged once."""
     assert max_diff(final_weights(killed), final_weights(straight)) < 1e-6
-    assert [m["train/step"] for m in jsonl(os.path.join(killed, "metrics.jsonl"))] == [1, 2, 3, 4]
+    assert [m["train/step"] for m in read_jsonl(os.path.join(killed, "metrics.jsonl"))] == [1, 2, 3, 4]
+
+
+def test_a_changed_config_never_resumes_old_checkpoints_nor_loses_the_old_model(setup, straight):
+    """A rerun with another lr builds a new run: while it fails (a worker dies with no restarts left),
+    the finished model and its marker stay exactly as they were; once it succeeds it replaces them, with
+    weights trained from the start at the new lr (not resumed from the old checkpoints)."""
+    import ray.train
+
+    before = {"fp": stage_fingerprint(straight), "best": load_file(os.path.join(straight, "best", "model.safetensors"))}
+    with armed("train.step=1"), pytest.raises(ray.train.TrainingFailedError):
+        _cli(setup, "name=cli", "train.lr=2e-3", "train.max_failures=0")
+    assert stage_fingerprint(straight) == before["fp"]
+    assert max_diff(load_file(os.path.join(straight, "best", "model.safetensors")), before["best"]) == 0.0
+    assert _cli(setup, "name=cli", "train.lr=2e-3") == 0
+    assert stage_fingerprint(straight) != before["fp"]
+    metrics = read_jsonl(os.path.join(straight, "metrics.jsonl"))
+    assert [m["train/step"] for m in metrics] == [1, 2, 3, 4] and metrics[0]["train/lr"] == pytest.approx(2e-3)
+    assert metrics[0]["is_weight/mean"] == pytest.approx(1.0, abs=1e-5)  # step 1 started from pi_ref again
 
 
 def test_two_workers_by_four_equal_one_worker_by_eight(setup, pair_sgd, single_sgd):
@@ -176,7 +212,7 @@ def test_two_workers_by_four_equal_one_worker_by_eight(setup, pair_sgd, single_s
     counted twice) would change the weights by as much as they move; float32 reduction order alone
     stays orders of magnitude below 1e-6. The grad norm before clipping is logged after the all-reduce.
     """
-    two, one = jsonl(os.path.join(pair_sgd, "metrics.jsonl")), jsonl(os.path.join(single_sgd, "metrics.jsonl"))
+    two, one = read_jsonl(os.path.join(pair_sgd, "metrics.jsonl")), read_jsonl(os.path.join(single_sgd, "metrics.jsonl"))
     assert len(two) == len(one) == STEPS
     for a, b in zip(two, one):
         for key in ("train/grad_norm", "loss/policy", "nll/seq_mean", "train/tokens"):
@@ -189,14 +225,9 @@ def test_two_workers_by_four_equal_one_worker_by_eight(setup, pair_sgd, single_s
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["nll", "wbc", "r_gold", "r_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl"])
 def test_every_alol_family_algo_trains_with_two_workers(setup, algo):
-    from alol_ray.train.trainer import fit
-
-    cfg = load_config(None, COMMON + ["train.eval_every=0", "train.num_workers=2", "train.steps=2"])
-    cfg.train = dataclasses.replace(cfg.train, algo=algo)
-    run_dir = str(setup["root"] / "algos" / algo)
-    fit(cfg, method=algo, train_cfg=cfg.train, table=setup["table"], policy_path=setup["policy"], run_dir=run_dir,
-        export_dir=os.path.join(run_dir, "best"), log=lambda *_: None)
-    metrics = jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    _fit(setup, f"algos-{algo}", f"train.algo={algo}", "train.num_workers=2", "train.steps=2")
+    run_dir = str(setup["root"] / "runs" / f"algos-{algo}")
+    metrics = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     assert [m["train/step"] for m in metrics] == [1, 2]
     assert all(np.isfinite(v) for m in metrics for v in m.values())
     start = load_file(os.path.join(setup["policy"], "model.safetensors"))

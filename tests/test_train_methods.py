@@ -18,8 +18,10 @@ from alol_ray import columns as C
 from alol_ray.config import RunConfig, TrainConfig
 from alol_ray.errors import ConfigError, DataError, UserError
 from alol_ray.losses import LOSSES, REQUIRES
-from alol_ray.train.loop import LoopSpec, build_policy, learning_rate
-from alol_ray.train.methods import METHODS, collate_units, get_method, training_units
+from alol_ray.train.loop import learning_rate
+from alol_ray.train.policy import build_policy
+from alol_ray.registry import get_method
+from alol_ray.train.methods import METHODS, collate_units, training_units
 
 MAX_PROMPT, MAX_RESPONSE = 96, 48
 
@@ -58,12 +60,11 @@ def scored_table(builtin_rows, tiny_policy_dir):
     return build_scored_table(builtin_rows, tiny_policy_dir)
 
 
-def spec_for(policy_dir: str, **train) -> LoopSpec:
+def spec_for(policy_dir: str, **train) -> dict:
+    """What build_policy takes: the model section, the train section and the starting weights."""
     cfg = RunConfig()
     cfg.model.max_prompt_tokens, cfg.model.max_response_tokens = MAX_PROMPT, MAX_RESPONSE
-    return LoopSpec(method="a_lol", train=dataclasses.replace(cfg.train, **train), model=cfg.model,
-                    generation=cfg.generation, reward=cfg.reward, policy_path=policy_dir, data_ref=None,
-                    total_steps=1, eval_every=0)
+    return {"model_cfg": cfg.model, "train_cfg": dataclasses.replace(cfg.train, **train), "policy_path": policy_dir}
 
 
 def batch_of(table, method, rows, tok):
@@ -87,7 +88,7 @@ def test_the_eight_losses_are_registered_with_their_columns():
 def test_step0_importance_ratio_is_one(scored_table, tiny_policy_dir):
     """pi_theta = pi_ref at the start: same tokenisation as the scorer -> log ratio ~ 0 (only the
     float noise of a different padding width), weight 1, nothing clipped."""
-    model, tok = build_policy(spec_for(tiny_policy_dir), None, torch.device("cpu"))
+    model, tok = build_policy(**spec_for(tiny_policy_dir), checkpoint_model_dir=None, device=torch.device("cpu"))
     for name in ("a_lol", "r_lol", "a_lol_seq", "a_lol_kl"):
         method = get_method(name)
         batch = batch_of(scored_table, method, range(8), tok)
@@ -99,7 +100,7 @@ def test_step0_importance_ratio_is_one(scored_table, tiny_policy_dir):
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_one_step_of_every_method_changes_the_policy(scored_table, tiny_policy_dir, name):
-    model, tok = build_policy(spec_for(tiny_policy_dir), None, torch.device("cpu"))
+    model, tok = build_policy(**spec_for(tiny_policy_dir), checkpoint_model_dir=None, device=torch.device("cpu"))
     method = get_method(name)
     frame = scored_table[scored_table[C.SPLIT] == "train"].reset_index(drop=True)
     positive = np.flatnonzero(frame[C.ADVANTAGE].to_numpy() > 0)[:6]
@@ -117,7 +118,7 @@ def test_one_step_of_every_method_changes_the_policy(scored_table, tiny_policy_d
 def test_micro_batches_and_worker_halves_average_to_the_full_batch_gradient(scored_table, tiny_policy_dir):
     """The loss is a mean over units: grad(mean over 8) == (grad(mean over rows 0-3) + grad(mean over 4-7)) / 2,
     although each half is padded to its own width -- what grad_accum and DDP averaging rely on."""
-    model, tok = build_policy(spec_for(tiny_policy_dir), None, torch.device("cpu"))
+    model, tok = build_policy(**spec_for(tiny_policy_dir), checkpoint_model_dir=None, device=torch.device("cpu"))
     method = get_method("a_lol")
     params = method.make_params(TrainConfig())
     frame = scored_table[scored_table[C.SPLIT] == "train"].reset_index(drop=True)
@@ -136,7 +137,7 @@ def test_micro_batches_and_worker_halves_average_to_the_full_batch_gradient(scor
 
 
 def test_reference_logps_of_another_tokenisation_are_refused(scored_table, tiny_policy_dir):
-    _, tok = build_policy(spec_for(tiny_policy_dir), None, torch.device("cpu"))
+    _, tok = build_policy(**spec_for(tiny_policy_dir), checkpoint_model_dir=None, device=torch.device("cpu"))
     frame = scored_table[scored_table[C.SPLIT] == "train"].reset_index(drop=True)
     with pytest.raises(ValueError, match="different tokenizer or max_prompt/response_tokens"):
         collate_units(frame, [np.array([0])], tok, max_prompt_tokens=MAX_PROMPT, max_response_tokens=8,
@@ -154,7 +155,7 @@ def test_pair_and_list_layouts_stack_units_with_group_and_position(scored_table,
     assert [u.tolist() for u in training_units(frame, "list")] == [[1, 2, 0], [4, 3]]
     assert [u.tolist() for u in training_units(frame, "single")] == [[1], [4], [5]]
     assert len(training_units(frame, "single", responses="all")) == 6
-    _, tok = build_policy(spec_for(tiny_policy_dir), None, torch.device("cpu"))
+    _, tok = build_policy(**spec_for(tiny_policy_dir), checkpoint_model_dir=None, device=torch.device("cpu"))
     batch = collate_units(frame, pairs, tok, max_prompt_tokens=8, max_response_tokens=8)
     assert batch.group.tolist() == [0, 0, 1, 1, 2, 2] and batch.position.tolist() == [0, 1, 0, 1, 0, 1]
     assert batch.n_units == 3 and len(batch.policy) == 6
@@ -202,8 +203,9 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path, tiny_pol
     from alol_ray.train.checkpoint import export_policy, is_adapter
 
     spec = spec_for(tiny_policy_dir)
-    spec.model.lora = dataclasses.replace(spec.model.lora, enabled=True, r=4, alpha=8, dropout=0.0)
-    model, tok = build_policy(spec, None, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    spec["model_cfg"].lora = dataclasses.replace(spec["model_cfg"].lora, enabled=True, r=4, alpha=8, dropout=0.0)
+    model, tok = build_policy(**spec, checkpoint_model_dir=None, device=cpu)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     with torch.no_grad():  # make the adapter non-trivial (B starts at 0)
@@ -220,14 +222,14 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path, tiny_pol
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
     # resuming from the adapter checkpoint restores the same adapter
-    resumed, _ = build_policy(spec, str(tmp_path / "ckpt"), torch.device("cpu"))
+    resumed, _ = build_policy(**spec, checkpoint_model_dir=str(tmp_path / "ckpt"), device=cpu)
     # a starting policy that is an adapter (e.g. timdettmers/qlora-hh-rlhf-7b) is trained further as that
     # adapter with LoRA on, and merged into its base for full fine-tuning with LoRA off
-    continued, _ = build_policy(dataclasses.replace(spec, policy_path=str(tmp_path / "ckpt")), None, torch.device("cpu"))
+    continued, _ = build_policy(**{**spec, "policy_path": str(tmp_path / "ckpt")}, checkpoint_model_dir=None, device=cpu)
     assert {n for n, p in continued.named_parameters() if p.requires_grad} == trainable
-    full_spec = dataclasses.replace(spec, policy_path=str(tmp_path / "ckpt"))
-    full_spec.model = dataclasses.replace(spec.model, lora=dataclasses.replace(spec.model.lora, enabled=False))
-    full, _ = build_policy(full_spec, None, torch.device("cpu"))
+    full_model = dataclasses.replace(spec["model_cfg"], lora=dataclasses.replace(spec["model_cfg"].lora, enabled=False))
+    full, _ = build_policy(**{**spec, "policy_path": str(tmp_path / "ckpt"), "model_cfg": full_model},
+                           checkpoint_model_dir=None, device=cpu)
     assert all(p.requires_grad for p in full.parameters()) and not hasattr(full, "peft_config")
     with torch.no_grad():
         expected = model(input_ids=ids).logits
@@ -238,9 +240,9 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path, tiny_pol
 
 def test_qlora_on_cpu_is_a_clear_config_error(tiny_policy_dir):
     spec = spec_for(tiny_policy_dir)
-    spec.model.lora = dataclasses.replace(spec.model.lora, enabled=True, load_in_4bit=True)
+    spec["model_cfg"].lora = dataclasses.replace(spec["model_cfg"].lora, enabled=True, load_in_4bit=True)
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-        build_policy(spec, None, torch.device("cpu"))
+        build_policy(**spec, checkpoint_model_dir=None, device=torch.device("cpu"))
 
 
 def test_train_config_cross_checks():
@@ -257,9 +259,10 @@ def test_bf16_autocast_step_on_gpu(scored_table, tiny_policy_dir, four_bit):
     if four_bit:
         pytest.importorskip("bitsandbytes")
     spec = spec_for(tiny_policy_dir)
-    spec.model.lora = dataclasses.replace(spec.model.lora, enabled=True, r=4, alpha=8, load_in_4bit=four_bit)
+    spec["model_cfg"].lora = dataclasses.replace(spec["model_cfg"].lora, enabled=True, r=4, alpha=8,
+                                                 load_in_4bit=four_bit)
     device = torch.device("cuda")
-    model, tok = build_policy(spec, None, device)
+    model, tok = build_policy(**spec, checkpoint_model_dir=None, device=device)
     if not four_bit:  # 4-bit weights are placed on the GPU when loaded
         model.to(device)
     method = get_method("a_lol")

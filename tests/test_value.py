@@ -178,27 +178,44 @@ def test_head_round_trips_through_safetensors(tmp_path):
     torch.testing.assert_close(loaded(states, mask), head.eval()(states, mask), rtol=0, atol=0)
 
 
-def test_value_stage_end_to_end_on_builtin_task(tmp_path, builtin_rows, tiny_policy_dir, ray_local, capsys):
-    """`alol value --table T --ref pi_ref` on the built-in task: pi_ref = the tiny policy fixture."""
+def test_value_stage_end_to_end_on_builtin_task(tmp_path, builtin_rows, tiny_policy_dir, ray_local, capsys,
+                                                monkeypatch):
+    """`alol value --table table.parquet --ref policy --out value` from the working directory, on the built-in
+    task with pi_ref = the tiny policy fixture."""
+    import shutil
+
     from alol_ray.cli import main
     from alol_ray.config import load_config
     from alol_ray.models import load_policy
-    from alol_ray.value.fit import prompt_states
+    from alol_ray.scoring.scorers import BUILTIN_SCORERS
+    from alol_ray.train.selection import greedy_replies
+    from alol_ray.value.fit import GENERATIONS, TABLE_FILE, prompt_states
 
     rows = builtin_rows
     val_ids = rows.loc[rows[C.SPLIT] == "val", C.PROMPT_ID].unique()[:20]
     train_ids = rows.loc[rows[C.SPLIT] == "train", C.PROMPT_ID].unique()[:30]
     table = rows[rows[C.PROMPT_ID].isin(set(val_ids) | set(train_ids))].reset_index(drop=True)
-    table_path = tmp_path / "table.parquet"
-    table.to_parquet(table_path, index=False)
-    out_dir, out_table = tmp_path / "value", tmp_path / "scored.parquet"
+    table.to_parquet(tmp_path / "table.parquet", index=False)
+    shutil.copytree(tiny_policy_dir, tmp_path / "policy")
+    monkeypatch.chdir(tmp_path)
     overrides = ["value.epochs=3", "value.heads=2", "value.batch_size=8", "generation.max_new_tokens=12",
-                 "generation.batch_size=10", "model.max_prompt_tokens=32", f"storage={tmp_path}"]
+                 "generation.batch_size=10", "model.max_prompt_tokens=32", "storage=runs"]
     # In-process through the CLI entry point (a subprocess would pay the torch/transformers import again).
-    code = main(["value", "--table", str(table_path), "--ref", tiny_policy_dir, "--out", str(out_dir),
-                 "--out-table", str(out_table), *overrides])
-    assert code == 0
+    assert main(["value", "--table", "table.parquet", "--ref", "policy", "--out", "value", *overrides]) == 0
     assert '"mse/holdout"' in capsys.readouterr().out
+    out_dir = tmp_path / "value"
+
+    # The targets are the run's reward of pi_ref's own greedy replies to the val prompts (not the data's
+    # rewards): regenerated here with plain transformers and scored with the built-in scorer.
+    gens = pd.read_parquet(out_dir / GENERATIONS)
+    val_prompts = list(pd.unique(table.loc[table[C.SPLIT] == "val", C.PROMPT]))
+    assert list(gens[C.PROMPT]) == val_prompts
+    model, tok = load_policy(tiny_policy_dir)
+    replies = greedy_replies(model, tok, val_prompts, max_prompt_tokens=32, max_new_tokens=12,
+                             stop=["### Human:"], batch_size=10)
+    assert list(gens[C.RESPONSE]) == replies
+    expected = BUILTIN_SCORERS["builtin_task"](val_prompts, replies)
+    np.testing.assert_allclose(gens[C.REWARD].to_numpy(), expected, rtol=0, atol=1e-12)
 
     fit = json.loads((out_dir / FIT_REPORT).read_text())
     assert fit["prompts"] == 20 and fit["prompts/holdout"] == 4
@@ -208,8 +225,9 @@ def test_value_stage_end_to_end_on_builtin_task(tmp_path, builtin_rows, tiny_pol
     assert adv["advantage/train"]["rows"] == int((table[C.SPLIT] == "train").sum())
     assert (out_dir / HISTOGRAM).read_bytes()[:4] == b"\x89PNG"
 
-    scored = pd.read_parquet(out_table)
+    scored = pd.read_parquet(out_dir / TABLE_FILE)
     assert len(scored) == len(table)
+    assert pd.read_parquet(tmp_path / "table.parquet").equals(table)  # the input table is never rewritten
     assert np.array_equal(scored[C.ADVANTAGE].to_numpy(), scored[C.REWARD].to_numpy() - scored[C.VALUE].to_numpy())
     assert scored[C.VALUE].between(0.0, 3.0).all()
     assert (scored.groupby(C.PROMPT)[C.VALUE].nunique() == 1).all()
@@ -219,7 +237,6 @@ def test_value_stage_end_to_end_on_builtin_task(tmp_path, builtin_rows, tiny_pol
     # The saved head + pi_ref's prompt states reproduce the table's values.
     cfg = load_config(None, overrides)
     head = load_head(str(out_dir))
-    model, tok = load_policy(tiny_policy_dir)
     prompts = list(scored[C.PROMPT].unique()[:5])
     states = prompt_states(model, tok, prompts, cfg.model.max_prompt_tokens, 8, show_progress=False)
     expected = scored.drop_duplicates(C.PROMPT).set_index(C.PROMPT).loc[prompts, C.VALUE].to_numpy()
@@ -227,44 +244,41 @@ def test_value_stage_end_to_end_on_builtin_task(tmp_path, builtin_rows, tiny_pol
 
 
 @pytest.mark.slow  # reward + reference actor pools and two generation rounds: minutes on a busy 2-core box
-def test_ensure_value_runs_once_and_again_after_the_table_is_rebuilt(tmp_path, tiny_policy_dir, ray_local):
-    """pipeline.ensure_value from a fresh run dir (rows -> scored table -> value), then skipped, then re-run
-    when the scored table lost its value columns."""
-    from alol_ray import pipeline
+def test_pipeline_value_runs_once_and_again_when_the_scored_table_changes(tmp_path, tiny_policy_dir, ray_local):
+    """Pipeline.value from a fresh run dir (rows -> scored table -> value), then up to date, then built again
+    when its input (the scored table) changed: a reward weight changes the table's content."""
     from alol_ray.config import load_config
-    from alol_ray.runs import RunPaths
+    from alol_ray.pipeline import Pipeline
+    from alol_ray.stage import stage_fingerprint
 
-    cfg = load_config(None, [f"storage={tmp_path}", "name=v", "data.builtin_train_prompts=16",
-                             "data.builtin_eval_prompts=10", f"reference.path={tiny_policy_dir}",
-                             "model.max_prompt_tokens=32", "model.max_response_tokens=16",
-                             "generation.max_new_tokens=8", "value.epochs=2", "value.heads=2", "value.batch_size=8",
-                             "scoring.reward_pool.max_actors=1", "scoring.reference_pool.max_actors=1"])
-    lines: list[str] = []
-    table_path = pipeline.ensure_value(cfg, log=lines.append)
-    paths = RunPaths.from_config(cfg)
+    overrides = [f"storage={tmp_path}", "name=v", "data.builtin_train_prompts=16",
+                 "data.builtin_eval_prompts=10", f"reference.path={tiny_policy_dir}",
+                 "model.max_prompt_tokens=32", "model.max_response_tokens=16",
+                 "generation.max_new_tokens=8", "value.epochs=2", "value.heads=2", "value.batch_size=8",
+                 "scoring.reward_pool.max_actors=1", "scoring.reference_pool.max_actors=1"]
+    pipeline = Pipeline(load_config(None, overrides))
+    table_path = pipeline.value()
     scored = pd.read_parquet(table_path)
     assert {C.VALUE, C.ADVANTAGE, C.REF_LOGP} <= set(scored.columns)
     assert np.array_equal(scored[C.ADVANTAGE].to_numpy(), scored[C.REWARD].to_numpy() - scored[C.VALUE].to_numpy())
     for name in (FIT_REPORT, ADVANTAGE_REPORT, HISTOGRAM, WEIGHTS_FILE, CONFIG_FILE):
-        assert os.path.exists(os.path.join(paths.value, name)), name
-    assert json.loads(open(os.path.join(paths.value, FIT_REPORT)).read())["prompts"] == 10
+        assert os.path.exists(os.path.join(pipeline.paths.value, name)), name
+    assert json.loads(open(os.path.join(pipeline.paths.value, FIT_REPORT)).read())["prompts"] == 10
+    first = stage_fingerprint(pipeline.paths.value)
 
-    lines.clear()
-    assert pipeline.ensure_value(cfg, log=lines.append) == table_path
-    assert any("[value] up to date" in line for line in lines)
+    assert Pipeline(load_config(None, overrides)).value() == table_path
+    assert stage_fingerprint(pipeline.paths.value) == first
 
-    scored.drop(columns=[C.VALUE, C.ADVANTAGE]).to_parquet(table_path, index=False)  # as a rebuilt table
-    lines.clear()
-    pipeline.ensure_value(cfg, log=lines.append)
-    assert any("[value] done" in line for line in lines)
-    assert {C.VALUE, C.ADVANTAGE} <= set(pd.read_parquet(table_path).columns)
+    Pipeline(load_config(None, overrides + ["reward.components.0.weight=2.0"])).value()
+    assert stage_fingerprint(pipeline.paths.value) != first
 
 
-def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
     from alol_ray.cli import main
 
+    monkeypatch.chdir(tmp_path)
     assert main(["value", "--table", str(tmp_path / "missing.parquet"), "--ref", "x"]) == 2
-    assert "file not found" in capsys.readouterr().err
+    assert "--table: no such file" in capsys.readouterr().err
     assert main(["value", "--table", str(tmp_path / "t.parquet")]) == 2
     assert "--table and --ref go together" in capsys.readouterr().err
     no_val = _table()

@@ -50,12 +50,20 @@ def require_text(values: dict[str, Any], key: str, field: str | None = None, emp
     return value.strip()
 
 
+# Rewards are trained on in float32 (advantages, sampling weights, loss weights): a magnitude beyond this
+# loses every digit that tells two rows apart and overflows in sums, so it is an input error, not a reward.
+MAX_ABS_REWARD = 1e9
+
+
 def check_reward(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FieldError(field, "wrong_type", f"expected a number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value):
         raise FieldError(field, "non_finite_reward", f"reward is {value}")
+    if abs(value) > MAX_ABS_REWARD:
+        raise FieldError(field, "reward_out_of_range",
+                         f"reward {value:g} is beyond +-{MAX_ABS_REWARD:g}; rescale the rewards")
     return value
 
 

@@ -8,6 +8,7 @@ reason in the ``LoadReport``: nothing is dropped silently.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -17,10 +18,13 @@ import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
+from alol_ray.atomic import write_json, write_parquet
 from alol_ray.config import DataConfig, SourceConfig
 from alol_ray.data.formats import Row, convert_record, detect_format
 from alol_ray.data.readers import Record, read_records, storage_kind
 from alol_ray.errors import DataError, RowProblem, UserError
+
+log = logging.getLogger("alol")
 
 
 @dataclass
@@ -253,11 +257,24 @@ def summarize(frame: pd.DataFrame, report: LoadReport) -> dict[str, Any]:
     return out
 
 
-def write_rows(frame: pd.DataFrame, out_dir: str) -> str:
-    """Canonical parquet: <out_dir>/rows.parquet (written to a temp name first, so nothing half-written)."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "rows.parquet")
-    tmp = path + ".tmp"
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+ROWS_FILE = "rows.parquet"
+SUMMARY_FILE = "summary.json"
+
+
+def write_rows(frame: pd.DataFrame, out_dir: str, summary: Optional[dict] = None) -> str:
+    """Canonical parquet <out_dir>/rows.parquet (and summary.json), each written whole or not at all."""
+    path = write_parquet(os.path.join(out_dir, ROWS_FILE), frame)
+    if summary is not None:
+        write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
     return path
+
+
+def build_rows(cfg: DataConfig, out_dir: str) -> dict:
+    """The rows stage: every source validated into <out_dir>/rows.parquet + summary.json; returns the
+    counts the stage records."""
+    frame, report = load_rows(cfg)
+    summary = summarize(frame, report)
+    write_rows(frame, out_dir, summary)
+    if report.invalid:
+        log.info(f"[rows] dropped invalid rows: {dict(report.invalid)}")
+    return {"rows": summary["rows"], "prompts": summary["prompts"], "splits": summary["splits"]}

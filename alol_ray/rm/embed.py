@@ -15,7 +15,10 @@ import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
+from alol_ray.actor_pool import pool_pass
+from alol_ray.atomic import atomic_write
 from alol_ray.config import ActorPoolConfig
+from alol_ray.hashing import fingerprint
 
 _INDEX = "_index"
 _VALUE = "_value"
@@ -44,7 +47,7 @@ class RewardModelRunner:
         self.template, self.max_length, self.truncation_side = template, max_length, truncation_side
         self.output = output
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         import torch
 
         from alol_ray.rm.backbone import encode, encoder_features
@@ -56,42 +59,22 @@ class RewardModelRunner:
                 values = encoder_features(self.model, enc)
             else:
                 values = self.model(**enc).logits.squeeze(-1)
-        return {_INDEX: batch[_INDEX], _VALUE: values.float().cpu().numpy()}
+        return pd.DataFrame({_INDEX: batch[_INDEX].to_numpy(), _VALUE: list(values.float().cpu().numpy())})
 
 
 def run_pass(frame: pd.DataFrame, pool: ActorPoolConfig, runner_kwargs: dict) -> np.ndarray:
-    """RewardModelRunner over every row of `frame` (in order) on an autoscaled actor pool.
-
-    Rows are sorted by length first so a batch holds texts of similar length (little padding); the
-    result is put back in `frame`'s order.
-    """
-    import ray
-
-    order = np.argsort(frame[C.PROMPT].str.len().to_numpy() + frame[C.RESPONSE].str.len().to_numpy(),
-                       kind="stable")
-    table = pd.DataFrame({_INDEX: np.arange(len(frame))[order], C.PROMPT: frame[C.PROMPT].to_numpy()[order],
-                          C.RESPONSE: frame[C.RESPONSE].to_numpy()[order]})
-    # Several blocks so several actors get work; a few batches per block keeps scheduling overhead low.
-    block = pool.batch_size * 4
-    ds = ray.data.from_pandas([table.iloc[i: i + block] for i in range(0, len(table), block)])
-    out = ds.map_batches(
-        RewardModelRunner,
-        fn_constructor_kwargs=runner_kwargs,
-        batch_size=pool.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-        num_cpus=pool.num_cpus,
-        num_gpus=pool.num_gpus,
-    )
-    index_parts, value_parts = [], []
-    for batch in out.iter_batches(batch_format="numpy", batch_size=None):
-        index_parts.append(batch[_INDEX])
-        value_parts.append(batch[_VALUE])
-    index, values = np.concatenate(index_parts), np.concatenate(value_parts)
+    """RewardModelRunner over every row of `frame` on an autoscaled actor pool (``actor_pool.pool_pass``),
+    put back in `frame`'s order: features [N, H] or rewards [N]."""
+    table = pd.DataFrame({_INDEX: np.arange(len(frame)), C.PROMPT: frame[C.PROMPT].to_numpy(),
+                          C.RESPONSE: frame[C.RESPONSE].to_numpy()})
+    parts: list[pd.DataFrame] = []
+    pool_pass(table, RewardModelRunner, runner_kwargs, pool, on_output=parts.append, desc="rm")
+    out = pd.concat(parts, ignore_index=True).drop_duplicates(_INDEX)
+    if len(out) != len(frame):
+        raise RuntimeError(f"reward-model pass returned {len(out)} of {len(frame)} rows")
+    values = np.stack(out[_VALUE].to_numpy()) if len(out) else np.zeros(0)
     result = np.empty_like(values)
-    result[index] = values
-    if len(np.unique(index)) != len(frame):
-        raise RuntimeError(f"reward-model pass returned {len(np.unique(index))} of {len(frame)} rows")
+    result[out[_INDEX].to_numpy()] = values
     return result
 
 
@@ -109,8 +92,6 @@ def texts_digest(frame: pd.DataFrame) -> str:
 def cached_features(frame: pd.DataFrame, cache_dir: str, model_key: str, pool: ActorPoolConfig,
                     runner_kwargs: dict, log: Callable = print) -> np.ndarray:
     """Encoder features of `frame`'s rows, from `<cache_dir>/<key>.npy` when the same pass ran before."""
-    from alol_ray.pipeline import fingerprint
-
     key = fingerprint("rm-features-v1", model_key, texts_digest(frame))
     path = os.path.join(cache_dir, f"{key}.npy")
     if os.path.exists(path):
@@ -120,8 +101,9 @@ def cached_features(frame: pd.DataFrame, cache_dir: str, model_key: str, pool: A
             return features
     log(f"[rm] encoder features: embedding {len(frame):,} rows (cached afterwards) ...")
     features = run_pass(frame, pool, {**runner_kwargs, "output": "features"})
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npy"
-    np.save(tmp, features.astype(np.float32), allow_pickle=False)
-    os.replace(tmp, path)
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a temp name
+            np.save(fh, features.astype(np.float32), allow_pickle=False)
+
+    atomic_write(path, save)
     return features

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from typing import Any, Callable, Optional
 
@@ -21,9 +20,12 @@ import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
+from alol_ray.atomic import write_json
 from alol_ray.config import RewardModelConfig, RunConfig
 from alol_ray.errors import UserError
+from alol_ray.hashing import fingerprint, model_identity
 
+TRAIN_DIR = ".train"  # the Ray Train run inside the output folder while it trains
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "train_state.json"
@@ -85,17 +87,10 @@ def training_examples(train: pd.DataFrame, rm: RewardModelConfig) -> tuple[pd.Da
     return train.iloc[used].reset_index(drop=True), {"pairs": remap[pairs]}
 
 
-def _model_key(cfg: RunConfig, backbone_path: str) -> str:
-    """What determines the encoder features: the backbone's files and the input rendering."""
-    from alol_ray.pipeline import fingerprint
-
-    stamp: Any = backbone_path
-    if os.path.isdir(backbone_path):
-        stamp = sorted((name, os.path.getsize(os.path.join(backbone_path, name)),
-                        int(os.path.getmtime(os.path.join(backbone_path, name))))
-                       for name in os.listdir(backbone_path) if name.endswith((".safetensors", ".bin", ".json")))
+def _features_key(cfg: RunConfig, backbone_path: str) -> str:
+    """What determines the encoder features: the backbone (by content) and the input rendering."""
     rm = cfg.rm
-    return fingerprint("rm-encoder-v1", backbone_path, stamp, rm.revision, rm.pooling, rm.template,
+    return fingerprint("rm-encoder-v2", model_identity(backbone_path, rm.revision), rm.pooling, rm.template,
                        rm.max_length, rm.truncation_side)
 
 
@@ -119,10 +114,11 @@ def train_loop_per_worker(config: dict) -> None:
     from alol_ray.rm.backbone import encode, load_reward_model, make_head
     from alol_ray.rm.losses import LOSSES
     from alol_ray.rm.metrics import pairwise_accuracy, pearson, spearman
+    from alol_ray import faults
+    from alol_ray.train.worker import report_checkpoint, say, step_seed
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(config["seed"] + rank)  # dropout noise differs per worker; the head init does not
     data, holdout = ray.get(config["data"]), ray.get(config["holdout"]) if config["holdout"] is not None else None
     model, tok, _ = load_reward_model(config["backbone"], config["pooling"], revision=config["revision"],
                                       trust_remote_code=config["trust_remote_code"], seed=config["seed"])
@@ -142,6 +138,8 @@ def train_loop_per_worker(config: dict) -> None:
             optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE), weights_only=True))
             with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as fh:
                 start_epoch = json.load(fh)["epoch"]
+        if rank == 0:
+            say(f"[rm] resuming from the checkpoint after epoch {start_epoch}")
     module = ray.train.torch.prepare_model(module)  # DDP across workers (gradients averaged), device placement
     device = ray.train.torch.get_device()
     bare = getattr(module, "module", module)
@@ -170,22 +168,22 @@ def train_loop_per_worker(config: dict) -> None:
         return out
 
     def save_and_report(epoch: int, metrics: dict[str, float], suffix: str = "") -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoint = None
-            if rank == 0:  # one copy of the weights; every worker still reports (Ray Train requires it)
-                save_file({k: v.detach().cpu().contiguous() for k, v in bare.state_dict().items()},
-                          os.path.join(folder, TRAINABLE_FILE))
-                torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
-                with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as fh:
-                    json.dump({"epoch": epoch}, fh)
-                checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch:04d}{suffix}")
+        def save(folder: str) -> None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in bare.state_dict().items()},
+                      os.path.join(folder, TRAINABLE_FILE))
+            torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
+            write_json(os.path.join(folder, STATE_FILE), {"epoch": epoch})
+
+        # One copy of the weights from rank 0; every worker still reports (Ray Train requires it).
+        report_checkpoint(metrics, f"epoch-{epoch:04d}{suffix}", save if rank == 0 else None)
 
     n_examples = len(data["pairs"]) if config["loss"] == "pairwise" else data["n"]
     batch, per_worker = config["batch_size"], config["batch_size"] // world
     steps = max(n_examples // batch, 1)  # the last incomplete global batch is dropped (reshuffled each epoch)
     module.train()
     for epoch in range(start_epoch, config["epochs"]):
+        # Dropout noise per (seed, epoch, worker): a resumed run draws what an uninterrupted one would.
+        torch.manual_seed(step_seed(config["seed"], epoch, rank))
         # The same permutation on every worker; worker r takes its slice of each global batch.
         perm = np.random.default_rng(config["seed"] + epoch).permutation(n_examples)
         totals: dict[str, float] = {}
@@ -208,9 +206,10 @@ def train_loop_per_worker(config: dict) -> None:
         if holdout is not None and rank == 0:
             report.update(evaluate_holdout())
         if rank == 0:
-            print("[rm] " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()),
-                  flush=True)
+            say("[rm] " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
         save_and_report(epoch + 1, report)
+        if rank == world - 1:
+            faults.hit("rm.epoch", epoch + 1)  # tests: a worker lost after a checkpoint
     if start_epoch >= config["epochs"]:  # restored after the last epoch: report it again so fit() returns it
         save_and_report(start_epoch, {"epoch": start_epoch}, suffix="-restored")
 
@@ -218,17 +217,9 @@ def train_loop_per_worker(config: dict) -> None:
 # --------------------------------------------------------------------------------------- orchestration
 
 
-def reward_model_dir(cfg: RunConfig) -> str:
-    from alol_ray.runs import RunPaths
-
-    return cfg.rm.output or os.path.join(RunPaths.from_config(cfg).root, "rm", "model")
-
-
-def reward_model_fingerprint(cfg: RunConfig, rows_fp: str) -> str:
-    from alol_ray.pipeline import fingerprint
-
-    learned = {k: v for k, v in dataclasses.asdict(cfg.rm).items() if k not in RESOURCE_FIELDS}
-    return fingerprint("rm-v1", learned, rows_fp)
+def learned_settings(rm: RewardModelConfig) -> dict:
+    """The rm settings that change what is learned (resources and the output folder do not)."""
+    return {k: v for k, v in dataclasses.asdict(rm).items() if k not in RESOURCE_FIELDS}
 
 
 def _payload(frame: pd.DataFrame, features: Optional[np.ndarray]) -> dict[str, Any]:
@@ -238,11 +229,13 @@ def _payload(frame: pd.DataFrame, features: Optional[np.ndarray]) -> dict[str, A
     return {"n": len(frame), "prompts": frame[C.PROMPT].tolist(), "responses": frame[C.RESPONSE].tolist()}
 
 
-def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, log: Callable = print,
-                       fresh: bool = False) -> dict[str, Any]:
-    """Train, save the HF folder into `out_dir`, evaluate; returns a summary (also in alol_rm_eval.json).
+def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_dir: str,
+                       log: Callable = print) -> dict[str, Any]:
+    """Train, save the HF folder into ``out_dir``, evaluate; returns a summary (also in alol_rm_eval.json).
 
-    A Ray Train run of the same config left behind by a crash is resumed, unless `fresh`.
+    The Ray Train run lives in ``out_dir``/.train while it runs, so a rerun into the same folder (the stage's
+    staging folder) resumes from the last epoch; it is removed once the model is saved. Frozen-encoder
+    features are cached in ``cache_dir``.
     """
     import ray
     import torch
@@ -255,7 +248,6 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, log: Callab
                                       load_reward_model, make_head, resolve_backbone)
     from alol_ray.rm.embed import cached_features, run_pass
     from alol_ray.rm.metrics import evaluate_slice, format_report
-    from alol_ray.runs import RunPaths
 
     rm = cfg.rm
     start = time.time()
@@ -277,14 +269,13 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, log: Callab
     runner_kwargs = {"backbone": backbone, "pooling": pooling, "template": rm.template, "max_length": rm.max_length,
                      "truncation_side": rm.truncation_side, "revision": rm.revision,
                      "trust_remote_code": rm.trust_remote_code, "use_gpu": rm.embed_pool.num_gpus > 0}
-    run_root = RunPaths.from_config(cfg).root
     eval_features: dict[str, np.ndarray] = {}
     train_features = None
     if head_mode:
         # One pass over training and evaluation rows together: one actor pool start-up.
         everything = pd.concat([train_rows] + list(slices.values()), ignore_index=True)
-        features = cached_features(everything, os.path.join(run_root, "rm", "features"), _model_key(cfg, backbone),
-                                   rm.embed_pool, runner_kwargs, log)
+        features = cached_features(everything, cache_dir, _features_key(cfg, backbone), rm.embed_pool,
+                                   runner_kwargs, log)
         train_features, offset = features[: len(train_rows)], len(train_rows)
         for name, part in slices.items():
             eval_features[name] = features[offset: offset + len(part)]
@@ -305,19 +296,14 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, log: Callab
         "batch_size": rm.batch_size, "seed": rm.seed,
         "data": ray.put(data), "holdout": ray.put(holdout) if holdout is not None else None,
     }
-    from alol_ray.pipeline import rows_fingerprint
-
-    fp = reward_model_fingerprint(cfg, rows_fingerprint(cfg))
-    storage = os.path.abspath(os.path.join(run_root, "rm", "ray"))
-    if fresh:
-        shutil.rmtree(os.path.join(storage, f"rm-{fp}"), ignore_errors=True)
+    storage = os.path.abspath(os.path.join(out_dir, TRAIN_DIR))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=rm.num_workers, use_gpu=rm.use_gpu,
                                      resources_per_worker={"CPU": rm.cpus_per_worker}),
-        # Same name for the same config: a rerun after a crash resumes from the last epoch's checkpoint.
-        run_config=RayRunConfig(name=f"rm-{fp}", storage_path=storage,
+        # Same folder for the same config (the stage's staging folder): a rerun resumes from the last epoch.
+        run_config=RayRunConfig(name="checkpoints", storage_path=storage,
                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                                 failure_config=FailureConfig(max_failures=rm.max_failures)),
     )
@@ -333,6 +319,7 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, log: Callab
         trained.load_state_dict(load_file(os.path.join(folder, TRAINABLE_FILE)))
     if rm.loss == "regression":
         fold_target_scale(model, targets["mean"], targets["std"])
+    shutil.rmtree(storage, ignore_errors=True)  # done: the checkpoints were only there to resume
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -356,8 +343,7 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, log: Callab
                "total_seconds": round(time.time() - start, 1), "mode": "head" if head_mode else "full",
                "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
                "config": dataclasses.asdict(rm)}
-    with open(os.path.join(out_dir, EVAL_FILE), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2, default=float)
+    write_json(os.path.join(out_dir, EVAL_FILE), summary)
     log("[rm] evaluation (" + os.path.join(out_dir, EVAL_FILE) + ")\n" + format_report(report))
     log(f"[rm] saved {out_dir}")
     return {"mode": summary["mode"], "train_seconds": summary["train_seconds"]}

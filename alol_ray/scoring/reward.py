@@ -34,7 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from alol_ray import columns as C
-from alol_ray.config import RewardComponentConfig
+from alol_ray.config import RewardComponentConfig, check_component_names
 from alol_ray.errors import ConfigError, UserError
 
 RAW_PREFIX = "reward_raw/"  # float columns "reward_raw/<component>": a component's score before its transform
@@ -80,20 +80,12 @@ def apply_transform(values: np.ndarray, comp: RewardComponentConfig,
 
 
 def check_components(components: list[RewardComponentConfig]) -> None:
-    """Names unique and usable as column suffixes; each kind has what it needs."""
+    """What the config alone cannot check: built-in scorers' params, template fields, and that every python
+    component's function can be imported (in the driver, before any actor starts)."""
     from alol_ray.scoring import scorers
 
-    names = [c.name for c in components]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"reward component names must be unique, got {names}")
+    check_component_names(components)
     for comp in components:
-        if not comp.name or "/" in comp.name:
-            raise ConfigError(f"reward component name {comp.name!r} must be non-empty and contain no '/'")
-        if comp.kind == "hf_classifier" and not comp.model:
-            raise ConfigError(f"reward component '{comp.name}': kind hf_classifier needs `model` (hub id or folder)")
-        if comp.kind == "python" and not re.fullmatch(r"[\w.]+:\w+", comp.function or ""):
-            raise ConfigError(f"reward component '{comp.name}': kind python needs function "
-                              f"'package.module:function', got {comp.function!r}")
         if comp.kind in scorers.BUILTIN_SCORERS:
             scorers.check_params(comp.kind, scorer_params(comp))
         if comp.kind == "hf_classifier" and comp.template not in ("pair", "chat"):
@@ -101,6 +93,8 @@ def check_components(components: list[RewardComponentConfig]) -> None:
             if not fields <= {"prompt", "response"} or "response" not in fields:
                 raise ConfigError(f"reward component '{comp.name}': template {comp.template!r} may use only "
                                   "{prompt} and {response} (and must use {response}), or be 'pair' or 'chat'")
+        if comp.kind == "python":
+            PythonFunction(comp)
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -194,7 +188,8 @@ class PythonFunction:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ConfigError(f"reward component '{comp.name}': cannot import {module_name}: {exc}") from None
+            raise ConfigError(f"reward component '{comp.name}': cannot import {module_name} ({exc}); python "
+                              "reward functions are imported from the working directory or installed packages") from None
         self.fn = getattr(module, fn_name, None)
         if not callable(self.fn):
             raise ConfigError(f"reward component '{comp.name}': {module_name} has no function {fn_name}")
@@ -295,6 +290,17 @@ def combine(components: list[RewardComponentConfig], raw: dict[str, np.ndarray],
         total = comp.weight * values if total is None else total + comp.weight * values
     out[C.REWARD] = total
     return out
+
+
+def run_scorer(reward_cfg, *, pool=None, stats: Optional[dict] = None) -> "RewardScorer":
+    """The run's reward (every component of ``reward_cfg``, weights and transforms) as one in-process scorer.
+    ``pool``: the resources it may use (GPU, bf16, threads); ``stats``: the scored table's statistics for
+    standardised components (``scoring.table.reward_stats``). Every stage that scores new replies (value
+    targets, val-reward selection, evaluation, PPO rollouts, the Serve deployment) builds it here."""
+    kwargs = {}
+    if pool is not None:
+        kwargs = {"use_gpu": pool.num_gpus > 0, "bf16": pool.bf16, "num_threads": max(1, int(pool.num_cpus))}
+    return RewardScorer(component_dicts(list(reward_cfg.components)), stats=stats, **kwargs)
 
 
 def component_dicts(components: list[RewardComponentConfig]) -> list[dict]:

@@ -28,7 +28,6 @@ import numpy as np
 from ray import serve
 
 from alol_ray.config import RunConfig
-from alol_ray.errors import ConfigError
 
 DEPLOYMENT_NAME = "RewardScorer"
 
@@ -54,12 +53,11 @@ class RewardDeployment:
     """One replica: a RewardScorer behind a batching queue. Options (replicas, resources) come from
     ``deployment_options(cfg.serve)``."""
 
-    def __init__(self, components: list[dict], *, max_batch_size: int, batch_wait_timeout_s: float,
-                 use_gpu: bool = False, bf16: bool = True, num_threads: int = 1,
+    def __init__(self, reward_cfg, *, max_batch_size: int, batch_wait_timeout_s: float, serve_cfg,
                  stats: Optional[dict[str, tuple[float, float]]] = None):
-        from alol_ray.scoring.reward import RewardScorer
+        from alol_ray.scoring.reward import run_scorer
 
-        self.scorer = RewardScorer(components, use_gpu=use_gpu, bf16=bf16, num_threads=num_threads, stats=stats)
+        self.scorer = run_scorer(reward_cfg, pool=serve_cfg, stats=stats)
         self.score_batch.set_max_batch_size(max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batch_sizes: list[int] = []  # observed batch sizes (how much batching happened), for tests/metrics
@@ -114,45 +112,19 @@ def deployment_options(sc) -> dict:
     }
 
 
-def _reward_stats(cfg: RunConfig) -> dict[str, tuple[float, float]]:
-    """(mean, std) of components standardised without params, from the run's scored table."""
-    need = [c.name for c in cfg.reward.components
-            if c.transform == "standardise" and not {"mean", "std"} <= set(c.params or {})]
-    if not need:
-        return {}
-    from alol_ray.runs import RunPaths
-    from alol_ray.scoring.table import load_reward_stats
+def build_app(cfg: RunConfig, stats: Optional[dict] = None):
+    """The Serve application of the run's reward (``cfg.reward``) with ``cfg.serve``'s options; ``stats``:
+    the scored table's statistics for standardised components (``scoring.table.reward_stats``)."""
+    from alol_ray.scoring.reward import check_components
 
-    try:
-        stats = load_reward_stats(RunPaths.from_config(cfg).scored)
-    except OSError:
-        stats = {}
-    missing = [n for n in need if n not in stats]
-    if missing:
-        raise ConfigError(f"reward components {missing} use transform standardise without params.mean/std and the "
-                          "run has no scored table to take them from: run `alol score` first or set the params")
-    return {n: tuple(stats[n]) for n in need}
-
-
-def build_app(cfg: RunConfig):
-    """The Serve application of the run's reward (``cfg.reward``) with ``cfg.serve``'s options."""
-    from alol_ray.scoring.reward import check_components, component_dicts
-
-    components = list(cfg.reward.components)
-    check_components(components)
+    check_components(list(cfg.reward.components))
     sc = cfg.serve
     return RewardDeployment.options(**deployment_options(sc)).bind(
-        component_dicts(components),
-        max_batch_size=sc.max_batch_size,
-        batch_wait_timeout_s=sc.batch_wait_timeout_s,
-        use_gpu=sc.num_gpus > 0,
-        bf16=sc.bf16,
-        num_threads=max(1, int(sc.num_cpus)),
-        stats=_reward_stats(cfg),
-    )
+        cfg.reward, max_batch_size=sc.max_batch_size, batch_wait_timeout_s=sc.batch_wait_timeout_s, serve_cfg=sc,
+        stats=stats or {})
 
 
-def start(cfg: RunConfig, *, blocking: bool = False):
+def start(cfg: RunConfig, *, stats: Optional[dict] = None, blocking: bool = False):
     """Start (or update) the reward service on the Ray that ``cfg.ray`` / RAY_ADDRESS names; returns its
     DeploymentHandle. The HTTP proxy binds ``serve.host:serve.port`` (a Serve instance already running
     on the cluster keeps its own HTTP options)."""
@@ -161,7 +133,7 @@ def start(cfg: RunConfig, *, blocking: bool = False):
     init_ray(cfg.ray)
     sc = cfg.serve
     serve.start(http_options={"host": sc.host, "port": sc.port})
-    return serve.run(build_app(cfg), name=sc.app_name, route_prefix=sc.route_prefix, blocking=blocking)
+    return serve.run(build_app(cfg, stats), name=sc.app_name, route_prefix=sc.route_prefix, blocking=blocking)
 
 
 def url(cfg: RunConfig) -> str:

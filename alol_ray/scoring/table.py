@@ -1,11 +1,14 @@
 """The scored table and its content-addressed cache.
 
-Layout under ``<run>/scored/``::
+Layout::
 
-    table.parquet                      the canonical rows + row_key + reward columns + ref log-prob columns
-    scoring.json                       what the last run scored, scorer keys, reward statistics
-    cache/<scorer_key>/part-*.parquet  row_key + the scorer's output, one part per finished block
-    cache/<scorer_key>/scorer.json     what the key stands for
+    <run>/scored/table.parquet                    the canonical rows + row_key + reward + ref log-prob columns
+    <run>/scored/scoring.json                     what the run scored, scorer keys, reward statistics
+    <run>/cache/scores/<scorer_key>/part-*.parquet  row_key + the scorer's output, one part per finished block
+    <run>/cache/scores/<scorer_key>/scorer.json     what the key stands for
+
+The cache lives outside the stage's output folder: a table built for another config (another reward
+weight, other rows) reuses every score it can, and an interrupted pass keeps its finished parts.
 
 A **row key** hashes the row's content (prompt, response); a **scorer key** hashes everything a score
 depends on: the scorer's kind and settings, the model's identity (hub id@revision, or a hash of the
@@ -31,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import time
@@ -42,19 +44,16 @@ import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
+from alol_ray import faults
+from alol_ray.actor_pool import actor_kwargs, pool_pass
+from alol_ray.atomic import read_json, write_json, write_parquet
 from alol_ray.config import ActorPoolConfig, RewardComponentConfig, RunConfig
 from alol_ray.errors import ConfigError, UserError
-from alol_ray.scoring.reward import (
-    RewardScorer,
-    check_components,
-    combine,
-    raw_column,
-    scorer_params,
-)
+from alol_ray.hashing import model_identity, module_identity
+from alol_ray.scoring.reward import RewardScorer, check_components, combine, raw_column, scorer_params
 
 TABLE_FILE = "table.parquet"
 REPORT_FILE = "scoring.json"
-CACHE_DIR = "cache"
 DATA_REWARD = "data"  # raw_column(DATA_REWARD) keeps a reward the input rows carried
 KEY_VERSION = "v1"  # bump when a cached score's meaning changes
 
@@ -66,60 +65,6 @@ def row_keys(prompts, responses) -> np.ndarray:
     """Content hash of each (prompt, response) row: 32 hex digits."""
     return np.array([hashlib.sha256(json.dumps([p, r], ensure_ascii=False).encode()).hexdigest()[:32]
                      for p, r in zip(prompts, responses)], dtype=object)
-
-
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha(path: str) -> str:
-    st = os.stat(path)
-    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _FILE_HASHES[memo] = h.hexdigest()
-    return _FILE_HASHES[memo]
-
-
-def folder_hash(folder: str) -> str:
-    """Hash of a model folder: every file's relative path and content (bookkeeping files excluded)."""
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or name == "stage.json":  # stage.json holds a timestamp, not weights
-                continue
-            path = os.path.join(root, name)
-            h.update(os.path.relpath(path, folder).encode() + b"\0" + file_sha(path).encode() + b"\0")
-    return h.hexdigest()[:24]
-
-
-def model_identity(name_or_path: str, revision: Optional[str] = None) -> str:
-    """``dir:<hash of files>`` for a local folder, ``hub:<id>@<revision>`` for a hub model (the commit
-    of the local hub cache when no revision is given)."""
-    if os.path.isdir(name_or_path):
-        return f"dir:{folder_hash(name_or_path)}"
-    rev = revision
-    if rev is None:
-        try:
-            from huggingface_hub import constants
-
-            ref = os.path.join(constants.HF_HUB_CACHE, "models--" + name_or_path.replace("/", "--"), "refs", "main")
-            if os.path.exists(ref):
-                with open(ref, encoding="utf-8") as fh:
-                    rev = fh.read().strip()
-        except ImportError:
-            pass
-    return f"hub:{name_or_path}@{rev or 'unresolved'}"
-
-
-def _source_hash(module: str) -> str:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin or not os.path.exists(spec.origin):
-        return "unknown"
-    return file_sha(spec.origin)[:16]
 
 
 def _key(prefix: str, identity: dict) -> str:
@@ -139,11 +84,11 @@ def reward_scorer_key(comp: RewardComponentConfig, pool: ActorPoolConfig) -> str
                         max_length=comp.max_length, truncation_side=comp.truncation_side,
                         precision=_precision(pool))
     elif comp.kind == "python":
-        identity.update(function=comp.function, source=_source_hash(comp.function.split(":")[0]))
+        identity.update(function=comp.function, source=module_identity(comp.function.split(":")[0]))
     else:
-        identity.update(source=_source_hash("alol_ray.scoring.scorers"))
+        identity.update(source=module_identity("alol_ray.scoring.scorers"))
         if comp.kind == "builtin_task":
-            identity.update(task=_source_hash("alol_ray.tasks.builtin"))
+            identity.update(task=module_identity("alol_ray.tasks.builtin"))
     return _key(comp.kind, identity)
 
 
@@ -160,7 +105,7 @@ def reference_scorer_key(ref_path: str, max_prompt_tokens: int, max_response_tok
     """What the reference log-probs depend on: pi_ref, the truncation limits, the tokenisation code."""
     return _key("reference", {"v": KEY_VERSION, "model": model_identity(ref_path), "max_prompt": max_prompt_tokens,
                               "max_response": max_response_tokens, "precision": _precision(pool), "dtype": dtype,
-                              "tokenization": _source_hash("alol_ray.tokenization")})
+                              "tokenization": module_identity("alol_ray.tokenization")})
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -190,80 +135,26 @@ class ScoreCache:
 
     def write_part(self, key: str, frame: pd.DataFrame) -> str:
         """Write one part atomically: a reader never sees half a part, a crash leaves only a temp file."""
-        folder = self.folder(key)
-        os.makedirs(folder, exist_ok=True)
-        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = os.path.join(folder, f".tmp-{name}")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, os.path.join(folder, name))
-        return os.path.join(folder, name)
+        path = os.path.join(self.folder(key), f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet")
+        return write_parquet(path, frame)
 
     def describe(self, key: str, info: dict) -> None:
-        folder = self.folder(key)
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, "scorer.json")
+        path = os.path.join(self.folder(key), "scorer.json")
         if not os.path.exists(path):
-            with open(path, "w", encoding="utf-8") as fh:
-                json.dump(info, fh, indent=2, default=str)
+            write_json(path, info)
 
     def clean_temp(self) -> None:
         """Temp files of a run that died mid-write (their blocks are simply scored again)."""
-        for tmp in glob.glob(os.path.join(self.root, "*", ".tmp-*")):
+        for tmp in glob.glob(os.path.join(self.root, "*", ".*.tmp")):
             os.remove(tmp)
 
 
-# ----------------------------------------------------------------------------------------------- pools
-
-
-def run_pool(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorPoolConfig, *,
-             sort_by_length: bool, batches_per_block: int, on_output: Callable[[pd.DataFrame], None],
-             desc: str, ray_cfg=None) -> int:
-    """Run ``fn_cls`` over ``frame`` (row_key, prompt, response) on an autoscaled Ray Data actor pool and
-    hand every finished output block to ``on_output`` as it arrives. Returns the number of rows out."""
-    import ray
-    from tqdm.auto import tqdm
-
-    from alol_ray.ray_utils import init_ray
-
-    init_ray(ray_cfg)
-    if sort_by_length:
-        # Neighbours in the order become batch mates: similar lengths waste little padding.
-        length = frame[C.PROMPT].str.len() + frame[C.RESPONSE].str.len()
-        frame = frame.iloc[np.argsort(length.to_numpy(), kind="stable")]
-    block_rows = pool.batch_size * batches_per_block
-    # Several blocks, so several actors have work and a finished block can be cached at once.
-    blocks = [frame.iloc[i:i + block_rows].reset_index(drop=True) for i in range(0, len(frame), block_rows)]
-    ctx = ray.data.DataContext.get_current()
-    bars = ctx.enable_progress_bars
-    ctx.enable_progress_bars = False  # one tqdm bar below instead of Ray's per-operator log lines
-    try:
-        ds = ray.data.from_pandas(blocks)
-    finally:
-        ctx.enable_progress_bars = bars
-    ds = ds.map_batches(
-        fn_cls,
-        fn_constructor_kwargs=ctor_kwargs,
-        batch_size=pool.batch_size,
-        batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-        num_cpus=pool.num_cpus,
-        num_gpus=pool.num_gpus,
-        # Fault tolerance is Ray Data's default for actor pools (2.60): a dead actor is restarted
-        # (max_restarts=-1) and its unfinished blocks retried (max_task_retries=-1); passing these as
-        # ray_remote_args is deprecated, so they are left at those defaults.
-    )
-    done = 0
-    with tqdm(total=len(frame), desc=desc, unit="row") as bar:
-        for out in ds.iter_batches(batch_size=None, batch_format="pandas"):
-            on_output(out)
-            done += len(out)
-            bar.update(len(out))
-    return done
+# ----------------------------------------------------------------------------------------------- passes
 
 
 def _run_with_retries(remaining: Callable[[], pd.DataFrame], fn_cls: type, ctor_kwargs: dict,
                       pool: ActorPoolConfig, scoring, on_output: Callable, desc: str, ray_cfg, log: Callable) -> None:
-    """``run_pool`` on the rows not cached yet, restarted up to ``scoring.pass_retries`` times when Ray loses an
+    """``pool_pass`` on the rows not cached yet, restarted up to ``scoring.pass_retries`` times when Ray loses an
     actor for good (e.g. ``ray.kill`` without restart, a lost node): Ray Data retries a task on a restarted
     actor, but fails the whole dataset when the actor cannot come back."""
     import ray
@@ -275,18 +166,14 @@ def _run_with_retries(remaining: Callable[[], pd.DataFrame], fn_cls: type, ctor_
         if todo.empty:
             return
         try:
-            run_pool(todo, fn_cls, ctor_kwargs, pool, sort_by_length=scoring.sort_by_length,
-                     batches_per_block=scoring.batches_per_block, on_output=on_output, desc=desc, ray_cfg=ray_cfg)
+            pool_pass(todo, fn_cls, ctor_kwargs, pool, sort_by_length=scoring.sort_by_length,
+                      batches_per_block=scoring.batches_per_block, on_output=on_output, desc=desc, ray_cfg=ray_cfg)
             return
         except lost as exc:
             if attempt == scoring.pass_retries:
                 raise
             log(f"[score] {desc}: {type(exc).__name__} ({str(exc).splitlines()[0]}); "
                 f"restarting the pass for the {len(remaining())} rows not cached yet")
-
-
-def _pool_kwargs(pool: ActorPoolConfig) -> dict:
-    return {"use_gpu": pool.num_gpus > 0, "bf16": pool.bf16, "num_threads": max(1, int(pool.num_cpus))}
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -314,10 +201,10 @@ def rows_to_score(rows: pd.DataFrame, rescore: bool) -> np.ndarray:
     return rows[C.REWARD].isna().to_numpy()
 
 
-def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path: Optional[str] = None,
+def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: str, ref_path: Optional[str] = None,
                log: Callable = print, on_part: Optional[Callable[[str, int], None]] = None) -> ScoreReport:
     """Score canonical rows (rewards and, with ``ref_path``, reference log-probs) into
-    ``<scored_dir>/table.parquet``, computing only what the cache lacks.
+    ``<out_dir>/table.parquet`` (+ scoring.json), computing only what ``cache_dir`` lacks.
 
     ``on_part(pass_name, rows_done)`` is called after each cached part (progress hooks, fault tests).
     """
@@ -329,8 +216,8 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path:
     check_components(components)
     rows = rows.reset_index(drop=True).copy()
     rows[C.ROW_KEY] = row_keys(rows[C.PROMPT], rows[C.RESPONSE])
-    os.makedirs(scored_dir, exist_ok=True)
-    cache = ScoreCache(os.path.join(scored_dir, CACHE_DIR))
+    os.makedirs(out_dir, exist_ok=True)
+    cache = ScoreCache(cache_dir)
     cache.clean_temp()
     scoring = cfg.scoring
 
@@ -365,6 +252,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path:
                             {C.ROW_KEY: out[C.ROW_KEY].to_numpy()[new], "value": out[raw_column(c.name)].to_numpy()[new]}))
                     done[c.name].update(out[C.ROW_KEY])
                 reward_scored += len(out)  # rows the pool produced (a duplicate from Ray would count twice)
+                faults.hit("score.part", reward_scored)  # tests: the driver dies between two cached parts
                 if on_part:
                     on_part("reward", reward_scored)
 
@@ -373,7 +261,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path:
 
             _run_with_retries(remaining, RewardScorer,
                               {"components": [dataclasses.asdict(c) for c in todo], "raw_only": True,
-                               **_pool_kwargs(pool)}, pool, scoring, write, "reward", cfg.ray, log)
+                               **actor_kwargs(pool)}, pool, scoring, write, "reward", cfg.ray, log)
     elif needs_reward.any():
         log(f"[score] reward: all {len(unique)} unique rows cached")
 
@@ -400,26 +288,24 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, scored_dir: str, *, ref_path:
                 if len(out):
                     cache.write_part(reference_key, out[[C.ROW_KEY, C.REF_TOKEN_LOGPS, C.REF_LOGP]])
                 done_ref.update(out[C.ROW_KEY])
+                faults.hit("score.ref_part", reference_scored)
                 if on_part:
                     on_part("reference", reference_scored)
 
             _run_with_retries(lambda: todo_rows[~todo_rows[C.ROW_KEY].isin(done_ref)], ReferenceScorer,
                               {"model_path": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr,
                                "trust_remote_code": cfg.model.trust_remote_code, "dtype": reference_dtype(cfg),
-                               **_pool_kwargs(rpool)},
+                               **actor_kwargs(rpool)},
                               rpool, scoring, write_ref, "reference", cfg.ray, log)
         else:
             log(f"[score] reference: all {len(unique_all)} unique rows cached")
 
     table, stats = assemble(rows, cfg, cache, needs_reward, reward_keys, reference_key)
-    path = os.path.join(scored_dir, TABLE_FILE)
-    tmp = os.path.join(scored_dir, f".tmp-{TABLE_FILE}")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    path = write_parquet(os.path.join(out_dir, TABLE_FILE), table)
     report = ScoreReport(table=path, rows=len(table), reward_scored=reward_scored, reference_scored=reference_scored,
                          reward_keys=reward_keys, reference_key=reference_key, seconds=round(time.time() - start, 2))
-    with open(os.path.join(scored_dir, REPORT_FILE), "w", encoding="utf-8") as fh:
-        json.dump({**report.summary(), "seconds": report.seconds, "reward_stats": stats}, fh, indent=2)
+    write_json(os.path.join(out_dir, REPORT_FILE), {**report.summary(), "seconds": report.seconds,
+                                                    "reward_stats": stats})
     return report
 
 
@@ -465,12 +351,21 @@ def assemble(rows: pd.DataFrame, cfg: RunConfig, cache: ScoreCache, needs_reward
     return table, stats
 
 
-def load_reward_stats(scored_dir: str) -> dict[str, tuple[float, float]]:
-    """(mean, std) of each component's raw scores in the scored table: for ``RewardScorer(stats=...)`` when a
-    component uses ``transform: standardise`` without fixed params (e.g. when evaluating generations)."""
-    with open(os.path.join(scored_dir, REPORT_FILE), encoding="utf-8") as fh:
-        stats = json.load(fh).get("reward_stats", {})
-    return {name: (s["mean"], s["std"]) for name, s in stats.items()}
+def reward_stats(reward_cfg, scored_dir: str) -> dict[str, tuple[float, float]]:
+    """(mean, std) of the raw scores of every component that is standardised without fixed params, from the
+    scored table in ``scored_dir``: what ``run_scorer(stats=...)`` needs to score new replies (value targets,
+    val-reward selection, evaluation, serving) on the table's scale. {} when no component needs them."""
+    need = [c.name for c in reward_cfg.components
+            if c.transform == "standardise" and not {"mean", "std"} <= set(c.params or {})]
+    if not need:
+        return {}
+    stats = (read_json(os.path.join(scored_dir, REPORT_FILE)) or {}).get("reward_stats", {})
+    missing = [n for n in need if n not in stats]
+    if missing:
+        raise UserError(f"reward components {missing} use transform standardise without params.mean/std, and "
+                        f"there is no scored table to take them from ({scored_dir}): run `alol score` first, "
+                        "or give the components params.mean and params.std")
+    return {n: (stats[n]["mean"], stats[n]["std"]) for n in need}
 
 
 def stage_identity(cfg: RunConfig, ref_path: Optional[str]) -> dict:

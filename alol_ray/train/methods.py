@@ -14,13 +14,13 @@ A method is a name plus
   * ``make_params(train_cfg)`` (the loss hyper-parameters) and optional ``make_state`` / ``after_step``
     hooks for methods that keep state next to the model (GOLD's stale copy).
 
-The eight A-LoL-family losses of ``alol_ray.losses`` are registered here; baselines register theirs
-with ``register(Method(...))``. The training loop never branches on a method name.
+``register_alol_family`` registers the eight A-LoL-family losses of ``alol_ray.losses``; baselines
+register theirs with ``register(Method(...))``; ``alol_ray.registry`` lists the built-in ones. The
+training loop never branches on a method name.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from alol_ray import columns as C
+from alol_ray.losses import REGISTRY, LossInputs, LossParams, get_loss
 from alol_ray.tokenization import PolicyBatch, collate, encode_pair, response_token_logps
 
 LAYOUTS = ("single", "pair", "list")
@@ -141,62 +142,49 @@ ComputeFn = Callable[[Any, TrainBatch, Any, Any], tuple[torch.Tensor, dict]]
 
 @dataclass(frozen=True)
 class Method:
-    """A training method: see the module docstring."""
+    """A training method: see the module docstring. An ``online`` method (PPO) trains on its own rollouts
+    instead of the scored table: ``fit_online`` is its whole training stage (same inputs and outputs as the
+    offline trainer's ``fit``), and layout, columns and compute do not apply."""
 
     name: str
-    layout: str  # single | pair | list
-    columns: tuple[str, ...]  # scored-table columns the batch carries
-    sample_weight: str  # advantage | reward | none
-    compute: ComputeFn  # (model, batch, params, state) -> (mean loss over units, metrics)
-    make_params: Callable[[Any], Any]  # TrainConfig -> loss hyper-parameters
+    layout: str = "single"  # single | pair | list
+    columns: tuple[str, ...] = ()  # scored-table columns the batch carries
+    sample_weight: str = "none"  # advantage | reward | none
+    compute: ComputeFn | None = None  # (model, batch, params, state) -> (mean loss over units, metrics)
+    make_params: Callable[[Any], Any] = lambda tc: None  # TrainConfig -> loss hyper-parameters
     make_state: Callable[[Any, Any], Any] | None = None  # (model, TrainConfig) -> state, once per run
     after_step: Callable[[Any, Any, int], None] | None = None  # (state, model, step) after each update
+    online: bool = False
+    fit_online: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"method {self.name}: layout must be one of {list(LAYOUTS)}")
         if self.sample_weight not in ("advantage", "reward", "none"):
             raise ValueError(f"method {self.name}: sample_weight must be advantage, reward or none")
+        if (self.fit_online is None) == self.online or (self.compute is None) != self.online:
+            raise ValueError(f"method {self.name}: an online method has fit_online and no compute; "
+                             "an offline one has compute")
 
     @property
     def needs_advantage(self) -> bool:
         """True when the value stage must run first (advantage column or advantage-weighted sampling)."""
         return self.sample_weight == "advantage" or C.ADVANTAGE in self.columns
 
+    @property
+    def needs_reference_logps(self) -> bool:
+        return C.REF_TOKEN_LOGPS in self.columns
+
 
 METHODS: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
+    """Add a method to the registry (``alol_ray.registry`` lists the built-in ones); names are unique."""
+    if method.name in METHODS and METHODS[method.name] is not method:
+        raise ValueError(f"training method {method.name!r} is registered twice")
     METHODS[method.name] = method
     return method
-
-
-def _load_plugins() -> None:
-    """Import modules that register more methods (the baselines), if they are installed."""
-    import importlib
-
-    for module in ("baselines.methods",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name not in (module, module.split(".")[0]):
-                raise
-
-
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        _load_plugins()
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, list(METHODS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown training method '{name}' (known: {sorted(METHODS)}){hint}")
-    return METHODS[name]
-
-
-def method_names() -> list[str]:
-    _load_plugins()
-    return sorted(METHODS)
 
 
 # ------------------------------------------------------------------ the A-LoL family (single responses)
@@ -205,16 +193,12 @@ def method_names() -> list[str]:
 _FIELD_COLUMNS = {"ref_logps": C.REF_TOKEN_LOGPS, "reward": C.REWARD, "advantage": C.ADVANTAGE}
 
 
-def loss_params(train_cfg) -> Any:
-    from alol_ray.losses import LossParams
-
-    return LossParams(clip_eps=train_cfg.clip_eps, clip=train_cfg.clip, gold_u=train_cfg.gold_u,
-                      kl_beta=train_cfg.kl_beta)
+def loss_params(train_cfg) -> LossParams:
+    a = train_cfg.alol
+    return LossParams(clip_eps=a.clip_eps, clip=a.clip, gold_u=a.r_gold_u, kl_beta=a.kl_beta)
 
 
 def _offline_single(loss_name: str) -> ComputeFn:
-    from alol_ray.losses import LossInputs, get_loss
-
     loss_fn = get_loss(loss_name)
 
     def compute(model, batch: TrainBatch, params, state=None):
@@ -227,18 +211,14 @@ def _offline_single(loss_name: str) -> ComputeFn:
     return compute
 
 
-def _register_alol_family() -> None:
-    from alol_ray.losses import LOSSES, REQUIRES, SAMPLE_WEIGHT
-
-    for name in LOSSES:
+def register_alol_family() -> None:
+    """The eight losses of ``alol_ray.losses`` as single-response methods."""
+    for name, spec in REGISTRY.items():
         register(Method(
             name=name,
             layout="single",
-            columns=tuple(_FIELD_COLUMNS[f] for f in sorted(REQUIRES[name]) if f in _FIELD_COLUMNS),
-            sample_weight=SAMPLE_WEIGHT[name],
+            columns=tuple(_FIELD_COLUMNS[f] for f in sorted(spec.requires) if f in _FIELD_COLUMNS),
+            sample_weight=spec.sample_weight,
             compute=_offline_single(name),
             make_params=loss_params,
         ))
-
-
-_register_alol_family()

@@ -74,8 +74,8 @@ class Sampler:
         self._support = np.flatnonzero(self.weights > 0)
         if self._support.size == 0:
             raise ValueError(f"sampler '{self.name}': no unit has a positive weight (nothing to train on)")
-        total = self.weights.sum()
-        self._probs = self.weights / total
+        scaled = self.weights / self.weights.max()  # max first: a sum of huge weights must not overflow
+        self._probs = scaled / scaled.sum()
 
     @property
     def n_units(self) -> int:

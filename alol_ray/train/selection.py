@@ -7,20 +7,17 @@ post-processing are the generation package's, so the replies match what ``alol e
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
 from alol_ray import columns as C
+from alol_ray.generation.common import context_length, encode_prompts, prompt_budget
+from alol_ray.generation.postprocess import postprocess
 
 
 def greedy_replies(model, tokenizer, prompts: list[str], *, max_prompt_tokens: int, max_new_tokens: int,
                    stop: list[str], batch_size: int = 32) -> list[str]:
     """Greedy replies, cut at the first stop string. The model is put in eval mode and restored."""
-    from alol_ray.generation.common import context_length, encode_prompts, prompt_budget
-    from alol_ray.generation.postprocess import postprocess
-
     unwrapped = getattr(model, "module", model)  # DDP: generate on the wrapped model, without a collective
     budget = prompt_budget(max_prompt_tokens, max_new_tokens, context_length(unwrapped.config))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -49,14 +46,6 @@ def greedy_replies(model, tokenizer, prompts: list[str], *, max_prompt_tokens: i
     finally:
         unwrapped.train(was_training)
     return replies
-
-
-def reward_function(reward_cfg) -> Callable[[list[str], list[str]], dict[str, np.ndarray]]:
-    """(prompts, replies) -> scored columns (``reward`` and ``reward/<component>``), in-process."""
-    from alol_ray.scoring.reward import RewardScorer
-
-    scorer = RewardScorer(reward_cfg.components)
-    return scorer.rewards
 
 
 def evaluate_policy(model, tokenizer, prompts: list[str], reward_fn, *, max_prompt_tokens: int,

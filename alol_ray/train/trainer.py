@@ -1,12 +1,18 @@
 """The training driver: scored table -> units + sampler -> ``TorchTrainer.fit`` -> best checkpoint exported.
 
-    outcome = fit(cfg, method="a_lol", train_cfg=cfg.train, table="runs/x/scored/table.parquet",
-                  policy_path="runs/x/base", run_dir="runs/x/train/a_lol-s0", export_dir="runs/x/train/a_lol-s0/best")
+    outcome = fit(cfg, method=get_method("a_lol"), train_cfg=cfg.train, table="runs/x/value/table.parquet",
+                  policy_path="runs/x/train/reference-s0/best", work_dir="runs/x/train/.a_lol-s0.staging-...")
 
-The Ray run is named after ``run_dir`` and stored in its parent folder, so calling ``fit`` again with the
-same ``run_dir`` resumes from the latest checkpoint (Ray Train restores the run's checkpoint list from
-storage; the loop reads it with ``ray.train.get_checkpoint()``). Checkpoints are scored by validation
-reward: Ray keeps the ``keep_checkpoints`` best plus the latest, and the best is exported as an HF folder.
+Everything goes into ``work_dir`` (the stage's staging folder, see ``alol_ray.stage``)::
+
+    checkpoints/     the Ray Train run: checkpoint-<step>/ (model/, optimizer.pt, trainer_state.json)
+    metrics.jsonl    one line per optimizer step (rank 0), val.jsonl one per evaluation
+    best/            the checkpoint with the best val reward, exported as an HF folder
+    summary.json     steps, best step, best val reward, positive fraction
+
+Calling ``fit`` again with the same ``work_dir`` resumes from the latest checkpoint (Ray Train restores the
+run from its storage path and name; the loop reads it with ``ray.train.get_checkpoint()``). Checkpoints are
+scored by validation reward: Ray keeps the ``keep_checkpoints`` best plus the latest.
 """
 
 from __future__ import annotations
@@ -19,14 +25,18 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from alol_ray import columns as C
+from alol_ray.atomic import write_json
 from alol_ray.errors import ConfigError, DataError, RowProblem, UserError
-from alol_ray.train.loop import NOT_EVALUATED, SELECTION_METRIC, LoopSpec, adapter_base, train_loop_per_worker
-from alol_ray.train.methods import Method, get_method, training_units
+from alol_ray.stage import Unfinished
+from alol_ray.train.loop import LoopSpec, train_loop_per_worker
+from alol_ray.train.methods import Method, training_units
+from alol_ray.train.policy import adapter_base
 from alol_ray.train.samplers import make_sampler, positive_fraction, resolve_sampler, scaled_steps
+from alol_ray.train.worker import NOT_EVALUATED, SELECTION_METRIC
 
 SUMMARY_FILE = "summary.json"
-RUN_FILE = "run.json"  # the fingerprint of the config that owns the run folder's checkpoints
 BEST_DIR = "best"
+CHECKPOINTS_DIR = "checkpoints"  # the Ray Train run's name inside the work folder
 
 
 @dataclass
@@ -74,7 +84,7 @@ def prepare_data(table, method: Method, tc, *, source: str = "scored table") -> 
             problems.append(RowProblem(source, f"row {int(train_rows[i]) + 1}", column, "not_finite",
                                        f"'{column}' is missing or not finite (prompt_id {frame[C.PROMPT_ID].iloc[i]!r})"))
     if problems:
-        raise DataError(problems)
+        raise DataError(problems, hint=f"{source} is not a complete scored table: rebuild it (alol score / alol value)")
     advantage = _unit_values(frame, units, C.ADVANTAGE)
     reward = _unit_values(frame, units, C.REWARD)
     try:
@@ -114,24 +124,24 @@ def _is_local(path: str) -> bool:
     return "://" not in path
 
 
-def build_trainer(spec: Any, tc, run_dir: str, loop_fn: Optional[Callable] = None):
-    """The ``TorchTrainer``: resources from config, gloo on CPU / NCCL on GPU, score-based retention.
-    ``loop_fn`` defaults to the offline ``train_loop_per_worker`` (PPO passes its own loop)."""
+def build_trainer(spec: Any, tc, work_dir: str, loop_fn: Optional[Callable] = None):
+    """The ``TorchTrainer``: resources from config, gloo on CPU / NCCL on GPU, score-based retention, the
+    run stored in ``work_dir``/checkpoints. ``loop_fn`` defaults to the offline ``train_loop_per_worker``
+    (PPO passes its own loop)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
         resources["GPU"] = 1
-    storage = os.path.dirname(run_dir.rstrip("/"))
     return TorchTrainer(
         loop_fn or train_loop_per_worker,
         train_loop_config={"spec": spec},
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=os.path.basename(run_dir.rstrip("/")),
-            storage_path=os.path.abspath(storage) if _is_local(storage) else storage,
+            name=CHECKPOINTS_DIR,
+            storage_path=os.path.abspath(work_dir) if _is_local(work_dir) else work_dir,
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints,
                                                checkpoint_score_attribute=SELECTION_METRIC,
@@ -153,78 +163,69 @@ def best_checkpoint(result) -> tuple[Any, dict]:
     return result.checkpoint, result.metrics or {}
 
 
-def claim_run_dir(run_dir: str, fingerprint: Optional[str], log: Callable = print) -> None:
-    """Make ``run_dir`` belong to ``fingerprint``: checkpoints of a run with another config are removed
-    (resuming them would silently mix two configs); the same fingerprint keeps them, so the run resumes."""
-    import shutil
+def export_best(result, work_dir: str, policy_path: str, model_cfg) -> tuple[dict, dict, str]:
+    """Export the best kept checkpoint to ``work_dir``/best: (its trainer state, its metrics, its path)."""
+    from alol_ray.train.checkpoint import MODEL_DIR, STATE_FILE, export_policy
 
-    if fingerprint is None or not _is_local(run_dir):
-        return
-    path = os.path.join(run_dir, RUN_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            if json.load(fh).get("fingerprint") == fingerprint:
-                return
-        log(f"[train] {run_dir} holds a run with another config: starting over")
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump({"fingerprint": fingerprint}, fh)
+    checkpoint, metrics = best_checkpoint(result)
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as fh:
+            state = json.load(fh)
+        export_policy(os.path.join(folder, MODEL_DIR), os.path.join(work_dir, BEST_DIR),
+                      base_path=adapter_base(policy_path)[0],
+                      dtype=None if model_cfg.dtype == "auto" else model_cfg.dtype,
+                      trust_remote_code=model_cfg.trust_remote_code)
+    return state, dict(metrics or {}), checkpoint.path
 
 
-def fit(cfg, *, method: str, train_cfg, table, policy_path: str, run_dir: str, export_dir: str,
-        fingerprint: Optional[str] = None, log: Callable = print) -> TrainOutcome:
-    """Train ``method`` on the scored ``table`` (parquet path or DataFrame) from ``policy_path``.
+def finish(outcome: TrainOutcome, work_dir: str, stopped_at: int, log: Callable) -> TrainOutcome | Unfinished:
+    """Write summary.json; a run that stopped early on purpose is Unfinished (nothing is published)."""
+    if stopped_at and stopped_at < outcome.total_steps:
+        return Unfinished(f"stopped after step {stopped_at} of {outcome.total_steps} as asked; "
+                          "rerun without --stop-at-step to continue from there")
+    write_json(os.path.join(work_dir, SUMMARY_FILE),
+               {k: v for k, v in outcome.__dict__.items() if k not in ("last_metrics", "run_dir", "export_dir",
+                                                                        "checkpoint_path")})
+    log(f"[train] exported step {outcome.best_step} (val reward "
+        f"{outcome.best_val_reward if outcome.best_val_reward is not None else 'n/a'}) to {outcome.export_dir}")
+    return outcome
 
-    With ``fingerprint``, checkpoints in ``run_dir`` left by a different config are discarded first.
-    """
+
+def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: str, stop_at_step: int = 0,
+        reward_stats: Optional[dict] = None, log: Callable = print) -> TrainOutcome | Unfinished:
+    """Train ``method`` on the scored ``table`` (parquet path or DataFrame) from ``policy_path`` in
+    ``work_dir`` (see the module docs); resumes what an interrupted call left there. ``reward_stats``: the
+    scored table's statistics for standardised reward components (val-reward selection)."""
     import pandas as pd
     import ray
 
     from alol_ray.ray_utils import init_ray
-    from alol_ray.train.checkpoint import MODEL_DIR, export_policy
 
     tc = train_cfg
-    try:
-        m = get_method(method)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
     if cfg.model.lora.load_in_4bit and not tc.use_gpu:
         raise ConfigError("model.lora.load_in_4bit (QLoRA) needs a GPU: set train.use_gpu=true")
     if cfg.model.lora.load_in_4bit and not cfg.model.lora.enabled:
         raise ConfigError("model.lora.load_in_4bit needs model.lora.enabled=true (QLoRA trains adapters)")
     source = table if isinstance(table, str) else "scored table"
     frame = pd.read_parquet(table) if isinstance(table, str) else table
-    data = prepare_data(frame, m, tc, source=source)
+    data = prepare_data(frame, method, tc, source=source)
     prompts = val_prompts(frame, tc.eval_prompts)
     if data.eval_every > 0 and not prompts:
-        raise DataError(f"{source}: train.eval_every > 0 needs val prompts (rows with split 'val')")
+        raise UserError(f"{source}: train.eval_every > 0 needs val prompts (rows with split 'val'), and there are none")
     frac = "" if data.positive_fraction is None else f", positive advantage {data.positive_fraction:.1%}"
-    log(f"[train] {method}: {len(data.units)} units, sampler {data.sampler.name}, {data.total_steps} steps "
+    log(f"[train] {method.name}: {len(data.units)} units, sampler {data.sampler.name}, {data.total_steps} steps "
         f"x batch {tc.batch_size} on {tc.num_workers} worker(s){frac}")
 
-    claim_run_dir(run_dir, fingerprint, log)
     init_ray(cfg.ray)
     spec = LoopSpec(method=method, train=tc, model=cfg.model, generation=cfg.generation, reward=cfg.reward,
+                    reward_stats=dict(reward_stats or {}),
                     policy_path=policy_path, data_ref=ray.put((data.frame, data.units, data.sampler)),
                     total_steps=data.total_steps, eval_every=data.eval_every, val_prompts=prompts,
-                    run_dir=os.path.abspath(run_dir) if _is_local(run_dir) else None)
-    result = build_trainer(spec, tc, run_dir).fit()
-
-    checkpoint, metrics = best_checkpoint(result)
-    with checkpoint.as_directory() as folder:
-        with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as fh:
-            state = json.load(fh)
-        export_policy(os.path.join(folder, MODEL_DIR), export_dir, base_path=adapter_base(policy_path)[0],
-                      dtype=None if cfg.model.dtype == "auto" else cfg.model.dtype,
-                      trust_remote_code=cfg.model.trust_remote_code)
-    outcome = TrainOutcome(run_dir=run_dir, export_dir=export_dir, total_steps=data.total_steps,
+                    run_dir=os.path.abspath(work_dir), stop_at_step=stop_at_step)
+    result = build_trainer(spec, tc, work_dir).fit()
+    state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)
+    outcome = TrainOutcome(run_dir=work_dir, export_dir=os.path.join(work_dir, BEST_DIR), total_steps=data.total_steps,
                            best_step=state["step"], best_val_reward=metrics.get("val/reward"),
-                           positive_fraction=data.positive_fraction, checkpoint_path=checkpoint.path,
+                           positive_fraction=data.positive_fraction, checkpoint_path=path,
                            last_metrics=dict(result.metrics or {}))
-    if _is_local(run_dir):
-        with open(os.path.join(run_dir, SUMMARY_FILE), "w", encoding="utf-8") as fh:
-            json.dump({k: v for k, v in outcome.__dict__.items() if k != "last_metrics"}, fh, indent=2)
-    log(f"[train] {method}: exported step {outcome.best_step} "
-        f"(val reward {outcome.best_val_reward if outcome.best_val_reward is not None else 'n/a'}) to {export_dir}")
-    return outcome
+    return finish(outcome, work_dir, stop_at_step, log)

@@ -9,15 +9,17 @@ The stage (``build_value``), in order:
    grad, and cached (``prompt_states``); the head is fitted on them by MSE (``fit_value_head``). The
    best epoch is the one with the lowest MSE on a held-out slice of the val prompts (the reference code
    picks it by training MSE); the fit report puts that MSE next to the MSE of predicting the mean.
-3. The head, in eval() mode, predicts V(x) once per unique prompt of the scored table; ``value`` and
-   ``advantage = reward - value`` become columns of the table (``add_value_columns``), and the
-   advantage distribution is reported (``advantage_report``, ``plot_advantages``).
+3. The head, in eval() mode, predicts V(x) once per unique prompt of the scored table; the stage writes
+   the **value table**: the scored table plus ``value`` and ``advantage = reward - value``
+   (``add_value_columns``), into its own folder (the scored table is never rewritten), and reports the
+   advantage distribution (``advantage_report``, ``plot_advantages``).
+
+Output folder (``<run>/value/``): table.parquet, head (safetensors + json), fit.json, advantages.json,
+advantage_hist.png, val_generations.parquet (the targets: pi_ref's replies and their rewards).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -27,9 +29,11 @@ import pandas as pd
 import torch
 
 from alol_ray import columns as C
+from alol_ray.atomic import write_json, write_parquet
 from alol_ray.errors import UserError
 from alol_ray.value.head import ValueHead, ValueHeadConfig, save_head
 
+TABLE_FILE = "table.parquet"
 FIT_REPORT = "fit.json"
 ADVANTAGE_REPORT = "advantages.json"
 HISTOGRAM = "advantage_hist.png"
@@ -249,29 +253,6 @@ def generate_greedy(ref_path: str, prompts: Sequence[str], cfg) -> list[str]:
     return generate(ref_path, list(prompts), greedy, cfg.model.max_prompt_tokens)
 
 
-def reward_function(cfg, scored_dir: Optional[str] = None) -> Callable[[list[str], list[str]], np.ndarray]:
-    """The run's total reward (cfg.reward) of (prompt, response) lists, on the scored table's scale.
-
-    In-process RewardScorer with every configured component; standardised components use the scored
-    table's statistics (``scoring.json`` in `scored_dir`) so targets and the table's ``reward`` agree.
-    """
-    from alol_ray.scoring.reward import RewardScorer, component_dicts
-
-    stats = {}
-    if scored_dir and any(c.transform == "standardise" for c in cfg.reward.components):
-        from alol_ray.scoring.table import load_reward_stats
-
-        stats = load_reward_stats(scored_dir)
-    pool = cfg.scoring.reward_pool
-    scorer = RewardScorer(component_dicts(list(cfg.reward.components)), use_gpu=pool.num_gpus > 0, bf16=pool.bf16,
-                          stats=stats)
-
-    def total(prompts: list[str], responses: list[str]) -> np.ndarray:
-        return np.asarray(scorer.rewards(list(prompts), list(responses))[C.REWARD], dtype=np.float64)
-
-    return total
-
-
 # ------------------------------------------------------------------------------------ value columns
 
 
@@ -309,16 +290,6 @@ def add_value_columns(frame: pd.DataFrame, value_of_prompt: dict[str, float],
     out[C.VALUE] = frame[C.PROMPT].map(value_of_prompt).to_numpy(dtype=np.float64)
     out[C.ADVANTAGE] = reward - out[C.VALUE].to_numpy()
     return out
-
-
-def has_value_columns(table_path: str) -> bool:
-    """True when the parquet table at `table_path` already holds ``value`` and ``advantage``."""
-    import pyarrow.parquet as pq
-
-    if not os.path.exists(table_path):
-        return False
-    names = set(pq.read_schema(table_path).names)
-    return C.VALUE in names and C.ADVANTAGE in names
 
 
 def _summary(x: np.ndarray) -> dict:
@@ -373,46 +344,22 @@ def plot_advantages(frame: pd.DataFrame, path: str) -> str:
     return path
 
 
-def write_parquet_atomic(frame: pd.DataFrame, path: str) -> str:
-    """Write `frame` to `path` through a temporary file + rename, so readers never see half a table."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_json(obj: dict, path: str) -> None:
-    def clean(x):
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return x
-
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(clean(obj), fh, indent=2)
-
-
 # ------------------------------------------------------------------------------------------ the stage
 
 
-def build_value(cfg, ref_path: str, table_path: str, out_dir: str, out_table: Optional[str] = None,
+def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_stats: Optional[dict] = None,
                 log: Callable = print, show_progress: bool = True) -> dict:
-    """The value stage: fit the head on pi_ref's val generations, write value/advantage into the table.
+    """The value stage: fit the head on pi_ref's val generations, write the value table into ``out_dir``.
 
     cfg: RunConfig (value, model, generation, reward, scoring sections and seed are used).
-    ref_path: pi_ref (HF folder or hub id). table_path: the scored table (parquet, with `reward`).
-    out_dir: where the head, fit.json, advantages.json and the histogram go. out_table: where the table
-    with the two new columns is written (default: `table_path`, replaced atomically).
+    ref_path: pi_ref (HF folder or hub id). table_path: the scored table (parquet, with ``reward``).
+    reward_stats: the scored table's statistics for standardised reward components (targets on its scale).
     Returns the fit and advantage figures (also written as JSON).
     """
     from alol_ray.models import load_policy
+    from alol_ray.scoring.reward import run_scorer
 
     vcfg = cfg.value
-    out_table = out_table or table_path
     os.makedirs(out_dir, exist_ok=True)
     table = pd.read_parquet(table_path)
     for col in (C.PROMPT, C.SPLIT, C.REWARD):
@@ -427,10 +374,13 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, out_table: Op
     gen = cfg.generation
     log(f"[value] pi_ref answers {len(val_prompts)} val prompts (greedy, {gen.max_new_tokens} new tokens)")
     replies = generate_greedy(ref_path, val_prompts, cfg)
-    targets = np.asarray(reward_function(cfg, os.path.dirname(os.path.abspath(table_path)))(val_prompts, replies),
-                         dtype=np.float64)
-    write_parquet_atomic(pd.DataFrame({C.PROMPT: val_prompts, C.RESPONSE: replies, C.REWARD: targets}),
-                         os.path.join(out_dir, GENERATIONS))
+    scorer = run_scorer(cfg.reward, pool=cfg.scoring.reward_pool, stats=reward_stats)
+    targets = np.asarray(scorer.rewards(val_prompts, replies)[C.REWARD], dtype=np.float64)
+    if not np.all(np.isfinite(targets)):
+        raise UserError(f"the reward of {int((~np.isfinite(targets)).sum())} of pi_ref's val replies is not finite; "
+                        "check the reward components")
+    write_parquet(os.path.join(out_dir, GENERATIONS),
+                  pd.DataFrame({C.PROMPT: val_prompts, C.RESPONSE: replies, C.REWARD: targets}))
 
     device = _device()
     dtype = cfg.model.dtype if device.type == "cuda" else "float32"
@@ -445,7 +395,7 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, out_table: Op
                             holdout_fraction=vcfg.holdout_fraction, seed=cfg.seed, log=log)
     fit = result.report
     fit["reference"] = ref_path
-    _write_json(fit, os.path.join(out_dir, FIT_REPORT))
+    write_json(os.path.join(out_dir, FIT_REPORT), fit)
     log(f"[value] fit: held-out MSE {fit['mse/holdout']:.4f} vs predict-the-mean {fit['mse/holdout_predict_mean']:.4f}"
         f" (best epoch {fit['best_epoch']}/{vcfg.epochs}; {fit['prompts/fit']} fit / {fit['prompts/holdout']} "
         f"held-out prompts; mean target {fit['target/mean_fit']:.3f})")
@@ -455,15 +405,19 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, out_table: Op
     prompts = list(pd.unique(table[C.PROMPT]))
     values = prompt_values(model, tokenizer, result.head.to(device), prompts, max_prompt_tokens=max_prompt,
                            batch_size=vcfg.batch_size, show_progress=show_progress)
+    if not np.all(np.isfinite(values)):
+        raise UserError(f"the value head gave {int((~np.isfinite(values)).sum())} non-finite values; "
+                        "nothing was written (check value.* settings)")
     scored = add_value_columns(table, dict(zip(prompts, values)), source=table_path)
-    write_parquet_atomic(scored, out_table)
+    write_parquet(os.path.join(out_dir, TABLE_FILE), scored)
 
     adv = advantage_report(scored)
-    adv["histogram"] = plot_advantages(scored, os.path.join(out_dir, HISTOGRAM))
-    _write_json(adv, os.path.join(out_dir, ADVANTAGE_REPORT))
+    adv["histogram"] = os.path.basename(plot_advantages(scored, os.path.join(out_dir, HISTOGRAM)))
+    write_json(os.path.join(out_dir, ADVANTAGE_REPORT), adv)
     a = adv["advantage/train"]
     log(f"[value] advantages of {a['rows']} train rows: A > 0 for {a['positive_fraction']:.1%}; "
         + ", ".join(f"p{q} {a[f'p{q}']:+.3f}" for q in PERCENTILES))
     if "advantage/train_best" in adv:
         log(f"[value] rank-0 train rows: A > 0 for {adv['advantage/train_best']['positive_fraction']:.1%}")
-    return {"fit": {k: v for k, v in fit.items() if k != "epochs"}, "advantages": adv, "table": out_table}
+    return {"fit": {k: v for k, v in fit.items() if k != "epochs"}, "advantages": adv,
+            "table": os.path.join(out_dir, TABLE_FILE)}

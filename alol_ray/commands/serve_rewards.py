@@ -3,23 +3,28 @@
     alol serve-rewards --config configs/builtin.yaml                       # local Ray, serves until Ctrl-C
     alol serve-rewards --config configs/hh_pythia1b.yaml serve.num_gpus=0.5 serve.max_replicas=4
     ray job submit --runtime-env cluster/runtime_env.yaml -- alol serve-rewards --config ... --detach
+    alol serve-rewards --shutdown                                          # on the cluster RAY_ADDRESS names
 
     curl -s -X POST http://127.0.0.1:8000/rewards -d '{"prompt": "...", "response": "..."}'
 
 With --detach the command returns once the deployment is up and leaves it running on the cluster
-(stop it with `serve shutdown` or `alol serve-rewards --shutdown`); without it, Ctrl-C stops the service.
+(stop it with `alol serve-rewards --shutdown`); without it, Ctrl-C stops the service.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
+from alol_ray.cli import add_config_arguments
 from alol_ray.errors import UserError
+from alol_ray.ray_utils import cluster_address, init_ray
+
+USES_RUN = True
+LOCKS_RUN = False  # reads the run's scoring statistics at most; several services may run at once
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from alol_ray.cli import add_config_arguments
-
     add_config_arguments(parser)
     parser.add_argument("--detach", action="store_true",
                         help="return once the deployment is running and leave it on the cluster")
@@ -28,28 +33,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown", action="store_true", help="delete the reward application and exit")
 
 
-def run(args: argparse.Namespace) -> int:
-    import os
-    import time
+def run(args: argparse.Namespace, session) -> int:
+    from ray import serve  # Serve itself is only needed to serve
 
-    from ray import serve
-
-    from alol_ray.config import load_config
-    from alol_ray.ray_utils import init_ray
+    from alol_ray.runs import RunPaths
     from alol_ray.scoring import serve as reward_serve
+    from alol_ray.scoring.table import reward_stats
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = session.cfg
     sc = cfg.serve
-    if args.detach and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
-        raise UserError("--detach leaves the service on a running cluster, but none is named: run it as a "
-                        "`ray job submit` entrypoint, or set RAY_ADDRESS / ray.address (a local Ray would stop "
-                        "with this command)")
+    if (args.detach or args.shutdown) and cluster_address(cfg.ray) is None:
+        what = "--detach leaves the service on" if args.detach else "--shutdown deletes the service from"
+        raise UserError(f"{what} a running cluster, but none is named: set RAY_ADDRESS (e.g. auto, or "
+                        "<head-ip>:6379) or ray.address, or run it as a `ray job submit` entrypoint")
     if args.shutdown:
         init_ray(cfg.ray)
+        if sc.app_name not in serve.status().applications:
+            print(f"no Serve application '{sc.app_name}' is running on this cluster: nothing to delete")
+            return 0
         serve.delete(sc.app_name)
         print(f"deleted Serve application '{sc.app_name}'")
         return 0
-    reward_serve.start(cfg)
+    reward_serve.start(cfg, stats=reward_stats(cfg.reward, RunPaths.from_config(cfg).scored))
     names = ", ".join(c.name for c in cfg.reward.components)
     print(f"serving rewards [{names}] at {reward_serve.url(cfg)} (app '{sc.app_name}', "
           f"replicas {sc.min_replicas}..{sc.max_replicas}, target {sc.target_ongoing_requests} ongoing/replica)",

@@ -8,7 +8,14 @@ Each stage prints its progress; a second `alol demo` resumes or skips what is do
 from __future__ import annotations
 
 import argparse
+import os
+import time
 from typing import Optional
+
+from alol_ray.cli import add_config_arguments
+from alol_ray.config import load_config
+
+USES_RUN = True
 
 # Sized for <= 10 minutes and <= 6 GiB on 2 CPU cores (measured by bench/demo_budget.py); any of these can
 # be overridden on the command line (`alol demo train.steps=400`).
@@ -60,10 +67,6 @@ def resource_overrides(cpus: int, n_methods: int) -> list[str]:
 def load_sized(config_path: Optional[str], defaults: list[str], user: list[str]):
     """load_config(config_path, defaults + user), with resource_overrides for the CPUs the local Ray will
     offer (``ray.num_cpus``, else the cores this process may use) between the two: the user's still win."""
-    import os
-
-    from alol_ray.config import load_config
-
     cfg = load_config(config_path, defaults + user)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     sized = resource_overrides(cfg.ray.num_cpus or usable, len(cfg.compare.methods))
@@ -71,19 +74,18 @@ def load_sized(config_path: Optional[str], defaults: list[str], user: list[str])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from alol_ray.cli import add_config_arguments
-
     add_config_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    import time
+def load(args: argparse.Namespace):
+    return load_sized(args.config, DEMO_OVERRIDES, list(args.overrides or []))
 
+
+def run(args: argparse.Namespace, session) -> int:
     from evaluation.compare import run_compare
 
     started = time.time()
-    cfg = load_sized(args.config, DEMO_OVERRIDES, list(args.overrides or []))
-    report, table = run_compare(cfg, command="alol demo " + " ".join(args.overrides or []))
+    report, table = run_compare(session.pipeline, command=session.command)
     print()
     print(table)
     print(f"\nreport: {report}")

@@ -10,27 +10,23 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
+from alol_ray import columns as C
+from alol_ray.cli import add_config_arguments
+from alol_ray.scoring.reward import RAW_PREFIX
+
+USES_RUN = True
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from alol_ray.cli import add_config_arguments
-
     add_config_arguments(parser)
     parser.add_argument("--no-reference", action="store_true",
                         help="score rewards only, without pi_ref's log-probs (same as scoring.reference=false)")
 
 
-def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from alol_ray import columns as C
-    from alol_ray.config import load_config
-    from alol_ray.pipeline import ensure_scored
-    from alol_ray.scoring.reward import RAW_PREFIX
-
-    cfg = load_config(args.config, args.overrides)
-    if args.no_reference:
-        cfg.scoring.reference = False
-    path = ensure_scored(cfg)
+def run(args: argparse.Namespace, session) -> int:
+    path = session.pipeline.scored(reference=False if args.no_reference else None)
     table = pd.read_parquet(path)
     reward_cols = [c for c in table.columns if c == C.REWARD or c.startswith((C.REWARD_PREFIX, RAW_PREFIX))]
     print(f"scored table: {path} ({len(table)} rows)")

@@ -7,11 +7,14 @@ Writes a standard HF folder (rm.output, default <run>/rm/model) that a reward co
 from __future__ import annotations
 
 import argparse
+import os
+
+from alol_ray.cli import add_config_arguments
+
+USES_RUN = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from alol_ray.cli import add_config_arguments
-
     sub = parser.add_subparsers(dest="rm_command", metavar="ACTION", required=True)
     sp = sub.add_parser("train", help="fit the reward model (rm section of the config) and evaluate it",
                         description="Fit AutoModelForSequenceClassification(num_labels=1) on the run's rows "
@@ -21,14 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sp.add_argument("--force", action="store_true", help="retrain even if the output is up to date")
 
 
-def run(args: argparse.Namespace) -> int:
-    import os
-
-    from alol_ray.config import load_config
-    from alol_ray.pipeline import ensure_reward_model
-
+def run(args: argparse.Namespace, session) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cfg = load_config(args.config, args.overrides)
-    out = ensure_reward_model(cfg, force=args.force)
-    print(out)
+    print(session.pipeline.reward_model(force=args.force))
     return 0

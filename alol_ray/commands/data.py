@@ -1,4 +1,9 @@
-"""`alol data validate SRC...` and `alol data convert SRC... --out DIR`."""
+"""`alol data validate SRC...` and `alol data convert SRC... --out DIR`.
+
+Sources are files (.jsonl/.json/.parquet), save_to_disk folders, hub dataset names or ``builtin``; relative
+paths are taken from the working directory. Every invalid row is reported as file:line: field (exit 2),
+or dropped and counted with --skip-invalid.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,11 @@ import argparse
 import json
 import sys
 
+from alol_ray.config import DataConfig, FieldsConfig, SourceConfig, load_config, resolve_path
+from alol_ray.data.loaders import load_rows, summarize, write_rows
 from alol_ray.errors import UserError
+
+USES_RUN = False  # reads sources and writes --out; no run directory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_config(args: argparse.Namespace):
-    from alol_ray.config import DataConfig, FieldsConfig, SourceConfig, load_config
-
     if args.config:
         cfg = load_config(args.config).data
         if args.skip_invalid:
@@ -55,6 +62,8 @@ def _data_config(args: argparse.Namespace):
         if split not in ("train", "val", "test"):
             raise UserError(f"{src}: split after '@' must be train, val or test")
         fmt = "builtin" if path == "builtin" else args.format
+        if path != "builtin":
+            path = resolve_path(path, "data", src)
         sources.append(SourceConfig(path=path, format=fmt, split=split, hf_split=args.hf_split,
                                     fields=fields, clean_abrupt=args.clean_abrupt))
     return DataConfig(sources=sources, skip_invalid=args.skip_invalid)
@@ -82,16 +91,12 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         print("  mean reward by rank: " + ", ".join(f"{k}: {v:.4f}" for k, v in summary["reward_by_rank"].items()))
 
 
-def run(args: argparse.Namespace) -> int:
-    from alol_ray.data.loaders import load_rows, summarize, write_rows
-
+def run(args: argparse.Namespace, session=None) -> int:
     cfg = _data_config(args)
     frame, report = load_rows(cfg)
     summary = summarize(frame, report)
     if args.data_command == "convert":
-        path = write_rows(frame, args.out)
-        with open(path.replace("rows.parquet", "summary.json"), "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=2)
+        path = write_rows(frame, resolve_path(args.out, "output", "--out"), summary)
         print(f"wrote {len(frame):,} rows to {path}", file=sys.stderr)
     _print_summary(summary, args.json)
     return 0
