@@ -19,7 +19,9 @@ Weight updates (PPO) use the worker method ``reload_weights`` through ``LLM.coll
 model's own ``load_weights`` (checkpoint names, fused QKV, tensor-parallel sharding) inside vLLM's
 in-place reload, which also resets the caches derived from weights. vLLM's weight-transfer engines (NCCL,
 CUDA IPC) need GPUs on both ends, and ``sleep``/``wake_up`` is a no-op on CPU, so neither fits an engine
-that must also run on CPU. The prefix cache is reset after each update.
+that must also run on CPU. Names and shapes are checked first (a reload that fails midway leaves layers
+unusable); on CPU a tied lm_head's matmul kernel is rebuilt afterwards (``_refresh_cpu_gemm``); the prefix
+cache is reset after each update.
 """
 
 from __future__ import annotations
