@@ -93,13 +93,32 @@ def test_engine_choice_and_light_import():
     import subprocess
     import sys
 
-    from alol_ray.generation import resolve_engine, vllm_installed
+    from alol_ray.generation import choose_engine, resolve_engine, vllm_build
 
-    assert resolve_engine(gen_cfg(engine="auto"), gpus=0) == "transformers"
-    assert resolve_engine(gen_cfg(engine="auto"), gpus=1) == ("vllm" if vllm_installed() else "transformers")
-    assert resolve_engine(gen_cfg(engine="transformers"), gpus=8) == "transformers"
-    with pytest.raises(ConfigError):
-        resolve_engine(gen_cfg(engine="vllm"), gpus=0)  # no GPU (or no vllm): a clear error, not a crash later
+    cpu_build, gpu_build = ("cpu", "0.32.0"), ("gpu", "0.32.0")
+
+    def pick(engine, gpus, build):
+        choice = choose_engine(gen_cfg(engine=engine), gpus=gpus, build=build)
+        return choice.engine, choice.device
+
+    # auto: vLLM wherever the installed build runs (the CPU build anywhere, a GPU build with GPUs), else transformers.
+    assert pick("auto", 0, None) == ("transformers", "cpu")
+    assert pick("auto", 0, cpu_build) == ("vllm", "cpu")
+    assert pick("auto", 1, gpu_build) == ("vllm", "cuda")
+    assert pick("auto", 0, gpu_build) == ("transformers", "cpu")
+    assert pick("vllm", 0, cpu_build) == ("vllm", "cpu")
+    assert pick("transformers", 8, gpu_build)[0] == "transformers"
+    # vllm where it cannot run, or tensor parallelism on CPU: a clear error, not a crash later.
+    with pytest.raises(ConfigError, match="not installed"):
+        pick("vllm", 1, None)
+    with pytest.raises(ConfigError, match="GPU build"):
+        pick("vllm", 0, gpu_build)
+    with pytest.raises(ConfigError, match="tensor_parallel_size"):
+        choose_engine(gen_cfg(engine="vllm", tensor_parallel_size=2), gpus=0, build=cpu_build)
+    # resolve_engine reads the installed build: this venv's choice follows the same rule.
+    here = vllm_build()
+    assert resolve_engine(gen_cfg(engine="auto"), gpus=0) == ("vllm" if here and here[0] == "cpu" else "transformers")
+    assert resolve_engine(gen_cfg(engine="auto"), gpus=1) == ("vllm" if here else "transformers")
     with pytest.raises(ConfigError, match="generation.engine"):
         gen_cfg(engine="tgi")
     # Importing the package must not pull in vllm (an optional extra), ray or torch.

