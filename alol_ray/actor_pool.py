@@ -28,7 +28,7 @@ def pool_pass(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorP
     import ray  # the pool's actors are Ray's
     from tqdm.auto import tqdm
 
-    from alol_ray.ray_compat import no_data_progress_bars
+    from alol_ray.ray_compat import no_data_progress_bars, quiet_data_errors
     from alol_ray.ray_utils import init_ray
 
     init_ray(ray_cfg)
@@ -53,7 +53,7 @@ def pool_pass(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorP
         # (max_restarts=-1) and its unfinished blocks retried (max_task_retries=-1).
     )
     done = 0
-    with tqdm(total=len(frame), desc=desc, unit="row") as bar:
+    with tqdm(total=len(frame), desc=desc, unit="row") as bar, quiet_data_errors():
         for out in ds.iter_batches(batch_size=None, batch_format="pandas"):
             on_output(out)
             done += len(out)

@@ -119,11 +119,15 @@ def _user_error(err: BaseException) -> Optional[UserError]:
         return err
     if "ray" not in sys.modules:
         return None
-    from alol_ray.ray_compat import wrapped_errors
+    from alol_ray import errors
+    from alol_ray.ray_compat import remote_error, wrapped_errors
 
     for inner in wrapped_errors(err):
         if isinstance(inner, UserError):
             return inner
+    found = remote_error(err)
+    if found and isinstance(getattr(errors, found[0], None), type) and issubclass(getattr(errors, found[0]), UserError):
+        return UserError(found[1])
     return None
 
 

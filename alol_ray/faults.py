@@ -18,28 +18,32 @@ FAULTS_ENV = "ALOL_FAULTS"
 FAULTS_DIR_ENV = "ALOL_FAULTS_DIR"
 
 
-def _armed(point: str, value: object) -> bool:
+def _armed(point: str, value: object):
+    """The spec item that arms this point at this value (``name`` or ``name=value``), or None."""
     spec = os.environ.get(FAULTS_ENV, "")
     if spec.startswith("@"):
         try:
             with open(spec[1:], encoding="utf-8") as fh:
                 spec = fh.read()
         except OSError:
-            return False
+            return None
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, at = item.partition("=")
         if name == point and (not at or at == str(value)):
-            return True
-    return False
+            return item
+    return None
 
 
 def hit(point: str, value: object = "") -> None:
     """Die here (``os._exit(1)``, no cleanup) when ``ALOL_FAULTS`` arms this point (at this value)."""
-    if FAULTS_ENV not in os.environ or not _armed(point, value):
+    if FAULTS_ENV not in os.environ:
+        return
+    item = _armed(point, value)
+    if item is None:
         return
     folder = os.environ.get(FAULTS_DIR_ENV)
     if folder:
-        marker = os.path.join(folder, f"{point}={value}.fired")
+        marker = os.path.join(folder, item.replace("/", "_") + ".fired")  # once per armed item
         if os.path.exists(marker):
             return
         os.makedirs(folder, exist_ok=True)

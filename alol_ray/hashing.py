@@ -135,9 +135,9 @@ def hub_revision(repo_id: str, kind: str = "model") -> Optional[str]:
 
 
 def model_identity(name_or_path: str, revision: Optional[str] = None) -> str:
-    """``dir:<hash of files>`` for a local folder, ``hub:<id>@<revision>`` for a hub model (the commit of
-    the local hub cache when no revision is given)."""
-    if os.path.isdir(name_or_path):
+    """``dir:<hash of files>`` / ``file:<hash>`` for local content, ``hub:<id>@<revision>`` for a hub model or
+    dataset (the commit of the local hub cache when no revision is given)."""
+    if os.path.exists(name_or_path):
         return path_identity(name_or_path)
     return f"hub:{name_or_path}@{revision or hub_revision(name_or_path) or 'unresolved'}"
 

@@ -41,7 +41,11 @@ def train_identity(tc) -> dict:
 class Pipeline:
     """Stages of one run (``cfg.storage``/``cfg.name``), each built at most once per pipeline object."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, *, check: bool = True):
+        from alol_ray.preflight import check_run
+
+        if check:
+            check_run(cfg)  # hub ids, method names, reward components: before any stage or Ray starts
         self.cfg = cfg
         self.paths = RunPaths.from_config(cfg)
         self._made: dict[tuple, str] = {}
@@ -67,6 +71,19 @@ class Pipeline:
         fp = fingerprint("rows-v2", self.cfg.data)
         run_stage("rows", folder, fp, lambda out: build_rows(self.cfg.data, out), log=log.info)
         return os.path.join(folder, "rows.parquet")
+
+    def require_split(self, split: str, why: str) -> None:
+        """A user error now, not after minutes of other stages, when the rows have no ``split`` rows."""
+        from alol_ray.atomic import read_json
+        from alol_ray.data.loaders import SUMMARY_FILE
+
+        self.rows()
+        splits = (read_json(os.path.join(self.paths.data, SUMMARY_FILE)) or {}).get("splits", {})
+        if not splits.get(split, {}).get("rows"):
+            hint = ("set data.holdout_fraction=0.05 data.holdout_from=train data.holdout_split=val, or add a source "
+                    "with split: val (on the command line: file.jsonl@val)") if split == "val" else \
+                   f"set data.holdout_fraction=0.1 data.holdout_split={split}, or add a source with split: {split}"
+            raise UserError(f"{why} needs {split} prompts, and the data has none (splits: {sorted(splits)}): {hint}")
 
     def base_policy(self) -> str:
         """The starting policy: a tiny GPT-2 built from config (tokenizer trained on the run's train text), or
@@ -100,6 +117,8 @@ class Pipeline:
 
     def _reference(self) -> str:
         tc = self.cfg.reference.train
+        if tc.eval_every > 0:
+            self.require_split("val", f"reference.train.eval_every={tc.eval_every} (model selection by val reward)")
         table, start = self.rows(), self.base_policy()
         evaluation = (self.cfg.generation, self.cfg.reward) if tc.eval_every > 0 else None
         fp = fingerprint("reference-v2", tc.algo, train_identity(tc), self.cfg.model, evaluation,
@@ -145,6 +164,7 @@ class Pipeline:
     def _value(self) -> str:
         from alol_ray.value.fit import TABLE_FILE, build_value
 
+        self.require_split("val", "the value head (A-LoL's V(x), fit on pi_ref's replies to val prompts)")
         ref_path, scored = self.reference(), self.scored()
         c = self.cfg
         fp = fingerprint("value-v2", c.value, c.generation, c.reward, c.scoring.reward_pool, c.model.max_prompt_tokens,
@@ -191,6 +211,10 @@ class Pipeline:
         method = method or self.cfg.train.algo
         tc = dataclasses.replace(self.cfg.train, algo=method, seed=self.cfg.train.seed if seed is None else seed)
         m = get_method(method)
+        if table is None and tc.eval_every > 0:
+            self.require_split("val", f"train.eval_every={tc.eval_every} (model selection by val reward)")
+        if table is None and m.needs_advantage:
+            self.require_split("val", f"{method} (its advantages need the value head, fit on val prompts)")
         key = ("train", method, tc.seed, table, init)
         if key in self._made and not stop_at_step:
             return self._made[key]
@@ -244,7 +268,8 @@ class Pipeline:
         chosen = rows[rows[C.SPLIT] == split]
         if chosen.empty:
             raise UserError(f"eval split '{split}' has no prompts in {self.paths.rows} (splits: "
-                            f"{sorted(rows[C.SPLIT].unique())}); pick one with --split or eval.split=")
+                            f"{sorted(rows[C.SPLIT].unique())}); pick one with --split or eval.split=, or hold some "
+                            f"prompts out with data.holdout_fraction=0.1 data.holdout_split={split}")
         prompts = chosen.drop_duplicates(C.PROMPT_ID).sort_values(C.PROMPT_ID, kind="stable")
         if max_prompts is not None:
             prompts = prompts.head(max_prompts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from typing import Iterator, Optional
 
 # Ray 2.60, Train v2: a worker's ``ray.train.report`` is handed to the controller through a queue of size
@@ -54,6 +55,57 @@ def no_data_progress_bars() -> Iterator[None]:
         yield
     finally:
         ctx.enable_progress_bars = bars
+
+
+# Ray 2.60, Data: when a map function raises, these loggers print the failure (and an abbreviated stack
+# trace) at ERROR in the driver before the exception reaches the caller, which reports it itself: a user
+# error would show as a screen of Ray output around the one line that matters.
+DATA_ERROR_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+
+
+@contextlib.contextmanager
+def quiet_data_errors() -> Iterator[None]:
+    """Raise DATA_ERROR_LOGGERS above ERROR while a pass runs (the exception itself still propagates)."""
+    loggers = [logging.getLogger(name) for name in DATA_ERROR_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def fit(trainer):
+    """``trainer.fit()`` where Ctrl-C raises KeyboardInterrupt, as everywhere else in a stage.
+
+    Ray 2.60, Train v2: ``fit()`` installs its own SIGINT handler (and never restores the previous one).
+    It aborts the run "gracefully" and ``fit()`` then returns a result holding the last checkpoint as if
+    training had ended: the caller would export and publish a half-trained policy, and the process would
+    go on ignoring Ctrl-C. Without that handler, Ctrl-C interrupts the ``ray.get`` that ``fit()`` waits in;
+    the CLI stops the local Ray (the controller and workers with it) and the checkpoints already written
+    let a rerun resume.
+    """
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    DataParallelTrainer._register_sigint_handler = lambda self, controller: None
+    return trainer.fit()
+
+
+_REMOTE_ERROR = re.compile(r"^alol_ray\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def remote_error(exc: BaseException) -> Optional[tuple[str, str]]:
+    """(class name, message) of an ``alol_ray.errors`` exception raised in a Ray task or actor whose object
+    did not survive the trip back. Ray 2.60, Data: an exception in a map function reaches the driver as
+    ``RayTaskError(UserCodeException)`` whose cause is only the message "UDF failed"; the original exception
+    is left only in the remote traceback that its text carries."""
+    for err in wrapped_errors(exc):
+        match = _REMOTE_ERROR.search(str(err))
+        if match:
+            return match.group(1), match.group(2)
+    return None
 
 
 def wrapped_errors(exc: BaseException) -> list[BaseException]:

@@ -24,6 +24,7 @@ import shutil
 import time
 from typing import Callable, Optional, Union
 
+from alol_ray import faults
 from alol_ray.atomic import read_json, write_json
 
 STAGE_FILE = "stage.json"
@@ -113,6 +114,7 @@ def publish(staging: str, folder: str, fp: str, info: Optional[dict] = None) -> 
     shutil.rmtree(replaced, ignore_errors=True)
     if os.path.exists(folder):
         os.replace(folder, replaced)
+    faults.hit("publish", os.path.basename(folder))  # tests: a crash between the two renames
     os.replace(staging, folder)
     shutil.rmtree(replaced, ignore_errors=True)
     for stale in glob.glob(_aside(folder, "staging-*")):  # attempts of other configs: superseded

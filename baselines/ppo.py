@@ -44,6 +44,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from alol_ray import columns as C
+from alol_ray import ray_compat
 from alol_ray.errors import UserError
 from alol_ray.train.methods import Method, register
 
@@ -566,7 +567,7 @@ def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_
     spec = PPOSpec(cfg=cfg, train=tc, policy_path=policy_path, ref_path=ref_path, train_prompts=prompts,
                    val_prompts=val, run_dir=os.path.abspath(work_dir), reward_stats=dict(reward_stats or {}),
                    stop_at_step=stop_at_step)
-    result = build_trainer(spec, tc, work_dir, loop_fn=ppo_loop_per_worker).fit()
+    result = ray_compat.fit(build_trainer(spec, tc, work_dir, loop_fn=ppo_loop_per_worker))
     shutil.rmtree(os.path.join(work_dir, ROLLOUT_POLICY_DIR), ignore_errors=True)
     state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)
     outcome = TrainOutcome(run_dir=work_dir, export_dir=os.path.join(work_dir, "best"), total_steps=pc.iterations,

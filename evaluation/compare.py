@@ -50,6 +50,10 @@ def run_compare(pipeline: Pipeline, *, command: str) -> tuple[str, str]:
     methods = check_methods(list(cfg.compare.methods))
     seeds = list(range(cfg.compare.seeds))
     log.info(f"[compare] {len(methods)} methods x {len(seeds)} seeds in {pipeline.paths.root}")
+    # What the data must hold, checked before any training starts.
+    pipeline.eval_prompts()
+    if cfg.train.eval_every > 0 or any(get_method(m).needs_advantage for m in methods):
+        pipeline.require_split("val", "model selection and the value head")
 
     # Shared stages, once for all runs (the same table and pi_ref make the comparison fair).
     pipeline.reference()

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
+from alol_ray import faults
 from alol_ray.atomic import read_json, write_json, write_parquet
 from alol_ray.config import RunConfig
 from alol_ray.hashing import file_sha, fingerprint, model_identity
@@ -152,6 +153,7 @@ def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: 
         "prompts": len(examples), "engine": engine, "metrics": metrics, "ci95": ci,
         "generation": asdict(cfg.generation), "max_prompt_tokens": cfg.model.max_prompt_tokens,
     }
+    faults.hit("eval.scored", method)  # tests: a crash after the replies were scored, before anything is written
     examples_path = write_parquet(os.path.join(out_dir, EXAMPLES_FILE), examples)
     summary_path = write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
     title = f"alol eval: {method}-s{seed} on '{split}' ({len(examples)} prompts, {engine} engine)"

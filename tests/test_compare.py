@@ -109,3 +109,46 @@ def test_more_seeds_add_runs_to_the_same_comparison(demo_run, capsys):
     assert {m: os.path.getmtime(root / "train" / f"{m}-s0" / "stage.json") for m in before} == before
     table = pd.read_csv(root / "report" / "methods.csv").set_index("method")
     assert table.loc["a_lol", "seeds"] == table.loc["nll", "seeds"] == 2 and table.loc["reference", "seeds"] == 1
+
+
+# Where the faulted run dies, in the order it meets them; each fires once (ALOL_FAULTS_DIR), so every rerun
+# goes one point further. The driver dies hard (os._exit) at each, except train.step=4, where a Train worker
+# dies with no restarts left (the command fails); the first run to reach step 4 is the reference training.
+FAULTS = ["publish=data", "score.ref_part", "publish=scored", "train.step=4", "value.targets", "publish=value",
+          "eval.scored=reference", "publish=a_lol-s0", "eval.scored=a_lol"]
+
+
+def test_a_run_killed_at_every_stage_ends_identical_to_an_uninterrupted_one(demo_run, alol_cli, tmp_path):
+    """The same comparison (a_lol only), killed at the points above: rerun until it succeeds, then every stage
+    output equals the uninterrupted run's (rows, pi_ref, scored table, value table, the trained policy, the
+    evaluations). A half-written output is never taken as complete: a wrong one would differ here."""
+    import subprocess
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    root, argv, _ = demo_run
+    env = {**os.environ, "RAY_ADDRESS": "local", "ALOL_FAULTS": ",".join(FAULTS),
+           "ALOL_FAULTS_DIR": str(tmp_path / "fired")}
+    args = [*argv, "compare.methods=[a_lol]", "train.max_failures=0", "reference.train.max_failures=0"]
+    codes = []
+    for _ in range(len(FAULTS) + 1):
+        proc = subprocess.run([*alol_cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        codes.append(proc.returncode)
+        if proc.returncode == 0:
+            break
+    fired = sorted(p.name for p in (tmp_path / "fired").iterdir())
+    assert codes[-1] == 0 and len(codes) == len(FAULTS) + 1, (codes, fired, proc.stderr[-3000:])
+    assert len(fired) == len(FAULTS)
+    other = tmp_path / "runs" / "demo"
+
+    def frame(rel):
+        return pd.read_parquet(root / rel), pd.read_parquet(other / rel)
+
+    for rel in ("data/rows.parquet", "scored/table.parquet", "value/table.parquet",
+                "eval/reference-s0/examples.parquet", "eval/a_lol-s0/examples.parquet"):
+        a, b = frame(rel)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6, atol=1e-6, obj=rel)
+    for rel in ("train/reference-s0/best/model.safetensors", "train/a_lol-s0/best/model.safetensors"):
+        a, b = load_file(root / rel), load_file(other / rel)
+        assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-6, rel

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
+from alol_ray import ray_compat
 from alol_ray.atomic import write_json
 from alol_ray.config import RewardModelConfig, RunConfig
 from alol_ray.errors import UserError
@@ -308,7 +309,7 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
                                 failure_config=FailureConfig(max_failures=rm.max_failures)),
     )
     train_start = time.time()
-    result = trainer.fit()
+    result = ray_compat.fit(trainer)
     if result.checkpoint is None:
         raise RuntimeError("reward-model training reported no checkpoint")
     train_seconds = time.time() - train_start

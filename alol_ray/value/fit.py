@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from alol_ray import columns as C
+from alol_ray import faults
 from alol_ray.atomic import write_json, write_parquet
 from alol_ray.errors import UserError
 from alol_ray.value.head import ValueHead, ValueHeadConfig, save_head
@@ -381,6 +382,7 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
                         "check the reward components")
     write_parquet(os.path.join(out_dir, GENERATIONS),
                   pd.DataFrame({C.PROMPT: val_prompts, C.RESPONSE: replies, C.REWARD: targets}))
+    faults.hit("value.targets")  # tests: a crash between the generations and the fit
 
     device = _device()
     dtype = cfg.model.dtype if device.type == "cuda" else "float32"

@@ -1,0 +1,94 @@
+"""Checks that need more than the config file, run once in the driver before any stage or Ray starts.
+
+The config (``alol_ray.config``) already rejects bad values, unknown keys and local paths that do not
+exist. What is left needs the environment:
+
+- every hub id a run would load (policy, pi_ref, reward models, the reward-model backbone, hub datasets)
+  is in the local Hugging Face cache, or the Hub answers for it within seconds: without network a hub id
+  would otherwise fail minutes later, after Hugging Face's retries, inside a Ray actor;
+- every method named (train.algo, compare.methods) is registered;
+- every reward component can be built here: python functions import, built-in scorers take their params.
+
+A failed check is a ``ConfigError`` naming the setting (exit 2 in the CLI).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from alol_ray.config import looks_local, path_fields
+from alol_ray.errors import ConfigError
+from alol_ray.hashing import hub_revision
+
+HUB_TIMEOUT_S = 10.0
+
+
+def _hub_problem(repo_id: str, kind: str) -> Optional[str]:
+    """Why ``repo_id`` cannot be loaded here, or None when it can (cached, or the Hub knows it)."""
+    if hub_revision(repo_id, kind):
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import RepositoryNotFoundError
+    except ImportError:
+        return None
+    try:
+        info = HfApi().model_info if kind == "model" else HfApi().dataset_info
+        info(repo_id, timeout=HUB_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        return "the Hugging Face Hub has no such repository (or it is private: log in with `hf auth login`)"
+    except Exception as exc:  # no network, DNS, proxy, timeout
+        return f"the Hugging Face Hub cannot be reached ({type(exc).__name__}) and it is not in the local cache"
+    return None
+
+
+def check_hub_ids(cfg) -> None:
+    """Every hub id the run would load can be loaded (see the module docs)."""
+    for key, owner, name, kind, keywords in path_fields(cfg):
+        value = getattr(owner, name)
+        if kind not in ("model", "data") or not value or value in keywords or os.path.exists(value):
+            continue
+        if looks_local(value) or "://" in value:
+            continue  # resolve_paths has vetted local paths; URIs are not hub ids
+        if not _used(cfg, key):
+            continue
+        problem = _hub_problem(value, "model" if kind == "model" else "dataset")
+        if problem:
+            raise ConfigError(f"{key}: cannot load {value!r}: {problem}; download it first or give a local folder")
+
+
+def _used(cfg, key: str) -> bool:
+    """Whether a path field is read by this run at all (model.name_or_path only with model.init=pretrained)."""
+    if key == "model.name_or_path":
+        return cfg.model.init == "pretrained"
+    if key.startswith("reward.components."):
+        index = int(key.split(".")[2])
+        return cfg.reward.components[index].kind == "hf_classifier"
+    return True
+
+
+def check_methods(cfg) -> None:
+    from alol_ray.registry import get_method  # imports torch: only when a run is checked
+
+    for key, names in (("train.algo", [cfg.train.algo]), ("compare.methods", list(cfg.compare.methods))):
+        for name in names:
+            try:
+                get_method(name)
+            except ValueError as err:
+                raise ConfigError(f"{key}: {err}") from None
+
+
+def check_rewards(cfg) -> None:
+    from alol_ray.scoring.reward import check_components
+
+    check_components(list(cfg.reward.components))
+
+
+def check_run(cfg) -> None:
+    """All of the above, for one run's config."""
+    check_methods(cfg)
+    check_rewards(cfg)
+    check_hub_ids(cfg)

@@ -1,0 +1,112 @@
+"""Dependencies point one way (docs/architecture.md, "Layers"), checked on the source with ``ast``: every import
+counts, those inside functions too.
+
+- only the command line (alol_ray.cli, alol_ray.commands.*) and the comparison runner import the pipeline;
+- there is no import cycle among the project's modules;
+- the core modules import nothing of the project but other core modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("alol_ray", "baselines", "evaluation")
+ABOVE_PIPELINE = ("alol_ray.cli", "alol_ray.commands", "evaluation.compare")
+CORE = ("alol_ray.errors", "alol_ray.columns", "alol_ray.runs", "alol_ray.hashing", "alol_ray.atomic",
+        "alol_ray.stage", "alol_ray.runlock", "alol_ray.faults", "alol_ray.ray_compat", "alol_ray.ray_utils",
+        "alol_ray.logs")
+
+
+def project_modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            out[name[: -len(".__init__")] if name.endswith(".__init__") else name] = path
+    return out
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``name`` imports anywhere in its source (module level or inside functions)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            # `from pkg import module` imports that module; `from module import name`, the module
+            candidates = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for candidate in candidates:
+            while candidate and candidate not in modules:
+                candidate = candidate.rpartition(".")[0]
+            if candidate and candidate != name:
+                found.add(candidate)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_parser_sees_function_level_imports():
+    g = graph()
+    assert "alol_ray.pipeline" in g["alol_ray.commands.train"] or "alol_ray.registry" in g["alol_ray.commands.train"]
+    assert "alol_ray.registry" in g["alol_ray.pipeline"]  # imported inside methods only
+
+
+def test_only_the_command_line_and_the_comparison_runner_import_the_pipeline():
+    g = graph()
+    importers = sorted(m for m, targets in g.items() if "alol_ray.pipeline" in targets)
+    upward = [m for m in importers if not m.startswith(ABOVE_PIPELINE)]
+    assert importers and not upward, upward
+
+
+def test_there_is_no_import_cycle():
+    assert cycles(graph()) == []
+
+
+def test_core_modules_import_only_core_modules():
+    g = graph()
+    for module in CORE:
+        assert g[module] <= set(CORE), (module, sorted(g[module] - set(CORE)))
