@@ -237,7 +237,7 @@ def cache_runs(ray_local, classifiers, tiny_policy_dir, builtin_rows, tmp_path_f
 
     rows = builtin_rows[builtin_rows[C.SPLIT] == "train"].head(72).reset_index(drop=True)
     rows.loc[rows.index % 2 == 0, C.REWARD] = np.nan  # these lack a reward; the others keep theirs
-    rows_a, rows_b = rows.head(48), rows.tail(24)
+    rows_a = rows.head(48)
     storage = tmp_path_factory.mktemp("runs")
     cfg = _cfg(classifiers, storage)
     scored, cache = os.path.join(storage, "scored"), os.path.join(storage, "cache")
