@@ -12,6 +12,9 @@ RANK = "rank"  # int: 0 = best response of its prompt, 1 = next, ...
 SPLIT = "split"  # str: one of SPLITS
 REWARD = "reward"  # float: total reward (weighted sum of components); may be absent before scoring
 REWARD_PREFIX = "reward/"  # float columns "reward/<component>"
+# float: the total reward before transforms (weighted sum of the components' raw scores, or the raw value the
+# data carried): the reward model's own scale, e.g. logits where ``reward`` holds sigmoid(logit). PRO ranks by it.
+REWARD_RAW = "reward_raw"
 SOURCE = "source"  # str: which input source (file stem / dataset name) the row came from
 
 SPLITS = ("train", "val", "test")

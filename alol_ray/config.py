@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import string
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -184,10 +185,42 @@ class PolicyConfig:
         if self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype must be one of {list(DTYPES)}, got '{self.dtype}'")
 
+    def weight_dtype(self, on_gpu: bool) -> str:
+        """The dtype the policy's weights (and pi_ref's) are loaded in: ``dtype``; auto = fp32 master weights for
+        full fine-tuning (bf16 only through autocast), a frozen LoRA base in bf16 on GPU."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if self.lora.enabled and on_gpu else "float32"
+
+    def load_identity(self, on_gpu: bool) -> dict:
+        """How the policy and pi_ref are loaded (part of the reference scores' cache key)."""
+        return {"dtype": self.weight_dtype(on_gpu), "4bit": bool(self.lora.load_in_4bit)}
+
 
 # ---------------------------------------------------------------------------------------------------
 # rewards and scoring
 # ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TurnsConfig:
+    """``template: turns``: the conversation rendered turn by turn in the reward model's own format: the prompt's
+    turns (found by ``markers``, the data's chat template) and the response as the last assistant turn, each
+    through ``human`` / ``assistant`` ({text}; {eos} = the reward model tokenizer's EOS), joined by
+    ``separator``. The defaults are the OpenAssistant reward models' format, which the HH data's rewards come
+    from: <|prompter|>question<|endoftext|><|assistant|>reply<|endoftext|>."""
+
+    human: str = "<|prompter|>{text}{eos}"
+    assistant: str = "<|assistant|>{text}{eos}"
+    separator: str = ""
+    markers: ChatTemplateConfig = field(default_factory=ChatTemplateConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("human", "assistant"):
+            used = {f for _, f, _, _ in string.Formatter().parse(getattr(self, name)) if f is not None}
+            if "text" not in used or not used <= {"text", "eos"}:
+                raise ConfigError(f"reward component turns.{name} must use {{text}} (and may use {{eos}}), "
+                                  f"got {getattr(self, name)!r}")
 
 
 REWARD_KINDS = ("hf_classifier", "python", "builtin_task", "length", "distinct", "tfidf")
@@ -205,7 +238,10 @@ class RewardComponentConfig:
     revision: Optional[str] = None
     label: Optional[str] = None  # hf_classifier: use P(label) instead of the single logit
     function: str = ""  # python: "package.module:function"
-    template: str = "{prompt} {response}"  # hf_classifier input rendering ("pair" = tokenizer text pair)
+    # hf_classifier input: "{prompt} {response}" (any format string over them), "pair" (a tokenizer text pair),
+    # "chat" (the tokenizer's chat template) or "turns" (turn by turn in the model's own format, see turns)
+    template: str = "{prompt} {response}"
+    turns: TurnsConfig = field(default_factory=TurnsConfig)
     max_length: int = 512
     truncation_side: str = "left"
     transform: str = "raw"  # raw | sigmoid | standardise
@@ -235,6 +271,20 @@ class RewardComponentConfig:
 
             for key, value in reward_spec_overrides(self).items():
                 setattr(self, key, value)
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """A config dataclass from its ``dataclasses.asdict`` form, nested sections included (what travels to Ray
+    actors as plain data)."""
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            value = data[f.name]
+            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+            if is_dataclass(default) and isinstance(value, dict):
+                value = from_dict(type(default), value)
+            kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def check_component_names(components) -> None:
@@ -287,10 +337,16 @@ class ScoringConfig:
     #                             cached at once, so it is also how much an interrupted run can lose
     reference: bool = True  # also compute ref_logp / ref_token_logps (needs pi_ref); `alol score --no-reference`
     pass_retries: int = 2  # a pass whose actor is lost for good restarts on the rows not cached yet
+    # Rows that carry a reward are also scored by reward.components on a sample of this many, and the two are
+    # compared (correlation in scoring.json): do the value targets and evaluations measure what the data's
+    # rewards measure? 0 = off.
+    agreement_rows: int = 256
+    agreement_warn_below: float = 0.5  # warn when the Pearson correlation of the two is lower
 
     def __post_init__(self) -> None:
-        if self.batches_per_block < 1 or self.pass_retries < 0:
-            raise ConfigError("scoring.batches_per_block must be >= 1 and scoring.pass_retries >= 0")
+        if self.batches_per_block < 1 or self.pass_retries < 0 or self.agreement_rows < 0:
+            raise ConfigError("scoring.batches_per_block must be >= 1, scoring.pass_retries and "
+                              "scoring.agreement_rows >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -331,7 +387,9 @@ class ALoLConfig:
     """Knobs of the A-LoL family losses (alol_ray.losses)."""
 
     clip: bool = True  # clamp the importance weight to [1 - clip_eps, 1 + clip_eps]; false: unclamped
-    clip_eps: float = 0.9  # the paper's HHA runs: 0.9 -> [0.1, 1.9]; 0 with clip: the weight is exactly 1
+    # the paper's HHA runs: 0.9 -> [0.1, 1.9]; 0 with clip: the weight is exactly 1 (the reference code's
+    # eps 0 means no clamp at all: clip: false here)
+    clip_eps: float = 0.9
     kl_beta: float = 0.1  # a_lol_kl: beta * (log pi_theta(y|x) - log pi_ref(y|x))
     r_gold_u: float = 0.1  # r_gold: lower bound u of the per-token weight max(u, pi_theta(y_t))
 
@@ -643,6 +701,9 @@ class PPOConfig:
     rollout_size: int = 16  # prompts sampled and answered per iteration (TRL batch_size)
     mini_batch_size: int = 4  # rollouts per optimizer step, over all workers
     ppo_epochs: int = 4  # passes over each rollout
+    # mini-batches per optimizer step (gradients averaged): the reference PPO run (TRL 0.7.1, batch 16, mini-batch
+    # 4, gradient accumulation 4) takes one step per epoch, 4 per iteration
+    grad_accum: int = 4
     lr: float = 1.41e-5  # AdamW (TRL default); tiny CPU policies want ~1e-4
     init_kl_coef: float = 0.2
     adaptive_kl: bool = True  # Ziegler et al. controller; false = fixed init_kl_coef
@@ -674,6 +735,9 @@ class PPOConfig:
         if self.rollout_size % self.mini_batch_size:
             raise ConfigError(f"ppo.rollout_size ({self.rollout_size}) must be a multiple of ppo.mini_batch_size "
                               f"({self.mini_batch_size})")
+        if self.grad_accum < 1 or (self.rollout_size // self.mini_batch_size) % self.grad_accum:
+            raise ConfigError(f"ppo.grad_accum ({self.grad_accum}) must divide the mini-batches per epoch "
+                              f"(ppo.rollout_size / ppo.mini_batch_size = {self.rollout_size // self.mini_batch_size})")
         if self.init_kl_coef < 0 or self.target_kl <= 0 or self.kl_horizon <= 0:
             raise ConfigError("ppo.init_kl_coef must be >= 0, ppo.target_kl and ppo.kl_horizon > 0")
         if not 0 < self.cliprange < 1 or self.cliprange_value <= 0 or self.vf_coef < 0:

@@ -56,8 +56,12 @@ class LossInputs:
 class LossParams:
     """Scalar hyper-parameters of the losses (the config layer copies them from the method config)."""
 
-    clip_eps: float = 0.9  # importance weight clamped to [1 - eps, 1 + eps]; eps = 0 with clip -> weight exactly 1
-    clip: bool = True  # False: no clamp (reference gen-script default); capped at exp(MAX_LOG_WEIGHT)
+    # The importance weight is clamped to [1 - eps, 1 + eps]. eps = 0 with clip: the weight is exactly 1. The
+    # reference code (LoL-RL) reads ppo_clip = 0 as "no clamp" instead: its eps-0 a_lol runs use the unclipped
+    # ratio, which is clip=False here; its a_lol with kl_beta > 0 requires eps 0 and drops the ratio, which is
+    # a_lol_kl here. The HH configs use eps 0.9, where both agree: [0.1, 1.9].
+    clip_eps: float = 0.9
+    clip: bool = True  # False: no clamp (the reference's eps 0, its gen-script default); capped at exp(MAX_LOG_WEIGHT)
     gold_u: float = 0.1  # lower bound u of the per-token GOLD weight max(u, pi(y_t))
     kl_beta: float = 0.1  # beta of the a_lol_kl penalty beta * (log pi_theta(y|x) - log pi_ref(y|x))
 

@@ -24,6 +24,7 @@ from transformers import (
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+ADAPTER_CONFIG = "adapter_config.json"  # a folder (or hub repo) holding one is a peft adapter, not a model
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
@@ -186,3 +187,68 @@ def _with_lora(model: PreTrainedModel, lora: dict) -> PreTrainedModel:
         task_type="CAUSAL_LM",
     )
     return peft.get_peft_model(model, config)
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading a policy the way training does
+# ----------------------------------------------------------------------------------------------------
+
+
+def is_adapter(model_dir: str) -> bool:
+    return os.path.exists(os.path.join(model_dir, ADAPTER_CONFIG))
+
+
+def adapter_base(path: str) -> tuple[str, str | None]:
+    """(base model, adapter) when ``path`` is a peft adapter (a folder or hub repo with adapter_config.json,
+    like timdettmers/qlora-hh-rlhf-7b), else (path, None)."""
+    if os.path.isdir(path) and not is_adapter(path):
+        return path, None
+    try:
+        import peft  # only adapter starts need peft
+
+        config = peft.PeftConfig.from_pretrained(path)
+    except Exception:  # not an adapter (or not reachable): load it as a plain model
+        return path, None
+    return config.base_model_name_or_path, path
+
+
+def load_4bit(path: str, model_cfg, device):
+    """A QLoRA base: 4-bit NF4 weights through bitsandbytes (CUDA only)."""
+    from alol_ray.errors import ConfigError
+
+    if device.type != "cuda":
+        raise ConfigError("model.lora.load_in_4bit (QLoRA) needs a CUDA GPU: set train.use_gpu=true (and "
+                          "scoring.reference_pool.num_gpus > 0 for pi_ref, which is scored in 4-bit too), or disable it")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("model.lora.load_in_4bit needs bitsandbytes: pip install 'alol-ray[gpu]'") from None
+    import peft
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, device_map={"": device.index or 0},
+                                                 trust_remote_code=model_cfg.trust_remote_code, dtype=torch.bfloat16)
+    model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model, load_tokenizer(path, trust_remote_code=model_cfg.trust_remote_code)
+
+
+def load_frozen_policy(path: str, model_cfg, device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """pi_ref loaded exactly as training loads the policy it is compared with: the same weight dtype and,
+    under QLoRA, the same 4-bit NF4 base (an adapter start is applied on top, unmerged, as training does).
+    So at step 0, when the policy is pi_ref, the importance weight pi_theta / pi_ref is 1. In eval mode,
+    without gradients, on ``device`` (a torch.device)."""
+    base, adapter = adapter_base(path)
+    if model_cfg.lora.load_in_4bit:
+        model, tokenizer = load_4bit(base, model_cfg, device)
+    else:
+        model, tokenizer = load_policy(base, dtype=model_cfg.weight_dtype(device.type == "cuda"),
+                                       trust_remote_code=model_cfg.trust_remote_code, device=device)
+    if adapter:
+        import peft
+
+        model = peft.PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer

@@ -146,7 +146,7 @@ class Pipeline:
 
         rows = self.rows()
         ref_path = self.reference() if with_ref else None
-        fp = fingerprint("scored-v2", file_sha(rows), table.stage_identity(self.cfg, ref_path))
+        fp = fingerprint("scored-v3", file_sha(rows), table.stage_identity(self.cfg, ref_path))
         cache = self.paths.score_cache
 
         def build(out: str) -> dict:

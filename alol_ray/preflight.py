@@ -7,7 +7,8 @@ exist. What is left needs the environment:
   is in the local Hugging Face cache, or the Hub answers for it within seconds: without network a hub id
   would otherwise fail minutes later, after Hugging Face's retries, inside a Ray actor;
 - every method named (train.algo, compare.methods) is registered;
-- every reward component can be built here: python functions import, built-in scorers take their params.
+- every reward component can be built here: python functions import, built-in scorers take their params;
+- QLoRA (4-bit) runs have a GPU wherever the 4-bit policy and pi_ref are loaded.
 
 A failed check is a ``ConfigError`` naming the setting (exit 2 in the CLI).
 """
@@ -87,8 +88,22 @@ def check_rewards(cfg) -> None:
     check_components(list(cfg.reward.components))
 
 
+def check_devices(cfg) -> None:
+    """QLoRA needs CUDA wherever the policy or pi_ref is loaded: pi_ref is scored on the same 4-bit base."""
+    if not cfg.model.lora.load_in_4bit:
+        return
+    if not cfg.model.lora.enabled:
+        raise ConfigError("model.lora.load_in_4bit needs model.lora.enabled=true (QLoRA trains adapters)")
+    if not cfg.train.use_gpu:
+        raise ConfigError("model.lora.load_in_4bit (QLoRA) trains on a GPU: set train.use_gpu=true")
+    if cfg.scoring.reference and cfg.scoring.reference_pool.num_gpus <= 0:
+        raise ConfigError("model.lora.load_in_4bit: pi_ref is scored on the same 4-bit base as the policy, which "
+                          "needs a GPU: set scoring.reference_pool.num_gpus > 0 (e.g. 0.5)")
+
+
 def check_run(cfg) -> None:
     """All of the above, for one run's config."""
+    check_devices(cfg)
     check_methods(cfg)
     check_rewards(cfg)
     check_hub_ids(cfg)

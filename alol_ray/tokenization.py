@@ -2,8 +2,9 @@
 
 A pair becomes ``prompt_ids + response_ids`` where
 
-- the prompt is encoded without special tokens and LEFT-truncated to ``max_prompt_tokens`` (the end of a
-  dialogue is what the reply answers), and
+- the prompt is the tokenizer's special prefix (BOS for LLaMA-family tokenizers, nothing for GPT-2 or
+  Pythia) followed by its text, LEFT-truncated to ``max_prompt_tokens`` (the end of a dialogue is what the
+  reply answers), and
 - the response is encoded without special tokens, RIGHT-truncated to ``max_response_tokens - 1`` and
   followed by EOS. The EOS is a response token like any other: it is scored, so a policy learns when to
   stop (A-LoL / LoL-RL sum the NLL over the response tokens including the appended EOS).
@@ -17,19 +18,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-import torch
+
+def special_prefix(tokenizer) -> list[int]:
+    """The special ids the tokenizer puts before a text, the way it defines them: [BOS] for LLaMA-family
+    tokenizers, nothing for GPT-2 or Pythia. Found by encoding a text with and without special tokens."""
+    cached = getattr(tokenizer, "_alol_special_prefix", None)
+    if cached is not None:
+        return list(cached)
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    prefix: list[int] = []
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            prefix = list(full[:start])
+            break
+    try:
+        tokenizer._alol_special_prefix = tuple(prefix)
+    except AttributeError:  # a tokenizer that takes no attributes: computed again next time
+        pass
+    return prefix
+
+
+def encode_prompt(tokenizer, prompt: str, max_prompt_tokens: int) -> list[int]:
+    """A prompt's ids as every part of alol-ray feeds it to a policy: the tokenizer's special prefix (BOS where
+    it has one) and the text's ids, LEFT-truncated so that the whole fits ``max_prompt_tokens`` (the end of a
+    dialogue is what the reply answers; the BOS stays first)."""
+    prefix = special_prefix(tokenizer)
+    room = max_prompt_tokens - len(prefix)
+    if room < 1:
+        raise ValueError(f"max_prompt_tokens={max_prompt_tokens} leaves no room after the special tokens {prefix}")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return prefix + list(ids[-room:])
 
 
 def encode_pair(tokenizer, prompt: str, response: str, max_prompt_tokens: int,
                 max_response_tokens: int) -> tuple[list[int], list[int]]:
-    """Token ids of one (prompt, response) pair: (prompt ids, response ids ending in EOS)."""
+    """Token ids of one (prompt, response) pair: (prompt ids from ``encode_prompt``, response ids ending in EOS)."""
     if max_prompt_tokens < 1 or max_response_tokens < 1:
         raise ValueError("max_prompt_tokens and max_response_tokens must be >= 1")
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos token; every response must end with one")
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+    prompt_ids = encode_prompt(tokenizer, prompt, max_prompt_tokens)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_tokens - 1]
-    return list(prompt_ids), list(response_ids) + [tokenizer.eos_token_id]
+    return prompt_ids, list(response_ids) + [tokenizer.eos_token_id]
 
 
 @dataclass
@@ -62,6 +93,8 @@ class PolicyBatch:
 
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> PolicyBatch:
     """Right-pad encoded pairs (from ``encode_pair``) into a ``PolicyBatch``."""
+    import torch  # lazy: the prompt encoders above are used by torch-free code (the generation driver)
+
     if not pairs:
         raise ValueError("collate: empty batch")
     for prompt_ids, response_ids in pairs:
@@ -98,6 +131,7 @@ def response_token_logps(model, batch: PolicyBatch) -> torch.Tensor:
     Differentiable when called with grad enabled. Only the logits at response positions are kept and
     the log-prob is ``logit[target] - logsumexp(logits)``, so no [B, L, V] log-softmax copy is made.
     """
+    import torch  # lazy: see collate
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # [B, L, V]
     vocab = logits.shape[-1]
     index = batch.response_index
@@ -111,10 +145,12 @@ def response_token_logps(model, batch: PolicyBatch) -> torch.Tensor:
 def prompt_batch(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts alone, left-truncated like ``encode_pair`` and right-padded: (input_ids, attention_mask),
     both [B, P] long. The value head reads the reference policy's hidden states of these."""
+    import torch  # lazy: see collate
+
     if max_prompt_tokens < 1:
         raise ValueError("max_prompt_tokens must be >= 1")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, max_prompt_tokens) for p in prompts]
     if any(len(ids) == 0 for ids in encoded):
         raise ValueError("prompt_batch: empty prompt")
     width = max(len(ids) for ids in encoded)

@@ -8,7 +8,9 @@ a name it does not know):
                         ``train.dpo.beta``, ``train.dpo.reference_free``
     dpo_ref_free  pair  DPO with the reference term set to 0 (needs no reference column)
     pro           list  all rows of a prompt in rank order; listwise PRO loss with reward-difference
-                        temperatures plus ``train.pro.sft_weight`` * (n-1)^2 * NLL of the best row
+                        temperatures plus ``train.pro.sft_weight`` * (n-1)^2 * NLL of the best row; the
+                        temperatures are the table's ``reward_raw`` (the reward model's raw scores, as PRO
+                        and the reference code use them), not the transformed ``reward``
     gold          single  GOLD (Pang & He 2021): per-token weight max(u, pi~(y_t)) from a stale copy of the
     gold_delta            policy re-synced every ``train.gold.sync_every`` updates, times the return of
     gold_s                the p_MLE-based reward; ``gold`` takes the reward from ``train.gold.reward``,
@@ -96,8 +98,8 @@ def pro_compute(model, batch: TrainBatch, params: PROParams, state=None):
     tokens (and the EOS) only, never the prompt (``tokenization.collate`` indexes exactly the positions
     that predict response tokens; LoL-RL's copy of PRO is off by one there).
     """
-    if batch.reward is None:
-        raise ValueError("pro needs the scored table's reward column")
+    if batch.reward_raw is None:
+        raise ValueError("pro needs the scored table's reward_raw column")
     logps = response_token_logps(model, batch.policy)  # [N, R]
     mask = batch.policy.response_mask
     sizes = torch.bincount(batch.group)  # rows per unit
@@ -111,7 +113,7 @@ def pro_compute(model, batch: TrainBatch, params: PROParams, state=None):
             raise ValueError("list batch: rows of a unit must be contiguous and in rank order")
         shape = (units.numel(), n, -1)
         loss, part = pro_loss(logps[rows].view(shape), mask[rows].view(shape),
-                              batch.reward[rows].view(units.numel(), n), sft_weight=params.sft_weight)
+                              batch.reward_raw[rows].view(units.numel(), n), sft_weight=params.sft_weight)
         share = units.numel() / n_units
         total = total + share * loss
         for key, value in part.items():
@@ -177,7 +179,7 @@ def _register() -> None:
                     compute=dpo_compute, make_params=_dpo_params(None)))
     register(Method(name="dpo_ref_free", layout="pair", columns=(), sample_weight="none",
                     compute=dpo_compute, make_params=_dpo_params(True)))
-    register(Method(name="pro", layout="list", columns=(C.REWARD,), sample_weight="none",
+    register(Method(name="pro", layout="list", columns=(C.REWARD_RAW,), sample_weight="none",
                     compute=pro_compute, make_params=_pro_params))
     for name, kind in (("gold", None), ("gold_delta", "delta"), ("gold_s", "s"), ("gold_p", "p")):
         register(Method(name=name, layout="single", columns=() if kind == "delta" else (C.REF_TOKEN_LOGPS,),

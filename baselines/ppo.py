@@ -113,13 +113,13 @@ class ReferencePolicy:
     """The frozen pi_ref as a Ray actor: log-probs of given token ids (the exact rollout tokens, not a
     re-tokenisation of the decoded text). Loading and the forward pass are the ReferenceScorer's."""
 
-    def __init__(self, model_path: str, *, max_prompt_tokens: int, max_response_tokens: int, use_gpu: bool,
-                 bf16: bool, num_threads: Optional[int], trust_remote_code: bool = False):
+    def __init__(self, model_path: str, *, max_prompt_tokens: int, max_response_tokens: int, model_cfg,
+                 use_gpu: bool, bf16: bool, num_threads: Optional[int]):
         from alol_ray.scoring.reference import ReferenceScorer
 
         self.scorer = ReferenceScorer(model_path, max_prompt_tokens=max_prompt_tokens,
-                                      max_response_tokens=max_response_tokens, use_gpu=use_gpu, bf16=bf16,
-                                      num_threads=num_threads, trust_remote_code=trust_remote_code)
+                                      max_response_tokens=max_response_tokens, model_cfg=model_cfg, use_gpu=use_gpu,
+                                      bf16=bf16, num_threads=num_threads)
 
     def token_logps(self, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32) -> list[np.ndarray]:
         import torch
@@ -246,8 +246,8 @@ class _Rollouts:
         actor = ray.remote(ReferencePolicy).options(num_cpus=pc.reference_cpus, num_gpus=pc.reference_gpus)
         self.reference = actor.remote(
             spec.ref_path, max_prompt_tokens=cfg.model.max_prompt_tokens, max_response_tokens=pc.max_new_tokens + 1,
-            use_gpu=pc.reference_gpus > 0, bf16=cfg.scoring.reference_pool.bf16,
-            num_threads=max(1, int(pc.reference_cpus)), trust_remote_code=cfg.model.trust_remote_code)
+            model_cfg=cfg.model, use_gpu=pc.reference_gpus > 0, bf16=cfg.scoring.reference_pool.bf16,
+            num_threads=max(1, int(pc.reference_cpus)))
         if pc.reward_service:
             from alol_ray.scoring.serve import RewardClient, start
 
@@ -481,35 +481,47 @@ def ppo_loop_per_worker(config: dict) -> None:
 
 def ppo_epochs(model, optimizer, trainable, batch, old_logps, old_values, advantages, returns, pc, *,
                grad_clip: float, mini_batch: int, seed: tuple, use_autocast: bool = False) -> dict[str, float]:
-    """``pc.ppo_epochs`` shuffled passes over one rollout shard in mini-batches of ``mini_batch`` rollouts,
-    one optimizer step each; returns the mean of every step's metrics."""
+    """``pc.ppo_epochs`` shuffled passes over one rollout shard in mini-batches of ``mini_batch`` rollouts, with
+    one optimizer step per ``pc.grad_accum`` mini-batches (their gradients averaged, as TRL's gradient
+    accumulation does); returns the mean of every mini-batch's metrics and ``ppo/optimizer_steps``."""
+    import contextlib
+
     import torch
 
     from baselines import ppo_loss as P
 
     n = len(batch)
     sums: dict[str, float] = {}
-    steps = 0
+    minis = steps = 0
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
     for epoch in range(pc.ppo_epochs):
         order = np.random.default_rng([*seed, 11, epoch]).permutation(n)
-        for start in range(0, n, mini_batch):
+        starts = list(range(0, n, mini_batch))
+        for k, start in enumerate(starts):
             idx = torch.as_tensor(order[start:start + mini_batch], device=batch.input_ids.device)
             sub = _select(batch, idx)
             rows = (idx, slice(0, sub.response_mask.shape[1]))  # the mini-batch is trimmed to its longest response
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-                logps, values, _ = model(sub)
-            loss, metrics = P.ppo_loss(logps, old_logps[rows], values, old_values[rows], advantages[rows],
-                                       returns[rows], sub.response_mask, cliprange=pc.cliprange,
-                                       cliprange_value=pc.cliprange_value, vf_coef=pc.vf_coef)
-            loss.backward()
-            max_norm = grad_clip if grad_clip > 0 else float("inf")
-            metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step_now = (k + 1) % pc.grad_accum == 0 or k == len(starts) - 1
+            # DDP all-reduces gradients once per optimizer step, on its last mini-batch.
+            sync = contextlib.nullcontext() if step_now or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+                    logps, values, _ = model(sub)
+                loss, metrics = P.ppo_loss(logps, old_logps[rows], values, old_values[rows], advantages[rows],
+                                           returns[rows], sub.response_mask, cliprange=pc.cliprange,
+                                           cliprange_value=pc.cliprange_value, vf_coef=pc.vf_coef)
+                (loss / pc.grad_accum).backward()
+            if step_now:
+                metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
-            steps += 1
-    return {k: v / steps for k, v in sums.items()}
+            minis += 1
+    out = {k: v / (steps if k == "train/grad_norm" else minis) for k, v in sums.items()}
+    out["ppo/optimizer_steps"] = float(steps)
+    return out
 
 
 def _select(batch, idx):

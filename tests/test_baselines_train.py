@@ -39,6 +39,9 @@ def scored_table(builtin_rows, tiny_policy_dir) -> pd.DataFrame:
         ids = builtin_rows.loc[builtin_rows[C.SPLIT] == split, C.PROMPT_ID].drop_duplicates().head(n)
         keep.append(builtin_rows[builtin_rows[C.PROMPT_ID].isin(ids)])
     table = pd.concat(keep).reset_index(drop=True)
+    # As the HH tables are: the training reward is sigmoid(raw), the raw score (an RM logit) is kept beside it.
+    table[C.REWARD_RAW] = 2.0 * (table[C.REWARD] - 1.5)
+    table[C.REWARD] = 1.0 / (1.0 + np.exp(-table[C.REWARD_RAW]))
     scorer = ReferenceScorer(tiny_policy_dir, max_prompt_tokens=MAX_PROMPT, max_response_tokens=MAX_RESPONSE)
     return scorer(table)
 
@@ -102,7 +105,8 @@ def test_pro_scores_response_tokens_only_and_handles_mixed_list_sizes(scored_tab
     """PRO's s_i must be the mean log-prob of the response tokens (incl. EOS). Recompute every sequence's
     log-probs from the full log-softmax over input positions prompt_len .. prompt_len + len - 1 (targets
     shifted by one) and compare; the off-by-one mask of LoL-RL's copy (one prompt token in, the EOS out)
-    gives a different loss."""
+    gives a different loss. The temperatures are the raw rewards (reward_raw, e.g. RM logits), as in PRO and
+    the reference code, not the sigmoid the table trains the A-LoL family on: with those the loss differs."""
     model, tok = policy
     method, batch = batch_for(scored_table, "pro", tok, 8)
     sizes = torch.bincount(batch.group)
@@ -114,7 +118,7 @@ def test_pro_scores_response_tokens_only_and_handles_mixed_list_sizes(scored_tab
                                        attention_mask=batch.policy.attention_mask).logits.float(), -1)
     targets = torch.gather(full[:, :-1], 2, batch.policy.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [N, L-1]
 
-    def pro_from(offset):
+    def pro_from(offset, rewards=batch.reward_raw):
         per_seq = []
         for i in range(len(batch.group)):
             p, r = int(batch.policy.prompt_lengths[i]), int(batch.policy.response_lengths[i])
@@ -130,12 +134,13 @@ def test_pro_scores_response_tokens_only_and_handles_mixed_list_sizes(scored_tab
                 lp[j, :len(per_seq[i])] = per_seq[i]
                 mask[j, :len(per_seq[i])] = 1
             part, _ = pro_loss(lp.view(len(units), n, -1), mask.view(len(units), n, -1),
-                               batch.reward[rows].view(len(units), n), sft_weight=0.05)
+                               rewards[rows].view(len(units), n), sft_weight=0.05)
             total += part * len(units) / len(sizes)
         return total
 
     torch.testing.assert_close(loss, torch.as_tensor(pro_from(0)), atol=1e-4, rtol=0)
     assert abs(loss.item() - float(pro_from(-1))) > 1e-3  # one prompt token in, EOS out: not what we train
+    assert abs(loss.item() - float(pro_from(0, torch.sigmoid(batch.reward_raw)))) > 1e-2  # sigmoid: not PRO
 
 
 def test_gold_stale_copy_resyncs_every_k_steps(scored_table, tiny_policy_dir):

@@ -59,8 +59,8 @@ def test_policy_with_value_head_matches_the_shared_tokenisation(tiny_policy_dir,
     real = batch.response_mask > 0
     assert bool((entropy[real] > 0).all()) and bool((entropy[~real] == 0).all())
     # The reference actor's log-probs of token ids (not re-tokenised text) are the same numbers.
-    ref = ReferencePolicy(tiny_policy_dir, max_prompt_tokens=MAX_PROMPT, max_response_tokens=32, use_gpu=False,
-                          bf16=False, num_threads=1)
+    ref = ReferencePolicy(tiny_policy_dir, max_prompt_tokens=MAX_PROMPT, max_response_tokens=32,
+                          model_cfg=RunConfig().model, use_gpu=False, bf16=False, num_threads=1)
     got = ref.token_logps(pairs_of(tok, builtin_rows, 6), batch_size=4)
     for i, row in enumerate(got):
         n = int(batch.response_lengths[i])
@@ -99,6 +99,25 @@ def test_ppo_epochs_on_rollouts_of_different_lengths(tiny_policy_dir, builtin_ro
         new_logps, _, _ = module(batch)
     seq_old, seq_new = old_logps.sum(-1), new_logps.sum(-1)
     assert seq_new[0] > seq_old[0]  # the one reply with a positive score became more likely
+    # grad_accum: one optimizer step per grad_accum mini-batches (the shard's 4 rollouts in mini-batches of 1)
+    for accum, steps in ((1, 8), (2, 4), (4, 2)):
+        pc = dataclasses.replace(RunConfig().ppo, ppo_epochs=2, mini_batch_size=1, rollout_size=4, grad_accum=accum)
+        stats = ppo_epochs(module, opt, trainable, batch, old_logps, old_values, adv, ret, pc, grad_clip=1.0,
+                           mini_batch=1, seed=(0, 0, 0))
+        assert stats["ppo/optimizer_steps"] == steps, accum
+
+
+def test_ppo_takes_the_reference_runs_number_of_steps_by_default():
+    """TRL 0.7.1 as the A-LoL paper ran PPO: 16 rollouts, mini-batch 4, 4 epochs, gradient accumulation 4 ->
+    4 optimizer steps per iteration (one per epoch), not 16."""
+    from alol_ray.errors import ConfigError
+
+    pc = RunConfig().ppo
+    minis = pc.rollout_size // pc.mini_batch_size
+    assert (pc.rollout_size, pc.mini_batch_size, pc.ppo_epochs, pc.grad_accum) == (16, 4, 4, 4)
+    assert pc.ppo_epochs * minis // pc.grad_accum == 4
+    with pytest.raises(ConfigError, match="ppo.grad_accum"):
+        dataclasses.replace(pc, grad_accum=3)
 
 
 def test_sample_prompts_is_a_function_of_seed_and_iteration():
@@ -119,10 +138,10 @@ def test_bad_ppo_configs_are_config_errors():
         load_config(None, ["ppo.rollout_size=10", "ppo.mini_batch_size=4"])
     with pytest.raises(ConfigError, match="temperature"):
         load_config(None, ["ppo.temperature=0"])
-    cfg = load_config(None, ["ppo.rollout_size=8", "ppo.mini_batch_size=4", "train.num_workers=4",
-                             "train.batch_size=16"])
+    cfg = load_config(None, ["ppo.rollout_size=8", "ppo.mini_batch_size=4", "ppo.grad_accum=2",
+                             "train.num_workers=4", "train.batch_size=16"])
     check_config(cfg, cfg.train)
-    cfg = load_config(None, ["ppo.rollout_size=6", "ppo.mini_batch_size=3", "train.num_workers=2",
+    cfg = load_config(None, ["ppo.rollout_size=6", "ppo.mini_batch_size=3", "ppo.grad_accum=1", "train.num_workers=2",
                              "train.batch_size=16"])
     with pytest.raises(ConfigError, match="divisible by train.num_workers"):
         check_config(cfg, cfg.train)
@@ -154,7 +173,7 @@ def test_ppo_smoke_stop_and_resume_on_ray(ray_local, tiny_policy_dir, builtin_ro
     from baselines.ppo import fit_ppo
 
     cfg = ppo_config(iterations=2, rollout_size=4, mini_batch_size=2, ppo_epochs=2, lr=1e-3, max_new_tokens=12,
-                     eval_every=2, checkpoint_every=2)
+                     eval_every=2, checkpoint_every=2, grad_accum=2)
     run_dir = str(tmp_path / "ppo-s0")
     kw = dict(train_cfg=cfg.train, rows=rows_file(builtin_rows, str(tmp_path)), policy_path=tiny_policy_dir,
               ref_path=tiny_policy_dir, work_dir=run_dir, log=lambda *_: None)
@@ -191,7 +210,7 @@ def test_ppo_resources_are_checked_before_any_work(ray_local, tiny_policy_dir, b
     from alol_ray.errors import ConfigError
     from baselines.ppo import check_resources, fit_ppo, ppo_train_config, resources_needed
 
-    cfg = ppo_config(iterations=1, rollout_size=4, mini_batch_size=2)
+    cfg = ppo_config(iterations=1, rollout_size=4, mini_batch_size=2, grad_accum=2)
     cfg.train = dataclasses.replace(cfg.train, cpus_per_worker=2)
     run_dir = str(tmp_path / "ppo-s0")
     t0 = time.time()
@@ -249,8 +268,9 @@ def test_ppo_raises_the_builtin_reward_over_its_starting_policy(ray_local, tiny_
         "ALOL_PPO_SLOW_NLL_STEPS", 100)))
     t_nll = time.time() - t0
     iterations = int(os.environ.get("ALOL_PPO_SLOW_ITERATIONS", 20))
+    # grad_accum 1 (16 steps per iteration): the budget this check was tuned with, not the reference's 4
     cfg = ppo_config(iterations=iterations, rollout_size=16, mini_batch_size=4, ppo_epochs=4, lr=5e-4,
-                     max_new_tokens=40, eval_every=5, checkpoint_every=5, init_kl_coef=0.05)
+                     max_new_tokens=40, eval_every=5, checkpoint_every=5, init_kl_coef=0.05, grad_accum=1)
     cfg.train = dataclasses.replace(cfg.train, eval_prompts=32)
     run_dir = str(tmp_path / "ppo-s0")
     rows = rows_file(builtin_rows, str(tmp_path), n_train=10**6, n_val=32)

@@ -7,6 +7,7 @@ of runs (module fixture `cache_runs`) and assert on what each run did.
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import time
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from alol_ray import columns as C
-from alol_ray.config import RewardComponentConfig, RunConfig, load_config
+from alol_ray.config import ChatTemplateConfig, RewardComponentConfig, RunConfig, TurnsConfig, load_config
 from alol_ray.errors import ConfigError
 from alol_ray.scoring import scorers
 from alol_ray.scoring.reward import RewardScorer, raw_column
@@ -158,6 +159,21 @@ def test_hf_input_renderings(classifiers, tmp_path):
     want = _manual_logits(str(folder), [chat._chat_text(prompt, "Measure the flour.")], 512)[:, 0]
     np.testing.assert_allclose(got, want, atol=1e-5)
 
+    # template turns: the reward model's own turn format (OpenAssistant's by default), the prompt's turns
+    # found by the data's markers, its system line dropped, the reply as the last assistant turn.
+    system_prompt = "Be kind. " + prompt
+    turns = HFClassifier(RewardComponentConfig(
+        name="t", kind="hf_classifier", model=str(folder), template="turns",
+        turns=TurnsConfig(markers=ChatTemplateConfig(system="Be kind."))))
+    eos = turns.tokenizer.eos_token
+    assert turns._turns_text(system_prompt, "Measure the flour.") == (
+        f"<|prompter|>Hi there{eos}<|assistant|>Hello!{eos}<|prompter|>Tips for baking?{eos}"
+        f"<|assistant|>Measure the flour.{eos}")
+    want = _manual_logits(str(folder), [turns._turns_text(system_prompt, "Measure the flour.")], 512)[:, 0]
+    np.testing.assert_allclose(turns([system_prompt], ["Measure the flour."]), want, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"turns.human must use \{text\}"):
+        TurnsConfig(human="<|prompter|>")
+
     pair = HFClassifier(RewardComponentConfig(name="p", kind="hf_classifier", model=classifiers["logit"],
                                               template="pair", truncation_side="right", max_length=6))
     long_prompt = "one two three four five six seven eight nine ten"
@@ -170,6 +186,25 @@ def test_hf_input_renderings(classifiers, tmp_path):
         pair.model(input_ids=torch.tensor([enc["input_ids"]])).logits[0, :1].detach().numpy(), atol=1e-5)
     with pytest.raises(ConfigError, match="no chat template"):
         HFClassifier(RewardComponentConfig(name="x", kind="hf_classifier", model=classifiers["logit"], template="chat"))
+
+
+def test_the_data_rewards_are_checked_against_the_reward_components(builtin_rows, tmp_path):
+    """Rows that carry a reward: a sample is scored by reward.components too and the two are correlated in
+    scoring.json. The built-in task's own scorer agrees exactly; a distinct-1 reward does not, and is warned about."""
+    from alol_ray.scoring.table import score_rows
+
+    rows = builtin_rows[builtin_rows[C.SPLIT] == "train"].head(300).reset_index(drop=True)
+    lines: list[str] = []
+    cfg = load_config(None, [f"storage={tmp_path}", "scoring.agreement_rows=200"])
+    report = score_rows(rows, cfg, str(tmp_path / "a"), cache_dir=str(tmp_path / "cache"), log=lines.append)
+    agreed = json.loads((tmp_path / "a" / "scoring.json").read_text())["agreement"]
+    assert agreed["rows"] == 200 and agreed["pearson"] == pytest.approx(1.0) and report.reward_scored == 0
+    assert not any("WARNING" in line for line in lines)
+    cfg = load_config(None, [f"storage={tmp_path}", "scoring.agreement_rows=200",
+                             "reward.components=[{name: d1, kind: distinct, params: {n: 1}}]"])
+    score_rows(rows, cfg, str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"), log=lines.append)
+    agreed = json.loads((tmp_path / "b" / "scoring.json").read_text())["agreement"]
+    assert agreed["pearson"] < 0.5 and any("WARNING" in line and "template, turns" in line for line in lines)
 
 
 def test_reward_scorer_rejects_bad_components(classifiers):
@@ -284,6 +319,10 @@ def test_table_scores_only_rows_without_reward(cache_runs, classifiers):
     np.testing.assert_allclose(got[raw_column("rm")], logit, atol=1e-5)
     np.testing.assert_allclose(got[C.reward_column("words")], words)
     np.testing.assert_allclose(got[C.REWARD], 1 / (1 + np.exp(-logit)) + 0.1 * words + 0.5 * length, atol=1e-5)
+    # reward_raw: the same weighted sum of the components' raw scores (the logit, not its sigmoid); the
+    # carried rewards where nothing was scored.
+    np.testing.assert_allclose(got[C.REWARD_RAW], logit + 0.1 * words + 0.5 * length, atol=1e-5)
+    np.testing.assert_array_equal(table.loc[kept, C.REWARD_RAW].to_numpy(), rows.loc[kept, C.REWARD].to_numpy())
     # Every row has reference log-probs: one per response token (EOS included), summing to ref_logp.
     for token_logps, total in zip(table[C.REF_TOKEN_LOGPS], table[C.REF_LOGP]):
         assert 2 <= len(token_logps) <= MAX_RESPONSE and np.all(np.asarray(token_logps) < 0)
@@ -376,6 +415,7 @@ scoring:
     assert len(table) == len(rows) > 48
     np.testing.assert_allclose(table[C.REWARD], 1 / (1 + np.exp(-table[raw_column("rm")])))
     np.testing.assert_allclose(table[raw_column("data")], rows[C.REWARD])  # HH's own logits, kept
+    np.testing.assert_allclose(table[C.REWARD_RAW], table[raw_column("rm")])  # the total on the RM's own scale
     assert table[C.REF_LOGP].notna().all() and table[C.REF_LOGP].lt(0).all()
     parts = sorted(glob.glob(str(tmp_path / "runs" / "hh" / "cache" / "scores" / "*" / "part-*")))
     out = capsys.readouterr().out

@@ -46,14 +46,39 @@ def test_prompt_is_left_truncated_and_response_right_truncated_with_eos(tokenize
     assert r == [tokenizer.eos_token_id]
 
 
-def test_no_special_tokens_even_if_the_tokenizer_adds_them(tokenizer):
-    bos_adding = train_tokenizer(TEXTS, vocab_size=300)
-    bos_adding.backend_tokenizer.post_processor = TemplateProcessing(
-        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos_adding.bos_token_id)])
-    assert bos_adding("Sure")["input_ids"][0] == bos_adding.bos_token_id  # the default would add BOS
-    p, r = encode_pair(bos_adding, "Sure", "Sure", 10, 10)
-    assert p == _ids(bos_adding, "Sure") and p[0] != bos_adding.bos_token_id
-    assert r == p + [bos_adding.eos_token_id]
+def _bos_tokenizer():
+    """A tokenizer that defines a BOS and puts it before every text (as LLaMA's does)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    backend = tok.backend_tokenizer
+    backend.add_special_tokens(["<s>"])
+    bos = backend.token_to_id("<s>")
+    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token=tok.eos_token,
+                                   pad_token=tok.pad_token)
+
+
+def test_the_bos_a_tokenizer_defines_starts_every_prompt_everywhere(tokenizer):
+    """Special tokens the way the tokenizer defines them, alike in training, scoring, the value head and
+    generation: a BOS tokenizer's prompts start with BOS (also when left-truncated), responses never do. A
+    tokenizer without one (GPT-2's, the tiny policies') gets nothing."""
+    from alol_ray.generation.common import encode_prompts
+    from alol_ray.tokenization import encode_prompt, special_prefix
+
+    bos_tok = _bos_tokenizer()
+    bos = bos_tok.bos_token_id
+    assert special_prefix(bos_tok) == [bos] and special_prefix(tokenizer) == []
+    text = _ids(bos_tok, TEXTS[0])
+    p, r = encode_pair(bos_tok, TEXTS[0], "Sure", 6, 10)
+    assert p == [bos] + text[-5:] and bos not in r and r[-1] == bos_tok.eos_token_id  # truncated, BOS kept
+    assert encode_prompt(bos_tok, TEXTS[0], 6) == p
+    assert encode_prompts(bos_tok, [TEXTS[0]], 6) == [p]  # what the engines condition on
+    ids, mask = prompt_batch(bos_tok, [TEXTS[0], "Sure"], 6)  # what the value head reads
+    assert ids[0].tolist() == p and ids[1, 0].item() == bos and mask[1].sum().item() == 1 + len(_ids(bos_tok, "Sure"))
+    assert encode_pair(tokenizer, TEXTS[0], "Sure", 6, 10)[0] == _ids(tokenizer, TEXTS[0])[-6:]
+    with pytest.raises(ValueError, match="no room"):
+        encode_prompt(bos_tok, TEXTS[0], 1)
 
 
 def test_encode_pair_rejects_bad_limits(tokenizer):

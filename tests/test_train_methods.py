@@ -85,6 +85,97 @@ def test_the_eight_losses_are_registered_with_their_columns():
         get_method("a_lo")
 
 
+def _adapter_of(policy_dir: str, folder) -> str:
+    """A LoRA adapter on ``policy_dir`` with non-zero B (so it changes the outputs), saved like a hub adapter."""
+    import peft
+
+    from alol_ray.models import load_policy
+
+    base, tok = load_policy(policy_dir)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+LOADING_OPTIONS = {  # every way the CPU can load a policy: model.* settings, and whether the start is an adapter
+    "float32": ({}, False), "bfloat16": ({"dtype": "bfloat16"}, False), "float16": ({"dtype": "float16"}, False),
+    "lora": ({"lora": {"enabled": True}}, False), "lora_bf16": ({"lora": {"enabled": True}, "dtype": "bfloat16"}, False),
+    "adapter_start_full": ({}, True), "adapter_start_lora": ({"lora": {"enabled": True}}, True),
+}
+
+
+@pytest.mark.parametrize("option", sorted(LOADING_OPTIONS))
+def test_step0_weight_is_one_for_every_way_the_cpu_loads_a_policy(scored_table, tiny_policy_dir, tmp_path, option):
+    """pi_ref scored the way the scored table is scored (ReferenceScorer) and the policy built the way
+    training builds it, from the same starting folder: at step 0 every importance weight is 1 and nothing is
+    clipped, whatever the dtype, LoRA and adapter settings (pi_ref loads exactly as the policy does)."""
+    from alol_ray.scoring.reference import ReferenceScorer
+
+    settings, adapter = LOADING_OPTIONS[option]
+    model_cfg = dataclasses.replace(RunConfig().model, max_prompt_tokens=MAX_PROMPT, max_response_tokens=MAX_RESPONSE,
+                                    dtype=settings.get("dtype", "auto"),
+                                    lora=dataclasses.replace(RunConfig().model.lora, r=4, alpha=8, dropout=0.0,
+                                                             **settings.get("lora", {})))
+    start = _adapter_of(tiny_policy_dir, tmp_path / "adapter") if adapter else tiny_policy_dir
+    frame = scored_table[scored_table[C.SPLIT] == "train"].reset_index(drop=True).head(8)
+    scorer = ReferenceScorer(start, max_prompt_tokens=MAX_PROMPT, max_response_tokens=MAX_RESPONSE, model_cfg=model_cfg)
+    frame = scorer(frame.drop(columns=[C.REF_TOKEN_LOGPS, C.REF_LOGP]))
+    model, tok = build_policy(model_cfg, TrainConfig(), start, None, torch.device("cpu"))
+    model.eval()
+    for name in ("a_lol", "r_lol", "a_lol_seq", "a_lol_kl"):
+        method = get_method(name)
+        batch = collate_units(frame, [np.array([i]) for i in range(len(frame))], tok, max_prompt_tokens=MAX_PROMPT,
+                              max_response_tokens=MAX_RESPONSE, columns=method.columns)
+        with torch.no_grad():
+            _, metrics = method.compute(model, batch, method.make_params(TrainConfig()), None)
+        assert abs(metrics["kl/mean"]) < 1e-4, (option, name, metrics["kl/mean"])
+        if "is_weight/mean" in metrics:
+            assert abs(metrics["is_weight/mean"] - 1.0) < 1e-4 and metrics["is_weight/clip_frac"] == 0.0, (option, name)
+
+
+def test_4bit_reference_loads_like_the_4bit_policy_and_needs_a_gpu_alike(tiny_policy_dir):
+    """Under QLoRA the policy trains on a 4-bit base, so pi_ref must be scored on the same 4-bit base: the
+    scorer uses the policy's loader, which on a CPU refuses 4-bit with the same clear error."""
+    from alol_ray.scoring.reference import ReferenceScorer
+
+    model_cfg = dataclasses.replace(RunConfig().model, lora=dataclasses.replace(RunConfig().model.lora, enabled=True,
+                                                                                load_in_4bit=True))
+    with pytest.raises(ConfigError, match="load_in_4bit.*needs a CUDA GPU"):
+        build_policy(model_cfg, TrainConfig(), tiny_policy_dir, None, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="load_in_4bit.*needs a CUDA GPU"):
+        ReferenceScorer(tiny_policy_dir, max_prompt_tokens=MAX_PROMPT, max_response_tokens=MAX_RESPONSE,
+                        model_cfg=model_cfg)
+
+
+@pytest.mark.gpu
+def test_step0_weight_is_one_under_4bit_on_gpu(scored_table, tiny_policy_dir):
+    """The QLoRA case on CUDA (bitsandbytes): pi_ref scored in 4-bit, the policy built in 4-bit, weight 1."""
+    pytest.importorskip("bitsandbytes")
+    from alol_ray.scoring.reference import ReferenceScorer
+
+    model_cfg = dataclasses.replace(RunConfig().model, max_prompt_tokens=MAX_PROMPT, max_response_tokens=MAX_RESPONSE,
+                                    lora=dataclasses.replace(RunConfig().model.lora, enabled=True, r=4, alpha=8,
+                                                             dropout=0.0, load_in_4bit=True))
+    frame = scored_table[scored_table[C.SPLIT] == "train"].reset_index(drop=True).head(8)
+    scorer = ReferenceScorer(tiny_policy_dir, max_prompt_tokens=MAX_PROMPT, max_response_tokens=MAX_RESPONSE,
+                             model_cfg=model_cfg, use_gpu=True)
+    frame = scorer(frame.drop(columns=[C.REF_TOKEN_LOGPS, C.REF_LOGP]))
+    device = torch.device("cuda")
+    model, tok = build_policy(model_cfg, TrainConfig(), tiny_policy_dir, None, device)
+    model.eval()
+    method = get_method("a_lol")
+    batch = collate_units(frame, [np.array([i]) for i in range(len(frame))], tok, max_prompt_tokens=MAX_PROMPT,
+                          max_response_tokens=MAX_RESPONSE, columns=method.columns).to(device)
+    with torch.no_grad():
+        _, metrics = method.compute(model, batch, method.make_params(TrainConfig()), None)
+    assert abs(metrics["is_weight/mean"] - 1.0) < 1e-3 and metrics["is_weight/clip_frac"] == 0.0
+
+
 def test_step0_importance_ratio_is_one(scored_table, tiny_policy_dir):
     """pi_theta = pi_ref at the start: same tokenisation as the scorer -> log ratio ~ 0 (only the
     float noise of a different padding width), weight 1, nothing clipped."""

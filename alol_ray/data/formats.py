@@ -138,6 +138,19 @@ def render_turns(turns: list[tuple[bool, str]], template: ChatTemplateConfig) ->
     return template.separator.join(pieces)
 
 
+def split_turns(prompt: str, template: ChatTemplateConfig) -> list[tuple[bool, str]]:
+    """The inverse of ``render_turns``: a rendered prompt -> its (is_human, text) turns, without the system
+    line and without the final, empty assistant marker the reply answers."""
+    marks = f"({re.escape(template.human)}|{re.escape(template.assistant)})"
+    parts = re.split(marks, prompt)
+    turns: list[tuple[bool, str]] = []
+    for i in range(1, len(parts) - 1, 2):  # parts = [before the first marker, marker, text, marker, text, ...]
+        turns.append((parts[i] == template.human, parts[i + 1].strip()))
+    if turns and not turns[-1][0] and not turns[-1][1]:
+        turns.pop()
+    return turns
+
+
 def _hh_rlhf_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTemplateConfig) -> list[Row]:
     chosen_text = require_text(values, fields.chosen, empty_reason="empty_response")
     rejected_text = require_text(values, fields.rejected, empty_reason="empty_response")

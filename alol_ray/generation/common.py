@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from alol_ray.errors import ConfigError
+from alol_ray.tokenization import special_prefix
 
 
 def context_length(model_config: Any) -> Optional[int]:
@@ -34,13 +35,17 @@ def prompt_budget(max_prompt_tokens: int, max_new_tokens: int, n_positions: Opti
 
 
 def encode_prompts(tokenizer, prompts: list[str], budget: int) -> list[list[int]]:
-    """Prompt ids as training sees them (no special tokens), LEFT-truncated to ``budget`` tokens."""
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    out = [list(ids)[-budget:] for ids in encoded]
-    empty = [i for i, ids in enumerate(out) if not ids]
+    """Prompt ids exactly as training sees them (``tokenization.encode_prompt``: the tokenizer's special prefix,
+    BOS where it has one, then the text LEFT-truncated), within ``budget`` tokens."""
+    prefix = special_prefix(tokenizer)
+    room = budget - len(prefix)
+    if room < 1:
+        raise ConfigError(f"a prompt budget of {budget} tokens leaves no room after the special tokens {prefix}")
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]  # one batched call
+    empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
         raise ValueError(f"prompt(s) at position {empty[:5]} encode to no tokens")
-    return out
+    return [prefix + list(ids)[-room:] for ids in encoded]
 
 
 def request_seed(seed: int, index: int) -> int:

@@ -21,12 +21,14 @@ from alol_ray import columns as C
 class ReferenceScorer:
     """Frozen pi_ref: per-token log-probs of given responses; prompt hidden states for the value head."""
 
-    def __init__(self, model_path: str, *, max_prompt_tokens: int, max_response_tokens: int,
-                 use_gpu: bool = False, bf16: bool = False, num_threads: Optional[int] = None,
-                 trust_remote_code: bool = False, dtype: str = "float32"):
+    def __init__(self, model_path: str, *, max_prompt_tokens: int, max_response_tokens: int, model_cfg=None,
+                 use_gpu: bool = False, bf16: bool = False, num_threads: Optional[int] = None):
+        """``model_cfg``: the run's ``model`` section (PolicyConfig): pi_ref is loaded with the weight dtype
+        and quantization training loads the policy with (``models.load_frozen_policy``); None = defaults."""
         import torch
 
-        from alol_ray.models import load_policy
+        from alol_ray.config import PolicyConfig
+        from alol_ray.models import load_frozen_policy
 
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -34,10 +36,8 @@ class ReferenceScorer:
         # bf16 as training does it (fp32 weights under bf16 autocast), so that at step 0 the policy's
         # log-probs and these agree as closely as the hardware allows.
         self.autocast = bf16 and self.device == "cuda"
-        self.model, self.tokenizer = load_policy(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                 device=self.device)
-        self.model.eval()
-        self.model.requires_grad_(False)
+        self.model, self.tokenizer = load_frozen_policy(model_path, model_cfg or PolicyConfig(),
+                                                        torch.device(self.device))
         self.max_prompt_tokens = max_prompt_tokens
         self.max_response_tokens = max_response_tokens
 

@@ -9,8 +9,9 @@ and each transformed component is kept as ``reward/<name>``; a component whose t
 
 - ``hf_classifier``: any Hugging Face sequence classifier (hub id or folder). Single-logit models give
   their logit; with ``label`` set, the score is P(label) (softmax over the labels). The input is rendered
-  by ``template``: a format string over ``{prompt}`` and ``{response}``, ``pair`` (tokenizer text pair) or
-  ``chat`` (the tokenizer's chat template over the prompt's turns); truncated on ``truncation_side`` to
+  by ``template``: a format string over ``{prompt}`` and ``{response}``, ``pair`` (tokenizer text pair),
+  ``chat`` (the tokenizer's chat template over the prompt's turns) or ``turns`` (turn by turn in the reward
+  model's own format, ``turns.*``: the OpenAssistant format by default); truncated on ``truncation_side`` to
   ``max_length`` tokens.
 - ``python``: ``package.module:function`` called as ``fn(prompts, responses, **params)`` -> N floats.
 - ``length`` | ``distinct`` | ``tfidf`` | ``builtin_task``: the built-in scorers of ``scorers``.
@@ -34,7 +35,8 @@ from typing import Any, Optional
 import numpy as np
 
 from alol_ray import columns as C
-from alol_ray.config import RewardComponentConfig, check_component_names
+from alol_ray.config import RewardComponentConfig, check_component_names, from_dict
+from alol_ray.data.formats import split_turns
 from alol_ray.errors import ConfigError, UserError
 
 RAW_PREFIX = "reward_raw/"  # float columns "reward_raw/<component>": a component's score before its transform
@@ -51,7 +53,7 @@ def as_component(spec: Any) -> RewardComponentConfig:
     if isinstance(spec, RewardComponentConfig):
         return spec
     if isinstance(spec, dict):
-        return RewardComponentConfig(**spec)
+        return from_dict(RewardComponentConfig, spec)
     raise TypeError(f"expected a RewardComponentConfig or dict, got {type(spec).__name__}")
 
 
@@ -88,11 +90,11 @@ def check_components(components: list[RewardComponentConfig]) -> None:
     for comp in components:
         if comp.kind in scorers.BUILTIN_SCORERS:
             scorers.check_params(comp.kind, scorer_params(comp))
-        if comp.kind == "hf_classifier" and comp.template not in ("pair", "chat"):
+        if comp.kind == "hf_classifier" and comp.template not in ("pair", "chat", "turns"):
             fields = {f for _, f, _, _ in string.Formatter().parse(comp.template) if f is not None}
             if not fields <= {"prompt", "response"} or "response" not in fields:
                 raise ConfigError(f"reward component '{comp.name}': template {comp.template!r} may use only "
-                                  "{prompt} and {response} (and must use {response}), or be 'pair' or 'chat'")
+                                  "{prompt} and {response} (and must use {response}), or be 'pair', 'chat' or 'turns'")
         if comp.kind == "python":
             PythonFunction(comp)
 
@@ -141,23 +143,17 @@ class HFClassifier:
         raise ConfigError(f"reward model {self.comp.model}: label {label!r} is not one of {sorted(label2id)}")
 
     def _chat_text(self, prompt: str, response: str) -> str:
-        from alol_ray.config import ChatTemplateConfig
-
-        marks = ChatTemplateConfig()
-        messages = []
-        for part in re.split(f"({re.escape(marks.human)}|{re.escape(marks.assistant)})", prompt):
-            if part == marks.human:
-                messages.append({"role": "user", "content": ""})
-            elif part == marks.assistant:
-                messages.append({"role": "assistant", "content": ""})
-            elif part.strip():
-                if not messages:
-                    messages.append({"role": "user", "content": ""})
-                messages[-1]["content"] += part.strip()
-        if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
-            messages.pop()  # the prompt ends with the assistant marker the response answers
+        """template chat: the prompt's turns and the reply through the tokenizer's chat template."""
+        messages = [{"role": "user" if human else "assistant", "content": text}
+                    for human, text in split_turns(prompt, self.comp.turns.markers)]
         messages.append({"role": "assistant", "content": response})
         return self.tokenizer.apply_chat_template(messages, tokenize=False)
+
+    def _turns_text(self, prompt: str, response: str) -> str:
+        """template turns: the prompt's turns and the reply in the reward model's own format (comp.turns)."""
+        t, eos = self.comp.turns, self.tokenizer.eos_token or ""
+        turns = split_turns(prompt, t.markers) + [(False, response)]
+        return t.separator.join((t.human if human else t.assistant).format(text=text, eos=eos) for human, text in turns)
 
     def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         import torch
@@ -166,9 +162,11 @@ class HFClassifier:
         enc_args = {"truncation": True, "max_length": comp.max_length, "padding": True, "return_tensors": "pt"}
         if comp.template == "pair":
             enc = self.tokenizer(list(prompts), list(responses), **enc_args)
-        elif comp.template == "chat":
+        elif comp.template == "chat":  # a chat template writes its own special tokens
             enc = self.tokenizer([self._chat_text(p, r) for p, r in zip(prompts, responses)],
                                  add_special_tokens=False, **enc_args)
+        elif comp.template == "turns":
+            enc = self.tokenizer([self._turns_text(p, r) for p, r in zip(prompts, responses)], **enc_args)
         else:
             enc = self.tokenizer([comp.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)],
                                  **enc_args)
@@ -278,17 +276,21 @@ class RewardScorer:
 
 def combine(components: list[RewardComponentConfig], raw: dict[str, np.ndarray],
             stats: Optional[dict[str, tuple[float, float]]] = None) -> dict[str, np.ndarray]:
-    """Weighted sum of transformed components. NaN in any component makes that row's reward NaN."""
+    """Weighted sum of transformed components (``reward``) and of their raw scores (``reward_raw``). NaN in any
+    component makes that row's reward NaN."""
     stats = stats or {}
     out: dict[str, np.ndarray] = {}
-    total = None
+    total = total_raw = 0.0
     for comp in components:
-        values = apply_transform(raw[comp.name], comp, stats.get(comp.name))
+        scores = np.asarray(raw[comp.name], dtype=np.float64)
+        values = apply_transform(scores, comp, stats.get(comp.name))
         out[C.reward_column(comp.name)] = values
         if comp.transform != "raw":
-            out[raw_column(comp.name)] = np.asarray(raw[comp.name], dtype=np.float64)
-        total = comp.weight * values if total is None else total + comp.weight * values
-    out[C.REWARD] = total
+            out[raw_column(comp.name)] = scores
+        total = total + comp.weight * values
+        total_raw = total_raw + comp.weight * scores
+    out[C.REWARD] = np.asarray(total, dtype=np.float64)
+    out[C.REWARD_RAW] = np.asarray(total_raw, dtype=np.float64)
     return out
 
 

@@ -92,19 +92,12 @@ def reward_scorer_key(comp: RewardComponentConfig, pool: ActorPoolConfig) -> str
     return _key(comp.kind, identity)
 
 
-def reference_dtype(cfg: RunConfig) -> str:
-    """pi_ref's weight dtype: the one training loads the policy in (model.dtype; auto = fp32, bf16 for LoRA
-    on GPU); on GPU with reference_pool.bf16 the forward runs under bf16 autocast, as training's does."""
-    if cfg.model.dtype != "auto":
-        return cfg.model.dtype
-    return "bfloat16" if (cfg.model.lora.enabled and cfg.scoring.reference_pool.num_gpus > 0) else "float32"
-
-
-def reference_scorer_key(ref_path: str, max_prompt_tokens: int, max_response_tokens: int,
-                         pool: ActorPoolConfig, dtype: str = "float32") -> str:
-    """What the reference log-probs depend on: pi_ref, the truncation limits, the tokenisation code."""
-    return _key("reference", {"v": KEY_VERSION, "model": model_identity(ref_path), "max_prompt": max_prompt_tokens,
-                              "max_response": max_response_tokens, "precision": _precision(pool), "dtype": dtype,
+def reference_scorer_key(ref_path: str, model_cfg, pool: ActorPoolConfig) -> str:
+    """What the reference log-probs depend on: pi_ref, how it is loaded (dtype, 4-bit; ``model_cfg``), the
+    truncation limits, the tokenisation code."""
+    return _key("reference", {"v": KEY_VERSION, "model": model_identity(ref_path),
+                              "max_prompt": model_cfg.max_prompt_tokens, "max_response": model_cfg.max_response_tokens,
+                              "precision": _precision(pool), "load": model_cfg.load_identity(pool.num_gpus > 0),
                               "tokenization": module_identity("alol_ray.tokenization")})
 
 
@@ -221,13 +214,17 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
     cache.clean_temp()
     scoring = cfg.scoring
 
-    # -- reward pass: every component, on the rows that need a reward and lack it in the cache
+    # -- reward pass: every component, on the rows that need a reward and lack it in the cache (and on the
+    #    agreement sample of rows that carry one, when a model scores it: cached like the rest)
     needs_reward = rows_to_score(rows, cfg.reward.rescore)
     if needs_reward.any() and not components:
         raise ConfigError(f"{int(needs_reward.sum())} rows carry no reward and reward.components is empty")
+    agreement = agreement_sample(rows, needs_reward, components, scoring.agreement_rows)
+    by_model = any(c.kind == "hf_classifier" for c in components)
+    to_cache = needs_reward | (agreement if by_model else False)
     pool = scoring.reward_pool
-    reward_keys = {c.name: reward_scorer_key(c, pool) for c in components} if needs_reward.any() else {}
-    unique = rows.loc[needs_reward, [C.ROW_KEY, C.PROMPT, C.RESPONSE]].drop_duplicates(C.ROW_KEY)
+    reward_keys = {c.name: reward_scorer_key(c, pool) for c in components} if to_cache.any() else {}
+    unique = rows.loc[to_cache, [C.ROW_KEY, C.PROMPT, C.RESPONSE]].drop_duplicates(C.ROW_KEY)
     missing = {c.name: ~unique[C.ROW_KEY].isin(cache.done(reward_keys[c.name])).to_numpy() for c in components
                } if len(unique) else {}
     reward_scored = 0
@@ -262,7 +259,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
             _run_with_retries(remaining, RewardScorer,
                               {"components": [dataclasses.asdict(c) for c in todo], "raw_only": True,
                                **actor_kwargs(pool)}, pool, scoring, write, "reward", cfg.ray, log)
-    elif needs_reward.any():
+    elif to_cache.any():
         log(f"[score] reward: all {len(unique)} unique rows cached")
 
     # -- reference pass: pi_ref log-probs of every row
@@ -272,7 +269,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
 
         rpool = scoring.reference_pool
         mp, mr = cfg.model.max_prompt_tokens, cfg.model.max_response_tokens
-        reference_key = reference_scorer_key(ref_path, mp, mr, rpool, reference_dtype(cfg))
+        reference_key = reference_scorer_key(ref_path, cfg.model, rpool)
         unique_all = rows[[C.ROW_KEY, C.PROMPT, C.RESPONSE]].drop_duplicates(C.ROW_KEY)
         todo_rows = unique_all[~unique_all[C.ROW_KEY].isin(cache.done(reference_key))]
         if len(todo_rows):
@@ -294,19 +291,66 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
 
             _run_with_retries(lambda: todo_rows[~todo_rows[C.ROW_KEY].isin(done_ref)], ReferenceScorer,
                               {"model_path": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr,
-                               "trust_remote_code": cfg.model.trust_remote_code, "dtype": reference_dtype(cfg),
-                               **actor_kwargs(rpool)},
+                               "model_cfg": cfg.model, **actor_kwargs(rpool)},
                               rpool, scoring, write_ref, "reference", cfg.ray, log)
         else:
             log(f"[score] reference: all {len(unique_all)} unique rows cached")
 
     table, stats = assemble(rows, cfg, cache, needs_reward, reward_keys, reference_key)
+    agreed = reward_agreement(table, agreement, cfg, cache if by_model else None, reward_keys, stats, log)
     path = write_parquet(os.path.join(out_dir, TABLE_FILE), table)
     report = ScoreReport(table=path, rows=len(table), reward_scored=reward_scored, reference_scored=reference_scored,
                          reward_keys=reward_keys, reference_key=reference_key, seconds=round(time.time() - start, 2))
     write_json(os.path.join(out_dir, REPORT_FILE), {**report.summary(), "seconds": report.seconds,
-                                                    "reward_stats": stats})
+                                                    "reward_stats": stats, "agreement": agreed})
     return report
+
+
+def agreement_sample(rows: pd.DataFrame, needs_reward: np.ndarray, components, n: int) -> np.ndarray:
+    """Mask of up to ``n`` rows that carry a reward (kept, not rescored), to score with the components too:
+    the first ``n`` distinct rows in row-key order (a fixed, content-chosen sample)."""
+    mask = np.zeros(len(rows), dtype=bool)
+    if n <= 0 or C.REWARD not in rows or not any(c.weight != 0 for c in components):
+        return mask
+    carried = ~needs_reward & rows[C.REWARD].notna().to_numpy()
+    keys = rows.loc[carried, C.ROW_KEY].drop_duplicates().sort_values().head(n)
+    return carried & rows[C.ROW_KEY].isin(set(keys)).to_numpy()
+
+
+def reward_agreement(table: pd.DataFrame, sample: np.ndarray, cfg: RunConfig, cache: Optional[ScoreCache],
+                     reward_keys: dict[str, str], stats: dict, log: Callable) -> Optional[dict]:
+    """How well the data's own rewards (the table's ``reward``, after ``train_transform``) and the run's reward
+    components agree on the sample: Pearson and Spearman correlation. The value head is fit to the components'
+    scores of pi_ref's replies and the evaluation uses them, while training advantages start from the data's
+    rewards: a low agreement means the two live on different scales (another reward model, another input
+    format), which biases the advantages. Components come from ``cache`` (a model scored the sample in the
+    pass) or are computed here (cheap scorers)."""
+    if not sample.any():
+        return None
+    part = table.loc[sample].drop_duplicates(C.ROW_KEY)
+    components = list(cfg.reward.components)
+    if cache is not None:
+        raw = {n: _lookup(cache, k, part[C.ROW_KEY], ["value"])["value"].to_numpy(dtype=np.float64)
+               for n, k in reward_keys.items()}
+    else:
+        raw = RewardScorer(components).score(part[C.PROMPT].tolist(), part[C.RESPONSE].tolist())
+    # standardised components: the table's statistics where rows were scored, else the sample's own
+    moments = {n: (stats[n]["mean"], stats[n]["std"]) if n in stats else (float(np.mean(v)), float(np.std(v)))
+               for n, v in raw.items()}
+    theirs = combine(components, raw, moments)[C.REWARD]
+    ours = part[C.REWARD].to_numpy(dtype=np.float64)
+    if len(part) < 3 or np.std(ours) == 0 or np.std(theirs) == 0:
+        return {"rows": int(len(part)), "pearson": None, "spearman": None}
+    pearson = float(np.corrcoef(ours, theirs)[0, 1])
+    spearman = float(np.corrcoef(pd.Series(ours).rank(), pd.Series(theirs).rank())[0, 1])
+    line = (f"[score] agreement of the data's rewards and reward.components on {len(part)} rows: Pearson "
+            f"{pearson:.3f}, Spearman {spearman:.3f}")
+    if pearson < cfg.scoring.agreement_warn_below:
+        line += (f" -- WARNING: below {cfg.scoring.agreement_warn_below}: the value targets and evaluations "
+                 "(components) and the training rewards (data) measure different things; check each component's "
+                 "model and input format (template, turns)")
+    log(line)
+    return {"rows": int(len(part)), "pearson": pearson, "spearman": spearman}
 
 
 def _lookup(cache: ScoreCache, key: str, row_key: pd.Series, columns: list[str]) -> pd.DataFrame:
@@ -327,6 +371,7 @@ def assemble(rows: pd.DataFrame, cfg: RunConfig, cache: ScoreCache, needs_reward
     if carried is not None and (cfg.reward.rescore or cfg.reward.train_transform != "raw") \
             and not np.isnan(carried).all():
         table[raw_column(DATA_REWARD)] = carried
+    table[C.REWARD_RAW] = carried if carried is not None else np.nan  # rows scored below get their own
     if carried is not None and cfg.reward.train_transform == "sigmoid":
         table[C.REWARD] = 1.0 / (1.0 + np.exp(-carried))
     if needs_reward.any():
@@ -376,6 +421,5 @@ def stage_identity(cfg: RunConfig, ref_path: Optional[str]) -> dict:
                    for c in cfg.reward.components],
         "rescore": cfg.reward.rescore,
         "train_transform": cfg.reward.train_transform,
-        "reference": reference_scorer_key(ref_path, cfg.model.max_prompt_tokens, cfg.model.max_response_tokens, rpool,
-                                          reference_dtype(cfg)) if ref_path else None,
+        "reference": reference_scorer_key(ref_path, cfg.model, rpool) if ref_path else None,
     }

@@ -17,10 +17,11 @@ import os
 import shutil
 from typing import Any
 
+from alol_ray.models import ADAPTER_CONFIG, is_adapter, load_policy
+
 MODEL_DIR = "model"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def unwrap(model):
@@ -54,10 +55,6 @@ def load_optimizer(folder: str, optimizer) -> None:
     optimizer.load_state_dict(state)
 
 
-def is_adapter(model_dir: str) -> bool:
-    return os.path.exists(os.path.join(model_dir, ADAPTER_CONFIG))
-
-
 def export_policy(model_dir: str, out_dir: str, *, base_path: str | None = None, dtype: str | None = None,
                   trust_remote_code: bool = False) -> str:
     """An HF folder loadable by transformers and vLLM from a checkpoint's ``model/``.
@@ -71,8 +68,6 @@ def export_policy(model_dir: str, out_dir: str, *, base_path: str | None = None,
         shutil.copytree(model_dir, tmp)
     else:
         from peft import PeftModel
-
-        from alol_ray.models import load_policy
 
         if base_path is None:
             with open(os.path.join(model_dir, ADAPTER_CONFIG), encoding="utf-8") as fh:

@@ -44,6 +44,7 @@ class TrainBatch:
     policy:     PolicyBatch of the N (prompt, response) sequences, ordered unit by unit, best first
     ref_logps:  [N, R] float, reference per-token log-probs from the table (0 at padding), if requested
     reward:     [N] float, if requested
+    reward_raw: [N] float, if requested: the reward before transforms (e.g. the reward model's logit)
     advantage:  [N] float, if requested
     group:      [N] long, the unit (0..U-1) of each sequence
     position:   [N] long, the sequence's place within its unit (0 = preferred / rank order)
@@ -54,6 +55,7 @@ class TrainBatch:
     position: torch.Tensor
     ref_logps: torch.Tensor | None = None
     reward: torch.Tensor | None = None
+    reward_raw: torch.Tensor | None = None
     advantage: torch.Tensor | None = None
 
     @property
@@ -114,6 +116,8 @@ def collate_units(frame, units: list[np.ndarray], tokenizer, *, max_prompt_token
         batch.ref_logps = _ref_token_logps(frame, rows, policy)
     if C.REWARD in columns:
         batch.reward = torch.as_tensor(frame[C.REWARD].to_numpy()[rows], dtype=torch.float32)
+    if C.REWARD_RAW in columns:
+        batch.reward_raw = torch.as_tensor(frame[C.REWARD_RAW].to_numpy()[rows], dtype=torch.float32)
     if C.ADVANTAGE in columns:
         batch.advantage = torch.as_tensor(frame[C.ADVANTAGE].to_numpy()[rows], dtype=torch.float32)
     return batch

@@ -6,36 +6,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
-from alol_ray.errors import ConfigError
-from alol_ray.models import load_policy, load_tokenizer
-from alol_ray.train.checkpoint import ADAPTER_CONFIG, is_adapter
-
-
-def adapter_base(path: str) -> tuple[str, Optional[str]]:
-    """(base model, adapter) when ``path`` is a peft adapter (a folder or hub repo with adapter_config.json,
-    like timdettmers/qlora-hh-rlhf-7b), else (path, None)."""
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, ADAPTER_CONFIG)):
-        return path, None
-    try:
-        import peft  # only adapter starts need peft
-
-        config = peft.PeftConfig.from_pretrained(path)
-    except Exception:  # not an adapter (or not reachable): load it as a plain model
-        return path, None
-    return config.base_model_name_or_path, path
-
-
-def weight_dtype(model_cfg, on_gpu: bool) -> str:
-    """The dtype the policy's weights are loaded in. Full fine-tuning keeps fp32 master weights (bf16 only
-    through autocast); a frozen LoRA base may be stored in bf16 on GPU."""
-    if model_cfg.dtype != "auto":
-        return model_cfg.dtype
-    return "bfloat16" if model_cfg.lora.enabled and on_gpu else "float32"
+from alol_ray.models import adapter_base, is_adapter, load_4bit, load_policy
 
 
 def build_policy(model_cfg, train_cfg, policy_path: str, checkpoint_model_dir: Optional[str], device):
@@ -45,7 +20,7 @@ def build_policy(model_cfg, train_cfg, policy_path: str, checkpoint_model_dir: O
     merged into its base for full fine-tuning (LoRA off).
     """
     lora = model_cfg.lora
-    dtype = weight_dtype(model_cfg, device.type == "cuda")
+    dtype = model_cfg.weight_dtype(device.type == "cuda")
     trust = model_cfg.trust_remote_code
     base_path, start_adapter = adapter_base(policy_path)
     if not lora.enabled:
@@ -78,25 +53,6 @@ def build_policy(model_cfg, train_cfg, policy_path: str, checkpoint_model_dir: O
                 module.p = 0.0
     model.config.use_cache = False  # training forward passes need no KV cache
     return model, tokenizer
-
-
-def load_4bit(path: str, model_cfg, device):
-    """QLoRA base: 4-bit NF4 weights through bitsandbytes (CUDA only)."""
-    if device.type != "cuda":
-        raise ConfigError("model.lora.load_in_4bit (QLoRA) needs a CUDA GPU: set train.use_gpu=true, or disable it")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ConfigError("model.lora.load_in_4bit needs bitsandbytes: pip install bitsandbytes") from None
-    import peft
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, device_map={"": device.index or 0},
-                                                 trust_remote_code=model_cfg.trust_remote_code, dtype=torch.bfloat16)
-    model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return model, load_tokenizer(path, trust_remote_code=model_cfg.trust_remote_code)
 
 
 def make_optimizer(params, tc, lr: Optional[float] = None):

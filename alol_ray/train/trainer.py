@@ -31,7 +31,7 @@ from alol_ray.errors import ConfigError, DataError, RowProblem, UserError
 from alol_ray.stage import Unfinished
 from alol_ray.train.loop import LoopSpec, train_loop_per_worker
 from alol_ray.train.methods import Method, training_units
-from alol_ray.train.policy import adapter_base
+from alol_ray.models import adapter_base
 from alol_ray.train.samplers import make_sampler, positive_fraction, resolve_sampler, scaled_steps
 from alol_ray.train.worker import NOT_EVALUATED, SELECTION_METRIC
 
@@ -203,10 +203,6 @@ def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: st
     from alol_ray.ray_utils import init_ray
 
     tc = train_cfg
-    if cfg.model.lora.load_in_4bit and not tc.use_gpu:
-        raise ConfigError("model.lora.load_in_4bit (QLoRA) needs a GPU: set train.use_gpu=true")
-    if cfg.model.lora.load_in_4bit and not cfg.model.lora.enabled:
-        raise ConfigError("model.lora.load_in_4bit needs model.lora.enabled=true (QLoRA trains adapters)")
     source = table if isinstance(table, str) else "scored table"
     frame = pd.read_parquet(table) if isinstance(table, str) else table
     data = prepare_data(frame, method, tc, source=source)

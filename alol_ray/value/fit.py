@@ -357,7 +357,7 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
     reward_stats: the scored table's statistics for standardised reward components (targets on its scale).
     Returns the fit and advantage figures (also written as JSON).
     """
-    from alol_ray.models import load_policy
+    from alol_ray.models import load_frozen_policy
     from alol_ray.scoring.reward import run_scorer
 
     vcfg = cfg.value
@@ -384,12 +384,8 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
                   pd.DataFrame({C.PROMPT: val_prompts, C.RESPONSE: replies, C.REWARD: targets}))
     faults.hit("value.targets")  # tests: a crash between the generations and the fit
 
-    device = _device()
-    dtype = cfg.model.dtype if device.type == "cuda" else "float32"
-    model, tokenizer = load_policy(ref_path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code,
-                                   device=device)
-    model.eval()
-    model.requires_grad_(False)  # frozen: pi_ref only supplies the prompt states
+    # Frozen: pi_ref only supplies the prompt states, loaded as training loads the policy (dtype, 4-bit).
+    model, tokenizer = load_frozen_policy(ref_path, cfg.model, _device())
     max_prompt = cfg.model.max_prompt_tokens
     states = prompt_states(model, tokenizer, val_prompts, max_prompt, vcfg.batch_size, show_progress)
     result = fit_value_head(states, targets, heads=vcfg.heads, dropout=vcfg.dropout, max_value=vcfg.max_value,
@@ -405,7 +401,7 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
               best_epoch=fit["best_epoch"], holdout_mse=fit["mse/holdout"])
 
     prompts = list(pd.unique(table[C.PROMPT]))
-    values = prompt_values(model, tokenizer, result.head.to(device), prompts, max_prompt_tokens=max_prompt,
+    values = prompt_values(model, tokenizer, result.head.to(_device()), prompts, max_prompt_tokens=max_prompt,
                            batch_size=vcfg.batch_size, show_progress=show_progress)
     if not np.all(np.isfinite(values)):
         raise UserError(f"the value head gave {int((~np.isfinite(values)).sum())} non-finite values; "
