@@ -17,6 +17,10 @@ for token.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: a tokenizer needs no torch
+    import torch
 
 
 def special_prefix(tokenizer) -> list[int]:

@@ -41,6 +41,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def require_gpu_extra(module: str) -> None:
+    """In the gpu tier a missing dependency is a failure, not a silent skip: the tier installs them all."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        pytest.fail(f"{module} is not installed: the gpu tier needs `pip install -e '.[gpu]'`", pytrace=False)
+
+
 @contextlib.contextmanager
 def armed(spec: str):
     """Arm faults (``ALOL_FAULTS`` syntax, e.g. ``train.step=3``) for the block; each fires once."""

@@ -108,6 +108,47 @@ def word_count(prompts, responses, scale=1.0):
     return [scale * len(r.split()) for r in responses]
 
 
+def slow_word_count(prompts, responses):
+    """A reward that takes 0.4 s a batch (`tests.test_scoring:slow_word_count`): work queues up."""
+    time.sleep(0.4)
+    return [float(len(r.split())) for r in responses]
+
+
+def test_a_reward_pool_with_min_below_max_grows_under_load(ray_local):
+    """min_actors=1, max_actors=2 over a slow reward: the pool starts at one actor and Ray Data adds the
+    second while batches queue up. The actor count is what Ray's GCS reports for the pool's actors."""
+    import threading
+
+    from alol_ray.actor_pool import pool_pass
+    from alol_ray.config import ActorPoolConfig
+
+    counts, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            actors = ray_local._private.state.actors().values()
+            counts.append(sum(a["State"] == "ALIVE" and a["ActorClassName"].startswith("MapWorker(MapBatches(RewardScorer")
+                              for a in actors))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    frame = pd.DataFrame({C.PROMPT: [f"question {i}" for i in range(160)], C.RESPONSE: ["a b c"] * 160})
+    comps = [RewardComponentConfig(name="slow", kind="python", function="tests.test_scoring:slow_word_count")]
+    got = []
+    try:
+        n = pool_pass(frame, RewardScorer, {"components": comps},
+                      ActorPoolConfig(min_actors=1, max_actors=2, batch_size=4, num_cpus=0.5),
+                      on_output=got.append, desc="autoscale", batches_per_block=1)
+    finally:
+        stop.set()
+        watcher.join()
+    assert n == 160 and sorted(pd.concat(got)[C.reward_column("slow")].unique()) == [3.0]
+    started = [c for c in counts if c]
+    assert started and started[0] == 1, f"the pool did not start at min_actors: {counts}"
+    assert max(counts) == 2, f"the pool never grew to max_actors: {counts}"
+
+
 def test_reward_scorer_in_process(classifiers, builtin_rows):
     """Weighted sum of transformed components; each component kept; raw kept where transformed;
     single-logit and P(label) classifiers equal the models' own outputs (unbatched)."""
@@ -254,6 +295,9 @@ def _cfg(classifiers, storage, **pool):
     for p in (cfg.scoring.reward_pool, cfg.scoring.reference_pool):
         p.min_actors, p.max_actors, p.batch_size = 1, 1, 8
     cfg.scoring.batches_per_block = 1
+    # These runs count exactly which rows get scored; the agreement sample (carried rewards also scored by
+    # the components) has its own test above.
+    cfg.scoring.agreement_rows = 0
     return cfg
 
 

@@ -140,8 +140,16 @@ def test_train_jobs_poll_their_workers_at_ray_train_poll_s(straight):
     """init_ray hands ray.train_poll_s to Ray Train (each report waits for a poll; Ray's default is 2 s)."""
     from alol_ray.config import RayConfig
     from alol_ray.ray_compat import TRAIN_POLL_ENV
+    from alol_ray.ray_utils import init_ray
 
+    # The fit above ran with the default; a non-default value reaches the variable Ray Train reads.
     assert float(os.environ[TRAIN_POLL_ENV]) == RayConfig().train_poll_s
+    try:
+        init_ray(RayConfig(train_poll_s=0.37))
+        assert os.environ[TRAIN_POLL_ENV] == "0.37"
+    finally:
+        init_ray(RayConfig())
+    assert RayConfig().train_poll_s != 2.0  # Ray's own default, which makes every report wait up to 2 s
     with pytest.raises(ConfigError, match="ray.train_poll_s"):
         RayConfig(train_poll_s=0)
 

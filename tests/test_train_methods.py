@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import require_gpu_extra
 
 from alol_ray import columns as C
 from alol_ray.config import RunConfig, TrainConfig
@@ -155,7 +156,7 @@ def test_4bit_reference_loads_like_the_4bit_policy_and_needs_a_gpu_alike(tiny_po
 @pytest.mark.gpu
 def test_step0_weight_is_one_under_4bit_on_gpu(scored_table, tiny_policy_dir):
     """The QLoRA case on CUDA (bitsandbytes): pi_ref scored in 4-bit, the policy built in 4-bit, weight 1."""
-    pytest.importorskip("bitsandbytes")
+    require_gpu_extra("bitsandbytes")
     from alol_ray.scoring.reference import ReferenceScorer
 
     model_cfg = dataclasses.replace(RunConfig().model, max_prompt_tokens=MAX_PROMPT, max_response_tokens=MAX_RESPONSE,
@@ -204,6 +205,52 @@ def test_one_step_of_every_method_changes_the_policy(scored_table, tiny_policy_d
     assert torch.isfinite(loss) and all(np.isfinite(v) for v in metrics.values())
     changed = sum(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert changed == len(before), f"{name}: {len(before) - changed} parameter tensors did not move"
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_method_feeds_its_loss_the_right_columns_and_descends_on_it(scored_table, tiny_policy_dir, name):
+    """What the "parameters moved" check cannot see. (1) Wiring: the method's loss equals the registered loss
+    called on inputs assembled here by hand from the table (reward from `reward`, advantage from `advantage`,
+    pi_ref's log-probs from `ref_token_logps`), so a swapped or missing column fails. (2) Sign: on rows with a
+    clearly positive advantage and reward, every method is a weighted likelihood step, so one small step along
+    its gradient makes the trained responses more likely; a loss wired with the wrong sign does the opposite."""
+    from alol_ray.losses import REGISTRY, LossInputs
+    from alol_ray.tokenization import response_token_logps
+
+    model, tok = build_policy(**spec_for(tiny_policy_dir), checkpoint_model_dir=None, device=torch.device("cpu"))
+    method = get_method(name)
+    frame = scored_table[scored_table[C.SPLIT] == "train"].reset_index(drop=True)
+    rows = np.flatnonzero((frame[C.ADVANTAGE].to_numpy() > 0.5) & (frame[C.REWARD].to_numpy() > 0.5))[:6]
+    assert len(rows) == 6
+    batch = batch_of(scored_table, method, rows, tok)
+    params = method.make_params(TrainConfig())
+    loss, _ = method.compute(model, batch, params, None)
+
+    spec = REGISTRY[name]
+    logps = response_token_logps(model, batch.policy)
+    n = logps.shape[1]
+    ref = torch.zeros_like(logps)
+    for i, r in enumerate(rows):
+        stored = frame[C.REF_TOKEN_LOGPS].iloc[r]
+        ref[i, :len(stored)] = torch.as_tensor(np.asarray(stored, dtype=np.float32))[:n]
+    column = {"reward": C.REWARD, "advantage": C.ADVANTAGE}
+    inputs = LossInputs(logps=logps, mask=batch.policy.response_mask,
+                        ref_logps=ref if "ref_logps" in spec.requires else None,
+                        **{f: torch.as_tensor(frame[column[f]].to_numpy()[rows], dtype=torch.float32)
+                           for f in ("reward", "advantage") if f in spec.requires})
+    expected, _ = spec.fn(inputs, params)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    with torch.no_grad():
+        before = logps.sum().item()
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 1e-3 * p.grad / norm  # a small step of fixed length along the gradient
+        after = response_token_logps(model, batch.policy).sum().item()
+    assert after > before, (name, before, after)
 
 
 def test_micro_batches_and_worker_halves_average_to_the_full_batch_gradient(scored_table, tiny_policy_dir):
@@ -348,7 +395,7 @@ def test_train_config_cross_checks():
 def test_bf16_autocast_step_on_gpu(scored_table, tiny_policy_dir, four_bit):
     """On CUDA: a LoRA (or QLoRA, if bitsandbytes is installed) a_lol step under bf16 autocast is finite."""
     if four_bit:
-        pytest.importorskip("bitsandbytes")
+        require_gpu_extra("bitsandbytes")
     spec = spec_for(tiny_policy_dir)
     spec["model_cfg"].lora = dataclasses.replace(spec["model_cfg"].lora, enabled=True, r=4, alpha=8,
                                                  load_in_4bit=four_bit)

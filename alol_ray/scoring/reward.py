@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import re
 import string
 from typing import Any, Optional
 

@@ -27,7 +27,7 @@ import numpy as np
 from alol_ray import columns as C
 from alol_ray import ray_compat
 from alol_ray.atomic import write_json
-from alol_ray.errors import ConfigError, DataError, RowProblem, UserError
+from alol_ray.errors import DataError, RowProblem, UserError
 from alol_ray.stage import Unfinished
 from alol_ray.train.loop import LoopSpec, train_loop_per_worker
 from alol_ray.train.methods import Method, training_units
