@@ -234,7 +234,9 @@ class RewardComponentConfig:
     name: str = "builtin"  # column suffix: reward/<name>
     kind: str = "builtin_task"  # hf_classifier | python | builtin_task | length | distinct | tfidf
     weight: float = 1.0
-    model: str = path_field("", "model")  # hf_classifier: hub id or folder
+    # hf_classifier: hub id or folder. A folder from `alol rm train` carries its input rendering
+    # (alol_reward.json): the pipeline and the scorer fill in the fields left at their defaults.
+    model: str = path_field("", "model")
     revision: Optional[str] = None
     label: Optional[str] = None  # hf_classifier: use P(label) instead of the single logit
     function: str = ""  # python: "package.module:function"
@@ -264,13 +266,6 @@ class RewardComponentConfig:
             raise ConfigError(f"{where}: kind hf_classifier needs `model` (hub id or folder)")
         if self.kind == "python" and not re.fullmatch(r"[\w.]+:\w+", self.function or ""):
             raise ConfigError(f"{where}: kind python needs function 'package.module:function', got {self.function!r}")
-        if self.kind == "hf_classifier" and os.path.isdir(self.model):
-            # A folder made by `alol rm train` carries its input rendering (alol_reward.json): fields left at
-            # their defaults take the folder's values, so `model: <folder>` alone scores as it was trained.
-            from alol_ray.rm.backbone import reward_spec_overrides  # stdlib-only module
-
-            for key, value in reward_spec_overrides(self).items():
-                setattr(self, key, value)
 
 
 def from_dict(cls: type, data: dict) -> Any:
@@ -814,15 +809,20 @@ class RunConfig:
             raise ConfigError(f"name must be a plain folder name (no '/'), got {self.name!r}")
         if not self.storage:
             raise ConfigError("storage is empty: give a folder (e.g. runs) or a bucket URI")
-        rt = self.reward.train_transform
-        if rt != "raw":
-            # The table's training reward and the components (value targets, evaluation) must share a scale.
-            for i, comp in enumerate(self.reward.components):
-                if comp.weight != 0 and comp.transform != rt:
-                    raise ConfigError(
-                        f"reward.train_transform={rt} puts the data's rewards on the {rt} scale, but "
-                        f"reward.components.{i} ({comp.name}) has transform={comp.transform}: the value targets and "
-                        f"evaluations it scores would be on another scale; set reward.components.{i}.transform={rt}")
+        check_reward_scales(self.reward)
+
+
+def check_reward_scales(reward: RewardConfig) -> None:
+    """The table's training reward and the components (value targets, evaluation) must share a scale."""
+    rt = reward.train_transform
+    if rt == "raw":
+        return
+    for i, comp in enumerate(reward.components):
+        if comp.weight != 0 and comp.transform != rt:
+            raise ConfigError(
+                f"reward.train_transform={rt} puts the data's rewards on the {rt} scale, but "
+                f"reward.components.{i} ({comp.name}) has transform={comp.transform}: the value targets and "
+                f"evaluations it scores would be on another scale; set reward.components.{i}.transform={rt}")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ class Pipeline:
         folder = self.paths.data
         # The sources enter by content (config.path_field): an edited file is read again.
         fp = fingerprint("rows-v2", self.cfg.data)
-        run_stage("rows", folder, fp, lambda out: build_rows(self.cfg.data, out), log=log.info)
+        run_stage("rows", folder, fp, lambda out: build_rows(self.cfg.data, out))
         return os.path.join(folder, "rows.parquet")
 
     def require_split(self, split: str, why: str) -> None:
@@ -103,7 +103,7 @@ class Pipeline:
             tiny_policy_from_rows(out, rows, t, seed=self.cfg.seed)
             return {"kind": "tiny"}
 
-        run_stage("base policy", self.paths.base_policy, fp, build, log=log.info)
+        run_stage("base policy", self.paths.base_policy, fp, build)
         return self.paths.base_policy
 
     # ------------------------------------------------------------------------------------------ reference
@@ -150,10 +150,9 @@ class Pipeline:
         cache = self.paths.score_cache
 
         def build(out: str) -> dict:
-            return table.score_rows(pd.read_parquet(rows), self.cfg, out, cache_dir=cache, ref_path=ref_path,
-                                    log=log.info).summary()
+            return table.score_rows(pd.read_parquet(rows), self.cfg, out, cache_dir=cache, ref_path=ref_path).summary()
 
-        run_stage("scored", self.paths.scored, fp, build, log=log.info)
+        run_stage("scored", self.paths.scored, fp, build)
         return os.path.join(self.paths.scored, table.TABLE_FILE)
 
     def value(self) -> str:
@@ -171,12 +170,12 @@ class Pipeline:
                          c.model.dtype, c.seed, model_identity(ref_path), file_sha(scored))
 
         def build(out: str) -> dict:
-            result = build_value(c, ref_path, scored, out, reward_stats=self.reward_stats(), log=log.info)
+            result = build_value(c, ref_path, scored, out, reward_stats=self.reward_stats())
             fit, adv = result["fit"], result["advantages"]["advantage/train"]
             return {"mse/holdout": fit["mse/holdout"], "mse/holdout_predict_mean": fit["mse/holdout_predict_mean"],
                     "best_epoch": fit["best_epoch"], "advantage/positive_fraction": adv["positive_fraction"]}
 
-        run_stage("value", self.paths.value, fp, build, log=log.info)
+        run_stage("value", self.paths.value, fp, build)
         return os.path.join(self.paths.value, TABLE_FILE)
 
     # ------------------------------------------------------------------------------------- reward model
@@ -193,9 +192,8 @@ class Pipeline:
         if force:
             discard(out)
         run_stage("reward model", out, fp,
-                  lambda staging: train_reward_model(self.cfg, rows, staging, cache_dir=self.paths.rm_features,
-                                                     log=log.info),
-                  log=log.info, resumable=True)
+                  lambda staging: train_reward_model(self.cfg, rows, staging, cache_dir=self.paths.rm_features),
+                  resumable=True)
         return out
 
     # ------------------------------------------------------------------------------------------ training
@@ -245,16 +243,16 @@ class Pipeline:
         def build(work: str):
             if m.online:
                 out = m.fit_online(self.cfg, train_cfg=tc, rows=table, policy_path=init, ref_path=ref, work_dir=work,
-                                   stop_at_step=stop_at_step, log=log.info)
+                                   stop_at_step=stop_at_step)
             else:
                 out = fit(self.cfg, method=m, train_cfg=tc, table=table, policy_path=init, work_dir=work,
-                          stop_at_step=stop_at_step, reward_stats=self.reward_stats(), log=log.info)
+                          stop_at_step=stop_at_step, reward_stats=self.reward_stats())
             if isinstance(out, Unfinished):
                 return out
             return {"algo": tc.algo, "steps": out.total_steps, "best_step": out.best_step,
                     "best_val_reward": out.best_val_reward, "positive_fraction": out.positive_fraction}
 
-        run_stage(f"train {method}-s{tc.seed}", folder, fp, build, log=log.info, resumable=True)
+        run_stage(f"train {method}-s{tc.seed}", folder, fp, build, resumable=True)
         return os.path.join(folder, BEST_DIR)
 
     # ---------------------------------------------------------------------------------------- evaluation
@@ -298,10 +296,10 @@ class Pipeline:
         def build(staging: str) -> dict:
             result = eval_job.run_eval(c, prompts=prompts, model_path=model_path, method=method, seed=seed,
                                        split=split, ref_path=ref_path, ref_cache=self.paths.reference_replies,
-                                       stats_dir=self.paths.scored, out_dir=staging, log=log.info)
+                                       stats_dir=self.paths.scored, out_dir=staging)
             log.info(result.table)
             return {"method": method, "seed": seed}
 
-        run_stage(f"eval {method}-s{seed}", folder, fp, build, log=log.info)
+        run_stage(f"eval {method}-s{seed}", folder, fp, build)
         self._made[key] = folder
         return folder

@@ -7,7 +7,8 @@ exist. What is left needs the environment:
   is in the local Hugging Face cache, or the Hub answers for it within seconds: without network a hub id
   would otherwise fail minutes later, after Hugging Face's retries, inside a Ray actor;
 - every method named (train.algo, compare.methods) is registered;
-- every reward component can be built here: python functions import, built-in scorers take their params;
+- every reward component can be built here: python functions import, built-in scorers take their params
+  (a folder from `alol rm train` first fills in the fields its component left at their defaults);
 - QLoRA (4-bit) runs have a GPU wherever the 4-bit policy and pi_ref are loaded.
 
 A failed check is a ``ConfigError`` naming the setting (exit 2 in the CLI).
@@ -18,9 +19,10 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from alol_ray.config import looks_local, path_fields
+from alol_ray.config import check_reward_scales, looks_local, path_fields
 from alol_ray.errors import ConfigError
 from alol_ray.hashing import hub_revision
+from alol_ray.reward_spec import apply_reward_spec
 
 HUB_TIMEOUT_S = 10.0
 
@@ -83,8 +85,11 @@ def check_methods(cfg) -> None:
 
 
 def check_rewards(cfg) -> None:
+    """The components as the run will use them: a trained folder's alol_reward.json filled in first."""
     from alol_ray.scoring.reward import check_components
 
+    cfg.reward.components = [apply_reward_spec(c) for c in cfg.reward.components]
+    check_reward_scales(cfg.reward)
     check_components(list(cfg.reward.components))
 
 

@@ -19,6 +19,7 @@ checks the manifest, so an output whose files were deleted or truncated is not t
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import time
@@ -26,6 +27,8 @@ from typing import Callable, Optional, Union
 
 from alol_ray import faults
 from alol_ray.atomic import read_json, write_json
+
+log = logging.getLogger("alol")
 
 STAGE_FILE = "stage.json"
 MANIFEST = "manifest"
@@ -128,7 +131,7 @@ def discard(folder: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def run_stage(name: str, folder: str, fp: str, build: Callable[[str], BuildResult], *, log: Callable = print,
+def run_stage(name: str, folder: str, fp: str, build: Callable[[str], BuildResult], *,
               resumable: bool = False) -> bool:
     """Build ``folder`` for fingerprint ``fp`` unless it is up to date. Returns True when it published.
 
@@ -137,18 +140,18 @@ def run_stage(name: str, folder: str, fp: str, build: Callable[[str], BuildResul
     same fingerprint left in ``staging``; any other build starts from an empty one.
     """
     if is_done(folder, fp):
-        log(f"[{name}] up to date ({folder})")
+        log.info(f"[{name}] up to date ({folder})")
         return False
     staging = staging_dir(folder, fp)
     if not resumable:
         shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging, exist_ok=True)
-    log(f"[{name}] running ...")
+    log.info(f"[{name}] running ...")
     start = time.time()
     info = build(staging)
     if isinstance(info, Unfinished):
-        log(f"[{name}] not finished: {info.reason}")
+        log.info(f"[{name}] not finished: {info.reason}")
         return False
     publish(staging, folder, fp, {"seconds": round(time.time() - start, 2), **(info or {})})
-    log(f"[{name}] done in {time.time() - start:.1f}s")
+    log.info(f"[{name}] done in {time.time() - start:.1f}s")
     return True

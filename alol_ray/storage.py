@@ -22,10 +22,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 from typing import Any, Iterator, Optional
 
 from alol_ray.errors import ConfigError
+
+log = logging.getLogger("alol")
 
 CACHE_ENV = "ALOL_LOCAL_STORAGE"  # where local copies of remote run dirs live (default ~/.cache/alol-ray/runs)
 _SCHEMES = ("s3", "gs", "gcs", "file", "hdfs", "viewfs", "abfs", "abfss", "az")
@@ -151,7 +154,7 @@ def localize(cfg, cache_dir: Optional[str] = None):
 
 
 @contextlib.contextmanager
-def synced(cfg, cache_dir: Optional[str] = None, log=print) -> Iterator[Any]:
+def synced(cfg, cache_dir: Optional[str] = None) -> Iterator[Any]:
     """Work on a local copy of the run dir; push it back on exit, also when the stage fails (its
     finished parts and checkpoints let a rerun resume)."""
     if not is_uri(cfg.storage):
@@ -160,9 +163,9 @@ def synced(cfg, cache_dir: Optional[str] = None, log=print) -> Iterator[Any]:
     local_cfg = localize(cfg, cache_dir)
     run_dir = os.path.join(local_cfg.storage, cfg.name)
     remote = join(cfg.storage, cfg.name)
-    log(f"[storage] working in {run_dir}, synced with {remote}")
+    log.info(f"[storage] working in {run_dir}, synced with {remote}")
     try:
         yield local_cfg
     finally:
         copied = push(run_dir, remote)
-        log(f"[storage] pushed {len(copied)} file(s) to {remote}")
+        log.info(f"[storage] pushed {len(copied)} file(s) to {remote}")

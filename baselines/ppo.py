@@ -4,14 +4,17 @@ as ONE Ray Train job (``TorchTrainer``) per run.
 Each iteration, read top to bottom in ``ppo_loop_per_worker``:
 
     1. rank 0 samples ``ppo.rollout_size`` train prompts and the Generator actors (alol_ray.generation; vLLM
-       on GPU, transformers on CPU) answer them with the current policy (``ppo.temperature`` / ``top_p``);
+       wherever it is installed, GPU or CPU build, else transformers) answer them with the current policy
+       (``ppo.temperature`` / ``top_p``);
     2. rank 0 scores the replies with the RewardScorer (in-process, or the Ray Serve deployment when
        ``ppo.reward_service``) and gets pi_ref's token log-probs of the exact rollout tokens from the
        ``ReferencePolicy`` actor (frozen pi_ref, ``ppo.reference_cpus/gpus``); the rollout is broadcast;
     3. every worker computes pi_old's log-probs and the critic's values for its shard, the per-token
        KL-penalised rewards, GAE and (globally) whitened advantages (baselines.ppo_loss);
     4. ``ppo.ppo_epochs`` passes of clipped-surrogate + clipped-value mini-batch updates (DDP over workers);
-    5. the adaptive KL coefficient is updated and the new weights are loaded into the Generator actors;
+    5. the adaptive KL coefficient is updated and the new weights go into the running Generator engines in
+       place (``Generator.update_weights``: one copy in Ray's object store, read by every engine; vLLM
+       reloads them with its own ``reload_weights``; no engine restarts);
     6. every ``ppo.eval_every`` iterations the greedy val reward (the offline trainer's selection) is measured
        and a checkpoint is reported; the best one is exported as an HF folder like every other method.
 
@@ -19,8 +22,8 @@ Why one long Train job and not a ``TorchTrainer.fit`` per iteration: starting a 
 on an idle 2-core machine (minutes under load), more than a whole tiny iteration; one job keeps the
 workers, the optimizer state and the Generator / reference actors alive across iterations, and it resumes
 from its latest checkpoint like the offline runs (``FailureConfig``; the actors are children of rank 0 and
-are restarted with it). Weights reach the Generator through an HF folder in the run directory (a shared
-filesystem, as for the offline runs' metrics).
+are restarted with it). Weights reach the engines through Ray's object store, not a folder, so the engines
+may run on any node.
 
 The critic is a linear value head on the policy's last hidden state at each response position (TRL's
 ``AutoModelForCausalLMWithValueHead``: shared body, ``vf_coef``-weighted loss), zero-initialised, saved as
@@ -33,13 +36,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -48,10 +50,11 @@ from alol_ray import ray_compat
 from alol_ray.errors import UserError
 from alol_ray.train.methods import Method, register
 
+log = logging.getLogger("alol")
+
 METHOD = "ppo"
 VALUE_HEAD_FILE = "value_head.safetensors"
 PPO_STATE_KEY = "ppo"  # trainer_state.json entry with the KL coefficient and score moments
-ROLLOUT_POLICY_DIR = "rollout_policy"  # inside the run dir: the weights the Generator loads
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -170,17 +173,19 @@ def ppo_train_config(cfg, tc):
 def resources_needed(cfg, tc) -> dict[str, float]:
     """What one PPO run holds at once: the Train workers, the Generator engines, the pi_ref actor and, with
     ``ppo.reward_service``, the Serve replicas at their minimum count."""
+    from alol_ray.generation.generator import choose_engine, engine_resources
+
     gen, pc = rollout_generation_config(cfg), cfg.ppo
-    gen_gpus = gen.gpus_per_engine or (gen.tensor_parallel_size if gen.engine == "vllm" else 0.0)
-    need = {"CPU": tc.num_workers * tc.cpus_per_worker + gen.num_engines * gen.cpus_per_engine + pc.reference_cpus,
-            "GPU": (tc.num_workers if tc.use_gpu else 0) + gen.num_engines * gen_gpus + pc.reference_gpus}
+    engine = engine_resources(gen, choose_engine(gen))  # vLLM or transformers, as the Generator will choose
+    need = {"CPU": tc.num_workers * tc.cpus_per_worker + gen.num_engines * engine["CPU"] + pc.reference_cpus,
+            "GPU": (tc.num_workers if tc.use_gpu else 0) + gen.num_engines * engine["GPU"] + pc.reference_gpus}
     if pc.reward_service:
         need["CPU"] += cfg.serve.min_replicas * cfg.serve.num_cpus
         need["GPU"] += cfg.serve.min_replicas * cfg.serve.num_gpus
     return need
 
 
-def check_resources(cfg, tc, total: dict[str, float], *, local: bool, log: Callable = print) -> None:
+def check_resources(cfg, tc, total: dict[str, float], *, local: bool) -> None:
     """A local Ray that cannot hold every PPO actor at once would wait forever (the Train workers take their
     CPUs first, the Generator / pi_ref actors never start): fail now, naming the knobs. A cluster may
     autoscale, so there a shortfall is only logged."""
@@ -198,7 +203,7 @@ def check_resources(cfg, tc, total: dict[str, float], *, local: bool, log: Calla
     if local:
         raise ConfigError(f"ppo needs {what} at once: {knobs}. Lower them (e.g. ppo.cpus_per_worker=1 "
                           f"ppo.generation_cpus=0.5 ppo.reference_cpus=0.5 on 2 cores) or raise ray.num_cpus")
-    log(f"[train] ppo: needs {what} at once ({knobs}); waiting for the autoscaler to add nodes")
+    log.info(f"[train] ppo: needs {what} at once ({knobs}); waiting for the autoscaler to add nodes")
 
 
 def sample_prompts(prompts: list[str], n: int, seed: int, iteration: int) -> list[str]:
@@ -212,36 +217,36 @@ def sample_prompts(prompts: list[str], n: int, seed: int, iteration: int) -> lis
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def _save_for_generator(policy, tokenizer, out_dir: str) -> str:
-    """Full weights the Generator can load (a LoRA policy is merged into a copy first), written to a
-    temporary folder and renamed, so the engines never read a half-written checkpoint."""
+def rollout_weights(policy) -> dict:
+    """The policy's full weights in its Hugging Face names, for the rollout engines' in-place update: a LoRA
+    policy is merged into a copy first (the engines run the plain architecture)."""
     import copy
 
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = policy
-    if hasattr(policy, "merge_and_unload"):  # peft
-        model = copy.deepcopy(policy).merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    import torch
+
+    with torch.no_grad():
+        model = copy.deepcopy(policy).merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
+        return {name: tensor.detach().to("cpu") for name, tensor in model.state_dict().items()}
 
 
 class _Rollouts:
     """Rank 0's role actors: Generator, ReferencePolicy and the reward (in-process or Ray Serve)."""
 
-    def __init__(self, spec: PPOSpec, rollout_policy_dir: str):
+    def __init__(self, spec: PPOSpec, weights: dict):
         import ray
 
         from alol_ray.generation import Generator
+        from alol_ray.models import adapter_base
         from alol_ray.scoring.reward import run_scorer
 
         cfg, pc = spec.cfg, spec.cfg.ppo
         self.gen_cfg = rollout_generation_config(cfg)
-        self.generator = Generator(rollout_policy_dir, self.gen_cfg, max_prompt_tokens=cfg.model.max_prompt_tokens,
-                                   show_progress=False)
+        # The engines load the starting policy's architecture and tokenizer from its folder (a path every node
+        # reads, like the training workers), then take the current weights through Ray's object store: no
+        # folder on this worker's disk, so the engines may run on any node.
+        self.generator = Generator(adapter_base(spec.policy_path)[0], self.gen_cfg,
+                                   max_prompt_tokens=cfg.model.max_prompt_tokens, show_progress=False)
+        self.update_weights(weights)
         self.budget = int(self.generator.engine_info[0]["prompt_budget"])
         actor = ray.remote(ReferencePolicy).options(num_cpus=pc.reference_cpus, num_gpus=pc.reference_gpus)
         self.reference = actor.remote(
@@ -263,6 +268,7 @@ class _Rollouts:
         from alol_ray.generation.common import encode_prompts
 
         t0 = time.perf_counter()
+        version = self.generator.engine_info[0]["weights_version"]  # in-place updates the engines have taken
         outs = self.generator.generate_with_ids(prompts, first_index=iteration * len(prompts))
         t_gen = time.perf_counter() - t0
         prompt_ids = encode_prompts(tokenizer, prompts, self.budget)  # the ids the engines conditioned on
@@ -277,10 +283,12 @@ class _Rollouts:
                 "components": {k: np.asarray(v, dtype=np.float64) for k, v in scored.items()
                                if k.startswith(C.REWARD_PREFIX)},
                 "ref_logps": ref_logps, "finish": [o.finish_reason for o in outs],
-                "time/generate_s": t_gen, "time/rollout_s": time.perf_counter() - t0}
+                "time/generate_s": t_gen, "time/rollout_s": time.perf_counter() - t0,
+                "rollout/weights_version": version}
 
-    def load_weights(self, path: str) -> None:
-        self.generator.load_weights(path)
+    def update_weights(self, weights: dict) -> None:
+        """The policy after an update, into the running engines in place (no restart; see Generator)."""
+        self.generator.update_weights(weights)
 
     def shutdown(self) -> None:
         import ray
@@ -364,8 +372,7 @@ def ppo_loop_per_worker(config: dict) -> None:
         os.makedirs(spec.run_dir or ".", exist_ok=True)
         for path in (metrics_path, val_path):
             truncate_jsonl(path, start)
-        sync_dir = os.path.join(spec.run_dir or tempfile.mkdtemp(), ROLLOUT_POLICY_DIR)
-        rollouts = _Rollouts(spec, _save_for_generator(inner.policy, tokenizer, sync_dir))
+        rollouts = _Rollouts(spec, rollout_weights(inner.policy))
     reward_fn = None
     if lead and pc.eval_every > 0 and spec.val_prompts:
         reward_fn = run_scorer(cfg.reward, stats=spec.reward_stats).rewards
@@ -454,7 +461,7 @@ def ppo_loop_per_worker(config: dict) -> None:
             stats = mean_over_workers(stats, world, device)
             if lead:
                 t_sync = time.perf_counter()
-                rollouts.load_weights(_save_for_generator(inner.policy, tokenizer, sync_dir))
+                rollouts.update_weights(rollout_weights(inner.policy))
                 lengths = [len(r) for _, r in rollout["pairs"]]
                 stats.update({
                     "reward/mean": float(np.mean(rollout["scores"])),
@@ -464,6 +471,7 @@ def ppo_loop_per_worker(config: dict) -> None:
                     "response/tokens_mean": float(np.mean(lengths)),
                     "response/eos_frac": float(np.mean([f == "eos" for f in rollout["finish"]])),
                     "time/generate_s": rollout["time/generate_s"], "time/rollout_s": rollout["time/rollout_s"],
+                    "rollout/weights_version": rollout["rollout/weights_version"],
                     "time/sync_s": time.perf_counter() - t_sync,
                 })
             stats.update({"train/step": it + 1, "train/lr": pc.lr, "time/iteration_s": time.perf_counter() - t_iter,
@@ -552,7 +560,7 @@ def check_config(cfg, tc) -> None:
 
 
 def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_dir: str, stop_at_step: int = 0,
-            reward_stats: Optional[dict] = None, log: Callable = print):
+            reward_stats: Optional[dict] = None):
     """PPO's training stage (the ``fit_online`` of the registered method): prompts from the canonical
     ``rows`` (train split to roll out on, val split to select by), one Ray Train job in ``work_dir`` (the
     layout of the offline trainer's), the best checkpoint (val reward) exported to ``work_dir``/best.
@@ -572,20 +580,19 @@ def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_
         raise UserError(f"{rows}: ppo needs train prompts (rows with split 'train'), and there are none")
     if pc.eval_every > 0 and not val:
         raise UserError(f"{rows}: ppo.eval_every > 0 needs val prompts (rows with split 'val'), and there are none")
-    log(f"[train] ppo: {pc.iterations} iterations x {pc.rollout_size} rollouts ({pc.ppo_epochs} epochs of "
-        f"mini-batch {pc.mini_batch_size}) on {tc.num_workers} worker(s), {len(prompts)} train prompts")
+    log.info(f"[train] ppo: {pc.iterations} iterations x {pc.rollout_size} rollouts ({pc.ppo_epochs} epochs of "
+             f"mini-batch {pc.mini_batch_size}) on {tc.num_workers} worker(s), {len(prompts)} train prompts")
     ray = init_ray(cfg.ray)
-    check_resources(cfg, tc, ray.cluster_resources(), local=is_local_ray(cfg.ray), log=log)
+    check_resources(cfg, tc, ray.cluster_resources(), local=is_local_ray(cfg.ray))
     spec = PPOSpec(cfg=cfg, train=tc, policy_path=policy_path, ref_path=ref_path, train_prompts=prompts,
                    val_prompts=val, run_dir=os.path.abspath(work_dir), reward_stats=dict(reward_stats or {}),
                    stop_at_step=stop_at_step)
     result = ray_compat.fit(build_trainer(spec, tc, work_dir, loop_fn=ppo_loop_per_worker))
-    shutil.rmtree(os.path.join(work_dir, ROLLOUT_POLICY_DIR), ignore_errors=True)
     state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)
     outcome = TrainOutcome(run_dir=work_dir, export_dir=os.path.join(work_dir, "best"), total_steps=pc.iterations,
                            best_step=state["step"], best_val_reward=metrics.get("val/reward"), positive_fraction=None,
                            checkpoint_path=path, last_metrics=dict(result.metrics or {}))
-    return finish(outcome, work_dir, stop_at_step, log)
+    return finish(outcome, work_dir, stop_at_step)
 
 
 def train_prompts_of(rows) -> list[str]:

@@ -16,9 +16,10 @@ Every method is evaluated by this one function, so their numbers line up.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,8 @@ from alol_ray.hashing import file_sha, fingerprint, model_identity
 from alol_ray.scoring.reward import run_scorer
 from alol_ray.scoring.table import reward_stats
 from evaluation.metrics import format_table, summarize, win_outcomes
+
+log = logging.getLogger("alol")
 
 # Per-example columns besides the canonical ones (prompt_id, prompt, response, reward, reward/<name>).
 RESPONSE_TOKENS = "response_tokens"  # int: tokens of the reply (EOS excluded)
@@ -60,11 +63,11 @@ def score_replies(cfg: RunConfig, prompts: list[str], responses: list[str],
     return run_scorer(cfg.reward, pool=cfg.scoring.reward_pool, stats=stats).rewards(list(prompts), list(responses))
 
 
-def generate_replies(model_path: str, cfg: RunConfig, prompts: list[str], log: Callable = print):
+def generate_replies(model_path: str, cfg: RunConfig, prompts: list[str]):
     """(GenerationOutputs, engine name) for ``prompts`` from one policy; the actors are shut down after."""
     from alol_ray.generation import Generator
 
-    log(f"[eval] generating {len(prompts)} replies with {model_path}")
+    log.info(f"[eval] generating {len(prompts)} replies with {model_path}")
     with Generator(model_path, cfg.generation, max_prompt_tokens=cfg.model.max_prompt_tokens) as gen:
         return gen.generate_with_ids(prompts), gen.engine
 
@@ -81,7 +84,7 @@ def reference_fingerprint(cfg: RunConfig, ref_path: str) -> str:
     return fingerprint("ref-replies-v1", model_identity(ref_path), cfg.generation, cfg.model.max_prompt_tokens)
 
 
-def reference_replies(cfg: RunConfig, ref_path: str, prompts: pd.DataFrame, cache_path: str, log: Callable = print,
+def reference_replies(cfg: RunConfig, ref_path: str, prompts: pd.DataFrame, cache_path: str,
                       own: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """The reference policy's replies to ``prompts`` (prompt_id, prompt, response, response_tokens,
     finish_reason) from the cache at ``cache_path``; missing prompts are generated and added to it.
@@ -97,7 +100,7 @@ def reference_replies(cfg: RunConfig, ref_path: str, prompts: pd.DataFrame, cach
     if os.path.exists(cache_path) and meta.get("fingerprint") == fp and meta.get("sha") == file_sha(cache_path):
         cached = pd.read_parquet(cache_path).drop_duplicates([C.PROMPT_ID, C.PROMPT], keep="last")
     elif meta:
-        log("[eval] reference replies are stale (pi_ref or generation settings changed): regenerating")
+        log.info("[eval] reference replies are stale (pi_ref or generation settings changed): regenerating")
     key = [C.PROMPT_ID, C.PROMPT]
     merged = prompts[key].merge(cached, on=key, how="left")
     missing = merged[C.RESPONSE].isna().to_numpy()
@@ -106,20 +109,20 @@ def reference_replies(cfg: RunConfig, ref_path: str, prompts: pd.DataFrame, cach
             fresh = own.loc[missing, key + [C.RESPONSE, RESPONSE_TOKENS, FINISH_REASON]]
         else:
             todo = prompts.loc[missing, key].reset_index(drop=True)
-            outputs, _ = generate_replies(ref_path, cfg, todo[C.PROMPT].tolist(), log)
+            outputs, _ = generate_replies(ref_path, cfg, todo[C.PROMPT].tolist())
             fresh = todo.assign(**_reply_columns(outputs))
         cached = pd.concat([cached, fresh], ignore_index=True) if len(cached) else fresh.reset_index(drop=True)
         write_parquet(cache_path, cached)
         write_json(meta_path, {"fingerprint": fp, "sha": file_sha(cache_path), "replies": len(cached)})
         merged = prompts[key].merge(cached, on=key, how="left")
     else:
-        log(f"[eval] reference replies from cache ({cache_path})")
+        log.info(f"[eval] reference replies from cache ({cache_path})")
     return merged
 
 
 def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: str, seed: int, split: str,
              out_dir: str, ref_path: Optional[str] = None, ref_cache: Optional[str] = None,
-             stats_dir: Optional[str] = None, log: Callable = print) -> EvalResult:
+             stats_dir: Optional[str] = None) -> EvalResult:
     """Evaluate ``model_path`` on ``prompts`` (prompt_id, prompt) and write the results into ``out_dir``.
     With ``ref_path`` and ``eval.win_rate``, the reference policy's replies (cached in ``ref_cache``) are
     scored too and the win rate is reported. ``stats_dir``: the scored table's folder, for standardised
@@ -128,11 +131,11 @@ def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: 
 
     stats = reward_stats(cfg.reward, stats_dir) if stats_dir else {}
     init_ray(cfg.ray)
-    outputs, engine = generate_replies(model_path, cfg, prompts[C.PROMPT].tolist(), log)
+    outputs, engine = generate_replies(model_path, cfg, prompts[C.PROMPT].tolist())
     examples = prompts.assign(**_reply_columns(outputs))
     examples[RESPONSE_WORDS] = [len(t.split()) for t in examples[C.RESPONSE]]
 
-    log(f"[eval] scoring {len(examples)} replies")
+    log.info(f"[eval] scoring {len(examples)} replies")
     for col, values in score_replies(cfg, examples[C.PROMPT].tolist(), examples[C.RESPONSE].tolist(), stats).items():
         examples[col] = values
     ref_rewards = None

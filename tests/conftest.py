@@ -41,6 +41,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture
+def alol_log():
+    """The messages logged to the ``alol`` logger (the console lines users see) during the test."""
+    import logging
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("alol"), Collect()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 def require_gpu_extra(module: str) -> None:
     """In the gpu tier a missing dependency is a failure, not a silent skip: the tier installs them all."""
     import importlib.util

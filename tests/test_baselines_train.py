@@ -220,7 +220,7 @@ def test_baseline_trains_a_few_steps_on_ray(name, ray_local, scored_table, tiny_
                              gold=dataclasses.replace(cfg.train.gold, sync_every=2))
     run_dir = str(tmp_path / f"{name}-s0")
     out = fit(cfg, method=get_method(name), train_cfg=tc, table=scored_table, policy_path=tiny_policy_dir,
-              work_dir=run_dir, log=lambda *_: None)
+              work_dir=run_dir)
     assert out.total_steps == 3 and out.best_step == 3
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
         lines = [json.loads(line) for line in fh]

@@ -23,14 +23,14 @@ def test_is_uri_and_join():
         storage.resolve("runs")
 
 
-def test_synced_round_trip_is_incremental(tmp_path):
+def test_synced_round_trip_is_incremental(tmp_path, alol_log):
     remote_root = tmp_path / "bucket"
     uri = f"file://{remote_root}/runs"
     cfg = load_config(None, [f"storage={uri}", "name=exp1"])
-    logs: list[str] = []
+    logs = alol_log
 
     # First stage: nothing remote yet; writes a parquet file and a nested file locally.
-    with storage.synced(cfg, cache_dir=str(tmp_path / "cache1"), log=logs.append) as local_cfg:
+    with storage.synced(cfg, cache_dir=str(tmp_path / "cache1")) as local_cfg:
         assert not storage.is_uri(local_cfg.storage) and local_cfg.name == "exp1"
         run_dir = os.path.join(local_cfg.storage, "exp1")
         assert not os.path.exists(os.path.join(run_dir, "data"))
@@ -42,7 +42,7 @@ def test_synced_round_trip_is_incremental(tmp_path):
     assert logs[-1].startswith("[storage] pushed 2 file(s)")
 
     # Second stage on another "machine" (empty cache): it sees the first stage's outputs.
-    with storage.synced(cfg, cache_dir=str(tmp_path / "cache2"), log=logs.append) as local_cfg:
+    with storage.synced(cfg, cache_dir=str(tmp_path / "cache2")) as local_cfg:
         run_dir = os.path.join(local_cfg.storage, "exp1")
         assert pd.read_parquet(os.path.join(run_dir, "data", "rows.parquet"))["a"].tolist() == [1, 2, 3]
         time.sleep(0.01)  # a strictly newer mtime for the changed file
@@ -60,7 +60,7 @@ def test_synced_pushes_partial_work_when_the_stage_fails(tmp_path):
     uri = f"file://{tmp_path}/bucket"
     cfg = load_config(None, [f"storage={uri}", "name=exp2"])
     with pytest.raises(RuntimeError, match="boom"):
-        with storage.synced(cfg, cache_dir=str(tmp_path / "cache"), log=lambda *_: None) as local_cfg:
+        with storage.synced(cfg, cache_dir=str(tmp_path / "cache")) as local_cfg:
             part = os.path.join(local_cfg.storage, "exp2", "scored", "cache", "part-0.parquet")
             os.makedirs(os.path.dirname(part))
             pd.DataFrame({"x": [0.5]}).to_parquet(part)

@@ -81,21 +81,20 @@ def test_reference_replies_come_from_the_cache(tiny_policy_dir, tmp_path):
     prompts = pd.DataFrame({C.PROMPT_ID: ["a", "b"], C.PROMPT: ["pa", "pb"]})
     own = prompts.assign(**{C.RESPONSE: ["ra", "rb"], eval_job.RESPONSE_TOKENS: [1, 1],
                             eval_job.FINISH_REASON: ["eos", "eos"]})
-    quiet = dict(log=lambda *_: None)
-    first = eval_job.reference_replies(cfg, tiny_policy_dir, prompts.head(1), cache, own=own.head(1), **quiet)
+    first = eval_job.reference_replies(cfg, tiny_policy_dir, prompts.head(1), cache, own=own.head(1))
     assert first[C.RESPONSE].tolist() == ["ra"]
     # "a" from the cache (own says otherwise and is ignored for it), "b" filled from own.
     own2 = own.assign(**{C.RESPONSE: ["changed", "rb"]})
-    both = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own2, **quiet)
+    both = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own2)
     assert both[C.RESPONSE].tolist() == ["ra", "rb"]
     assert sorted(pd.read_parquet(cache)[C.PROMPT_ID]) == ["a", "b"]
     cfg.generation.max_new_tokens += 1  # another setting: the cache no longer describes pi_ref's replies
-    fresh = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own2, **quiet)
+    fresh = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own2)
     assert fresh[C.RESPONSE].tolist() == ["changed", "rb"]
     # A cache file cut short by a crash (its marker no longer matches the file) is never read.
     cfg.generation.max_new_tokens -= 1
-    eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own, **quiet)
+    eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own)
     with open(cache, "r+b") as fh:
         fh.truncate(100)
-    again = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own2, **quiet)
+    again = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own2)
     assert again[C.RESPONSE].tolist() == ["changed", "rb"]

@@ -150,7 +150,7 @@ def run_cluster_checks(out_path: str, work: str) -> None:
             tc = dataclasses.replace(base, num_workers=workers)
             run_dir = os.path.join(work, "train", f"w{workers}")
             outcome = fit(cfg, method=get_method("a_lol"), train_cfg=tc, table=table, policy_path=policy_dir,
-                          work_dir=run_dir, log=lambda *a: None)
+                          work_dir=run_dir)
             params[workers] = load_file(os.path.join(outcome.export_dir, "model.safetensors"))
             workers_nodes = [a["Address"]["NodeID"] for a_id, a in ray._private.state.actors().items()
                              if a_id not in before and "RayTrainWorker" in a["ActorClassName"]]

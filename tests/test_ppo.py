@@ -176,7 +176,7 @@ def test_ppo_smoke_stop_and_resume_on_ray(ray_local, tiny_policy_dir, builtin_ro
                      eval_every=2, checkpoint_every=2, grad_accum=2)
     run_dir = str(tmp_path / "ppo-s0")
     kw = dict(train_cfg=cfg.train, rows=rows_file(builtin_rows, str(tmp_path)), policy_path=tiny_policy_dir,
-              ref_path=tiny_policy_dir, work_dir=run_dir, log=lambda *_: None)
+              ref_path=tiny_policy_dir, work_dir=run_dir)
     assert isinstance(fit_ppo(cfg, stop_at_step=1, **kw), Unfinished)
     second_start = time.time()
     out = fit_ppo(cfg, **kw)
@@ -203,7 +203,7 @@ def test_ppo_smoke_stop_and_resume_on_ray(ray_local, tiny_policy_dir, builtin_ro
     assert os.path.exists(os.path.join(out.checkpoint_path, "value_head.safetensors"))
 
 
-def test_ppo_resources_are_checked_before_any_work(ray_local, tiny_policy_dir, builtin_rows, tmp_path):
+def test_ppo_resources_are_checked_before_any_work(ray_local, tiny_policy_dir, builtin_rows, tmp_path, alol_log):
     """2 train CPUs + the Generator (0.5) + pi_ref (0.5) cannot run at once on a 2-CPU local Ray: that used to
     wait forever (the workers took both CPUs, the actors never started); now it is a ConfigError naming the
     knobs, before the Train job starts. On a cluster (which may autoscale) the same shortfall is logged."""
@@ -216,17 +216,17 @@ def test_ppo_resources_are_checked_before_any_work(ray_local, tiny_policy_dir, b
     t0 = time.time()
     with pytest.raises(ConfigError, match=r"ppo needs 3 CPU \(the cluster has 2\).*ppo.cpus_per_worker"):
         fit_ppo(cfg, train_cfg=cfg.train, rows=rows_file(builtin_rows, str(tmp_path), 8), policy_path=tiny_policy_dir,
-                ref_path=tiny_policy_dir, work_dir=run_dir, log=lambda *_: None)
+                ref_path=tiny_policy_dir, work_dir=run_dir)
     assert time.time() - t0 < 60
     assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
     # ppo.cpus_per_worker overrides train.cpus_per_worker for PPO only, and then it fits.
     cfg.ppo = dataclasses.replace(cfg.ppo, cpus_per_worker=1.0)
     assert resources_needed(cfg, ppo_train_config(cfg, cfg.train)) == {"CPU": 2.0, "GPU": 0.0}
     check_resources(cfg, ppo_train_config(cfg, cfg.train), {"CPU": 2.0}, local=True)
-    logged = []
     cfg.ppo = dataclasses.replace(cfg.ppo, reward_service=True)  # + 1 Serve replica x 0.5 CPU
-    check_resources(cfg, ppo_train_config(cfg, cfg.train), {"CPU": 2.0}, local=False, log=logged.append)
-    assert len(logged) == 1 and "2.5 CPU" in logged[0] and "autoscaler" in logged[0]
+    check_resources(cfg, ppo_train_config(cfg, cfg.train), {"CPU": 2.0}, local=False)
+    logged = [m for m in alol_log if "autoscaler" in m]
+    assert len(logged) == 1 and "2.5 CPU" in logged[0]
 
 
 # ------------------------------------------------------------------------------------------- slow
@@ -274,7 +274,7 @@ def test_ppo_raises_the_builtin_reward_over_its_starting_policy(ray_local, tiny_
     cfg.train = dataclasses.replace(cfg.train, eval_prompts=32)
     run_dir = str(tmp_path / "ppo-s0")
     rows = rows_file(builtin_rows, str(tmp_path), n_train=10**6, n_val=32)
-    out = fit_ppo(cfg, train_cfg=cfg.train, rows=rows, policy_path=start, ref_path=start, work_dir=run_dir, log=print)
+    out = fit_ppo(cfg, train_cfg=cfg.train, rows=rows, policy_path=start, ref_path=start, work_dir=run_dir)
     curve = [(v["train/step"], v["val/reward"]) for v in read_jsonl(os.path.join(run_dir, "val.jsonl"))]
     rollout = [(m["train/step"], m["reward/mean"]) for m in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))]
     wall = time.time() - t0

@@ -16,6 +16,7 @@ import torch
 
 from alol_ray import columns as C
 from alol_ray.config import RewardComponentConfig, RewardModelConfig, load_config
+from alol_ray import reward_spec as S
 from alol_ray.rm import backbone as B
 from alol_ray.rm.losses import bradley_terry_loss, regression_loss
 from alol_ray.rm.metrics import average_ranks, pairwise_accuracy, pearson, score_report, spearman
@@ -169,15 +170,24 @@ def test_fold_target_scale_maps_head_output_to_raw_scale(tiny_bert):
 
 
 def test_reward_spec_fills_defaults_but_explicit_fields_win(tmp_path):
-    B.RewardSpec(template="pair", max_length=96, truncation_side="right").save(str(tmp_path))
+    S.RewardSpec(template="pair", max_length=96, truncation_side="right").save(str(tmp_path))
     comp = RewardComponentConfig(name="rm", kind="hf_classifier", model=str(tmp_path))
-    filled = B.apply_reward_spec(comp)
+    filled = S.apply_reward_spec(comp)
     assert (filled.template, filled.max_length, filled.truncation_side) == ("pair", 96, "right")
-    explicit = B.apply_reward_spec(RewardComponentConfig(name="rm", kind="hf_classifier", model=str(tmp_path),
+    explicit = S.apply_reward_spec(RewardComponentConfig(name="rm", kind="hf_classifier", model=str(tmp_path),
                                                          max_length=300))
     assert explicit.max_length == 300 and explicit.template == "pair"
     hub = RewardComponentConfig(name="rm", kind="hf_classifier", model="owner/model")
-    assert B.apply_reward_spec(hub) is hub
+    assert S.apply_reward_spec(hub) is hub
+    # Building a config reads no file; the run's preflight fills the components in place.
+    assert comp.template == "{prompt} {response}"
+    from alol_ray.config import RunConfig
+    from alol_ray.preflight import check_rewards
+
+    cfg = RunConfig(storage=str(tmp_path / "runs"))
+    cfg.reward.components = [comp]
+    check_rewards(cfg)
+    assert cfg.reward.components[0].template == "pair" and cfg.reward.components[0].max_length == 96
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -222,7 +232,7 @@ def _train(alol_cli, tmp_path, name, extra, env=None, expect=0):
 def _scores(folder: str, frame: pd.DataFrame) -> np.ndarray:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    spec = B.RewardSpec.load(folder)
+    spec = S.RewardSpec.load(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()  # plain transformers, no extras
     tok = AutoTokenizer.from_pretrained(folder)
     enc = B.encode(tok, spec.template, list(frame[C.PROMPT]), list(frame[C.RESPONSE]), spec.max_length,
@@ -248,7 +258,7 @@ def test_cli_regression_head_on_cached_mean_pooled_features(regression_run, tiny
 
     tmp_path, (out, summary, _) = regression_run
     assert summary["mode"] == "head"
-    spec = B.RewardSpec.load(out)
+    spec = S.RewardSpec.load(out)
     assert (spec.pooling, spec.loss, spec.max_length, spec.truncation_side) == ("mean", "regression", 160, "left")
     assert set(summary["slices"]) == {"holdout", "val", "test"}
     saved = load_file(os.path.join(out, "model.safetensors"))
@@ -301,7 +311,7 @@ def test_cli_pairwise_whole_model(alol_cli, tmp_path, tiny_bert):
                                                         "rm.loss=pairwise", "rm.freeze_encoder=false",
                                                         "rm.epochs=2", "rm.lr=1e-3"])
     assert summary["mode"] == "full"
-    spec = B.RewardSpec.load(out)
+    spec = S.RewardSpec.load(out)
     assert spec.loss == "pairwise" and spec.pooling == "model" and spec.target_mean is None
     saved = load_file(os.path.join(out, "model.safetensors"))
     initial, _, _ = B.load_reward_model(tiny_bert, "model")

@@ -51,7 +51,7 @@ def test_a_failed_build_leaves_the_published_output_alone(tmp_path):
         (Path(out) / "a.txt").write_text("v1")
         return {"n": 1}
 
-    assert run_stage("s", str(folder), "fp1", good, log=lambda *_: None)
+    assert run_stage("s", str(folder), "fp1", good)
     assert (folder / "a.txt").read_text() == "v1" and stage_fingerprint(str(folder)) == "fp1"
 
     def bad(out):
@@ -59,7 +59,7 @@ def test_a_failed_build_leaves_the_published_output_alone(tmp_path):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        run_stage("s", str(folder), "fp2", bad, log=lambda *_: None)
+        run_stage("s", str(folder), "fp2", bad)
     assert (folder / "a.txt").read_text() == "v1" and stage_fingerprint(str(folder)) == "fp1"
     assert is_done(str(folder), "fp1") and not is_done(str(folder), "fp2")
 
@@ -143,7 +143,7 @@ def test_a_second_command_on_a_busy_run_fails_at_once_and_ctrl_c_stops_everythin
         assert first.returncode == 130, err[-3000:]
         assert "interrupted" in err and "rerun `alol train --algo nll" in err
         assert not lock.exists()
-        for _ in range(30):  # Ray's processes go with it
+        for _ in range(90):  # Ray's processes go with it (slower on a loaded machine)
             left = [pid for pid in _session_pids(first.pid)]
             if not left:
                 break

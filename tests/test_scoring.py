@@ -229,23 +229,22 @@ def test_hf_input_renderings(classifiers, tmp_path):
         HFClassifier(RewardComponentConfig(name="x", kind="hf_classifier", model=classifiers["logit"], template="chat"))
 
 
-def test_the_data_rewards_are_checked_against_the_reward_components(builtin_rows, tmp_path):
+def test_the_data_rewards_are_checked_against_the_reward_components(builtin_rows, tmp_path, alol_log):
     """Rows that carry a reward: a sample is scored by reward.components too and the two are correlated in
     scoring.json. The built-in task's own scorer agrees exactly; a distinct-1 reward does not, and is warned about."""
     from alol_ray.scoring.table import score_rows
 
     rows = builtin_rows[builtin_rows[C.SPLIT] == "train"].head(300).reset_index(drop=True)
-    lines: list[str] = []
     cfg = load_config(None, [f"storage={tmp_path}", "scoring.agreement_rows=200"])
-    report = score_rows(rows, cfg, str(tmp_path / "a"), cache_dir=str(tmp_path / "cache"), log=lines.append)
+    report = score_rows(rows, cfg, str(tmp_path / "a"), cache_dir=str(tmp_path / "cache"))
     agreed = json.loads((tmp_path / "a" / "scoring.json").read_text())["agreement"]
     assert agreed["rows"] == 200 and agreed["pearson"] == pytest.approx(1.0) and report.reward_scored == 0
-    assert not any("WARNING" in line for line in lines)
+    assert not any("WARNING" in line for line in alol_log)
     cfg = load_config(None, [f"storage={tmp_path}", "scoring.agreement_rows=200",
                              "reward.components=[{name: d1, kind: distinct, params: {n: 1}}]"])
-    score_rows(rows, cfg, str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"), log=lines.append)
+    score_rows(rows, cfg, str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"))
     agreed = json.loads((tmp_path / "b" / "scoring.json").read_text())["agreement"]
-    assert agreed["pearson"] < 0.5 and any("WARNING" in line and "template, turns" in line for line in lines)
+    assert agreed["pearson"] < 0.5 and any("WARNING" in line and "template, turns" in line for line in alol_log)
 
 
 def test_reward_scorer_rejects_bad_components(classifiers):

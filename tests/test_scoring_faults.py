@@ -58,7 +58,7 @@ def counted_words(prompts, responses, log_dir, sleep_s, registry):
 
 
 @pytest.mark.parametrize("no_restart", [False, True], ids=["crash", "killed_for_good"])
-def test_killing_a_scorer_actor_loses_and_duplicates_nothing(ray_local, builtin_rows, tmp_path, no_restart):
+def test_killing_a_scorer_actor_loses_and_duplicates_nothing(ray_local, builtin_rows, tmp_path, no_restart, alol_log):
     from alol_ray.scoring.table import ScoreCache, score_rows
 
     rows = builtin_rows.head(160).drop(columns=[C.REWARD]).reset_index(drop=True)
@@ -82,17 +82,16 @@ def test_killing_a_scorer_actor_loses_and_duplicates_nothing(ray_local, builtin_
         ray.kill(handle, no_restart=no_restart)
         killed.update(pid=pid, actor_id=actor_id, after_rows=done)
 
-    logs = []
     try:
         report = score_rows(rows, cfg, str(tmp_path / "scored"), cache_dir=str(tmp_path / "cache"),
-                            on_part=kill_one_actor, log=logs.append)
+                            on_part=kill_one_actor)
         registered = ray.get(registry.list.remote())
     finally:
         ray.kill(registry)
 
     assert killed and killed["after_rows"] < len(rows), "the kill must land mid-run"
     # Who recovered: Ray Data itself (restart + retry) or, for an actor killed for good, the pass restart.
-    assert any("restarting the pass" in line for line in logs) == no_restart, logs
+    assert any("restarting the pass" in line for line in alol_log) == no_restart, alol_log
     # The killed process is gone. A crashed actor comes back as the same actor in a new process (Ray's
     # restart); one killed for good never does, and a fresh pool's actors take over.
     with pytest.raises(ProcessLookupError):

@@ -68,7 +68,7 @@ def _fit(setup, name: str, *overrides: str, stop_at_step: int = 0):
     cfg = load_config(None, COMMON + ["train.eval_every=0", *overrides])
     work = str(setup["root"] / "runs" / name)
     return fit(cfg, method=get_method(cfg.train.algo), train_cfg=cfg.train, table=setup["table"],
-               policy_path=setup["policy"], work_dir=work, stop_at_step=stop_at_step, log=lambda *_: None)
+               policy_path=setup["policy"], work_dir=work, stop_at_step=stop_at_step)
 
 
 def _cli(setup, *argv: str) -> int:

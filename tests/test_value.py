@@ -47,7 +47,7 @@ def _synthetic(n: int, seed: int = 0, hidden: int = 32, vocab: int = 20):
 
 def _fit(states, targets, **kw):
     args = dict(heads=4, dropout=0.1, max_value=MAX_VALUE, lr=1e-2, epochs=6, batch_size=32,
-                holdout_fraction=0.2, seed=0, log=lambda *_: None)
+                holdout_fraction=0.2, seed=0)
     args.update(kw)
     return fit_value_head(states, targets, **args)
 

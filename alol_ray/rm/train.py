@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,8 @@ from alol_ray.atomic import write_json
 from alol_ray.config import RewardModelConfig, RunConfig
 from alol_ray.errors import UserError
 from alol_ray.hashing import fingerprint, model_identity
+
+log = logging.getLogger("alol")
 
 TRAIN_DIR = ".train"  # the Ray Train run inside the output folder while it trains
 TRAINABLE_FILE = "trainable.safetensors"
@@ -230,8 +233,7 @@ def _payload(frame: pd.DataFrame, features: Optional[np.ndarray]) -> dict[str, A
     return {"n": len(frame), "prompts": frame[C.PROMPT].tolist(), "responses": frame[C.RESPONSE].tolist()}
 
 
-def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_dir: str,
-                       log: Callable = print) -> dict[str, Any]:
+def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_dir: str) -> dict[str, Any]:
     """Train, save the HF folder into ``out_dir``, evaluate; returns a summary (also in alol_rm_eval.json).
 
     The Ray Train run lives in ``out_dir``/.train while it runs, so a rerun into the same folder (the stage's
@@ -245,7 +247,8 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
     from safetensors.torch import load_file
 
     from alol_ray.ray_utils import init_ray
-    from alol_ray.rm.backbone import (EVAL_FILE, RewardSpec, detect_pooling, fold_target_scale, has_cacheable_head,
+    from alol_ray.reward_spec import RewardSpec
+    from alol_ray.rm.backbone import (EVAL_FILE, detect_pooling, fold_target_scale, has_cacheable_head,
                                       load_reward_model, make_head, resolve_backbone)
     from alol_ray.rm.embed import cached_features, run_pass
     from alol_ray.rm.metrics import evaluate_slice, format_report
@@ -261,10 +264,10 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
     model, tok, pooling = load_reward_model(backbone, pooling, revision=rm.revision,
                                             trust_remote_code=rm.trust_remote_code, seed=rm.seed)
     head_mode = rm.freeze_encoder and has_cacheable_head(model)
-    log(f"[rm] {len(train_rows):,} training rows ({len(targets.get('pairs', [])) or len(train_rows):,} "
-        f"{'pairs' if rm.loss == 'pairwise' else 'rows'}), eval slices "
-        f"{ {k: len(v) for k, v in slices.items()} }; backbone {backbone} (pooling {pooling}); "
-        f"{'head on cached encoder features' if head_mode else 'whole model' if not rm.freeze_encoder else 'head, encoder frozen in place'}")
+    log.info(f"[rm] {len(train_rows):,} training rows ({len(targets.get('pairs', [])) or len(train_rows):,} "
+             f"{'pairs' if rm.loss == 'pairwise' else 'rows'}), eval slices "
+             f"{ {k: len(v) for k, v in slices.items()} }; backbone {backbone} (pooling {pooling}); "
+             f"{'head on cached encoder features' if head_mode else 'whole model' if not rm.freeze_encoder else 'head, encoder frozen in place'}")
 
     init_ray(cfg.ray)
     runner_kwargs = {"backbone": backbone, "pooling": pooling, "template": rm.template, "max_length": rm.max_length,
@@ -276,7 +279,7 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
         # One pass over training and evaluation rows together: one actor pool start-up.
         everything = pd.concat([train_rows] + list(slices.values()), ignore_index=True)
         features = cached_features(everything, cache_dir, _features_key(cfg, backbone), rm.embed_pool,
-                                   runner_kwargs, log)
+                                   runner_kwargs)
         train_features, offset = features[: len(train_rows)], len(train_rows)
         for name, part in slices.items():
             eval_features[name] = features[offset: offset + len(part)]
@@ -345,6 +348,6 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
                "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
                "config": dataclasses.asdict(rm)}
     write_json(os.path.join(out_dir, EVAL_FILE), summary)
-    log("[rm] evaluation (" + os.path.join(out_dir, EVAL_FILE) + ")\n" + format_report(report))
-    log(f"[rm] saved {out_dir}")
+    log.info("[rm] evaluation (" + os.path.join(out_dir, EVAL_FILE) + ")\n" + format_report(report))
+    log.info(f"[rm] saved {out_dir}")
     return {"mode": summary["mode"], "train_seconds": summary["train_seconds"]}

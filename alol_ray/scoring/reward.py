@@ -37,6 +37,7 @@ from alol_ray import columns as C
 from alol_ray.config import RewardComponentConfig, check_component_names, from_dict
 from alol_ray.data.formats import split_turns
 from alol_ray.errors import ConfigError, UserError
+from alol_ray.reward_spec import apply_reward_spec
 
 RAW_PREFIX = "reward_raw/"  # float columns "reward_raw/<component>": a component's score before its transform
 STANDARDISE_KEYS = ("mean", "std")  # params of the standardise transform (not passed to scorers)
@@ -235,7 +236,7 @@ class RewardScorer:
 
     def __init__(self, components: list[Any], *, raw_only: bool = False, use_gpu: bool = False, bf16: bool = True,
                  num_threads: Optional[int] = None, stats: Optional[dict[str, tuple[float, float]]] = None):
-        self.components = [as_component(c) for c in components]
+        self.components = [apply_reward_spec(as_component(c)) for c in components]
         if not self.components:
             raise ConfigError("RewardScorer needs at least one reward component")
         check_components(self.components)

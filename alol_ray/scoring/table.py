@@ -35,6 +35,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -51,6 +52,8 @@ from alol_ray.config import ActorPoolConfig, RewardComponentConfig, RunConfig
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.hashing import model_identity, module_identity
 from alol_ray.scoring.reward import RewardScorer, check_components, combine, raw_column, scorer_params
+
+log = logging.getLogger("alol")
 
 TABLE_FILE = "table.parquet"
 REPORT_FILE = "scoring.json"
@@ -146,7 +149,7 @@ class ScoreCache:
 
 
 def _run_with_retries(remaining: Callable[[], pd.DataFrame], fn_cls: type, ctor_kwargs: dict,
-                      pool: ActorPoolConfig, scoring, on_output: Callable, desc: str, ray_cfg, log: Callable) -> None:
+                      pool: ActorPoolConfig, scoring, on_output: Callable, desc: str, ray_cfg) -> None:
     """``pool_pass`` on the rows not cached yet, restarted up to ``scoring.pass_retries`` times when Ray loses an
     actor for good (e.g. ``ray.kill`` without restart, a lost node): Ray Data retries a task on a restarted
     actor, but fails the whole dataset when the actor cannot come back."""
@@ -165,8 +168,8 @@ def _run_with_retries(remaining: Callable[[], pd.DataFrame], fn_cls: type, ctor_
         except lost as exc:
             if attempt == scoring.pass_retries:
                 raise
-            log(f"[score] {desc}: {type(exc).__name__} ({str(exc).splitlines()[0]}); "
-                f"restarting the pass for the {len(remaining())} rows not cached yet")
+            log.info(f"[score] {desc}: {type(exc).__name__} ({str(exc).splitlines()[0]}); "
+                     f"restarting the pass for the {len(remaining())} rows not cached yet")
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -195,7 +198,7 @@ def rows_to_score(rows: pd.DataFrame, rescore: bool) -> np.ndarray:
 
 
 def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: str, ref_path: Optional[str] = None,
-               log: Callable = print, on_part: Optional[Callable[[str, int], None]] = None) -> ScoreReport:
+               on_part: Optional[Callable[[str, int], None]] = None) -> ScoreReport:
     """Score canonical rows (rewards and, with ``ref_path``, reference log-probs) into
     ``<out_dir>/table.parquet`` (+ scoring.json), computing only what ``cache_dir`` lacks.
 
@@ -238,7 +241,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
             todo = [c for c in components if c.name in sig.split("|")]
             for c in todo:
                 cache.describe(reward_keys[c.name], {"component": dataclasses.asdict(c)})
-            log(f"[score] reward: {len(group)} of {len(unique)} unique rows to score with {[c.name for c in todo]}")
+            log.info(f"[score] reward: {len(group)} of {len(unique)} unique rows to score with {[c.name for c in todo]}")
 
             def write(out: pd.DataFrame, todo=todo) -> None:
                 nonlocal reward_scored
@@ -258,9 +261,9 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
 
             _run_with_retries(remaining, RewardScorer,
                               {"components": [dataclasses.asdict(c) for c in todo], "raw_only": True,
-                               **actor_kwargs(pool)}, pool, scoring, write, "reward", cfg.ray, log)
+                               **actor_kwargs(pool)}, pool, scoring, write, "reward", cfg.ray)
     elif to_cache.any():
-        log(f"[score] reward: all {len(unique)} unique rows cached")
+        log.info(f"[score] reward: all {len(unique)} unique rows cached")
 
     # -- reference pass: pi_ref log-probs of every row
     reference_key, reference_scored = None, 0
@@ -274,7 +277,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
         todo_rows = unique_all[~unique_all[C.ROW_KEY].isin(cache.done(reference_key))]
         if len(todo_rows):
             cache.describe(reference_key, {"reference": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr})
-            log(f"[score] reference: {len(todo_rows)} of {len(unique_all)} unique rows to score with {ref_path}")
+            log.info(f"[score] reference: {len(todo_rows)} of {len(unique_all)} unique rows to score with {ref_path}")
 
             done_ref: set = set()
 
@@ -292,12 +295,12 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
             _run_with_retries(lambda: todo_rows[~todo_rows[C.ROW_KEY].isin(done_ref)], ReferenceScorer,
                               {"model_path": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr,
                                "model_cfg": cfg.model, **actor_kwargs(rpool)},
-                              rpool, scoring, write_ref, "reference", cfg.ray, log)
+                              rpool, scoring, write_ref, "reference", cfg.ray)
         else:
-            log(f"[score] reference: all {len(unique_all)} unique rows cached")
+            log.info(f"[score] reference: all {len(unique_all)} unique rows cached")
 
     table, stats = assemble(rows, cfg, cache, needs_reward, reward_keys, reference_key)
-    agreed = reward_agreement(table, agreement, cfg, cache if by_model else None, reward_keys, stats, log)
+    agreed = reward_agreement(table, agreement, cfg, cache if by_model else None, reward_keys, stats)
     path = write_parquet(os.path.join(out_dir, TABLE_FILE), table)
     report = ScoreReport(table=path, rows=len(table), reward_scored=reward_scored, reference_scored=reference_scored,
                          reward_keys=reward_keys, reference_key=reference_key, seconds=round(time.time() - start, 2))
@@ -318,7 +321,7 @@ def agreement_sample(rows: pd.DataFrame, needs_reward: np.ndarray, components, n
 
 
 def reward_agreement(table: pd.DataFrame, sample: np.ndarray, cfg: RunConfig, cache: Optional[ScoreCache],
-                     reward_keys: dict[str, str], stats: dict, log: Callable) -> Optional[dict]:
+                     reward_keys: dict[str, str], stats: dict) -> Optional[dict]:
     """How well the data's own rewards (the table's ``reward``, after ``train_transform``) and the run's reward
     components agree on the sample: Pearson and Spearman correlation. The value head is fit to the components'
     scores of pi_ref's replies and the evaluation uses them, while training advantages start from the data's
@@ -349,7 +352,9 @@ def reward_agreement(table: pd.DataFrame, sample: np.ndarray, cfg: RunConfig, ca
         line += (f" -- WARNING: below {cfg.scoring.agreement_warn_below}: the value targets and evaluations "
                  "(components) and the training rewards (data) measure different things; check each component's "
                  "model and input format (template, turns)")
-    log(line)
+        log.warning(line)
+    else:
+        log.info(line)
     return {"rows": int(len(part)), "pearson": pearson, "spearman": spearman}
 
 

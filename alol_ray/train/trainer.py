@@ -18,6 +18,7 @@ scored by validation reward: Ray keeps the ``keep_checkpoints`` best plus the la
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -34,6 +35,8 @@ from alol_ray.train.methods import Method, training_units
 from alol_ray.models import adapter_base
 from alol_ray.train.samplers import make_sampler, positive_fraction, resolve_sampler, scaled_steps
 from alol_ray.train.worker import NOT_EVALUATED, SELECTION_METRIC
+
+log = logging.getLogger("alol")
 
 SUMMARY_FILE = "summary.json"
 BEST_DIR = "best"
@@ -179,7 +182,7 @@ def export_best(result, work_dir: str, policy_path: str, model_cfg) -> tuple[dic
     return state, dict(metrics or {}), checkpoint.path
 
 
-def finish(outcome: TrainOutcome, work_dir: str, stopped_at: int, log: Callable) -> TrainOutcome | Unfinished:
+def finish(outcome: TrainOutcome, work_dir: str, stopped_at: int) -> TrainOutcome | Unfinished:
     """Write summary.json; a run that stopped early on purpose is Unfinished (nothing is published)."""
     if stopped_at and stopped_at < outcome.total_steps:
         return Unfinished(f"stopped after step {stopped_at} of {outcome.total_steps} as asked; "
@@ -187,13 +190,13 @@ def finish(outcome: TrainOutcome, work_dir: str, stopped_at: int, log: Callable)
     write_json(os.path.join(work_dir, SUMMARY_FILE),
                {k: v for k, v in outcome.__dict__.items() if k not in ("last_metrics", "run_dir", "export_dir",
                                                                         "checkpoint_path")})
-    log(f"[train] exported step {outcome.best_step} (val reward "
-        f"{outcome.best_val_reward if outcome.best_val_reward is not None else 'n/a'}) to {outcome.export_dir}")
+    log.info(f"[train] exported step {outcome.best_step} (val reward "
+             f"{outcome.best_val_reward if outcome.best_val_reward is not None else 'n/a'}) to {outcome.export_dir}")
     return outcome
 
 
 def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: str, stop_at_step: int = 0,
-        reward_stats: Optional[dict] = None, log: Callable = print) -> TrainOutcome | Unfinished:
+        reward_stats: Optional[dict] = None) -> TrainOutcome | Unfinished:
     """Train ``method`` on the scored ``table`` (parquet path or DataFrame) from ``policy_path`` in
     ``work_dir`` (see the module docs); resumes what an interrupted call left there. ``reward_stats``: the
     scored table's statistics for standardised reward components (val-reward selection)."""
@@ -210,8 +213,8 @@ def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: st
     if data.eval_every > 0 and not prompts:
         raise UserError(f"{source}: train.eval_every > 0 needs val prompts (rows with split 'val'), and there are none")
     frac = "" if data.positive_fraction is None else f", positive advantage {data.positive_fraction:.1%}"
-    log(f"[train] {method.name}: {len(data.units)} units, sampler {data.sampler.name}, {data.total_steps} steps "
-        f"x batch {tc.batch_size} on {tc.num_workers} worker(s){frac}")
+    log.info(f"[train] {method.name}: {len(data.units)} units, sampler {data.sampler.name}, {data.total_steps} steps "
+             f"x batch {tc.batch_size} on {tc.num_workers} worker(s){frac}")
 
     init_ray(cfg.ray)
     spec = LoopSpec(method=method, train=tc, model=cfg.model, generation=cfg.generation, reward=cfg.reward,
@@ -225,4 +228,4 @@ def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: st
                            best_step=state["step"], best_val_reward=metrics.get("val/reward"),
                            positive_fraction=data.positive_fraction, checkpoint_path=path,
                            last_metrics=dict(result.metrics or {}))
-    return finish(outcome, work_dir, stop_at_step, log)
+    return finish(outcome, work_dir, stop_at_step)

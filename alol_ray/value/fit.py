@@ -20,9 +20,10 @@ advantage_hist.png, val_generations.parquet (the targets: pi_ref's replies and t
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,8 @@ from alol_ray import faults
 from alol_ray.atomic import write_json, write_parquet
 from alol_ray.errors import UserError
 from alol_ray.value.head import ValueHead, ValueHeadConfig, save_head
+
+log = logging.getLogger("alol")
 
 TABLE_FILE = "table.parquet"
 FIT_REPORT = "fit.json"
@@ -146,8 +149,7 @@ def _copy_state(module: torch.nn.Module) -> dict:
 
 def fit_value_head(states: Sequence[torch.Tensor], targets: np.ndarray, *, heads: int, dropout: float,
                    max_value: float, lr: float, epochs: int, batch_size: int, holdout_fraction: float,
-                   seed: int = 0, holdout_index: Optional[np.ndarray] = None,
-                   log: Callable = print) -> FitResult:
+                   seed: int = 0, holdout_index: Optional[np.ndarray] = None) -> FitResult:
     """Fit a ValueHead by MSE on (prompt states -> target); keep the epoch with the lowest held-out MSE.
 
     states: cached prompt states ([len_i, H] each); targets: [N] rewards in [0, max_value].
@@ -170,8 +172,8 @@ def fit_value_head(states: Sequence[torch.Tensor], targets: np.ndarray, *, heads
             raise UserError("fit_value_head: both the fit part and the held-out part need prompts")
     outside = targets[(targets < 0) | (targets > max_value)]
     if len(outside):
-        log(f"[value] warning: {len(outside)} targets outside [0, value.max_value={max_value}] "
-            f"(min {targets.min():.3f}, max {targets.max():.3f}); the head cannot reach them")
+        log.warning(f"[value] warning: {len(outside)} targets outside [0, value.max_value={max_value}] "
+                    f"(min {targets.min():.3f}, max {targets.max():.3f}); the head cannot reach them")
 
     device = _device()
     fit_states = [states[i] for i in fit_index]
@@ -349,7 +351,7 @@ def plot_advantages(frame: pd.DataFrame, path: str) -> str:
 
 
 def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_stats: Optional[dict] = None,
-                log: Callable = print, show_progress: bool = True) -> dict:
+                show_progress: bool = True) -> dict:
     """The value stage: fit the head on pi_ref's val generations, write the value table into ``out_dir``.
 
     cfg: RunConfig (value, model, generation, reward, scoring sections and seed are used).
@@ -373,7 +375,7 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
         raise UserError(f"{table_path}: the value head needs val prompts (split 'val'); found {len(val_prompts)}")
 
     gen = cfg.generation
-    log(f"[value] pi_ref answers {len(val_prompts)} val prompts (greedy, {gen.max_new_tokens} new tokens)")
+    log.info(f"[value] pi_ref answers {len(val_prompts)} val prompts (greedy, {gen.max_new_tokens} new tokens)")
     replies = generate_greedy(ref_path, val_prompts, cfg)
     scorer = run_scorer(cfg.reward, pool=cfg.scoring.reward_pool, stats=reward_stats)
     targets = np.asarray(scorer.rewards(val_prompts, replies)[C.REWARD], dtype=np.float64)
@@ -390,13 +392,13 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
     states = prompt_states(model, tokenizer, val_prompts, max_prompt, vcfg.batch_size, show_progress)
     result = fit_value_head(states, targets, heads=vcfg.heads, dropout=vcfg.dropout, max_value=vcfg.max_value,
                             lr=vcfg.lr, epochs=vcfg.epochs, batch_size=vcfg.batch_size,
-                            holdout_fraction=vcfg.holdout_fraction, seed=cfg.seed, log=log)
+                            holdout_fraction=vcfg.holdout_fraction, seed=cfg.seed)
     fit = result.report
     fit["reference"] = ref_path
     write_json(os.path.join(out_dir, FIT_REPORT), fit)
-    log(f"[value] fit: held-out MSE {fit['mse/holdout']:.4f} vs predict-the-mean {fit['mse/holdout_predict_mean']:.4f}"
-        f" (best epoch {fit['best_epoch']}/{vcfg.epochs}; {fit['prompts/fit']} fit / {fit['prompts/holdout']} "
-        f"held-out prompts; mean target {fit['target/mean_fit']:.3f})")
+    log.info(f"[value] fit: held-out MSE {fit['mse/holdout']:.4f} vs predict-the-mean {fit['mse/holdout_predict_mean']:.4f}"
+             f" (best epoch {fit['best_epoch']}/{vcfg.epochs}; {fit['prompts/fit']} fit / {fit['prompts/holdout']} "
+             f"held-out prompts; mean target {fit['target/mean_fit']:.3f})")
     save_head(result.head, out_dir, reference=ref_path, max_prompt_tokens=max_prompt,
               best_epoch=fit["best_epoch"], holdout_mse=fit["mse/holdout"])
 
@@ -413,9 +415,9 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
     adv["histogram"] = os.path.basename(plot_advantages(scored, os.path.join(out_dir, HISTOGRAM)))
     write_json(os.path.join(out_dir, ADVANTAGE_REPORT), adv)
     a = adv["advantage/train"]
-    log(f"[value] advantages of {a['rows']} train rows: A > 0 for {a['positive_fraction']:.1%}; "
-        + ", ".join(f"p{q} {a[f'p{q}']:+.3f}" for q in PERCENTILES))
+    log.info(f"[value] advantages of {a['rows']} train rows: A > 0 for {a['positive_fraction']:.1%}; "
+             + ", ".join(f"p{q} {a[f'p{q}']:+.3f}" for q in PERCENTILES))
     if "advantage/train_best" in adv:
-        log(f"[value] rank-0 train rows: A > 0 for {adv['advantage/train_best']['positive_fraction']:.1%}")
+        log.info(f"[value] rank-0 train rows: A > 0 for {adv['advantage/train_best']['positive_fraction']:.1%}")
     return {"fit": {k: v for k, v in fit.items() if k != "epochs"}, "advantages": adv,
             "table": os.path.join(out_dir, TABLE_FILE)}
