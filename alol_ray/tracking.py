@@ -24,6 +24,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import threading
 import time
 import uuid
@@ -291,15 +292,28 @@ class Tracker:
 
     def __init__(self, backends: list):
         self.backends = backends
+        self._failed: set[str] = set()
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Every finite number of ``metrics`` under its own name, at ``step`` (other values are skipped)."""
+        """Every finite number of ``metrics`` under its own name, at ``step`` (other values are skipped).
+
+        A backend that fails to log (a tracking server gone away mid-run) is reported once and training goes
+        on: metrics.jsonl stays the record, and a long run is not lost to its dashboard."""
         if not self.backends:
             return
         values = {k: float(v) for k, v in metrics.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         for backend in self.backends:
-            backend.log(values, int(step))
+            try:
+                backend.log(values, int(step))
+            except Exception as err:  # noqa: BLE001 - any client error; the first one of each backend is shown
+                name = type(backend).package
+                if name not in self._failed:
+                    self._failed.add(name)
+                    # not print(): Ray Train patches it in workers, and the line would show twice
+                    sys.stderr.write(f"[tracking] {name}: could not log step {step} ({type(err).__name__}: {err}); "
+                                     "training goes on, metrics.jsonl has every step\n")
+                    sys.stderr.flush()
 
     def log_table(self, name: str, frame, step: int = 0) -> None:
         """A pandas DataFrame: TensorBoard text (markdown), an MLflow JSON artifact, a W&B Table."""
@@ -323,7 +337,15 @@ def start(spec: Optional[TrackingSpec], *, first_step: int = 0) -> Tracker:
     ``first_step``: the first step this attempt writes (0, or the resumed checkpoint's step + 1)."""
     if spec is None or not spec.backends:
         return Tracker([])
-    return Tracker([BACKENDS[name](spec, first_step) for name in spec.backends])
+    opened = []
+    for name in spec.backends:
+        try:
+            opened.append(BACKENDS[name](spec, first_step))
+        except Exception as err:  # noqa: BLE001 - e.g. W&B online without an API key: one line, not a traceback
+            Tracker(opened).close()
+            raise UserError(f"tracking: {name} could not start the run {spec.run_name}: "
+                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    return Tracker(opened)
 
 
 def _markdown(frame) -> str:

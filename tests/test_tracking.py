@@ -1,12 +1,13 @@
 """Experiment tracking with the real libraries, offline and local: TensorBoard read back with its own
 EventAccumulator, MLflow through MlflowClient on a sqlite store, W&B in offline mode read back with W&B's
-own reader of its transaction log (`wandb leet inspect --json`). The last test trains a tiny policy for a
-few steps through ``trainer.fit`` with all three backends on and checks that every metric name of
-metrics.jsonl / val.jsonl arrives in each, at the lines' steps.
+own reader of its transaction log (`wandb leet inspect --json`). The slow tier trains for real and checks
+that every metric name of metrics.jsonl / val.jsonl arrives, at the lines' steps: a tiny policy for two steps
+through ``trainer.fit`` with all three backends, one PPO iteration, and `alol rm train` from the command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -19,7 +20,7 @@ import pytest
 from alol_ray import tracking
 from alol_ray.atomic import read_json, read_jsonl
 from alol_ray.config import load_config
-from alol_ray.errors import ConfigError
+from alol_ray.errors import ConfigError, UserError
 
 # Nothing leaves the machine: no usage telemetry or error reports (Ray workers inherit this environment).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -219,8 +220,11 @@ def test_job_names():
 # ------------------------------------------------------------------------------- a real training run
 
 
+@pytest.mark.slow
 def test_fit_sends_every_metrics_jsonl_name_to_every_backend(ray_local, tmp_path, builtin_rows, tiny_policy_dir):
-    """Two steps of a_lol on a tiny policy through ``trainer.fit`` (one Ray Train worker), evaluated at step 2."""
+    """Two steps of a_lol on a tiny policy through ``trainer.fit`` (one Ray Train worker), evaluated at step 2.
+    Slow tier: about 2 minutes on 2 shared cores, nearly all of it Ray Train's start-up; the default tier drives
+    the same worker-side calls (``start`` / ``log`` / ``close``) without Ray (the ``logged`` fixture)."""
     from mlflow import MlflowClient
     from test_train_methods import MAX_PROMPT, MAX_RESPONSE, build_scored_table
 
@@ -267,8 +271,6 @@ def assert_same_points(got: dict, want: dict) -> None:
 @pytest.mark.slow
 def test_ppo_sends_every_metrics_jsonl_name(ray_local, tmp_path, builtin_rows, tiny_policy_dir):
     """One PPO iteration (evaluated before and after) with TensorBoard on: its metrics.jsonl / val.jsonl lines."""
-    import dataclasses
-
     from test_ppo import ppo_config, rows_file
 
     from alol_ray.config import TrackingConfig
@@ -307,3 +309,38 @@ def test_alol_rm_train_sends_its_per_epoch_report(alol_cli, tmp_path, builtin_ro
     assert set(scalars) == set(final) and {"epoch", "holdout/pairwise_acc"} <= set(final)
     assert all([s for s, _ in points] == [1, 2] for points in scalars.values())
     assert scalars["epoch"] == [(1, 1.0), (2, 2.0)]
+
+
+def test_a_backend_that_cannot_start_is_one_line_and_one_that_fails_later_does_not_stop_training(tmp_path, capsys):
+    spec = tracking.prepare(_config(tmp_path, "tracking.backends=[tensorboard]"), "a_lol-s0")
+
+    class Broken:
+        package = "broken"
+
+        def __init__(self, spec, first_step):
+            raise RuntimeError("api_key not configured (no-tty)\ncall wandb.login()")
+
+    class GoneAway(Broken):
+        def __init__(self, spec, first_step):
+            pass
+
+        def log(self, metrics, step):
+            raise ConnectionError("server unreachable")
+
+        def close(self):
+            pass
+
+    try:
+        tracking.BACKENDS["broken"] = Broken
+        with pytest.raises(UserError, match=r"^tracking: broken could not start the run trk/a_lol-s0: "
+                                            r"RuntimeError: api_key not configured \(no-tty\)$"):
+            tracking.start(dataclasses.replace(spec, backends=["tensorboard", "broken"]))
+        tracking.BACKENDS["broken"] = GoneAway
+        with tracking.start(dataclasses.replace(spec, backends=["broken", "tensorboard"])) as tracker:
+            for step in (1, 2):
+                tracker.log({"loss/policy": 1.0 / step}, step=step)
+    finally:
+        del tracking.BACKENDS["broken"]
+    assert capsys.readouterr().err.count("[tracking] broken: could not log step 1 (ConnectionError") == 1
+    logdir = os.path.join(spec.dir, "tensorboard", "trk", "a_lol-s0")
+    assert tensorboard_scalars(logdir)["loss/policy"] == [(1, 1.0), (2, 0.5)]  # the other backend got every step
