@@ -809,7 +809,7 @@ class TrackingConfig:
     mlflow_experiment: str = "alol-ray"  # created on first use
     wandb_project: str = "alol-ray"
     wandb_entity: str = ""  # "" = $WANDB_ENTITY, else the API key's default entity
-    wandb_mode: str = "offline"  # online (needs WANDB_API_KEY) | offline (`wandb sync <dir>/wandb/offline-run-*`) | disabled
+    wandb_mode: str = "offline"  # online (WANDB_API_KEY) | offline (`wandb sync <dir>/wandb/offline-run-*`) | disabled
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in TRACKING_BACKENDS]
@@ -823,8 +823,9 @@ class TrackingConfig:
             raise ConfigError("tracking.mlflow_experiment and tracking.wandb_project must not be empty")
         uri = self.mlflow_tracking_uri
         if uri and "://" not in uri and not uri.startswith("databricks"):
-            raise ConfigError(f"tracking.mlflow_tracking_uri must be a URI (https://host:5000, sqlite:////abs/mlflow.db, "
-                              f"databricks), got {uri!r}; leave it empty for a local store under tracking.dir")
+            raise ConfigError(f"tracking.mlflow_tracking_uri must be a URI (https://host:5000, "
+                              f"sqlite:////abs/mlflow.db, databricks), got {uri!r}; leave it empty for a local store "
+                              "under tracking.dir")
         if re.match(r"sqlite:///[^/]", uri):
             raise ConfigError(f"tracking.mlflow_tracking_uri {uri!r} is relative to each process's working directory; "
                               "give an absolute path (sqlite:////abs/mlflow.db)")

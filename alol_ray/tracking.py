@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from alol_ray.atomic import write_json
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.runs import RunPaths
 
@@ -133,10 +134,11 @@ def prepare(cfg, job: str, *, work_dir: Optional[str] = None, train_cfg=None,
             config["train"] = dataclasses.asdict(train_cfg)
         directory = tc.dir or os.path.join(RunPaths.from_config(cfg).root, "tracking")
         os.makedirs(directory, exist_ok=True)
+        key = state.setdefault("key", uuid.uuid4().hex[:16])  # random: two teams' runs never share an id
         spec = TrackingSpec(
-            backends=list(tc.backends), run_name=f"{cfg.name}/{job}", key=state.setdefault("key", uuid.uuid4().hex[:16]),
-            dir=os.path.abspath(directory), params=flatten(config), group=cfg.name, job_type=job_type,
-            tags={"alol.run": cfg.name, "alol.job": job, "alol.key": state["key"]},
+            backends=list(tc.backends), run_name=f"{cfg.name}/{job}", key=key, dir=os.path.abspath(directory),
+            params=flatten(config), group=cfg.name, job_type=job_type,
+            tags={"alol.run": cfg.name, "alol.job": job, "alol.key": key},
             wandb_project=tc.wandb_project, wandb_entity=tc.wandb_entity or os.environ.get("WANDB_ENTITY") or None,
             wandb_mode=tc.wandb_mode)
         if "mlflow" in spec.backends:
@@ -147,7 +149,7 @@ def prepare(cfg, job: str, *, work_dir: Optional[str] = None, train_cfg=None,
             spec.mlflow_run_id = _mlflow_run(spec, tc.mlflow_experiment, state)
         if state_path:
             os.makedirs(work_dir, exist_ok=True)
-            _write_state(state_path, state)
+            write_json(state_path, state)
     return spec
 
 
@@ -156,12 +158,6 @@ def _read_state(path: Optional[str]) -> dict:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     return {}
-
-
-def _write_state(path: str, state: dict) -> None:
-    from alol_ray.atomic import write_json
-
-    write_json(path, state)
 
 
 def _mlflow_run(spec: TrackingSpec, experiment: str, state: dict) -> str:

@@ -149,7 +149,8 @@ def test_compare_logs_its_final_table(tmp_path, logged):
                   "tracking.mlflow_experiment=compare")
     csv = tmp_path / "methods.csv"
     pd.DataFrame({"method": ["a_lol", "reference"], "seeds": [1, 1], "reward": [0.75, 0.5],
-                  "reward/ci": ["(0.7, 0.8)", "(0.4, 0.6)"], "train_seconds": [12.0, float("nan")]}).to_csv(csv, index=False)
+                  "reward/ci": ["(0.7, 0.8)", "(0.4, 0.6)"], "train_seconds": [12.0, float("nan")]}
+                 ).to_csv(csv, index=False)
     track_table(cfg, str(csv))
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs(client.get_experiment_by_name("compare").experiment_id)
@@ -166,7 +167,8 @@ def test_compare_logs_its_final_table(tmp_path, logged):
 @pytest.mark.parametrize("backend, package", [("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")])
 def test_a_missing_backend_package_is_a_config_error_naming_the_extra(tmp_path, monkeypatch, backend, package):
     monkeypatch.setitem(sys.modules, package, None)  # `import <package>` now fails as if it were not installed
-    with pytest.raises(ConfigError, match=rf"tracking.backends: {backend} is not installed.*pip install 'alol-ray\[tracking\]'"):
+    expected = rf"tracking.backends: {backend} is not installed.*pip install 'alol-ray\[tracking\]'"
+    with pytest.raises(ConfigError, match=expected):
         _config(tmp_path, f"tracking.backends=[{backend}]")
     assert _config(tmp_path).tracking.backends == []  # off by default: nothing is needed
 
