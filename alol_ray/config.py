@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from alol_ray.errors import ConfigError
+from alol_ray.tracking import BACKENDS as TRACKING_BACKENDS, check_installed
 
 SPLITS = ("train", "val", "test")
 JOB_STORAGE_ENV = "ALOL_JOB_STORAGE"  # where a Ray job's relative `storage` goes (default ~/alol-runs)
@@ -782,6 +783,50 @@ class RayConfig:
             raise ConfigError(f"ray.train_poll_s must be in (0, 60] seconds, got {self.train_poll_s}")
 
 
+# ---------------------------------------------------------------------------------------------------
+# experiment tracking
+# ---------------------------------------------------------------------------------------------------
+
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking (alol_ray.tracking): rank 0 of every training job (offline methods, PPO, the reward
+    model) sends each metrics.jsonl / val.jsonl line to these backends under the same names, and `alol compare`
+    its final table. A run is `<name>/<method>-s<seed>` with the resolved config as parameters. Off by default."""
+
+    backends: list[str] = field(default_factory=list)  # tensorboard | mlflow | wandb: pip install 'alol-ray[tracking]'
+    dir: str = path_field("", "output")  # TensorBoard logs, W&B files, the default MLflow store; "" = <run>/tracking
+    # "" = $MLFLOW_TRACKING_URI (read by the driver), else sqlite:///<dir>/mlflow.db; a team server: https://host
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "alol-ray"  # created on first use
+    wandb_project: str = "alol-ray"
+    wandb_entity: str = ""  # "" = $WANDB_ENTITY, else the API key's default entity
+    wandb_mode: str = "offline"  # online (WANDB_API_KEY) | offline (`wandb sync <dir>/wandb/offline-run-*`) | disabled
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.backends if b not in TRACKING_BACKENDS]
+        if unknown:
+            raise ConfigError(f"tracking.backends: unknown {unknown}; choose from {list(TRACKING_BACKENDS)}")
+        if len(set(self.backends)) != len(self.backends):
+            raise ConfigError(f"tracking.backends lists a backend twice: {self.backends}")
+        if self.wandb_mode not in WANDB_MODES:
+            raise ConfigError(f"tracking.wandb_mode must be one of {list(WANDB_MODES)}, got '{self.wandb_mode}'")
+        if not self.mlflow_experiment or not self.wandb_project:
+            raise ConfigError("tracking.mlflow_experiment and tracking.wandb_project must not be empty")
+        uri = self.mlflow_tracking_uri
+        if uri and "://" not in uri and not uri.startswith("databricks"):
+            raise ConfigError(f"tracking.mlflow_tracking_uri must be a URI (https://host:5000, "
+                              f"sqlite:////abs/mlflow.db, databricks), got {uri!r}; leave it empty for a local store "
+                              "under tracking.dir")
+        if re.match(r"sqlite:///[^/]", uri):
+            raise ConfigError(f"tracking.mlflow_tracking_uri {uri!r} is relative to each process's working directory; "
+                              "give an absolute path (sqlite:////abs/mlflow.db)")
+        check_installed(list(self.backends))  # a missing package fails at load, not in a Train worker
+
+
 @dataclass
 class RunConfig:
     """A whole run: data -> scoring -> reference -> value -> training -> evaluation."""
@@ -803,6 +848,7 @@ class RunConfig:
     compare: CompareConfig = field(default_factory=CompareConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         if not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name:

@@ -46,7 +46,7 @@ from typing import Any, Optional
 import numpy as np
 
 from alol_ray import columns as C
-from alol_ray import ray_compat
+from alol_ray import ray_compat, tracking
 from alol_ray.errors import UserError
 from alol_ray.train.methods import Method, register
 
@@ -155,6 +155,7 @@ class PPOSpec:
     run_dir: Optional[str] = None
     reward_stats: dict = field(default_factory=dict)  # standardised reward components' (mean, std)
     stop_at_step: int = 0  # > 0: end after the checkpoint at that iteration (the run is not finished)
+    tracking: Optional[tracking.TrackingSpec] = None  # rank 0 sends metrics.jsonl / val.jsonl lines to its backends
 
 
 def rollout_generation_config(cfg):
@@ -373,6 +374,7 @@ def ppo_loop_per_worker(config: dict) -> None:
         for path in (metrics_path, val_path):
             truncate_jsonl(path, start)
         rollouts = _Rollouts(spec, rollout_weights(inner.policy))
+    tracker = tracking.start(spec.tracking if lead else None, first_step=start + 1 if resumed else 0)
     reward_fn = None
     if lead and pc.eval_every > 0 and spec.val_prompts:
         reward_fn = run_scorer(cfg.reward, stats=spec.reward_stats).rewards
@@ -400,6 +402,7 @@ def ppo_loop_per_worker(config: dict) -> None:
                     state.update(best_val_reward=val["val/reward"], best_step=it)
                 if val_path:
                     append_jsonl(val_path, report)
+                tracker.log(report, step=it)
             report[SELECTION_METRIC] = report.get("val/reward", NOT_EVALUATED) if it > 0 else NOT_EVALUATED
             if save:
                 state.update(step=it, total_steps=pc.iterations, method=METHOD,
@@ -480,8 +483,10 @@ def ppo_loop_per_worker(config: dict) -> None:
                 raise FloatingPointError(f"non-finite PPO metrics at iteration {it + 1}: {stats}")
             if metrics_path:
                 append_jsonl(metrics_path, stats)
+            tracker.log(stats, step=it + 1)
             if (it + 1) % tc.log_every == 0:
                 ray.train.report(stats)
+        tracker.close()
     finally:
         if rollouts is not None:
             rollouts.shutdown()
@@ -586,7 +591,8 @@ def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_
     check_resources(cfg, tc, ray.cluster_resources(), local=is_local_ray(cfg.ray))
     spec = PPOSpec(cfg=cfg, train=tc, policy_path=policy_path, ref_path=ref_path, train_prompts=prompts,
                    val_prompts=val, run_dir=os.path.abspath(work_dir), reward_stats=dict(reward_stats or {}),
-                   stop_at_step=stop_at_step)
+                   stop_at_step=stop_at_step,
+                   tracking=tracking.prepare(cfg, tracking.job_name(work_dir), work_dir=work_dir, train_cfg=tc))
     result = ray_compat.fit(build_trainer(spec, tc, work_dir, loop_fn=ppo_loop_per_worker))
     state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)
     outcome = TrainOutcome(run_dir=work_dir, export_dir=os.path.join(work_dir, "best"), total_steps=pc.iterations,

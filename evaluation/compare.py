@@ -14,6 +14,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from alol_ray import tracking
 from alol_ray.errors import ConfigError
 from alol_ray.pipeline import Pipeline
 from alol_ray.registry import get_method
@@ -76,5 +77,23 @@ def run_compare(pipeline: Pipeline, *, command: str) -> tuple[str, str]:
                 entries.append(fut.result())
                 log.info(f"[compare] {i}/{len(jobs)} runs finished")
     log.info(f"[compare] all runs done in {time.time() - started:.0f}s")
-    return write_report(pipeline.paths.root, entries, command=command, cfg=cfg, scored_table=table,
-                        n_bootstrap=cfg.eval.bootstrap_samples)
+    report = write_report(pipeline.paths.root, entries, command=command, cfg=cfg, scored_table=table,
+                          n_bootstrap=cfg.eval.bootstrap_samples)
+    track_table(cfg, os.path.join(pipeline.paths.report_dir, "methods.csv"))
+    return report
+
+
+def track_table(cfg, methods_csv: str) -> None:
+    """The final methods table to the tracking backends (``tracking.backends``), as the run ``<name>/compare``:
+    the whole table (a TensorBoard text, an MLflow JSON artifact, a W&B Table) and each of its numbers as the
+    metric ``compare/<method>/<column>`` (``compare/a_lol/reward``)."""
+    import pandas as pd
+
+    spec = tracking.prepare(cfg, "compare", job_type="compare")
+    if spec is None:
+        return
+    table = pd.read_csv(methods_csv)
+    with tracking.start(spec) as tracker:
+        tracker.log_table("compare/methods", table)
+        tracker.log({f"compare/{row['method']}/{column}": value for row in table.to_dict("records")
+                     for column, value in row.items() if column != "method"}, step=0)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
-from alol_ray import ray_compat
+from alol_ray import ray_compat, tracking
 from alol_ray.atomic import write_json
 from alol_ray.config import RewardModelConfig, RunConfig
 from alol_ray.errors import UserError
@@ -181,6 +181,8 @@ def train_loop_per_worker(config: dict) -> None:
         # One copy of the weights from rank 0; every worker still reports (Ray Train requires it).
         report_checkpoint(metrics, f"epoch-{epoch:04d}{suffix}", save if rank == 0 else None)
 
+    tracker = tracking.start(config.get("tracking") if rank == 0 else None,
+                             first_step=start_epoch + 1 if restored is not None else 0)
     n_examples = len(data["pairs"]) if config["loss"] == "pairwise" else data["n"]
     batch, per_worker = config["batch_size"], config["batch_size"] // world
     steps = max(n_examples // batch, 1)  # the last incomplete global batch is dropped (reshuffled each epoch)
@@ -211,9 +213,11 @@ def train_loop_per_worker(config: dict) -> None:
             report.update(evaluate_holdout())
         if rank == 0:
             say("[rm] " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
+        tracker.log(report, step=epoch + 1)
         save_and_report(epoch + 1, report)
         if rank == world - 1:
             faults.hit("rm.epoch", epoch + 1)  # tests: a worker lost after a checkpoint
+    tracker.close()
     if start_epoch >= config["epochs"]:  # restored after the last epoch: report it again so fit() returns it
         save_and_report(start_epoch, {"epoch": start_epoch}, suffix="-restored")
 
@@ -299,6 +303,7 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
         "lr": rm.lr, "weight_decay": rm.weight_decay, "grad_clip": rm.grad_clip, "epochs": rm.epochs,
         "batch_size": rm.batch_size, "seed": rm.seed,
         "data": ray.put(data), "holdout": ray.put(holdout) if holdout is not None else None,
+        "tracking": tracking.prepare(cfg, f"rm-s{rm.seed}", work_dir=out_dir, job_type="rm"),
     }
     storage = os.path.abspath(os.path.join(out_dir, TRAIN_DIR))
     trainer = TorchTrainer(

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from alol_ray import faults, ray_compat
+from alol_ray import faults, ray_compat, tracking
 from alol_ray.atomic import append_jsonl, truncate_jsonl
 from alol_ray.train import checkpoint as ckpt
 from alol_ray.train.methods import Method, collate_units
@@ -51,6 +51,7 @@ class LoopSpec:
     val_prompts: list[str] = field(default_factory=list)
     run_dir: Optional[str] = None  # metrics.jsonl, val.jsonl (shared filesystem; None = not written)
     stop_at_step: int = 0  # > 0: end after the checkpoint at that step (the run is not finished)
+    tracking: Optional[tracking.TrackingSpec] = None  # rank 0 sends metrics.jsonl / val.jsonl lines to its backends
 
 
 def learning_rate(step: int, tc, total_steps: int) -> float:
@@ -112,6 +113,7 @@ def train_loop_per_worker(config: dict) -> None:
         os.makedirs(spec.run_dir, exist_ok=True)
         for path in (metrics_path, val_path):
             truncate_jsonl(path, start)
+    tracker = tracking.start(spec.tracking if rank == 0 else None, first_step=start + 1 if resumed else 0)
     reward_fn = None
     if rank == 0 and spec.eval_every > 0 and spec.val_prompts:
         reward_fn = run_scorer(spec.reward, stats=spec.reward_stats).rewards
@@ -142,6 +144,7 @@ def train_loop_per_worker(config: dict) -> None:
                     state.update(best_val_reward=val["val/reward"], best_step=step)
                 if val_path:
                     append_jsonl(val_path, report)
+                tracker.log(report, step=step)
                 say(f"[train] {method.name} step {step}/{total}: val reward {val['val/reward']:.4f} "
                      f"(best {state['best_val_reward']:.4f} at step {state['best_step']})")
             report[SELECTION_METRIC] = report.get("val/reward", NOT_EVALUATED)
@@ -195,8 +198,10 @@ def train_loop_per_worker(config: dict) -> None:
             raise FloatingPointError(f"non-finite metrics at step {step + 1}: {metrics}")
         if metrics_path:
             append_jsonl(metrics_path, metrics)
+        tracker.log(metrics, step=step + 1)
         if (step + 1) % tc.log_every == 0:
             ray.train.report(metrics)
             if rank == 0:
                 say(_progress_line(method.name, step + 1, total, metrics))
 
+    tracker.close()

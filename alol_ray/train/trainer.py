@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from alol_ray import columns as C
-from alol_ray import ray_compat
+from alol_ray import ray_compat, tracking
 from alol_ray.atomic import write_json
 from alol_ray.errors import DataError, RowProblem, UserError
 from alol_ray.stage import Unfinished
@@ -216,12 +216,13 @@ def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: st
     log.info(f"[train] {method.name}: {len(data.units)} units, sampler {data.sampler.name}, {data.total_steps} steps "
              f"x batch {tc.batch_size} on {tc.num_workers} worker(s){frac}")
 
+    track = tracking.prepare(cfg, tracking.job_name(work_dir), work_dir=work_dir, train_cfg=tc)  # before any worker
     init_ray(cfg.ray)
     spec = LoopSpec(method=method, train=tc, model=cfg.model, generation=cfg.generation, reward=cfg.reward,
                     reward_stats=dict(reward_stats or {}),
                     policy_path=policy_path, data_ref=ray.put((data.frame, data.units, data.sampler)),
                     total_steps=data.total_steps, eval_every=data.eval_every, val_prompts=prompts,
-                    run_dir=os.path.abspath(work_dir), stop_at_step=stop_at_step)
+                    run_dir=os.path.abspath(work_dir), stop_at_step=stop_at_step, tracking=track)
     result = ray_compat.fit(build_trainer(spec, tc, work_dir))
     state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)
     outcome = TrainOutcome(run_dir=work_dir, export_dir=os.path.join(work_dir, BEST_DIR), total_steps=data.total_steps,
