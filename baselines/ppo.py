@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -324,7 +323,7 @@ def ppo_loop_per_worker(config: dict) -> None:
     from alol_ray.train.policy import build_policy, make_optimizer
     from alol_ray.train.selection import evaluate_policy
     from alol_ray.train.worker import (NOT_EVALUATED, SELECTION_METRIC, all_reduce_sum, broadcast,
-                                       mean_over_workers, report_checkpoint, say)
+                                       mean_over_workers, record_step, report_checkpoint, say)
     from baselines import ppo_loss as P
 
     spec: PPOSpec = config["spec"]
@@ -479,13 +478,7 @@ def ppo_loop_per_worker(config: dict) -> None:
                 })
             stats.update({"train/step": it + 1, "train/lr": pc.lr, "time/iteration_s": time.perf_counter() - t_iter,
                           "time/wall": time.time()})
-            if not all(math.isfinite(v) for v in stats.values()):
-                raise FloatingPointError(f"non-finite PPO metrics at iteration {it + 1}: {stats}")
-            if metrics_path:
-                append_jsonl(metrics_path, stats)
-            tracker.log(stats, step=it + 1)
-            if (it + 1) % tc.log_every == 0:
-                ray.train.report(stats)
+            record_step(stats, it + 1, metrics_path, tracker, report=(it + 1) % tc.log_every == 0)
         tracker.close()
     finally:
         if rollouts is not None:

@@ -28,8 +28,8 @@ from alol_ray.train.methods import Method, collate_units
 from alol_ray.train.policy import build_policy, make_optimizer
 from alol_ray.scoring.reward import run_scorer
 from alol_ray.train.selection import evaluate_policy
-from alol_ray.train.worker import (NOT_EVALUATED, SELECTION_METRIC, mean_over_workers, report_checkpoint, say,
-                                   step_seed)
+from alol_ray.train.worker import (NOT_EVALUATED, SELECTION_METRIC, mean_over_workers, record_step, report_checkpoint,
+                                   say, step_seed)
 
 SUMMED_METRICS = ("train/tokens",)  # totals over workers; every other metric is a mean
 
@@ -194,14 +194,8 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = mean_over_workers(sums, world, device, SUMMED_METRICS)
         metrics.update({"train/step": step + 1, "train/lr": lr, "time/step_s": time.perf_counter() - t0,
                         "time/wall": time.time()})
-        if not all(math.isfinite(v) for v in metrics.values()):
-            raise FloatingPointError(f"non-finite metrics at step {step + 1}: {metrics}")
-        if metrics_path:
-            append_jsonl(metrics_path, metrics)
-        tracker.log(metrics, step=step + 1)
-        if (step + 1) % tc.log_every == 0:
-            ray.train.report(metrics)
-            if rank == 0:
-                say(_progress_line(method.name, step + 1, total, metrics))
+        record_step(metrics, step + 1, metrics_path, tracker, report=(step + 1) % tc.log_every == 0)
+        if (step + 1) % tc.log_every == 0 and rank == 0:
+            say(_progress_line(method.name, step + 1, total, metrics))
 
     tracker.close()

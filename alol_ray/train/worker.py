@@ -57,6 +57,24 @@ def broadcast(obj: Any, rank: int, world: int) -> Any:
     return box[0]
 
 
+def record_step(metrics: dict[str, float], step: int, metrics_path: Optional[str], tracker, report: bool) -> None:
+    """A step's metrics, after the loop's own keys are set: refuse non-finite values, append one JSON line
+    to metrics.jsonl, send them to the tracker, and hand them to Ray Train when ``report``."""
+    import math
+
+    import ray.train
+
+    from alol_ray.atomic import append_jsonl
+
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise FloatingPointError(f"non-finite metrics at step {step}: {metrics}")
+    if metrics_path:
+        append_jsonl(metrics_path, metrics)
+    tracker.log(metrics, step=step)
+    if report:
+        ray.train.report(metrics)
+
+
 def say(line: str) -> None:
     """One line to the worker's stdout (Ray forwards it to the driver). Not print(): Ray Train patches print
     in its workers to also log through the root logger, which shows every line twice."""
