@@ -521,7 +521,7 @@ class TrainConfig:
 class GenerationConfig:
     """Sampling settings shared by the vLLM and transformers engines."""
 
-    engine: str = "auto"  # auto (vllm on GPU if installed, else transformers) | vllm | transformers
+    engine: str = "auto"  # auto (vllm wherever its build runs, CPU or GPU, else transformers) | vllm | transformers
     num_engines: int = 1  # Ray actors, each with its own copy of the policy; prompts are split across them
     tensor_parallel_size: int = 1  # vllm: GPUs one engine shards the model over (one placement group each)
     cpus_per_engine: float = 1.0  # per actor (also its torch threads, at least 1)
