@@ -18,6 +18,8 @@ import pandas as pd
 
 from alol_ray import columns as C
 from alol_ray.config import ActorPoolConfig
+from alol_ray.ray_compat import no_data_progress_bars, quiet_data_errors
+from alol_ray.ray_utils import init_ray
 
 
 def pool_pass(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorPoolConfig, *,
@@ -27,9 +29,6 @@ def pool_pass(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorP
     returns the number of rows that came out."""
     import ray  # the pool's actors are Ray's
     from tqdm.auto import tqdm
-
-    from alol_ray.ray_compat import no_data_progress_bars, quiet_data_errors
-    from alol_ray.ray_utils import init_ray
 
     init_ray(ray_cfg)
     if sort_by_length and C.PROMPT in frame and C.RESPONSE in frame:

@@ -17,11 +17,18 @@ import contextlib
 import importlib
 import logging
 import os
+import shlex
 import sys
 from typing import Iterator, Optional
 
-from alol_ray import logs
+from alol_ray import __version__, errors, logs
+from alol_ray.config import load_config
 from alol_ray.errors import EXIT_USER_ERROR, UserError
+from alol_ray.ray_compat import remote_error, wrapped_errors
+from alol_ray.ray_utils import cluster_address
+from alol_ray.runlock import RunLock
+from alol_ray.runs import RunPaths
+from alol_ray.storage import synced
 
 log = logging.getLogger("alol")
 
@@ -52,8 +59,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alol_ray import __version__
-
     parser = argparse.ArgumentParser(
         prog="alol",
         description="alol-ray: offline RL for language models on Ray (A-LoL and baselines).",
@@ -85,8 +90,6 @@ class Session:
 
 
 def command_line(argv: Optional[list[str]] = None) -> str:
-    import shlex
-
     return " ".join(shlex.quote(a) for a in ["alol", *(sys.argv[1:] if argv is None else argv)])
 
 
@@ -96,12 +99,6 @@ def session_for(args: argparse.Namespace, module, command: str) -> Iterator[Opti
     if not getattr(module, "USES_RUN", False):
         yield None
         return
-    from alol_ray.config import load_config
-    from alol_ray.runlock import RunLock
-    from alol_ray.runs import RunPaths
-    from alol_ray.storage import synced
-
-    from alol_ray.ray_utils import cluster_address
 
     # A command that adds flags to the config (train --algo, demo's sizing) loads it itself.
     cfg = module.load(args) if hasattr(module, "load") else load_config(args.config, list(args.overrides or []))
@@ -119,8 +116,6 @@ def _user_error(err: BaseException) -> Optional[UserError]:
         return err
     if "ray" not in sys.modules:
         return None
-    from alol_ray import errors
-    from alol_ray.ray_compat import remote_error, wrapped_errors
 
     for inner in wrapped_errors(err):
         if isinstance(inner, UserError):

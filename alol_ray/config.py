@@ -14,6 +14,7 @@ fingerprint a data file or model folder by its content rather than by its name.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import logging
 import math
@@ -23,8 +24,10 @@ import string
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
+from alol_ray.atomic import write_text
 from alol_ray.errors import ConfigError
-from alol_ray.tracking import BACKENDS as TRACKING_BACKENDS, check_installed
+from alol_ray.tracking import BACKENDS as TRACKING_BACKENDS
+from alol_ray.tracking import check_installed
 
 SPLITS = ("train", "val", "test")
 JOB_STORAGE_ENV = "ALOL_JOB_STORAGE"  # where a Ray job's relative `storage` goes (default ~/alol-runs)
@@ -1138,16 +1141,12 @@ def to_yaml(cfg: Any) -> str:
 
 
 def save_config(cfg: Any, path: str) -> None:
-    from alol_ray.atomic import write_text
-
     write_text(path, to_yaml(cfg))
 
 
 def portable(cfg: Any, base: Optional[str] = None) -> Any:
     """A copy of ``cfg`` whose absolute paths read as they would be typed in ``base`` (the working
     directory): relative below it, ``~/...`` below the home folder. For published reports."""
-    import copy
-
     base = os.path.abspath(base or os.getcwd())
     home = os.path.expanduser("~")
     out = copy.deepcopy(cfg)

@@ -12,15 +12,20 @@ from collections.abc import Iterable
 
 import torch
 import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    BitsAndBytesConfig,
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from alol_ray import columns as C
+from alol_ray.errors import ConfigError
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -33,8 +38,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedT
     ``<|endoftext|>`` is both BOS and EOS, ``<|pad|>`` is a separate pad token (so padding is never
     confused with the EOS that ends every response), and padding goes on the right by default.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -108,8 +111,6 @@ def tiny_policy_from_rows(out_dir: str, rows_path: str, tiny_cfg, seed: int = 0)
     """The base-policy stage of a tiny model: its tokenizer is trained on the train split's prompts and
     responses of the canonical rows (``rows_path``), its sizes come from ``model.tiny``."""
     import pandas as pd
-
-    from alol_ray import columns as C
 
     frame = pd.read_parquet(rows_path, columns=[C.PROMPT, C.RESPONSE, C.SPLIT])
     train = frame[frame[C.SPLIT] == "train"]
@@ -214,8 +215,6 @@ def adapter_base(path: str) -> tuple[str, str | None]:
 
 def load_4bit(path: str, model_cfg, device):
     """A QLoRA base: 4-bit NF4 weights through bitsandbytes (CUDA only)."""
-    from alol_ray.errors import ConfigError
-
     if device.type != "cuda":
         raise ConfigError("model.lora.load_in_4bit (QLoRA) needs a CUDA GPU: set train.use_gpu=true (and "
                           "scoring.reference_pool.num_gpus > 0 for pi_ref, which is scored in 4-bit too), or disable it")
@@ -224,7 +223,6 @@ def load_4bit(path: str, model_cfg, device):
     except ImportError:
         raise ConfigError("model.lora.load_in_4bit needs bitsandbytes: pip install 'alol-ray[gpu]'") from None
     import peft
-    from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)

@@ -21,11 +21,13 @@ import os
 from typing import Optional
 
 from alol_ray import columns as C
+from alol_ray.atomic import read_json
 from alol_ray.config import RunConfig, save_config
 from alol_ray.errors import UserError
 from alol_ray.hashing import file_sha, fingerprint, model_identity
+from alol_ray.preflight import check_run
 from alol_ray.runs import RunPaths
-from alol_ray.stage import Unfinished, run_stage
+from alol_ray.stage import Unfinished, discard, run_stage
 
 log = logging.getLogger("alol")
 
@@ -42,8 +44,6 @@ class Pipeline:
     """Stages of one run (``cfg.storage``/``cfg.name``), each built at most once per pipeline object."""
 
     def __init__(self, cfg: RunConfig, *, check: bool = True):
-        from alol_ray.preflight import check_run
-
         if check:
             check_run(cfg)  # hub ids, method names, reward components: before any stage or Ray starts
         self.cfg = cfg
@@ -74,7 +74,6 @@ class Pipeline:
 
     def require_split(self, split: str, why: str) -> None:
         """A user error now, not after minutes of other stages, when the rows have no ``split`` rows."""
-        from alol_ray.atomic import read_json
         from alol_ray.data.loaders import SUMMARY_FILE
 
         self.rows()
@@ -184,7 +183,6 @@ class Pipeline:
         """A reward model trained on the run's rows (``rm`` section): the HF folder ``rm.output`` or
         <run>/rm/model, with alol_reward.json (input rendering) and alol_rm_eval.json (held-out metrics)."""
         from alol_ray.rm.train import learned_settings, train_reward_model
-        from alol_ray.stage import discard
 
         rows = self.rows()
         out = self.cfg.rm.output or self.paths.reward_model

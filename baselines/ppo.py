@@ -35,6 +35,7 @@ Run layout (as the offline trainer): ``<run>/train/ppo-s<seed>/{metrics.jsonl, v
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -43,11 +44,32 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
 from alol_ray import columns as C
 from alol_ray import ray_compat, tracking
-from alol_ray.errors import UserError
+from alol_ray.atomic import append_jsonl, truncate_jsonl
+from alol_ray.errors import ConfigError, UserError
+from alol_ray.generation import Generator
+from alol_ray.generation.common import encode_prompts
+from alol_ray.generation.generator import choose_engine, engine_resources
+from alol_ray.ray_utils import init_ray, is_local_ray
+from alol_ray.scoring.reference import ReferenceScorer
+from alol_ray.scoring.reward import run_scorer
+from alol_ray.tokenization import PolicyBatch, collate, response_token_logps
 from alol_ray.train.methods import Method, register
+from alol_ray.train.selection import evaluate_policy
+from alol_ray.train.worker import (
+    NOT_EVALUATED,
+    SELECTION_METRIC,
+    all_reduce_sum,
+    broadcast,
+    mean_over_workers,
+    record_step,
+    report_checkpoint,
+    say,
+)
+from baselines import ppo_loss as P
 
 log = logging.getLogger("alol")
 
@@ -60,8 +82,6 @@ PPO_STATE_KEY = "ppo"  # trainer_state.json entry with the KL coefficient and sc
 
 
 def _value_head_module(hidden_size: int):
-    import torch
-
     head = torch.nn.Linear(hidden_size, 1)
     torch.nn.init.zeros_(head.weight)  # V = 0 at the start: the first advantages are the returns themselves
     torch.nn.init.zeros_(head.bias)
@@ -73,8 +93,6 @@ class PolicyWithValueHead:
 
     @staticmethod
     def build(policy, value_head=None):
-        import torch
-
         class _Module(torch.nn.Module):
             def __init__(self, policy, head):
                 super().__init__()
@@ -117,17 +135,11 @@ class ReferencePolicy:
 
     def __init__(self, model_path: str, *, max_prompt_tokens: int, max_response_tokens: int, model_cfg,
                  use_gpu: bool, bf16: bool, num_threads: Optional[int]):
-        from alol_ray.scoring.reference import ReferenceScorer
-
         self.scorer = ReferenceScorer(model_path, max_prompt_tokens=max_prompt_tokens,
                                       max_response_tokens=max_response_tokens, model_cfg=model_cfg, use_gpu=use_gpu,
                                       bf16=bf16, num_threads=num_threads)
 
     def token_logps(self, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32) -> list[np.ndarray]:
-        import torch
-
-        from alol_ray.tokenization import collate, response_token_logps
-
         tok, out = self.scorer.tokenizer, []
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         for start in range(0, len(pairs), batch_size):
@@ -173,8 +185,6 @@ def ppo_train_config(cfg, tc):
 def resources_needed(cfg, tc) -> dict[str, float]:
     """What one PPO run holds at once: the Train workers, the Generator engines, the pi_ref actor and, with
     ``ppo.reward_service``, the Serve replicas at their minimum count."""
-    from alol_ray.generation.generator import choose_engine, engine_resources
-
     gen, pc = rollout_generation_config(cfg), cfg.ppo
     engine = engine_resources(gen, choose_engine(gen))  # vLLM or transformers, as the Generator will choose
     need = {"CPU": tc.num_workers * tc.cpus_per_worker + gen.num_engines * engine["CPU"] + pc.reference_cpus,
@@ -189,8 +199,6 @@ def check_resources(cfg, tc, total: dict[str, float], *, local: bool) -> None:
     """A local Ray that cannot hold every PPO actor at once would wait forever (the Train workers take their
     CPUs first, the Generator / pi_ref actors never start): fail now, naming the knobs. A cluster may
     autoscale, so there a shortfall is only logged."""
-    from alol_ray.errors import ConfigError
-
     need = resources_needed(cfg, tc)
     short = {k: (v, float(total.get(k, 0.0))) for k, v in need.items() if v > float(total.get(k, 0.0)) + 1e-9}
     if not short:
@@ -220,10 +228,6 @@ def sample_prompts(prompts: list[str], n: int, seed: int, iteration: int) -> lis
 def rollout_weights(policy) -> dict:
     """The policy's full weights in its Hugging Face names, for the rollout engines' in-place update: a LoRA
     policy is merged into a copy first (the engines run the plain architecture)."""
-    import copy
-
-    import torch
-
     with torch.no_grad():
         model = copy.deepcopy(policy).merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
         return {name: tensor.detach().to("cpu") for name, tensor in model.state_dict().items()}
@@ -235,9 +239,7 @@ class _Rollouts:
     def __init__(self, spec: PPOSpec, weights: dict):
         import ray
 
-        from alol_ray.generation import Generator
         from alol_ray.models import adapter_base
-        from alol_ray.scoring.reward import run_scorer
 
         cfg, pc = spec.cfg, spec.cfg.ppo
         self.gen_cfg = rollout_generation_config(cfg)
@@ -264,8 +266,6 @@ class _Rollouts:
         """Generate, score and reference-score one rollout: token ids, texts, reward columns, ref log-probs.
         Iteration ``i`` samples with the seeds of positions i * len(prompts) on, fresh every iteration."""
         import ray
-
-        from alol_ray.generation.common import encode_prompts
 
         t0 = time.perf_counter()
         version = self.generator.engine_info[0]["weights_version"]  # in-place updates the engines have taken
@@ -298,8 +298,6 @@ class _Rollouts:
 
 
 def _pad(rows: list[np.ndarray], width: int):
-    import torch
-
     out = torch.zeros(len(rows), width)
     for i, r in enumerate(rows):
         out[i, :len(r)] = torch.as_tensor(np.asarray(r, dtype=np.float32))
@@ -313,18 +311,10 @@ def ppo_loop_per_worker(config: dict) -> None:
     import ray
     import ray.train
     import ray.train.torch
-    import torch
     from safetensors.torch import load_file, save_file
 
-    from alol_ray.atomic import append_jsonl, truncate_jsonl
-    from alol_ray.scoring.reward import run_scorer
-    from alol_ray.tokenization import collate
     from alol_ray.train import checkpoint as ckpt
     from alol_ray.train.policy import build_policy, make_optimizer
-    from alol_ray.train.selection import evaluate_policy
-    from alol_ray.train.worker import (NOT_EVALUATED, SELECTION_METRIC, all_reduce_sum, broadcast,
-                                       mean_over_workers, record_step, report_checkpoint, say)
-    from baselines import ppo_loss as P
 
     spec: PPOSpec = config["spec"]
     cfg, tc, pc = spec.cfg, spec.train, spec.cfg.ppo
@@ -490,12 +480,6 @@ def ppo_epochs(model, optimizer, trainable, batch, old_logps, old_values, advant
     """``pc.ppo_epochs`` shuffled passes over one rollout shard in mini-batches of ``mini_batch`` rollouts, with
     one optimizer step per ``pc.grad_accum`` mini-batches (their gradients averaged, as TRL's gradient
     accumulation does); returns the mean of every mini-batch's metrics and ``ppo/optimizer_steps``."""
-    import contextlib
-
-    import torch
-
-    from baselines import ppo_loss as P
-
     n = len(batch)
     sums: dict[str, float] = {}
     minis = steps = 0
@@ -532,8 +516,6 @@ def ppo_epochs(model, optimizer, trainable, batch, old_logps, old_values, advant
 
 def _select(batch, idx):
     """Rows ``idx`` of a PolicyBatch, trimmed to the longest selected sequence and response."""
-    from alol_ray.tokenization import PolicyBatch
-
     seq = int((batch.prompt_lengths[idx] + batch.response_lengths[idx]).max())
     resp = int(batch.response_lengths[idx].max())
     return PolicyBatch(input_ids=batch.input_ids[idx, :seq], attention_mask=batch.attention_mask[idx, :seq],
@@ -545,8 +527,6 @@ def _select(batch, idx):
 
 
 def check_config(cfg, tc) -> None:
-    from alol_ray.errors import ConfigError
-
     pc = cfg.ppo
     world = max(1, tc.num_workers)
     if pc.rollout_size % world or pc.mini_batch_size % world:
@@ -567,7 +547,6 @@ def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_
     """
     import pandas as pd
 
-    from alol_ray.ray_utils import init_ray, is_local_ray
     from alol_ray.train.trainer import TrainOutcome, build_trainer, export_best, finish, val_prompts
 
     tc, pc = ppo_train_config(cfg, train_cfg), cfg.ppo

@@ -14,6 +14,8 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pandas as pd
+
 from alol_ray import tracking
 from alol_ray.errors import ConfigError
 from alol_ray.pipeline import Pipeline
@@ -87,8 +89,6 @@ def track_table(cfg, methods_csv: str) -> None:
     """The final methods table to the tracking backends (``tracking.backends``), as the run ``<name>/compare``:
     the whole table (a TensorBoard text, an MLflow JSON artifact, a W&B Table) and each of its numbers as the
     metric ``compare/<method>/<column>`` (``compare/a_lol/reward``)."""
-    import pandas as pd
-
     spec = tracking.prepare(cfg, "compare", job_type="compare")
     if spec is None:
         return

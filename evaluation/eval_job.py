@@ -28,7 +28,9 @@ from alol_ray import columns as C
 from alol_ray import faults
 from alol_ray.atomic import read_json, write_json, write_parquet
 from alol_ray.config import RunConfig
+from alol_ray.generation import Generator
 from alol_ray.hashing import file_sha, fingerprint, model_identity
+from alol_ray.ray_utils import init_ray
 from alol_ray.scoring.reward import run_scorer
 from alol_ray.scoring.table import reward_stats
 from evaluation.metrics import format_table, summarize, win_outcomes
@@ -65,8 +67,6 @@ def score_replies(cfg: RunConfig, prompts: list[str], responses: list[str],
 
 def generate_replies(model_path: str, cfg: RunConfig, prompts: list[str]):
     """(GenerationOutputs, engine name) for ``prompts`` from one policy; the actors are shut down after."""
-    from alol_ray.generation import Generator
-
     log.info(f"[eval] generating {len(prompts)} replies with {model_path}")
     with Generator(model_path, cfg.generation, max_prompt_tokens=cfg.model.max_prompt_tokens) as gen:
         return gen.generate_with_ids(prompts), gen.engine
@@ -127,8 +127,6 @@ def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: 
     With ``ref_path`` and ``eval.win_rate``, the reference policy's replies (cached in ``ref_cache``) are
     scored too and the win rate is reported. ``stats_dir``: the scored table's folder, for standardised
     reward components."""
-    from alol_ray.ray_utils import init_ray
-
     stats = reward_stats(cfg.reward, stats_dir) if stats_dir else {}
     init_ray(cfg.ray)
     outputs, engine = generate_replies(model_path, cfg, prompts[C.PROMPT].tolist())

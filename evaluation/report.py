@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from alol_ray import columns as C
+from alol_ray.atomic import write_text
+from alol_ray.config import non_defaults, portable, portable_path, to_yaml
+from evaluation.metrics import distinct_n
 
 REFERENCE = "reference"
 
@@ -56,8 +61,6 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def _distinct(texts: list[str], n: int) -> float:
-    from evaluation.metrics import distinct_n
-
     return distinct_n(texts, n)
 
 
@@ -235,10 +238,6 @@ def plot_advantages(scored_table: str, path: str) -> Optional[str]:
 
 def portable_command(command: str, base: Optional[str] = None) -> str:
     """The command line with absolute paths shown as they would be typed in ``base`` (see config.portable)."""
-    import shlex
-
-    from alol_ray.config import portable_path
-
     out = []
     for token in shlex.split(command):
         key, sep, value = token.partition("=")
@@ -249,10 +248,6 @@ def portable_command(command: str, base: Optional[str] = None) -> str:
 def config_section(cfg) -> tuple[str, str]:
     """(what the report shows: the keys that differ from the defaults, the full resolved config), as YAML with
     absolute paths made portable."""
-    import yaml
-
-    from alol_ray.config import non_defaults, portable, to_yaml
-
     shown = portable(cfg)
     return yaml.safe_dump(non_defaults(shown), sort_keys=False).rstrip(), to_yaml(shown)
 
@@ -261,8 +256,6 @@ def write_report(run_root: str, entries: list[RunEntry], *, command: str, cfg, s
                  notes: Sequence[str] = (), n_bootstrap: int = 2000) -> tuple[str, str]:
     """Write <run>/report.md and <run>/report/ (plots, methods.csv, config.yaml: the full resolved config).
     Returns (report path, the printed table). The report holds no absolute paths of this machine."""
-    from alol_ray.atomic import write_text
-
     report_dir = os.path.join(run_root, "report")
     os.makedirs(report_dir, exist_ok=True)
     table = method_rows(entries, n_bootstrap)

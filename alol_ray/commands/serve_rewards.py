@@ -19,6 +19,7 @@ import time
 from alol_ray.cli import add_config_arguments
 from alol_ray.errors import UserError
 from alol_ray.ray_utils import cluster_address, init_ray
+from alol_ray.runs import RunPaths
 
 USES_RUN = True
 LOCKS_RUN = False  # reads the run's scoring statistics at most; several services may run at once
@@ -36,7 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, session) -> int:
     from ray import serve  # Serve itself is only needed to serve
 
-    from alol_ray.runs import RunPaths
     from alol_ray.scoring import serve as reward_serve
     from alol_ray.scoring.table import reward_stats
 

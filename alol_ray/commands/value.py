@@ -14,6 +14,8 @@ import os
 from alol_ray.cli import add_config_arguments
 from alol_ray.config import local_file, resolve_path
 from alol_ray.errors import UserError
+from alol_ray.hashing import file_sha, fingerprint, model_identity
+from alol_ray.stage import run_stage
 
 USES_RUN = True
 
@@ -27,8 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, session) -> int:
-    from alol_ray.hashing import file_sha, fingerprint, model_identity
-    from alol_ray.stage import run_stage
     from alol_ray.value.fit import FIT_REPORT, TABLE_FILE, build_value
 
     cfg, pipeline = session.cfg, session.pipeline

@@ -23,6 +23,7 @@ from alol_ray.config import DataConfig, SourceConfig
 from alol_ray.data.formats import Row, convert_record, detect_format
 from alol_ray.data.readers import Record, read_records, storage_kind
 from alol_ray.errors import DataError, RowProblem, UserError
+from alol_ray.tasks import builtin
 
 log = logging.getLogger("alol")
 
@@ -109,8 +110,6 @@ def load_source(src: SourceConfig, *, skip_invalid: bool, data_cfg: Optional[Dat
     report = LoadReport()
     label = source_label(src)
     if src.format == "builtin":
-        from alol_ray.tasks import builtin
-
         cfg = data_cfg or DataConfig()
         frame = builtin.build_rows(seed=cfg.builtin_seed, n_train=cfg.builtin_train_prompts,
                                    n_val=cfg.builtin_eval_prompts, n_test=cfg.builtin_eval_prompts)

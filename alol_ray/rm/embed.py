@@ -20,6 +20,7 @@ from alol_ray.actor_pool import pool_pass
 from alol_ray.atomic import atomic_write
 from alol_ray.config import ActorPoolConfig
 from alol_ray.hashing import fingerprint
+from alol_ray.rm.backbone import encode, encoder_features, has_cacheable_head, load_reward_model
 
 log = logging.getLogger("alol")
 
@@ -39,8 +40,6 @@ class RewardModelRunner:
                  use_gpu: bool = False):
         import torch
 
-        from alol_ray.rm.backbone import has_cacheable_head, load_reward_model
-
         self.model, self.tok, _ = load_reward_model(backbone, pooling, revision=revision,
                                                     trust_remote_code=trust_remote_code)
         if output == "features" and not has_cacheable_head(self.model):
@@ -52,8 +51,6 @@ class RewardModelRunner:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         import torch
-
-        from alol_ray.rm.backbone import encode, encoder_features
 
         enc = encode(self.tok, self.template, list(batch[C.PROMPT]), list(batch[C.RESPONSE]), self.max_length,
                      self.truncation_side).to(self.device)

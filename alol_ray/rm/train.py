@@ -21,11 +21,26 @@ import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
-from alol_ray import ray_compat, tracking
+from alol_ray import faults, ray_compat, tracking
 from alol_ray.atomic import write_json
 from alol_ray.config import RewardModelConfig, RunConfig
 from alol_ray.errors import UserError
 from alol_ray.hashing import fingerprint, model_identity
+from alol_ray.ray_utils import init_ray
+from alol_ray.reward_spec import RewardSpec
+from alol_ray.rm.backbone import (
+    EVAL_FILE,
+    detect_pooling,
+    encode,
+    fold_target_scale,
+    has_cacheable_head,
+    load_reward_model,
+    make_head,
+    resolve_backbone,
+)
+from alol_ray.rm.embed import cached_features, run_pass
+from alol_ray.rm.metrics import evaluate_slice, format_report, pairwise_accuracy, pearson, spearman
+from alol_ray.train.worker import report_checkpoint, say, step_seed
 
 log = logging.getLogger("alol")
 
@@ -115,11 +130,7 @@ def train_loop_per_worker(config: dict) -> None:
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
-    from alol_ray.rm.backbone import encode, load_reward_model, make_head
     from alol_ray.rm.losses import LOSSES
-    from alol_ray.rm.metrics import pairwise_accuracy, pearson, spearman
-    from alol_ray import faults
-    from alol_ray.train.worker import report_checkpoint, say, step_seed
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -246,16 +257,10 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
     """
     import ray
     import torch
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
     from safetensors.torch import load_file
-
-    from alol_ray.ray_utils import init_ray
-    from alol_ray.reward_spec import RewardSpec
-    from alol_ray.rm.backbone import (EVAL_FILE, detect_pooling, fold_target_scale, has_cacheable_head,
-                                      load_reward_model, make_head, resolve_backbone)
-    from alol_ray.rm.embed import cached_features, run_pass
-    from alol_ray.rm.metrics import evaluate_slice, format_report
 
     rm = cfg.rm
     start = time.time()

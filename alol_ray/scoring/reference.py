@@ -16,6 +16,8 @@ from typing import Optional
 import numpy as np
 
 from alol_ray import columns as C
+from alol_ray.config import PolicyConfig
+from alol_ray.tokenization import collate, encode_pair, prompt_batch, response_token_logps
 
 
 class ReferenceScorer:
@@ -27,7 +29,6 @@ class ReferenceScorer:
         and quantization training loads the policy with (``models.load_frozen_policy``); None = defaults."""
         import torch
 
-        from alol_ray.config import PolicyConfig
         from alol_ray.models import load_frozen_policy
 
         if num_threads:
@@ -44,8 +45,6 @@ class ReferenceScorer:
     def token_logps(self, prompts: list[str], responses: list[str]) -> list[np.ndarray]:
         """Per-token log-probs of each response (float32 array of its length, EOS included)."""
         import torch
-
-        from alol_ray.tokenization import collate, encode_pair, response_token_logps
 
         pairs = [encode_pair(self.tokenizer, p, r, self.max_prompt_tokens, self.max_response_tokens)
                  for p, r in zip(prompts, responses)]
@@ -75,8 +74,6 @@ class ReferenceScorer:
         """Last-layer hidden states of the prompts, tokenised as training does (left-truncated):
         (hidden [B, P, H] float32, attention_mask [B, P] long), right-padded, on the CPU."""
         import torch
-
-        from alol_ray.tokenization import prompt_batch
 
         input_ids, attention_mask = prompt_batch(self.tokenizer, list(prompts), self.max_prompt_tokens)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):

@@ -38,6 +38,7 @@ from alol_ray.config import RewardComponentConfig, check_component_names, from_d
 from alol_ray.data.formats import split_turns
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.reward_spec import apply_reward_spec
+from alol_ray.scoring import scorers
 
 RAW_PREFIX = "reward_raw/"  # float columns "reward_raw/<component>": a component's score before its transform
 STANDARDISE_KEYS = ("mean", "std")  # params of the standardise transform (not passed to scorers)
@@ -84,8 +85,6 @@ def apply_transform(values: np.ndarray, comp: RewardComponentConfig,
 def check_components(components: list[RewardComponentConfig]) -> None:
     """What the config alone cannot check: built-in scorers' params, template fields, and that every python
     component's function can be imported (in the driver, before any actor starts)."""
-    from alol_ray.scoring import scorers
-
     check_component_names(components)
     for comp in components:
         if comp.kind in scorers.BUILTIN_SCORERS:
@@ -204,8 +203,6 @@ class PythonFunction:
 
 class BuiltinScorer:
     def __init__(self, comp: RewardComponentConfig):
-        from alol_ray.scoring import scorers
-
         self.fn = scorers.BUILTIN_SCORERS[comp.kind]
         self.params = scorer_params(comp)
 

@@ -26,8 +26,11 @@ from typing import Any, Optional
 
 import numpy as np
 from ray import serve
+from starlette.responses import JSONResponse
 
 from alol_ray.config import RunConfig
+from alol_ray.ray_utils import init_ray
+from alol_ray.scoring.reward import check_components, run_scorer
 
 DEPLOYMENT_NAME = "RewardScorer"
 
@@ -55,8 +58,6 @@ class RewardDeployment:
 
     def __init__(self, reward_cfg, *, max_batch_size: int, batch_wait_timeout_s: float, serve_cfg,
                  stats: Optional[dict[str, tuple[float, float]]] = None):
-        from alol_ray.scoring.reward import run_scorer
-
         self.scorer = run_scorer(reward_cfg, pool=serve_cfg, stats=stats)
         self.score_batch.set_max_batch_size(max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -81,8 +82,6 @@ class RewardDeployment:
                 "max_batch": max(self.batch_sizes, default=0), "requests": int(sum(self.batch_sizes))}
 
     async def __call__(self, request) -> Any:
-        from starlette.responses import JSONResponse
-
         try:
             body = await request.json()
         except ValueError:
@@ -115,8 +114,6 @@ def deployment_options(sc) -> dict:
 def build_app(cfg: RunConfig, stats: Optional[dict] = None):
     """The Serve application of the run's reward (``cfg.reward``) with ``cfg.serve``'s options; ``stats``:
     the scored table's statistics for standardised components (``scoring.table.reward_stats``)."""
-    from alol_ray.scoring.reward import check_components
-
     check_components(list(cfg.reward.components))
     sc = cfg.serve
     return RewardDeployment.options(**deployment_options(sc)).bind(
@@ -128,8 +125,6 @@ def start(cfg: RunConfig, *, stats: Optional[dict] = None, blocking: bool = Fals
     """Start (or update) the reward service on the Ray that ``cfg.ray`` / RAY_ADDRESS names; returns its
     DeploymentHandle. The HTTP proxy binds ``serve.host:serve.port`` (a Serve instance already running
     on the cluster keeps its own HTTP options)."""
-    from alol_ray.ray_utils import init_ray
-
     init_ray(cfg.ray)
     sc = cfg.serve
     serve.start(http_options={"host": sc.host, "port": sc.port})

@@ -51,6 +51,7 @@ from alol_ray.atomic import read_json, write_json, write_parquet
 from alol_ray.config import ActorPoolConfig, RewardComponentConfig, RunConfig
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.hashing import model_identity, module_identity
+from alol_ray.scoring.reference import ReferenceScorer
 from alol_ray.scoring.reward import RewardScorer, check_components, combine, raw_column, scorer_params
 
 log = logging.getLogger("alol")
@@ -268,8 +269,6 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
     # -- reference pass: pi_ref log-probs of every row
     reference_key, reference_scored = None, 0
     if ref_path:
-        from alol_ray.scoring.reference import ReferenceScorer
-
         rpool = scoring.reference_pool
         mp, mr = cfg.model.max_prompt_tokens, cfg.model.max_response_tokens
         reference_key = reference_scorer_key(ref_path, cfg.model, rpool)

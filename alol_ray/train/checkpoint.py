@@ -17,6 +17,8 @@ import os
 import shutil
 from typing import Any
 
+import torch
+
 from alol_ray.models import ADAPTER_CONFIG, is_adapter, load_policy
 
 MODEL_DIR = "model"
@@ -31,8 +33,6 @@ def unwrap(model):
 
 def save_checkpoint(folder: str, model, tokenizer, optimizer, state: dict[str, Any]) -> str:
     """Write model, optimizer and trainer state into ``folder`` (rank 0 only)."""
-    import torch
-
     os.makedirs(folder, exist_ok=True)
     policy = unwrap(model)
     policy.save_pretrained(os.path.join(folder, MODEL_DIR), safe_serialization=True)
@@ -49,8 +49,6 @@ def read_state(folder: str) -> dict[str, Any]:
 
 
 def load_optimizer(folder: str, optimizer) -> None:
-    import torch
-
     state = torch.load(os.path.join(folder, OPTIMIZER_FILE), map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state)
 

@@ -29,10 +29,12 @@ from alol_ray import columns as C
 from alol_ray import ray_compat, tracking
 from alol_ray.atomic import write_json
 from alol_ray.errors import DataError, RowProblem, UserError
+from alol_ray.models import adapter_base
+from alol_ray.ray_utils import init_ray
 from alol_ray.stage import Unfinished
+from alol_ray.train.checkpoint import MODEL_DIR, STATE_FILE, export_policy
 from alol_ray.train.loop import LoopSpec, train_loop_per_worker
 from alol_ray.train.methods import Method, training_units
-from alol_ray.models import adapter_base
 from alol_ray.train.samplers import make_sampler, positive_fraction, resolve_sampler, scaled_steps
 from alol_ray.train.worker import NOT_EVALUATED, SELECTION_METRIC
 
@@ -169,8 +171,6 @@ def best_checkpoint(result) -> tuple[Any, dict]:
 
 def export_best(result, work_dir: str, policy_path: str, model_cfg) -> tuple[dict, dict, str]:
     """Export the best kept checkpoint to ``work_dir``/best: (its trainer state, its metrics, its path)."""
-    from alol_ray.train.checkpoint import MODEL_DIR, STATE_FILE, export_policy
-
     checkpoint, metrics = best_checkpoint(result)
     with checkpoint.as_directory() as folder:
         with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as fh:
@@ -202,8 +202,6 @@ def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: st
     scored table's statistics for standardised reward components (val-reward selection)."""
     import pandas as pd
     import ray
-
-    from alol_ray.ray_utils import init_ray
 
     tc = train_cfg
     source = table if isinstance(table, str) else "scored table"

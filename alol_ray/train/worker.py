@@ -3,9 +3,12 @@ console output, and the checkpoint report (the offline loop, PPO and the reward 
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 from typing import Any, Callable, Optional
+
+from alol_ray.atomic import append_jsonl
 
 # Score recorded for checkpoints taken at steps without an evaluation: finite (Ray's checkpoint
 # snapshot is JSON) and below any reward, so Ray's top-k retention always keeps the evaluated ones.
@@ -60,11 +63,7 @@ def broadcast(obj: Any, rank: int, world: int) -> Any:
 def record_step(metrics: dict[str, float], step: int, metrics_path: Optional[str], tracker, report: bool) -> None:
     """A step's metrics, after the loop's own keys are set: refuse non-finite values, append one JSON line
     to metrics.jsonl, send them to the tracker, and hand them to Ray Train when ``report``."""
-    import math
-
     import ray.train
-
-    from alol_ray.atomic import append_jsonl
 
     if not all(math.isfinite(v) for v in metrics.values()):
         raise FloatingPointError(f"non-finite metrics at step {step}: {metrics}")

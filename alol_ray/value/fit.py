@@ -20,6 +20,7 @@ advantage_hist.png, val_generations.parquet (the targets: pi_ref's replies and t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,11 +29,16 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from alol_ray import columns as C
 from alol_ray import faults
 from alol_ray.atomic import write_json, write_parquet
 from alol_ray.errors import UserError
+from alol_ray.generation import generate
+from alol_ray.ray_utils import init_ray
+from alol_ray.scoring.reward import run_scorer
+from alol_ray.tokenization import prompt_batch
 from alol_ray.value.head import ValueHead, ValueHeadConfig, save_head
 
 log = logging.getLogger("alol")
@@ -50,8 +56,6 @@ def _device() -> torch.device:
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool = True):
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, total=total, desc=desc, disable=not enabled or total < 2, leave=False)
 
 
@@ -78,8 +82,6 @@ def prompt_states(model, tokenizer, prompts: Sequence[str], max_prompt_tokens: i
     head sees exactly the prompt tokens training conditions on. Batches are formed from prompts sorted
     by length, so little compute goes to padding.
     """
-    from alol_ray.tokenization import prompt_batch
-
     model.eval()
     device = next(model.parameters()).device
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -246,11 +248,6 @@ def fit_value_head(states: Sequence[torch.Tensor], targets: np.ndarray, *, heads
 def generate_greedy(ref_path: str, prompts: Sequence[str], cfg) -> list[str]:
     """pi_ref's one greedy reply per prompt, through the shared Generator (Ray actors; vLLM on GPU,
     transformers on CPU). Sampling settings of cfg.generation are overridden to greedy."""
-    import dataclasses
-
-    from alol_ray.generation import generate
-    from alol_ray.ray_utils import init_ray
-
     init_ray(cfg.ray)
     greedy = dataclasses.replace(cfg.generation, temperature=0.0, top_p=1.0)
     return generate(ref_path, list(prompts), greedy, cfg.model.max_prompt_tokens)
@@ -360,7 +357,6 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
     Returns the fit and advantage figures (also written as JSON).
     """
     from alol_ray.models import load_frozen_policy
-    from alol_ray.scoring.reward import run_scorer
 
     vcfg = cfg.value
     os.makedirs(out_dir, exist_ok=True)
