@@ -27,6 +27,7 @@ def pool_pass(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorP
               batches_per_block: int = 4, ray_cfg=None) -> int:
     """Run ``fn_cls`` (a callable class taking and returning pandas batches) over every row of ``frame``;
     returns the number of rows that came out."""
+    # lazy: ray, tqdm (alol_ray.actor_pool imports without them)
     import ray  # the pool's actors are Ray's
     from tqdm.auto import tqdm
 

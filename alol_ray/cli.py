@@ -83,7 +83,7 @@ class Session:
     @property
     def pipeline(self):
         if self._pipeline is None:
-            from alol_ray.pipeline import Pipeline
+            from alol_ray.pipeline import Pipeline  # lazy: --help and config errors come before the pipeline
 
             self._pipeline = Pipeline(self.cfg)
         return self._pipeline
@@ -132,6 +132,7 @@ def _ray_running() -> bool:
 
 def _stop_ray() -> None:
     """Disconnect from Ray; a local Ray this command started stops, with its actors and Train workers."""
+    # lazy: ray (the CLI starts without it)
     import ray
 
     ray.shutdown()

@@ -986,6 +986,7 @@ def load_config(
     With ``resolve`` (the default) every path field is resolved against ``cwd`` (default: the working
     directory; see ``resolve_paths``). Returns a plain dataclass instance whose checks have run.
     """
+    # lazy: yaml, omegaconf (the CLI starts without them)
     import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -1135,6 +1136,7 @@ def resolve_paths(cfg: Any, cwd: Optional[str] = None) -> list[str]:
 
 def to_yaml(cfg: Any) -> str:
     """The resolved config as YAML (written into every run directory)."""
+    # lazy: omegaconf (the CLI starts without it)
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
@@ -1170,6 +1172,7 @@ def portable_path(value: str, base: Optional[str] = None, home: Optional[str] = 
 
 def non_defaults(cfg: Any, schema: type = RunConfig) -> dict:
     """The keys of ``cfg`` whose values differ from the schema's defaults, as a nested mapping."""
+    # lazy: omegaconf (the CLI starts without it)
     from omegaconf import OmegaConf
 
     ours = OmegaConf.to_container(OmegaConf.structured(cfg))

@@ -123,6 +123,7 @@ def path_identity(path: str) -> str:
 def hub_revision(repo_id: str, kind: str = "model") -> Optional[str]:
     """The commit of a hub repository in the local Hugging Face cache (None if it is not cached)."""
     try:
+        # lazy: huggingface_hub (the CLI starts without it)
         from huggingface_hub import constants
     except ImportError:
         return None

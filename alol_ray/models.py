@@ -110,6 +110,7 @@ def init_tiny_policy(
 def tiny_policy_from_rows(out_dir: str, rows_path: str, tiny_cfg, seed: int = 0) -> str:
     """The base-policy stage of a tiny model: its tokenizer is trained on the train split's prompts and
     responses of the canonical rows (``rows_path``), its sizes come from ``model.tiny``."""
+    # lazy: pandas (alol_ray.models imports without it)
     import pandas as pd
 
     frame = pd.read_parquet(rows_path, columns=[C.PROMPT, C.RESPONSE, C.SPLIT])
@@ -219,9 +220,10 @@ def load_4bit(path: str, model_cfg, device):
         raise ConfigError("model.lora.load_in_4bit (QLoRA) needs a CUDA GPU: set train.use_gpu=true (and "
                           "scoring.reference_pool.num_gpus > 0 for pi_ref, which is scored in 4-bit too), or disable it")
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401  -- lazy: optional (alol-ray[gpu]), checked here
     except ImportError:
         raise ConfigError("model.lora.load_in_4bit needs bitsandbytes: pip install 'alol-ray[gpu]'") from None
+    # lazy: peft (alol_ray.models imports without it)
     import peft
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -244,6 +246,7 @@ def load_frozen_policy(path: str, model_cfg, device) -> tuple[PreTrainedModel, P
         model, tokenizer = load_policy(base, dtype=model_cfg.weight_dtype(device.type == "cuda"),
                                        trust_remote_code=model_cfg.trust_remote_code, device=device)
     if adapter:
+        # lazy: peft (alol_ray.models imports without it)
         import peft
 
         model = peft.PeftModel.from_pretrained(model, adapter)

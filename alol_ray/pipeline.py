@@ -64,6 +64,7 @@ class Pipeline:
         return self._once(("rows",), self._rows)
 
     def _rows(self) -> str:
+        # lazy: alol_ray.data.loaders (pandas, pyarrow) (alol_ray.pipeline imports without them)
         from alol_ray.data.loaders import build_rows
 
         folder = self.paths.data
@@ -74,6 +75,7 @@ class Pipeline:
 
     def require_split(self, split: str, why: str) -> None:
         """A user error now, not after minutes of other stages, when the rows have no ``split`` rows."""
+        # lazy: alol_ray.data.loaders (pandas, pyarrow) (alol_ray.pipeline imports without them)
         from alol_ray.data.loaders import SUMMARY_FILE
 
         self.rows()
@@ -92,6 +94,7 @@ class Pipeline:
         return self._once(("base",), self._base_policy)
 
     def _base_policy(self) -> str:
+        # lazy: alol_ray.models (torch, transformers) (alol_ray.pipeline imports without them)
         from alol_ray.models import tiny_policy_from_rows
 
         rows = self.rows()
@@ -128,6 +131,7 @@ class Pipeline:
 
     def reward_stats(self) -> dict:
         """The scored table's statistics of standardised reward components ({} when none needs them)."""
+        # lazy: alol_ray.scoring.table (pandas, pyarrow) (alol_ray.pipeline imports without them)
         from alol_ray.scoring.table import reward_stats
 
         return reward_stats(self.cfg.reward, self.paths.scored)
@@ -139,6 +143,7 @@ class Pipeline:
         return self._once(("scored", with_ref), lambda: self._scored(with_ref))
 
     def _scored(self, with_ref: bool) -> str:
+        # lazy: pandas, alol_ray.scoring.table (pandas, pyarrow) (alol_ray.pipeline imports without them)
         import pandas as pd
 
         from alol_ray.scoring import table
@@ -160,6 +165,7 @@ class Pipeline:
         return self._once(("value",), self._value)
 
     def _value(self) -> str:
+        # lazy: alol_ray.value.fit (torch, pandas) (alol_ray.pipeline imports without them)
         from alol_ray.value.fit import TABLE_FILE, build_value
 
         self.require_split("val", "the value head (A-LoL's V(x), fit on pi_ref's replies to val prompts)")
@@ -182,6 +188,7 @@ class Pipeline:
     def reward_model(self, force: bool = False) -> str:
         """A reward model trained on the run's rows (``rm`` section): the HF folder ``rm.output`` or
         <run>/rm/model, with alol_reward.json (input rendering) and alol_rm_eval.json (held-out metrics)."""
+        # lazy: alol_ray.rm.train (pandas, pyarrow) (alol_ray.pipeline imports without them)
         from alol_ray.rm.train import learned_settings, train_reward_model
 
         rows = self.rows()
@@ -202,6 +209,7 @@ class Pipeline:
         reward). Its inputs come from the pipeline (value table when the method needs advantages, else the
         scored table; pi_ref as the start) unless ``table`` / ``init`` are given. An interrupted run resumes;
         ``stop_at_step`` ends this call after that step's checkpoint without publishing (a rerun continues)."""
+        # lazy: alol_ray.registry (torch, transformers) (alol_ray.pipeline imports without them)
         from alol_ray.registry import get_method
 
         method = method or self.cfg.train.algo
@@ -231,6 +239,7 @@ class Pipeline:
         return best
 
     def _train_stage(self, method: str, tc, *, table: str, init: str, fp: str, stop_at_step: int = 0) -> str:
+        # lazy: alol_ray.registry, alol_ray.train.trainer (torch, transformers) (alol_ray.pipeline imports without them)
         from alol_ray.registry import get_method
         from alol_ray.train.trainer import BEST_DIR, fit
 
@@ -257,6 +266,7 @@ class Pipeline:
 
     def eval_prompts(self, split: Optional[str] = None, max_prompts: Optional[int] = None):
         """One row per prompt of ``split`` (prompt_id, prompt), ordered by prompt_id, at most ``max_prompts``."""
+        # lazy: pandas (alol_ray.pipeline imports without it)
         import pandas as pd
 
         split = split or self.cfg.eval.split
@@ -275,6 +285,7 @@ class Pipeline:
                  max_prompts: Optional[int] = None, out: Optional[str] = None) -> str:
         """One policy's evaluation: <run>/eval/<method>-s<seed>/ (examples.parquet, summary.json), whose
         folder is returned. ``model_path`` None = the reference policy."""
+        # lazy: evaluation.eval_job (pandas, pyarrow) (alol_ray.pipeline imports without them)
         from evaluation import eval_job
 
         split = split or self.cfg.eval.split

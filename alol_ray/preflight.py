@@ -34,6 +34,7 @@ def _hub_problem(repo_id: str, kind: str) -> Optional[str]:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
     try:
+        # lazy: huggingface_hub (alol_ray.preflight imports without it)
         from huggingface_hub import HfApi
         from huggingface_hub.utils import RepositoryNotFoundError
     except ImportError:
@@ -86,6 +87,7 @@ def check_methods(cfg) -> None:
 
 def check_rewards(cfg) -> None:
     """The components as the run will use them: a trained folder's alol_reward.json filled in first."""
+    # lazy: alol_ray.scoring.reward (numpy) (alol_ray.preflight imports without them)
     from alol_ray.scoring.reward import check_components
 
     cfg.reward.components = [apply_reward_spec(c) for c in cfg.reward.components]

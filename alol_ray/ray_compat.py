@@ -37,6 +37,7 @@ def quiet_local_ray() -> None:
 def quiet_train_reports() -> None:
     """Ray 2.60, Train v2 logs every ``ray.train.report`` call in full at INFO, one long line per call from
     every worker; a training loop that prints its own one-line progress calls this first."""
+    # lazy: ray (the CLI starts without it)
     from ray.train.v2._internal.execution import context as train_context
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
@@ -46,6 +47,7 @@ def quiet_train_reports() -> None:
 def no_data_progress_bars() -> Iterator[None]:
     """Ray 2.60, Data: ``from_pandas`` and every operator print their own progress lines; a pass that shows
     one tqdm bar of its own turns them off while it builds its dataset."""
+    # lazy: ray (the CLI starts without it)
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -87,6 +89,7 @@ def fit(trainer):
     the CLI stops the local Ray (the controller and workers with it) and the checkpoints already written
     let a rerun resume.
     """
+    # lazy: ray (the CLI starts without it)
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     DataParallelTrainer._register_sigint_handler = lambda self, controller: None

@@ -18,6 +18,7 @@ from typing import Optional
 from alol_ray import ray_compat
 from alol_ray.errors import ConfigError
 
+
 def _given_address(ray_cfg=None) -> Optional[str]:
     return (ray_cfg.address if ray_cfg is not None else None) or os.environ.get("RAY_ADDRESS") or None
 
@@ -41,6 +42,7 @@ def init_ray(ray_cfg=None, **overrides):
     Given a config, also sets the Ray Train controller's poll interval for the Train jobs this process
     starts (``ray.train_poll_s``; see ``ray_compat.TRAIN_POLL_ENV``).
     """
+    # lazy: ray (the CLI starts without it)
     import ray
 
     if ray_cfg is not None:

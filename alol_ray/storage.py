@@ -42,6 +42,7 @@ def is_uri(storage: str) -> bool:
 
 def resolve(uri: str):
     """(pyarrow FileSystem, path inside it) for a URI; ConfigError when pyarrow cannot open it."""
+    # lazy: pyarrow (the CLI starts without it)
     import pyarrow.fs as pafs
 
     if not is_uri(uri):
@@ -67,6 +68,7 @@ def local_cache_dir(uri: str) -> str:
 
 def _listing(filesystem, path: str) -> dict[str, Any]:
     """relative path -> FileInfo of every file under ``path`` (empty if it does not exist)."""
+    # lazy: pyarrow (the CLI starts without it)
     import pyarrow.fs as pafs
 
     info = filesystem.get_file_info(path)
@@ -93,6 +95,7 @@ def sync_dir(src_fs, src: str, dst_fs, dst: str) -> list[str]:
 
     Files only in ``dst`` are kept (a sync never deletes). Returns the relative paths copied.
     """
+    # lazy: pyarrow (the CLI starts without it)
     import pyarrow.fs as pafs
 
     src_files = _listing(src_fs, src)
@@ -111,6 +114,7 @@ def sync_dir(src_fs, src: str, dst_fs, dst: str) -> list[str]:
 
 def _align_mtime(src_info, src_fs, target: str, dst_fs) -> None:
     """Give both copies one mtime (the local side is set), so the next sync either way skips the file."""
+    # lazy: pyarrow (the CLI starts without it)
     import pyarrow.fs as pafs
 
     if isinstance(dst_fs, pafs.LocalFileSystem) and src_info.mtime_ns is not None:
@@ -123,6 +127,7 @@ def _align_mtime(src_info, src_fs, target: str, dst_fs) -> None:
 
 def pull(uri: str, local_dir: str) -> list[str]:
     """Copy a remote folder (or what is newer of it) into ``local_dir``; nothing if it does not exist."""
+    # lazy: pyarrow (the CLI starts without it)
     import pyarrow.fs as pafs
 
     remote_fs, remote_path = resolve(uri)
@@ -132,6 +137,7 @@ def pull(uri: str, local_dir: str) -> list[str]:
 
 def push(local_dir: str, uri: str) -> list[str]:
     """Copy ``local_dir`` (what changed of it) to a remote folder."""
+    # lazy: pyarrow (the CLI starts without it)
     import pyarrow.fs as pafs
 
     remote_fs, remote_path = resolve(uri)

@@ -163,6 +163,7 @@ def _read_state(path: Optional[str]) -> dict:
 def _mlflow_run(spec: TrackingSpec, experiment: str, state: dict) -> str:
     """The MLflow run of this spec: the one an earlier attempt created (same server and experiment), else a new
     one with the config as params. Errors (server unreachable, login refused) are user errors, raised now."""
+    # lazy: mlflow is optional (alol-ray[tracking])
     from mlflow import MlflowClient
     from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
@@ -202,12 +203,14 @@ class _TensorBoard:
     package = "tensorboard"
 
     def __init__(self, spec: TrackingSpec, first_step: int):
+        # lazy: tensorboard is optional (alol-ray[tracking])
         from torch.utils.tensorboard import SummaryWriter
 
         logdir = os.path.join(spec.dir, TENSORBOARD_DIR, *spec.run_name.split("/"))
         # purge_step: TensorBoard drops what an earlier attempt logged from here on (a fresh run: everything).
         self.writer = SummaryWriter(log_dir=logdir, purge_step=first_step, flush_secs=10)
         if first_step == 0:
+            # lazy: torch (the CLI starts without it)
             from torch.utils.tensorboard.summary import hparams
 
             for summary in hparams(spec.params, {}):
@@ -230,6 +233,7 @@ class _MLflow:
     package = "mlflow"
 
     def __init__(self, spec: TrackingSpec, first_step: int):
+        # lazy: mlflow is optional (alol-ray[tracking])
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=spec.mlflow_tracking_uri)
@@ -237,6 +241,7 @@ class _MLflow:
         self.client.update_run(self.run_id, status="RUNNING")  # a resumed run was FINISHED by a stopped attempt
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        # lazy: mlflow is optional (alol-ray[tracking])
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -255,6 +260,7 @@ class _WandB:
     package = "wandb"
 
     def __init__(self, spec: TrackingSpec, first_step: int):
+        # lazy: wandb is optional (alol-ray[tracking])
         import wandb
 
         self.wandb = wandb

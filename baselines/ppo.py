@@ -237,6 +237,7 @@ class _Rollouts:
     """Rank 0's role actors: Generator, ReferencePolicy and the reward (in-process or Ray Serve)."""
 
     def __init__(self, spec: PPOSpec, weights: dict):
+        # lazy: ray, alol_ray.models (transformers) (baselines.ppo imports without them)
         import ray
 
         from alol_ray.models import adapter_base
@@ -256,6 +257,7 @@ class _Rollouts:
             model_cfg=cfg.model, use_gpu=pc.reference_gpus > 0, bf16=cfg.scoring.reference_pool.bf16,
             num_threads=max(1, int(pc.reference_cpus)))
         if pc.reward_service:
+            # lazy: alol_ray.scoring.serve (ray, pandas) (baselines.ppo imports without them)
             from alol_ray.scoring.serve import RewardClient, start
 
             self.reward = RewardClient(start(cfg, stats=spec.reward_stats)).rewards
@@ -265,6 +267,7 @@ class _Rollouts:
     def collect(self, prompts: list[str], tokenizer, iteration: int = 0) -> dict:
         """Generate, score and reference-score one rollout: token ids, texts, reward columns, ref log-probs.
         Iteration ``i`` samples with the seeds of positions i * len(prompts) on, fresh every iteration."""
+        # lazy: ray (baselines.ppo imports without it)
         import ray
 
         t0 = time.perf_counter()
@@ -291,6 +294,7 @@ class _Rollouts:
         self.generator.update_weights(weights)
 
     def shutdown(self) -> None:
+        # lazy: ray (baselines.ppo imports without it)
         import ray
 
         self.generator.shutdown()
@@ -308,6 +312,7 @@ def _pad(rows: list[np.ndarray], width: int):
 
 
 def ppo_loop_per_worker(config: dict) -> None:
+    # lazy: ray, safetensors, alol_ray.train.checkpoint/policy (transformers) (baselines.ppo imports without them)
     import ray
     import ray.train
     import ray.train.torch
@@ -545,6 +550,7 @@ def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_
 
     Returns the offline trainer's ``TrainOutcome`` (or ``Unfinished`` after ``stop_at_step``).
     """
+    # lazy: pandas, alol_ray.train.trainer (transformers) (baselines.ppo imports without them)
     import pandas as pd
 
     from alol_ray.train.trainer import TrainOutcome, build_trainer, export_best, finish, val_prompts

@@ -156,9 +156,11 @@ def _markdown_table(table: pd.DataFrame) -> str:
 
 def plot_val_curves(entries: list[RunEntry], path: str) -> Optional[str]:
     """Val reward against training steps, one line per method (mean over seeds)."""
+    # lazy: matplotlib (evaluation.report imports without it)
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib, and pyplot only once the Agg backend is chosen
     import matplotlib.pyplot as plt
 
     curves: dict[str, list[pd.Series]] = {}
@@ -190,9 +192,11 @@ def plot_val_curves(entries: list[RunEntry], path: str) -> Optional[str]:
 
 def plot_reward_distributions(entries: list[RunEntry], path: str) -> str:
     """Per-prompt test reward of every method (all seeds pooled), as box plots."""
+    # lazy: matplotlib (evaluation.report imports without it)
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib, and pyplot only once the Agg backend is chosen
     import matplotlib.pyplot as plt
 
     data: dict[str, list[np.ndarray]] = {}
@@ -213,9 +217,11 @@ def plot_reward_distributions(entries: list[RunEntry], path: str) -> str:
 
 def plot_advantages(scored_table: str, path: str) -> Optional[str]:
     """Histogram of the training rows' advantages (the share A-LoL keeps is the part above 0)."""
+    # lazy: matplotlib (evaluation.report imports without it)
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib, and pyplot only once the Agg backend is chosen
     import matplotlib.pyplot as plt
 
     if not os.path.exists(scored_table):

@@ -110,3 +110,41 @@ def test_core_modules_import_only_core_modules():
     g = graph()
     for module in CORE:
         assert g[module] <= set(CORE), (module, sorted(g[module] - set(CORE)))
+
+
+def function_level_imports_without_reason() -> list[str]:
+    """Imports inside functions with no ``#`` comment on their own line(s) or on the line directly above their
+    contiguous import block (sibling import statements separated by nothing but blank lines)."""
+    missing = []
+    for name, path in project_modules().items():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        tree = ast.parse("\n".join(lines))
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(func):
+                for field in ("body", "orelse", "finalbody"):
+                    body = getattr(node, field, None)
+                    if not isinstance(body, list):
+                        continue
+                    first = None  # the first statement of the current import block
+                    for i, stmt in enumerate(body):
+                        if not isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                            first = None
+                            continue
+                        prev = body[i - 1] if i else None
+                        gap = lines[prev.end_lineno: stmt.lineno - 1] if prev is not None else ["x"]
+                        starts = first is None or not isinstance(prev, (ast.Import, ast.ImportFrom))
+                        if starts or any(g.strip() for g in gap):
+                            first = stmt
+                        own = any("#" in lines[n - 1] for n in range(stmt.lineno, stmt.end_lineno + 1))
+                        above = lines[first.lineno - 2].strip().startswith("#") if first.lineno > 1 else False
+                        if not (own or above):
+                            missing.append(f"{path.relative_to(REPO)}:{stmt.lineno} {ast.unparse(stmt)}")
+    return sorted(set(missing))
+
+
+def test_function_level_imports_give_a_reason():
+    """Imports sit at the top of a file, except deliberately lazy ones (torch, ray, vllm, ... kept off a light
+    entry point), each with a one-line reason: ``import torch  # lazy: ...`` or a comment line above the block."""
+    assert function_level_imports_without_reason() == []

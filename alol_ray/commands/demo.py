@@ -82,6 +82,7 @@ def load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace, session) -> int:
+    # lazy: evaluation.compare (torch, transformers) (alol_ray.commands.demo imports without them)
     from evaluation.compare import run_compare
 
     started = time.time()

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, session) -> int:
+    # lazy: evaluation.eval_job (pandas, pyarrow) (alol_ray.commands.eval imports without them)
     from evaluation.eval_job import EXAMPLES_FILE, REFERENCE_METHOD, SUMMARY_FILE
 
     cfg = session.cfg

@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, session) -> int:
+    # lazy: ray, alol_ray.scoring.serve, alol_ray.scoring.table (ray, pandas): the CLI starts without them
     from ray import serve  # Serve itself is only needed to serve
 
     from alol_ray.scoring import serve as reward_serve

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, session) -> int:
+    # lazy: alol_ray.value.fit (torch, pandas) (alol_ray.commands.value imports without them)
     from alol_ray.value.fit import FIT_REPORT, TABLE_FILE, build_value
 
     cfg, pipeline = session.cfg, session.pipeline

@@ -25,6 +25,7 @@ Item = Union[Record, RowProblem]
 
 
 def _progress(iterable, total: int, desc: str):
+    # lazy: tqdm (the CLI starts without it)
     from tqdm.auto import tqdm
 
     # Only worth a bar on large inputs; tqdm hides itself when stderr is not a terminal.
@@ -90,6 +91,7 @@ def _decode_bytes(values: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, in
 
 def read_parquet_records(path: str, limit: int | None = None) -> Iterator[Item]:
     """A Parquet file, or a folder of Parquet files (read in name order)."""
+    # lazy: pyarrow (the CLI starts without it)
     import pyarrow.parquet as pq
 
     files = (
@@ -117,6 +119,7 @@ def read_parquet_records(path: str, limit: int | None = None) -> Iterator[Item]:
 
 def read_hf_records(name_or_path: str, split: str, limit: int | None = None) -> Iterator[Item]:
     """A Hugging Face dataset: a `save_to_disk` folder here, or a hub name for users with network."""
+    # lazy: datasets (the CLI starts without it)
     import datasets
 
     if os.path.isdir(name_or_path):

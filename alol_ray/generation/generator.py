@@ -70,6 +70,7 @@ def vllm_build() -> Optional[tuple[str, str]]:
 
 
 def cluster_gpus() -> float:
+    # lazy: ray (alol_ray.generation.generator imports without it)
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
@@ -156,6 +157,7 @@ def check_model(model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: i
     if not safetensors and not glob.glob(os.path.join(model_path, "pytorch_model*.bin")):
         raise UserError(f"{model_path}: no weights (*.safetensors or pytorch_model*.bin); "
                         "expected a folder written by save_pretrained")
+    # lazy: safetensors (alol_ray.generation.generator imports without it)
     from safetensors import safe_open
 
     for path in safetensors:
@@ -167,6 +169,7 @@ def check_model(model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: i
     if not any(os.path.exists(os.path.join(model_path, name))
                for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
         raise UserError(f"{model_path}: no tokenizer files; save the tokenizer with save_pretrained too")
+    # lazy: transformers (alol_ray.generation.generator imports without it)
     from transformers import AutoConfig
 
     try:
@@ -209,6 +212,7 @@ class Generator:
 
     def __init__(self, model_path: str, gen_cfg: GenerationConfig, *, max_prompt_tokens: int,
                  show_progress: bool = True, log: Optional[Callable[[str], None]] = None):
+        # lazy: ray (alol_ray.generation.generator imports without it)
         import ray
 
         check_model(model_path, gen_cfg, max_prompt_tokens)
@@ -237,6 +241,7 @@ class Generator:
     # -- actors -------------------------------------------------------------------------------------
 
     def _start_actor(self, model_path: str):
+        # lazy: ray (alol_ray.generation.generator imports without it)
         import ray
 
         cfg = self.cfg
@@ -283,6 +288,7 @@ class Generator:
         """Replies with token ids, in the order of ``prompts``. Sampling seeds derive from ``generation.seed``
         and each prompt's position counted from ``first_index``: a caller that samples repeatedly (PPO's
         rollouts) passes a new ``first_index`` each call so that no two calls reuse a random stream."""
+        # lazy: ray, tqdm (alol_ray.generation.generator imports without them)
         import ray
         from tqdm.auto import tqdm
 
@@ -314,6 +320,7 @@ class Generator:
 
     def load_weights(self, model_path: str) -> None:
         """Load a checkpoint folder (same architecture and tokenizer) into every running actor, in place."""
+        # lazy: ray (alol_ray.generation.generator imports without it)
         import ray
 
         check_model(model_path, self.cfg, self.max_prompt_tokens)
@@ -333,6 +340,7 @@ class Generator:
         shapes are checked before any weight changes (ValueError). The prefix cache is dropped (its KV
         blocks came from the old weights). Tokenizer and architecture stay.
         """
+        # lazy: ray (alol_ray.generation.generator imports without it)
         import ray
 
         if isinstance(weights, ray.ObjectRef):
@@ -349,12 +357,14 @@ class Generator:
 
     def shutdown(self) -> None:
         """Stop the actors and release their resources."""
+        # lazy: ray (alol_ray.generation.generator imports without it)
         import ray
 
         for actor in getattr(self, "actors", []):
             ray.kill(actor)
         self.actors = []
         if self._placement_groups:
+            # lazy: ray (alol_ray.generation.generator imports without it)
             from ray.util.placement_group import remove_placement_group
 
             for group in self._placement_groups:

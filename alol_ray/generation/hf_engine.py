@@ -34,6 +34,7 @@ class _StopOnText:
         self.tokenizer, self.stops, self.width = tokenizer, list(stops), prompt_width
 
     def __call__(self, input_ids, scores, **kwargs):
+        # lazy: torch (alol_ray.generation.hf_engine imports without it)
         import torch
 
         texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
@@ -47,6 +48,7 @@ class TransformersEngine:
 
     def __init__(self, model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: int,
                  num_threads: Optional[int] = None):
+        # lazy: torch (alol_ray.generation.hf_engine imports without it)
         import torch
 
         if num_threads:
@@ -60,6 +62,7 @@ class TransformersEngine:
 
     def load_weights(self, model_path: str) -> dict:
         """Load (or replace) the policy from an HF folder written by ``save_pretrained``."""
+        # lazy: alol_ray.models (torch, transformers) (alol_ray.generation.hf_engine imports without them)
         from alol_ray.models import load_policy
 
         model, tokenizer = load_policy(model_path, dtype=self.dtype, trust_remote_code=self.cfg.trust_remote_code,
@@ -73,6 +76,7 @@ class TransformersEngine:
 
     def update_weights(self, weights: dict) -> dict:
         """Copy a full set of new weights (name -> CPU tensor, the policy's HF names) into the loaded model."""
+        # lazy: torch (alol_ray.generation.hf_engine imports without it)
         import torch
 
         check_weights(*policy_weight_shapes(self.model), {name: tuple(t.shape) for name, t in weights.items()})
@@ -88,6 +92,7 @@ class TransformersEngine:
 
     def generate(self, prompts: list[str], start_index: int = 0) -> list[GenerationOutput]:
         """Replies to ``prompts`` (one batch); ``start_index`` = position of ``prompts[0]`` in the caller's list."""
+        # lazy: torch, transformers (alol_ray.generation.hf_engine imports without them)
         import torch
         from transformers import GenerationConfig as HFGenerationConfig
 

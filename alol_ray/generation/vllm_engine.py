@@ -58,6 +58,7 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if device == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+            # lazy: torch (alol_ray.generation.vllm_engine imports without it)
             import torch
 
             # In-process, vLLM's CPU worker keeps torch's thread count (and forbids changing it later); it
@@ -74,6 +75,7 @@ class VLLMEngine:
         self._build(model_path)
 
     def _build(self, model_path: str) -> None:
+        # lazy: vllm is optional (alol-ray[vllm])
         import vllm
 
         cfg = self.cfg
@@ -98,6 +100,7 @@ class VLLMEngine:
         self.model_path = model_path
 
     def _load_tokenizer(self, model_path: str) -> None:
+        # lazy: transformers, alol_ray.models (torch) (alol_ray.generation.vllm_engine imports without them)
         from transformers import AutoConfig
 
         from alol_ray.models import load_tokenizer
@@ -109,6 +112,7 @@ class VLLMEngine:
         self.budget = prompt_budget(self.max_prompt_tokens, cfg.max_new_tokens, self.n_positions)
 
     def info(self) -> dict:
+        # lazy: vllm is optional (alol-ray[vllm])
         import vllm
 
         return {"engine": self.name, "device": self.device, "dtype": self.dtype, "model": self.model_path,
@@ -119,6 +123,7 @@ class VLLMEngine:
         return True
 
     def _sampling_params(self, index: int):
+        # lazy: vllm is optional (alol-ray[vllm])
         from vllm import SamplingParams
 
         cfg = self.cfg
@@ -137,6 +142,7 @@ class VLLMEngine:
 
     def generate(self, prompts: list[str], start_index: int = 0) -> list[GenerationOutput]:
         """Replies to ``prompts``; ``start_index`` = position of ``prompts[0]`` in the caller's list."""
+        # lazy: vllm is optional (alol-ray[vllm])
         from vllm.inputs import TokensPrompt
 
         if not prompts:
@@ -193,6 +199,7 @@ class VLLMEngine:
         vLLM's own parameter names differ (prefixes, fused projections), so the reference is an HF model
         of this config built on the meta device (no memory)."""
         if self._hf_shapes is None:
+            # lazy: torch, transformers (alol_ray.generation.vllm_engine imports without them)
             import torch
             from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -213,6 +220,7 @@ def _refresh_cpu_gemm(worker) -> int:
     leaves the copy out), so it kept multiplying by the old embedding matrix. Runs inside the worker
     (``collective_rpc`` passes it first); returns how many layers were refreshed.
     """
+    # lazy: vllm is optional (alol-ray[vllm])
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
     refreshed = 0
@@ -226,6 +234,7 @@ def _refresh_cpu_gemm(worker) -> int:
 
 def _checkpoint_shapes(model_path: str) -> Optional[dict[str, tuple]]:
     """name -> shape of every tensor in a folder's safetensors files (headers only); None without any."""
+    # lazy: safetensors (alol_ray.generation.vllm_engine imports without it)
     from safetensors import safe_open
 
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))

@@ -97,6 +97,7 @@ def encode(tok, template: str, prompts: Sequence[str], responses: Sequence[str],
 @contextlib.contextmanager
 def _quiet_transformers():
     """Loading a backbone into a classifier lists the new head's weights as missing: expected here."""
+    # lazy: transformers (alol_ray.rm.backbone imports without it)
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -108,6 +109,7 @@ def _quiet_transformers():
 
 
 def _set_mean_pool_weights(layer, hidden: int) -> None:
+    # lazy: torch (alol_ray.rm.backbone imports without it)
     import torch
 
     with torch.no_grad():
@@ -132,6 +134,7 @@ def load_reward_model(backbone: str, pooling: str = "auto", *, revision: Optiona
     the module docstring; the head (pooler + classifier) is freshly initialised from `seed`. A folder
     that already carries the layer (a model trained here) is loaded as it is.
     """
+    # lazy: torch, transformers (alol_ray.rm.backbone imports without them)
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -184,6 +187,7 @@ def encoder_features(model, enc):
 
 def make_head(model):
     """The trainable head of a BERT classifier as a module on cached features: [B, H] -> [B]."""
+    # lazy: torch (alol_ray.rm.backbone imports without it)
     import torch
 
     class BertHead(torch.nn.Module):
@@ -200,6 +204,7 @@ def make_head(model):
 
 def fold_target_scale(model, mean: float, std: float) -> None:
     """Make the classifier output `std * out + mean`, so a head fit on z-scored rewards predicts raw ones."""
+    # lazy: torch (alol_ray.rm.backbone imports without it)
     import torch
 
     linear = model.classifier if isinstance(model.classifier, torch.nn.Linear) else model.classifier.out_proj
@@ -214,6 +219,7 @@ def fold_target_scale(model, mean: float, std: float) -> None:
 def init_tiny_bert(out_dir: str, texts: Iterable[str], *, vocab_size: int = 512, hidden: int = 32,
                    layers: int = 2, heads: int = 2, max_positions: int = 256, seed: int = 0) -> str:
     """A random BERT encoder built from config + a WordPiece tokenizer trained on `texts` (tests, demos)."""
+    # lazy: torch, transformers (alol_ray.rm.backbone imports without them)
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast

@@ -38,6 +38,7 @@ class RewardModelRunner:
     def __init__(self, backbone: str, pooling: str, template: str, max_length: int, truncation_side: str,
                  output: str = "features", revision: Optional[str] = None, trust_remote_code: bool = False,
                  use_gpu: bool = False):
+        # lazy: torch (alol_ray.rm.embed imports without it)
         import torch
 
         self.model, self.tok, _ = load_reward_model(backbone, pooling, revision=revision,
@@ -50,6 +51,7 @@ class RewardModelRunner:
         self.output = output
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        # lazy: torch (alol_ray.rm.embed imports without it)
         import torch
 
         enc = encode(self.tok, self.template, list(batch[C.PROMPT]), list(batch[C.RESPONSE]), self.max_length,

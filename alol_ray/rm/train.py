@@ -123,6 +123,7 @@ def train_loop_per_worker(config: dict) -> None:
     tokenized text (the encoder frozen or not). Checkpoints hold the trainable weights, the optimizer
     and the epoch, so a restarted worker group resumes at the next epoch.
     """
+    # lazy: ray, torch, safetensors, tqdm, alol_ray.rm.losses (torch) (alol_ray.rm.train imports without them)
     import ray
     import ray.train
     import ray.train.torch
@@ -255,6 +256,7 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
     staging folder) resumes from the last epoch; it is removed once the model is saved. Frozen-encoder
     features are cached in ``cache_dir``.
     """
+    # lazy: ray, torch, safetensors (alol_ray.rm.train imports without them)
     import ray
     import torch
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig

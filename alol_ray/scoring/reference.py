@@ -27,6 +27,7 @@ class ReferenceScorer:
                  use_gpu: bool = False, bf16: bool = False, num_threads: Optional[int] = None):
         """``model_cfg``: the run's ``model`` section (PolicyConfig): pi_ref is loaded with the weight dtype
         and quantization training loads the policy with (``models.load_frozen_policy``); None = defaults."""
+        # lazy: torch, alol_ray.models (torch, transformers) (alol_ray.scoring.reference imports without them)
         import torch
 
         from alol_ray.models import load_frozen_policy
@@ -44,6 +45,7 @@ class ReferenceScorer:
 
     def token_logps(self, prompts: list[str], responses: list[str]) -> list[np.ndarray]:
         """Per-token log-probs of each response (float32 array of its length, EOS included)."""
+        # lazy: torch (alol_ray.scoring.reference imports without it)
         import torch
 
         pairs = [encode_pair(self.tokenizer, p, r, self.max_prompt_tokens, self.max_response_tokens)
@@ -57,6 +59,7 @@ class ReferenceScorer:
     def __call__(self, batch):
         """Adds ``ref_token_logps`` (list of float32) and ``ref_logp`` (float64) to a pandas batch; with a
         ``row_key`` column present, returns just ``row_key`` and the two new columns (the table's cache)."""
+        # lazy: pandas (alol_ray.scoring.reference imports without it)
         import pandas as pd
 
         token_logps = self.token_logps(batch[C.PROMPT].tolist(), batch[C.RESPONSE].tolist())
@@ -73,6 +76,7 @@ class ReferenceScorer:
     def prompt_hidden_states(self, prompts: list[str]):
         """Last-layer hidden states of the prompts, tokenised as training does (left-truncated):
         (hidden [B, P, H] float32, attention_mask [B, P] long), right-padded, on the CPU."""
+        # lazy: torch (alol_ray.scoring.reference imports without it)
         import torch
 
         input_ids, attention_mask = prompt_batch(self.tokenizer, list(prompts), self.max_prompt_tokens)

@@ -105,6 +105,7 @@ class HFClassifier:
     """A Hugging Face sequence classifier as a reward source (single logit, or P(label))."""
 
     def __init__(self, comp: RewardComponentConfig, device: str = "cpu", bf16: bool = False):
+        # lazy: torch, transformers (the CLI starts without them)
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -155,6 +156,7 @@ class HFClassifier:
         return t.separator.join((t.human if human else t.assistant).format(text=text, eos=eos) for human, text in turns)
 
     def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        # lazy: torch (the CLI starts without it)
         import torch
 
         comp = self.comp
@@ -239,6 +241,7 @@ class RewardScorer:
         check_components(self.components)
         device = "cpu"
         if any(c.kind == "hf_classifier" for c in self.components):  # torch only where a model needs it
+            # lazy: torch (the CLI starts without it)
             import torch
 
             if num_threads:  # one actor = its CPUs, so actors sharing a node do not oversubscribe cores
@@ -258,6 +261,7 @@ class RewardScorer:
         return combine(self.components, raw, self.stats)
 
     def __call__(self, batch):
+        # lazy: pandas (the CLI starts without it)
         import pandas as pd
 
         prompts, responses = batch[C.PROMPT].tolist(), batch[C.RESPONSE].tolist()

@@ -101,6 +101,7 @@ def tfidf_diversity(prompts: list[str], responses: list[str], *, min_sentences: 
 
 def builtin_task(prompts: list[str], responses: list[str], *, components: list[str] | None = None) -> np.ndarray:
     """The built-in task's reward: the sum of its components (all, or those named)."""
+    # lazy: alol_ray.tasks (pandas, pyarrow) (alol_ray.scoring.scorers imports without them)
     from alol_ray.tasks import builtin
 
     names = list(components) if components else list(builtin.COMPONENTS)

@@ -154,6 +154,7 @@ def _run_with_retries(remaining: Callable[[], pd.DataFrame], fn_cls: type, ctor_
     """``pool_pass`` on the rows not cached yet, restarted up to ``scoring.pass_retries`` times when Ray loses an
     actor for good (e.g. ``ray.kill`` without restart, a lost node): Ray Data retries a task on a restarted
     actor, but fails the whole dataset when the actor cannot come back."""
+    # lazy: ray (alol_ray.scoring.table imports without it)
     import ray
 
     lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,

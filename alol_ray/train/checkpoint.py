@@ -65,6 +65,7 @@ def export_policy(model_dir: str, out_dir: str, *, base_path: str | None = None,
     if not is_adapter(model_dir):
         shutil.copytree(model_dir, tmp)
     else:
+        # lazy: peft (alol_ray.train.checkpoint imports without it)
         from peft import PeftModel
 
         if base_path is None:

@@ -23,13 +23,20 @@ import torch
 
 from alol_ray import faults, ray_compat, tracking
 from alol_ray.atomic import append_jsonl, truncate_jsonl
+from alol_ray.scoring.reward import run_scorer
 from alol_ray.train import checkpoint as ckpt
 from alol_ray.train.methods import Method, collate_units
 from alol_ray.train.policy import build_policy, make_optimizer
-from alol_ray.scoring.reward import run_scorer
 from alol_ray.train.selection import evaluate_policy
-from alol_ray.train.worker import (NOT_EVALUATED, SELECTION_METRIC, mean_over_workers, record_step, report_checkpoint,
-                                   say, step_seed)
+from alol_ray.train.worker import (
+    NOT_EVALUATED,
+    SELECTION_METRIC,
+    mean_over_workers,
+    record_step,
+    report_checkpoint,
+    say,
+    step_seed,
+)
 
 SUMMED_METRICS = ("train/tokens",)  # totals over workers; every other metric is a mean
 
@@ -73,6 +80,7 @@ def _progress_line(method: str, step: int, total: int, metrics: dict[str, float]
 
 
 def train_loop_per_worker(config: dict) -> None:
+    # lazy: ray (alol_ray.train.loop imports without it)
     import ray
     import ray.train
     import ray.train.torch

@@ -29,6 +29,7 @@ def build_policy(model_cfg, train_cfg, policy_path: str, checkpoint_model_dir: O
         else:
             model, tokenizer = load_policy(base_path, dtype=dtype, trust_remote_code=trust)
             if start_adapter:
+                # lazy: peft (alol_ray.train.policy imports without it)
                 import peft
 
                 model = peft.PeftModel.from_pretrained(model, start_adapter).merge_and_unload()
@@ -59,6 +60,7 @@ def make_optimizer(params, tc, lr: Optional[float] = None):
     """The optimizer ``train.optimizer`` names (``lr`` overrides ``train.lr``, e.g. PPO's own)."""
     lr = tc.lr if lr is None else lr
     if tc.optimizer == "paged_adamw_32bit":  # the paper's QLoRA optimizer; bitsandbytes, CUDA only
+        # lazy: bitsandbytes is optional (alol-ray[gpu])
         import bitsandbytes as bnb
 
         return bnb.optim.PagedAdamW32bit(params, lr=lr, weight_decay=tc.weight_decay)

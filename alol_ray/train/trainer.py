@@ -134,6 +134,7 @@ def build_trainer(spec: Any, tc, work_dir: str, loop_fn: Optional[Callable] = No
     """The ``TorchTrainer``: resources from config, gloo on CPU / NCCL on GPU, score-based retention, the
     run stored in ``work_dir``/checkpoints. ``loop_fn`` defaults to the offline ``train_loop_per_worker``
     (PPO passes its own loop)."""
+    # lazy: ray (alol_ray.train.trainer imports without it)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -200,6 +201,7 @@ def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: st
     """Train ``method`` on the scored ``table`` (parquet path or DataFrame) from ``policy_path`` in
     ``work_dir`` (see the module docs); resumes what an interrupted call left there. ``reward_stats``: the
     scored table's statistics for standardised reward components (val-reward selection)."""
+    # lazy: pandas, ray (alol_ray.train.trainer imports without them)
     import pandas as pd
     import ray
 

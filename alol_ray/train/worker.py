@@ -26,6 +26,7 @@ def mean_over_workers(metrics: dict[str, float], world: int, device, summed: tup
     mean of worker means the global mean), totals for the ``summed`` keys."""
     if world == 1:
         return metrics
+    # lazy: torch (alol_ray.train.worker imports without it)
     import torch
     import torch.distributed as dist
 
@@ -39,6 +40,7 @@ def all_reduce_sum(world: int) -> Optional[Callable]:
     """A function that sums a tensor over workers (None with one worker)."""
     if world == 1:
         return None
+    # lazy: torch (alol_ray.train.worker imports without it)
     import torch.distributed as dist
 
     def reduce(t):
@@ -53,6 +55,7 @@ def broadcast(obj: Any, rank: int, world: int) -> Any:
     """Rank 0's ``obj`` on every worker."""
     if world == 1:
         return obj
+    # lazy: torch (alol_ray.train.worker imports without it)
     import torch.distributed as dist
 
     box = [obj if rank == 0 else None]
@@ -63,6 +66,7 @@ def broadcast(obj: Any, rank: int, world: int) -> Any:
 def record_step(metrics: dict[str, float], step: int, metrics_path: Optional[str], tracker, report: bool) -> None:
     """A step's metrics, after the loop's own keys are set: refuse non-finite values, append one JSON line
     to metrics.jsonl, send them to the tracker, and hand them to Ray Train when ``report``."""
+    # lazy: ray (alol_ray.train.worker imports without it)
     import ray.train
 
     if not all(math.isfinite(v) for v in metrics.values()):
@@ -84,6 +88,7 @@ def say(line: str) -> None:
 def report_checkpoint(metrics: dict, name: str, save: Optional[Callable[[str], None]]) -> None:
     """``ray.train.report`` with a checkpoint that ``save(folder)`` writes (rank 0 passes ``save``, the
     other workers None: one copy of the weights, but every worker reports, as Ray Train requires)."""
+    # lazy: ray (alol_ray.train.worker imports without it)
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -319,9 +319,11 @@ def advantage_report(frame: pd.DataFrame) -> dict:
 
 def plot_advantages(frame: pd.DataFrame, path: str) -> str:
     """Histogram PNG of the training rows' advantages (all rows and rank-0 rows)."""
+    # lazy: matplotlib (alol_ray.value.fit imports without it)
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib, and pyplot only once the Agg backend is chosen
     import matplotlib.pyplot as plt
 
     train = frame[frame[C.SPLIT] == "train"] if C.SPLIT in frame.columns else frame
@@ -356,6 +358,7 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
     reward_stats: the scored table's statistics for standardised reward components (targets on its scale).
     Returns the fit and advantage figures (also written as JSON).
     """
+    # lazy: alol_ray.models (transformers) (alol_ray.value.fit imports without them)
     from alol_ray.models import load_frozen_policy
 
     vcfg = cfg.value

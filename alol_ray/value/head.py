@@ -68,6 +68,7 @@ class ValueHead(nn.Module):
 
 def save_head(head: ValueHead, folder: str, **extra) -> str:
     """Write value_head.safetensors + value_head.json (the config and `extra` facts) into `folder`."""
+    # lazy: safetensors (alol_ray.value.head imports without it)
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
@@ -80,6 +81,7 @@ def save_head(head: ValueHead, folder: str, **extra) -> str:
 
 def load_head(folder: str, device=None) -> ValueHead:
     """The head saved by `save_head`, in eval() mode."""
+    # lazy: safetensors (alol_ray.value.head imports without it)
     from safetensors.torch import load_file
 
     with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as fh:
