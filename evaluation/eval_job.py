@@ -139,7 +139,7 @@ def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: 
     ref_rewards = None
     if ref_path is not None and cfg.eval.win_rate:
         is_ref = os.path.realpath(ref_path) == os.path.realpath(model_path)
-        ref = reference_replies(cfg, ref_path, prompts, ref_cache, log, own=examples if is_ref else None)
+        ref = reference_replies(cfg, ref_path, prompts, ref_cache, own=examples if is_ref else None)
         examples[REF_RESPONSE] = ref[C.RESPONSE].to_numpy()
         ref_rewards = score_replies(cfg, examples[C.PROMPT].tolist(), examples[REF_RESPONSE].tolist(), stats)[C.REWARD]
         examples[REF_REWARD] = ref_rewards
