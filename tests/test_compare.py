@@ -97,15 +97,15 @@ def test_second_demo_resumes_and_trains_nothing(demo_run, capsys):
 
 
 def test_more_seeds_add_runs_to_the_same_comparison(demo_run, capsys):
-    """`alol demo compare.seeds=2` on the finished run trains and evaluates seed 1 of every method, leaves
-    seed 0 alone, and reports both seeds."""
+    """`alol demo compare.seeds=2 compare.methods=[nll,a_lol]` on the finished run trains and evaluates seed 1
+    of those methods, leaves seed 0 alone, and reports both seeds."""
     root, argv, cwd = demo_run
     before = {m: os.path.getmtime(root / "train" / f"{m}-s0" / "stage.json") for m in ("nll", "a_lol", "dpo")}
     capsys.readouterr()
-    assert in_dir(cwd, argv + ["compare.seeds=2"]) == 0
+    assert in_dir(cwd, argv + ["compare.seeds=2", "compare.methods=[nll,a_lol]"]) == 0
     out = capsys.readouterr().out
     assert out.count("[train nll-s1] running") == out.count("[train a_lol-s1] running") == 1
-    assert "[train nll-s0] running" not in out
+    assert "[train nll-s0] running" not in out and "dpo-s1" not in out
     assert {m: os.path.getmtime(root / "train" / f"{m}-s0" / "stage.json") for m in before} == before
     table = pd.read_csv(root / "report" / "methods.csv").set_index("method")
     assert table.loc["a_lol", "seeds"] == table.loc["nll", "seeds"] == 2 and table.loc["reference", "seeds"] == 1

@@ -281,6 +281,7 @@ def test_cli_regression_head_on_cached_mean_pooled_features(regression_run, tiny
     assert abs(scores.mean() - rows[C.REWARD].mean()) < rows[C.REWARD].std()
 
 
+@pytest.mark.slow  # ~2 min; the default tier resumes Ray Train jobs in test_train.py and test_ppo.py
 def test_a_crashed_rm_run_resumes_from_its_last_epoch(alol_cli, regression_run):
     """A worker dies after epoch 2 with no restarts left: the command fails. Rerun, it resumes from the last
     checkpoint Ray had registered (epoch 1 or 2: registration is asynchronous), not from scratch, and ends
