@@ -136,6 +136,31 @@ def test_dpo_default_beta_ties_and_detached_references():
     assert ref_w.grad is None and ref_l.grad is None
 
 
+def test_dpo_without_references_is_refused_exactly():
+    """Missing reference log-probs without reference_free=True: an error with this exact message."""
+    ex = dpo_example()
+    ex["ref_rejected_logps"] = None
+    with pytest.raises(ValueError, match=re.escape(
+            "dpo_loss needs ref_chosen_logps and ref_rejected_logps unless reference_free=True") + "$"):
+        dpo_loss(**ex)
+
+
+def test_dpo_float64_references_do_not_upcast_a_float32_policy():
+    """References in float64 (per token [B, T] or summed [B]) are cast to the policy's float32: the loss is
+    float32 and equals the float64 worked example's."""
+    ex = dpo_example()
+    f32 = torch.float32
+    kwargs = {k: (v.detach().to(f32) if k in ("chosen_logps", "rejected_logps") else v) for k, v in ex.items()}
+    expected, _ = dpo_loss(**ex)
+    loss, _ = dpo_loss(**kwargs)
+    assert loss.dtype == f32
+    close(loss, expected)
+    kwargs["ref_chosen_logps"], kwargs["ref_rejected_logps"] = t([-3.5, -1.0]), t([-3.0, -1.5])
+    loss, _ = dpo_loss(**kwargs)
+    assert loss.dtype == f32
+    close(loss, expected)
+
+
 # -- PRO ----------------------------------------------------------------------------------------------
 
 
@@ -251,6 +276,47 @@ def test_pro_shape_errors_exactly():
         pro_loss(ones, ones, t([[1.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match=re.escape("PRO needs at least 2 responses per group, got n = 1")):
         pro_loss(ones[:, :1], ones[:, :1], t([[1.0]]))
+
+
+def test_pro_metric_keys_and_top1_accuracy_per_group():
+    """Two groups, scores s = [[-1, -3], [-3, -1]]: the best response is the top scorer in the first group only,
+    so top-1 accuracy is 1/2 (per group, not over the flattened scores). The metrics are exactly these five."""
+    logps = t([[[-1.0, -1.0], [-2.0, -4.0]], [[-2.0, -4.0], [-1.0, -1.0]]])
+    loss, metrics = pro_loss(logps, torch.ones(2, 2, 2, dtype=F64), t([[2.0, 0.5], [2.0, 0.5]]))
+    assert set(metrics) == {"loss/policy", "loss/rank", "loss/sft", "nll/seq_mean", "rank/top1_accuracy"}
+    assert metrics["loss/policy"] == loss.item()
+    assert metrics["rank/top1_accuracy"] == 0.5
+
+
+def test_pro_epsilon_term_in_the_loss_dtype_and_rewards_follow_the_log_probs():
+    """s = [-100, -200], rewards [1, 0]: every other term is below e^-77, so L = log(1e-10) + 100 in float64
+    to 1e-12 (log(1e-10) rounded to float32 would be 6e-7 off). float64 rewards with float32 log-probs give a
+    float32 loss. An all-zero mask row is refused with its exact message."""
+    loss, _ = pro_loss(t([[[-100.0], [-200.0]]]), torch.ones(1, 2, 1, dtype=F64), t([[1.0, 0.0]]), sft_weight=0.0)
+    assert loss.dtype == F64
+    torch.testing.assert_close(loss, t(math.log(1e-10) + 100.0), atol=1e-12, rtol=0.0)
+    f32 = torch.float32
+    loss, _ = pro_loss(torch.tensor([[[-1.0, -1.0], [-2.0, -4.0]]], dtype=f32), torch.ones(1, 2, 2, dtype=f32),
+                       t([[2.0, 0.5]]))
+    assert loss.dtype == f32
+    close(loss, 0.1485874)
+    with pytest.raises(ValueError, match=re.escape(
+            "every response in a PRO group needs at least one real token (mask row all zero)") + "$"):
+        pro_loss(t([[[-1.0], [-2.0]]]), t([[[1.0], [0.0]]]), t([[1.0, 0.0]]))
+
+
+def test_pro_loss_dtype_does_not_follow_the_default_dtype():
+    """float32 inputs give a float32 loss even where torch's default float dtype is float64."""
+    f32 = torch.float32
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        loss, _ = pro_loss(torch.tensor([[[-1.0, -1.0], [-2.0, -4.0]]], dtype=f32), torch.ones(1, 2, 2, dtype=f32),
+                           torch.tensor([[2.0, 0.5]], dtype=f32))
+    finally:
+        torch.set_default_dtype(default)
+    assert loss.dtype == f32
+    close(loss, 0.1485874)
 
 
 # -- GOLD ---------------------------------------------------------------------------------------------
@@ -395,6 +461,32 @@ def test_gold_horizon_zero_and_argument_errors_exactly():
         gold("q")
     with pytest.raises(ValueError, match="^GOLD-p needs mle_logps"):
         gold("p")
+
+
+def test_gold_loss_dtype_follows_the_policy_and_metrics_exactly():
+    """float32 log-probs with float64 stale and MLE log-probs: b1 and b2 are cast to float32, so the loss is
+    float32 (the float64 loss up to float32 rounding). B = 2, T = 3 (one padded slot): the metrics are exactly
+    these four, and nll/seq_mean is the mean over examples of the summed NLL: rows [-1, -2, -0.5] and
+    [-0.5, -1, PAD] -> (3.5 + 1.5) / 2 = 2.5."""
+    f32 = torch.float32
+    logps = torch.tensor([[-1.0, -2.0, -0.5], [-0.5, -1.0, 0.0]], dtype=f32)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=f32)
+    stale, mle = t([[-1.0, -2.0, -0.5], [-0.5, -1.0, 0.0]]), t([[-0.5, -0.5, -0.5], [-0.5, -0.5, 0.0]])
+    for kind in ("s", "p", "delta"):
+        loss, metrics = gold_loss(logps, mask, stale, mle, reward_kind=kind)
+        assert loss.dtype == f32, kind
+        expected, _ = gold_loss(logps.double(), mask.double(), stale, mle, reward_kind=kind)
+        torch.testing.assert_close(loss.double(), expected, atol=0.0, rtol=1e-6)
+    assert set(metrics) == {"loss/policy", "nll/seq_mean", "gold_weight/mean", "gold_return/mean"}
+    assert metrics["loss/policy"] == loss.item()
+    close(metrics["nll/seq_mean"], 2.5)
+
+
+def test_token_returns_stay_on_the_rewards_device():
+    """Every tensor token_returns builds lives on the rewards' device: on the meta device (no data, shapes and
+    devices only) nothing is created on the CPU, which would be an error there."""
+    returns = token_returns(torch.zeros(2, 3, dtype=F64, device="meta"), gamma=0.5, horizon=1)
+    assert returns.device.type == "meta" and returns.shape == (2, 3) and returns.dtype == F64
 
 
 def test_stale_copy_every_step_and_error():

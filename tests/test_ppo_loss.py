@@ -297,3 +297,51 @@ def test_score_scaling_adds_float32_eps_to_the_std():
     close(scale_scores(t([1.0, 2.0, 3.0]), RunningMoments(), normalise=True), [-1 / factor, 0.0, 1 / factor], atol=1e-12)
     close(scale_scores(t([1.0, 2.0, 3.0]), RunningMoments(), normalise=False),
           [1 / factor, 2 / factor, 3 / factor], atol=1e-12)
+
+
+def test_gae_of_one_token_responses():
+    """T = 1: the only token bootstraps from nothing. Rewards [[2], [-1]], values [[0.5], [0.25]]:
+    A = r - V = [1.5, -1.25], returns = A + V = r."""
+    adv, ret = gae(t([[2.0], [-1.0]]), t([[0.5], [0.25]]), t([[1.0], [1.0]]))
+    close(adv, [[1.5], [-1.25]])
+    close(ret, [[2.0], [-1.0]])
+
+
+def test_kl_penalty_error_message_and_scores_of_another_dtype():
+    """A row without real tokens (here the second) is refused with its exact message; float64 scores land on
+    float32 rewards (cast, no error)."""
+    zeros = t([[0.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="^every rollout needs at least one response token$"):
+        kl_penalty_rewards(zeros, zeros, t([[1.0, 1.0], [0.0, 0.0]]), t([1.0, 1.0]), 0.2)
+    f32 = torch.float32
+    logps, ref = torch.tensor([[-1.0, -2.0]], dtype=f32), torch.tensor([[-1.5, -2.0]], dtype=f32)
+    rewards, kl = kl_penalty_rewards(logps, ref, torch.tensor([[1.0, 1.0]], dtype=f32), t([3.0]), kl_coef=0.2)
+    assert rewards.dtype == f32 and kl.dtype == f32
+    close(rewards, [[-0.1, 3.0]])
+
+
+def test_masked_whiten_of_a_constant_is_zero_and_uses_the_global_moments():
+    """A constant row has variance 0: (x - mean) * rsqrt(0 + 1e-8) = 0 exactly (no nan). With an all_reduce
+    that adds worker B's [4] to worker A's [1, 2, 3], A is whitened with the moments of [1, 2, 3, 4]."""
+    assert masked_whiten(t([[2.0, 2.0, 2.0]]), t([[1.0, 1.0, 1.0]])).tolist() == [[0.0, 0.0, 0.0]]
+    s = math.sqrt(5.0 / 3.0 + 1e-8)
+    b_stats = t([4.0, 16.0, 1.0])
+    out = masked_whiten(t([[1.0, 2.0, 3.0]]), t([[1.0, 1.0, 1.0]]), all_reduce=lambda x: x + b_stats)
+    close(out, [[-1.5 / s, -0.5 / s, 0.5 / s]])
+
+
+def test_policy_loss_gradient_ignores_garbage_at_padding():
+    """-inf / nan in the padded slot of old or new log-probs: the loss is that of the real tokens and the
+    gradient is finite, exactly 0 at the padded slot (the log ratio there is 0 before exp sees it)."""
+    mask = t([[1.0, 0.0]])
+    clean = policy_loss(t([[-1.0, -1.0]]), t([[-1.2, -1.0]]), t([[0.5, 0.0]]), mask)[0]
+    logps = t([[-1.0, NAN]], grad=True)
+    loss, _ = policy_loss(logps, t([[-1.2, -float("inf")]]), t([[0.5, 0.0]]), mask)
+    close(loss, clean)
+    (grad,) = torch.autograd.grad(loss, logps)
+    assert torch.isfinite(grad).all() and grad[0, 1].item() == 0.0
+
+
+def test_masked_mean_of_one_real_position_is_that_value():
+    """One real position: sum 3.5 over a count of 1 (the clamp at 1 only guards an empty mask) -> 3.5."""
+    assert masked_mean(t([[3.5, 100.0]]), t([[1.0, 0.0]])).item() == 3.5

@@ -215,3 +215,21 @@ def test_make_sampler_weights_per_kind():
     uniform = make_sampler("uniform", "none", batch_size=2, seed=0, advantage=ADVANTAGE, n_units=3)
     np.testing.assert_array_equal(uniform.weights, [1.0, 1.0, 1.0])
     assert uniform.replacement is False
+
+
+def test_auto_sampler_for_an_unweighted_loss_is_uniform_and_names_itself():
+    """make_sampler resolves auto with the method's sample weight: "none" -> uniform, over every unit and
+    without replacement; its name is the concrete one."""
+    sampler = make_sampler("auto", "none", batch_size=2, seed=0, advantage=ADVANTAGE)
+    assert sampler.name == "uniform" and sampler.replacement is False and sampler.support_size == 8
+    assert make_sampler("uniform", "none", batch_size=2, seed=0, n_units=3).name == "uniform"
+
+
+def test_integer_weights_are_float64_and_draws_are_int64():
+    """Weights given as ints are stored (and digested) as float64, so the checkpoint digest does not depend on
+    how they were typed; indices drawn with and without replacement are int64."""
+    ints = Sampler("s", [0, 2, 0, 1], batch_size=3, seed=0, replacement=False)
+    floats = Sampler("s", np.array([0.0, 2.0, 0.0, 1.0]), batch_size=3, seed=0, replacement=False)
+    assert ints.weights.dtype == np.float64 and ints.digest() == floats.digest()
+    assert ints.global_batch(0).dtype == np.int64
+    assert Sampler("s", [1, 1], batch_size=3, seed=0, replacement=True).global_batch(0).dtype == np.int64

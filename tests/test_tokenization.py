@@ -245,3 +245,39 @@ def test_prompt_batch_pads_with_eos_without_a_pad_token_and_refuses_empty_prompt
         prompt_batch(tokenizer, ["Hi", ""], max_prompt_tokens=6)
     with pytest.raises(ValueError, match="^max_prompt_tokens must be >= 1$"):
         prompt_batch(tokenizer, ["Hi"], max_prompt_tokens=0)
+
+
+def test_collate_and_prompt_batch_dtypes_do_not_follow_the_default_dtype():
+    """The response mask is float32 even where torch's default float dtype is float64; ``to`` moves every
+    field to the given device (here the meta device)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        batch = collate([([1, 2], [3]), ([4], [5, 6])], 0)
+    finally:
+        torch.set_default_dtype(default)
+    assert batch.response_mask.dtype == torch.float32
+    moved = batch.to("meta")
+    for name in ("input_ids", "attention_mask", "response_index", "response_mask", "prompt_lengths",
+                 "response_lengths"):
+        assert getattr(moved, name).device.type == "meta", name
+
+
+def test_prompt_batch_at_its_smallest_limit_and_its_dtypes(tokenizer):
+    """max_prompt_tokens = 1 is allowed (the last token of each prompt); ids and mask are int64."""
+    ids, mask = prompt_batch(tokenizer, [TEXTS[0], "Hi"], max_prompt_tokens=1)
+    assert ids.tolist() == [[_ids(tokenizer, TEXTS[0])[-1]], [_ids(tokenizer, "Hi")[-1]]]
+    assert mask.tolist() == [[1], [1]]
+    assert ids.dtype == torch.int64 and mask.dtype == torch.int64
+
+
+def test_special_prefix_is_empty_when_the_plain_ids_are_not_inside_the_full_ones():
+    """A tokenizer whose special-token encoding does not contain the plain one (no window matches) gets no
+    prefix, not an error."""
+    from alol_ray.tokenization import special_prefix
+
+    class Odd:
+        def __call__(self, text, add_special_tokens):
+            return {"input_ids": [9, 8] if add_special_tokens else [5]}
+
+    assert special_prefix(Odd()) == []
