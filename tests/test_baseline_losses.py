@@ -5,6 +5,7 @@ All tensors are float64 so that 1e-6 tolerances are meaningful.
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,48 @@ def test_dpo_reference_free_and_accuracy():
         dpo_loss(**{**dpo_example(), "ref_chosen_logps": None}, beta=0.1)
 
 
+def test_dpo_default_beta_ties_and_detached_references():
+    """beta defaults to 0.1: the worked example's loss 0.6326769 again without passing it.
+    A tie is not a correct pair: policy sums [-2, -2], reference sums [-1, -1] give equal implicit rewards
+    0.1 * (-2 + 1) = -0.1 on both sides -> accuracy 0, logit 0, loss = -log sigmoid(0) = log 2 = 0.6931472.
+    The reference log-probs get no gradient, per token or already summed."""
+    loss, _ = dpo_loss(**dpo_example())
+    close(loss, 0.6326768539)
+    ref_w, ref_l = t([[-0.5, -0.5]], grad=True), t([-1.0], grad=True)
+    loss, metrics = dpo_loss(t([[-1.0, -1.0]], grad=True), t([[1.0, 1.0]]), t([[-2.0]], grad=True), t([[1.0]]),
+                             ref_w, ref_l)
+    close(loss, math.log(2.0))
+    assert metrics["reward/accuracy"] == 0.0
+    close(metrics["reward/margin"], 0.0)
+    loss.backward()
+    assert ref_w.grad is None and ref_l.grad is None
+
+
+def test_dpo_without_references_is_refused_exactly():
+    """Missing reference log-probs without reference_free=True: an error with this exact message."""
+    ex = dpo_example()
+    ex["ref_rejected_logps"] = None
+    with pytest.raises(ValueError, match=re.escape(
+            "dpo_loss needs ref_chosen_logps and ref_rejected_logps unless reference_free=True") + "$"):
+        dpo_loss(**ex)
+
+
+def test_dpo_float64_references_do_not_upcast_a_float32_policy():
+    """References in float64 (per token [B, T] or summed [B]) are cast to the policy's float32: the loss is
+    float32 and equals the float64 worked example's."""
+    ex = dpo_example()
+    f32 = torch.float32
+    kwargs = {k: (v.detach().to(f32) if k in ("chosen_logps", "rejected_logps") else v) for k, v in ex.items()}
+    expected, _ = dpo_loss(**ex)
+    loss, _ = dpo_loss(**kwargs)
+    assert loss.dtype == f32
+    close(loss, expected)
+    kwargs["ref_chosen_logps"], kwargs["ref_rejected_logps"] = t([-3.5, -1.0]), t([-3.0, -1.5])
+    loss, _ = dpo_loss(**kwargs)
+    assert loss.dtype == f32
+    close(loss, expected)
+
+
 # -- PRO ----------------------------------------------------------------------------------------------
 
 
@@ -222,6 +265,60 @@ def test_pro_rejects_bad_shapes():
         pro_loss(t([[[-1.0], [-2.0]]]), t([[[1.0], [0.0]]]), t([[1.0, 0.0]]))
 
 
+def test_pro_shape_errors_exactly():
+    """Each shape error names what it got."""
+    ones = torch.ones(1, 2, 2, dtype=F64)
+    with pytest.raises(ValueError, match=re.escape("token_logps and mask must be [B, n, T]; got (1, 2, 2), (1, 2, 1)")):
+        pro_loss(ones, torch.ones(1, 2, 1, dtype=F64), t([[1.0, 0.0]]))
+    with pytest.raises(ValueError, match=re.escape("token_logps and mask must be [B, n, T]; got (2, 2), (2, 2)")):
+        pro_loss(ones[0], ones[0], t([[1.0, 0.0]]))
+    with pytest.raises(ValueError, match=re.escape("rewards must be [B, n] = (1, 2), got (1, 3)")):
+        pro_loss(ones, ones, t([[1.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match=re.escape("PRO needs at least 2 responses per group, got n = 1")):
+        pro_loss(ones[:, :1], ones[:, :1], t([[1.0]]))
+
+
+def test_pro_metric_keys_and_top1_accuracy_per_group():
+    """Two groups, scores s = [[-1, -3], [-3, -1]]: the best response is the top scorer in the first group only,
+    so top-1 accuracy is 1/2 (per group, not over the flattened scores). The metrics are exactly these five."""
+    logps = t([[[-1.0, -1.0], [-2.0, -4.0]], [[-2.0, -4.0], [-1.0, -1.0]]])
+    loss, metrics = pro_loss(logps, torch.ones(2, 2, 2, dtype=F64), t([[2.0, 0.5], [2.0, 0.5]]))
+    assert set(metrics) == {"loss/policy", "loss/rank", "loss/sft", "nll/seq_mean", "rank/top1_accuracy"}
+    assert metrics["loss/policy"] == loss.item()
+    assert metrics["rank/top1_accuracy"] == 0.5
+
+
+def test_pro_epsilon_term_in_the_loss_dtype_and_rewards_follow_the_log_probs():
+    """s = [-100, -200], rewards [1, 0]: every other term is below e^-77, so L = log(1e-10) + 100 in float64
+    to 1e-12 (log(1e-10) rounded to float32 would be 6e-7 off). float64 rewards with float32 log-probs give a
+    float32 loss. An all-zero mask row is refused with its exact message."""
+    loss, _ = pro_loss(t([[[-100.0], [-200.0]]]), torch.ones(1, 2, 1, dtype=F64), t([[1.0, 0.0]]), sft_weight=0.0)
+    assert loss.dtype == F64
+    torch.testing.assert_close(loss, t(math.log(1e-10) + 100.0), atol=1e-12, rtol=0.0)
+    f32 = torch.float32
+    loss, _ = pro_loss(torch.tensor([[[-1.0, -1.0], [-2.0, -4.0]]], dtype=f32), torch.ones(1, 2, 2, dtype=f32),
+                       t([[2.0, 0.5]]))
+    assert loss.dtype == f32
+    close(loss, 0.1485874)
+    with pytest.raises(ValueError, match=re.escape(
+            "every response in a PRO group needs at least one real token (mask row all zero)") + "$"):
+        pro_loss(t([[[-1.0], [-2.0]]]), t([[[1.0], [0.0]]]), t([[1.0, 0.0]]))
+
+
+def test_pro_loss_dtype_does_not_follow_the_default_dtype():
+    """float32 inputs give a float32 loss even where torch's default float dtype is float64."""
+    f32 = torch.float32
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        loss, _ = pro_loss(torch.tensor([[[-1.0, -1.0], [-2.0, -4.0]]], dtype=f32), torch.ones(1, 2, 2, dtype=f32),
+                           torch.tensor([[2.0, 0.5]], dtype=f32))
+    finally:
+        torch.set_default_dtype(default)
+    assert loss.dtype == f32
+    close(loss, 0.1485874)
+
+
 # -- GOLD ---------------------------------------------------------------------------------------------
 
 # B = 1, T = 3: logps [-1, -2, -0.5] (NLL_t = [1, 2, 0.5]);
@@ -323,6 +420,83 @@ def test_gold_argument_errors():
         gold("q")
     with pytest.raises(ValueError, match="needs mle_logps"):
         gold("s")
+
+
+def test_gold_defaults_are_gold_s_with_the_authors_constants():
+    """Defaults: u = 0.1, GOLD-s, c = 0.1, gamma = 1, no horizon: the GOLD-s example's 1.1 without arguments.
+    GOLD-p with the default b = -60: r = log p - b = [59, 54, 59.5] -> b2 = [172.5, 113.5, 59.5];
+    loss = 0.3 * 172.5 * 1 + 0.1 * 113.5 * 2 + 1.0 * 59.5 * 0.5 = 51.75 + 22.7 + 29.75 = 104.2."""
+    logps, mask = t(LOGPS, grad=True), torch.ones(1, 3, dtype=F64)
+    loss, _ = gold_loss(logps, mask, t(STALE), t([[math.log(0.5), math.log(0.05), math.log(0.9)]]))
+    close(loss, 1.1)
+    loss, _ = gold_loss(logps, mask, t(STALE), t([[-1.0, -6.0, -0.5]]), reward_kind="p")
+    close(loss, 104.2)
+
+
+def test_gold_mle_log_probs_are_capped_at_0_and_detached():
+    """A p_MLE log-prob a rounding error above 0 (1e-3) counts as log 1 = 0: GOLD-s r = [1, 1, 1] -> b2 = [3, 2, 1],
+    loss = 0.3 * 3 * 1 + 0.1 * 2 * 2 + 1.0 * 1 * 0.5 = 1.8 (uncapped, e^0.001 = 1.0010005 would give 1.8022);
+    GOLD-p with b = -5: r = [5, 5, 5] -> b2 = [15, 10, 5], loss = 4.5 + 2 + 2.5 = 9.0.
+    The MLE model's log-probs get no gradient."""
+    mle = t([[1e-3, 1e-3, 1e-3]], grad=True)
+    loss, _, _ = gold("s", mle=mle.detach().tolist())
+    close(loss, 1.8)
+    loss, _, _ = gold("p", mle=[[1e-3, 1e-3, 1e-3]], lower_bound_b=-5.0)
+    close(loss, 9.0)
+    loss, _ = gold_loss(t(LOGPS, grad=True), torch.ones(1, 3, dtype=F64), t(STALE), mle, reward_kind="s")
+    loss.backward()
+    assert mle.grad is None
+
+
+def test_gold_horizon_zero_and_argument_errors_exactly():
+    """horizon = 0: b2_t = r_t alone = [0.5, 0.1, 0.9] -> loss = 0.3 * 0.5 + 0.1 * 0.1 * 2 + 0.9 * 0.5 = 0.62.
+    A negative horizon, a [B, n, T] input and an unknown kind are errors naming the value."""
+    loss, _, _ = gold("s", mle=[[math.log(0.5), math.log(0.05), math.log(0.9)]], horizon=0)
+    close(loss, 0.62)
+    with pytest.raises(ValueError, match="^horizon must be >= 0 or None, got -1$"):
+        gold("s", mle=[[0.0, 0.0, 0.0]], horizon=-1)
+    with pytest.raises(ValueError, match=re.escape("logps and mask must both be [B, T]; got (1, 1, 3) and (1, 1, 3)")):
+        gold_loss(t([LOGPS]), torch.ones(1, 1, 3, dtype=F64), None, reward_kind="delta")
+    with pytest.raises(ValueError, match=re.escape("reward_kind must be one of ('delta', 's', 'p'), got 'q'")):
+        gold("q")
+    with pytest.raises(ValueError, match="^GOLD-p needs mle_logps"):
+        gold("p")
+
+
+def test_gold_loss_dtype_follows_the_policy_and_metrics_exactly():
+    """float32 log-probs with float64 stale and MLE log-probs: b1 and b2 are cast to float32, so the loss is
+    float32 (the float64 loss up to float32 rounding). B = 2, T = 3 (one padded slot): the metrics are exactly
+    these four, and nll/seq_mean is the mean over examples of the summed NLL: rows [-1, -2, -0.5] and
+    [-0.5, -1, PAD] -> (3.5 + 1.5) / 2 = 2.5."""
+    f32 = torch.float32
+    logps = torch.tensor([[-1.0, -2.0, -0.5], [-0.5, -1.0, 0.0]], dtype=f32)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=f32)
+    stale, mle = t([[-1.0, -2.0, -0.5], [-0.5, -1.0, 0.0]]), t([[-0.5, -0.5, -0.5], [-0.5, -0.5, 0.0]])
+    for kind in ("s", "p", "delta"):
+        loss, metrics = gold_loss(logps, mask, stale, mle, reward_kind=kind)
+        assert loss.dtype == f32, kind
+        expected, _ = gold_loss(logps.double(), mask.double(), stale, mle, reward_kind=kind)
+        torch.testing.assert_close(loss.double(), expected, atol=0.0, rtol=1e-6)
+    assert set(metrics) == {"loss/policy", "nll/seq_mean", "gold_weight/mean", "gold_return/mean"}
+    assert metrics["loss/policy"] == loss.item()
+    close(metrics["nll/seq_mean"], 2.5)
+
+
+def test_token_returns_stay_on_the_rewards_device():
+    """Every tensor token_returns builds lives on the rewards' device: on the meta device (no data, shapes and
+    devices only) nothing is created on the CPU, which would be an error there."""
+    returns = token_returns(torch.zeros(2, 3, dtype=F64, device="meta"), gamma=0.5, horizon=1)
+    assert returns.device.type == "meta" and returns.shape == (2, 3) and returns.dtype == F64
+
+
+def test_stale_copy_every_step_and_error():
+    """every = 1 re-syncs after each step; every = 0 is refused with its value."""
+    policy = nn.Linear(2, 1)
+    stale = StaleCopySync(policy, every=1)
+    assert stale.maybe_sync(1) and stale.synced_at == 1
+    assert not stale.maybe_sync(1)
+    with pytest.raises(ValueError, match="^every must be >= 1, got 0$"):
+        StaleCopySync(policy, every=0)
 
 
 def test_stale_copy_sync_every_k_steps():

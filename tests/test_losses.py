@@ -15,6 +15,7 @@ Everything runs in float64 so that 1e-6 tolerances are meaningful.
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,11 +83,56 @@ def test_registry_names_and_declarations():
     assert get_loss("a_lol") is losses.a_lol
 
 
+def test_every_builtin_declares_what_it_reads():
+    """The fields each loss reads, as registered beside it (r_gold may also read stale_logps)."""
+    assert REQUIRES == {
+        "nll": set(), "wbc": {"reward"}, "r_gold": {"reward"}, "r_lol": {"reward", "ref_logps"},
+        "a_lol": {"advantage", "ref_logps"}, "a_lol_ref_free": {"advantage"},
+        "a_lol_seq": {"advantage", "ref_logps"}, "a_lol_kl": {"advantage", "ref_logps"},
+    }
+
+
+def test_register_loss_records_its_metadata_once(monkeypatch):
+    """register_loss stores LossSpec(name, fn, frozenset(requires), sample_weight) and returns fn itself;
+    defaults: requires nothing, sampled uniformly ("none"). A name registered twice, or a sample weight
+    outside advantage / reward / none, is an error naming the loss, and the registry keeps the first entry."""
+    monkeypatch.setattr(losses, "REGISTRY", {})
+
+    def weighted(inputs, params):
+        return inputs.logps.sum(), {}
+
+    def plain(inputs, params):
+        return inputs.logps.sum(), {}
+
+    assert losses.register_loss("weighted", requires=("reward", "ref_logps"), sample_weight="reward")(weighted) is weighted
+    assert losses.register_loss("plain")(plain) is plain
+    assert losses.REGISTRY == {
+        "weighted": losses.LossSpec("weighted", weighted, frozenset({"reward", "ref_logps"}), "reward"),
+        "plain": losses.LossSpec("plain", plain, frozenset(), "none"),
+    }
+    with pytest.raises(ValueError, match="^loss 'plain' is registered twice$"):
+        losses.register_loss("plain", sample_weight="advantage")(weighted)
+    with pytest.raises(ValueError, match="^loss 'other': sample_weight must be advantage, reward or none$"):
+        losses.register_loss("other", sample_weight="rewards")
+    assert losses.REGISTRY["plain"] == losses.LossSpec("plain", plain, frozenset(), "none")
+    assert set(losses.REGISTRY) == {"weighted", "plain"}
+
+
 def test_get_loss_unknown_name_suggests_closest():
     with pytest.raises(ValueError, match=r"unknown loss 'alol'.*Did you mean 'a_lol'.*Valid losses: nll, wbc"):
         get_loss("alol")
     with pytest.raises(ValueError, match="Valid losses"):
         get_loss("zzzzzz")
+
+
+def test_get_loss_error_messages_exactly():
+    """The whole message: the name, the hint only when a close name exists, then every valid name in
+    registration order."""
+    valid = "Valid losses: nll, wbc, r_gold, r_lol, a_lol, a_lol_ref_free, a_lol_seq, a_lol_kl"
+    with pytest.raises(ValueError, match=re.escape(f"unknown loss 'zzzzzz'. {valid}") + "$"):
+        get_loss("zzzzzz")
+    with pytest.raises(ValueError, match="^" + re.escape(f"unknown loss 'a_lol_sq'. Did you mean 'a_lol_seq'? {valid}") + "$"):
+        get_loss("a_lol_sq")
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -102,12 +148,23 @@ def test_missing_required_field_is_a_clear_error(name):
 def test_shape_mismatch_is_a_clear_error():
     inputs = make_inputs()
     inputs.advantage = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
-    with pytest.raises(ValueError, match="advantage must be"):
+    with pytest.raises(ValueError, match=re.escape("advantage must be [B] = (2,), got (3,)")):
         losses.a_lol(inputs, LossParams())
     inputs = make_inputs()
     inputs.ref_logps = inputs.ref_logps[:, :2]
     with pytest.raises(ValueError, match="ref_logps must have the shape"):
         losses.a_lol(inputs, LossParams())
+
+
+def test_logps_and_mask_shape_errors_name_both_shapes():
+    """logps must be [B, T] and the mask the same shape; either failing alone is an error naming both shapes."""
+    inputs = make_inputs()
+    inputs.mask = inputs.mask[:, :2]
+    with pytest.raises(ValueError, match=re.escape("logps and mask must both be [B, T]; got (2, 3) and (2, 2)")):
+        losses.nll(inputs, LossParams())
+    flat = LossInputs(torch.tensor([-1.0, -2.0, -0.5]), torch.ones(3))
+    with pytest.raises(ValueError, match=re.escape("logps and mask must both be [B, T]; got (3,) and (3,)")):
+        losses.nll(flat, LossParams())
 
 
 def test_loss_params_validation():
@@ -117,6 +174,19 @@ def test_loss_params_validation():
         LossParams(gold_u=1.5)
     with pytest.raises(ValueError, match="kl_beta"):
         LossParams(kl_beta=-1.0)
+
+
+def test_loss_params_bounds_are_inclusive():
+    """clip_eps = 0, gold_u = 0 or 1 and kl_beta = 0 are valid; just outside each is an error naming the value."""
+    for kwargs in (dict(clip_eps=0.0), dict(gold_u=0.0), dict(gold_u=1.0), dict(kl_beta=0.0)):
+        params = LossParams(**kwargs)
+        assert all(getattr(params, key) == value for key, value in kwargs.items())
+    with pytest.raises(ValueError, match=r"^gold_u must be in \[0, 1\], got -0.01$"):
+        LossParams(gold_u=-0.01)
+    with pytest.raises(ValueError, match=r"^clip_eps must be >= 0, got -0.5$"):
+        LossParams(clip_eps=-0.5)
+    with pytest.raises(ValueError, match=r"^kl_beta must be >= 0, got -0.1$"):
+        LossParams(kl_beta=-0.1)
 
 
 # -- every loss: padding garbage is invisible ---------------------------------------------------------
@@ -137,6 +207,57 @@ def test_garbage_at_padding_changes_nothing(name, garbage):
     close(grad, clean_grad)
     assert grad[1, 2] == 0.0
     assert metrics == pytest.approx(clean_metrics, abs=1e-6)
+
+
+# -- shared helpers -----------------------------------------------------------------------------------
+
+
+def test_sequence_logps_sums_the_real_tokens():
+    """log pi(y|x) per row = sum over the mask: [-1 - 2 - 0.5, -0.2 - 0.3] = [-3.5, -0.5], PAD = nan skipped;
+    the gradient is the mask (1 on real tokens, exactly 0 at PAD)."""
+    inputs = make_inputs(pad_value=float("nan"))
+    seq = losses.sequence_logps(inputs.logps, inputs.mask)
+    assert seq.shape == (2,)
+    close(seq, [-3.5, -0.5])
+    (grad,) = torch.autograd.grad(seq.sum(), inputs.logps)
+    close(grad, [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+
+
+def test_compute_dtype_keeps_full_precision_and_upcasts_half():
+    """float32 and float64 pass through as the same tensor; bf16 and fp16 become float32. A float64 batch
+    stays float64 end to end: the a_lol loss of the shared example is float64."""
+    for dtype in (torch.float32, torch.float64):
+        x = torch.zeros(2, dtype=dtype)
+        assert losses.compute_dtype(x) is x
+    for dtype in (torch.bfloat16, torch.float16):
+        assert losses.compute_dtype(torch.zeros(2, dtype=dtype)).dtype == torch.float32
+    loss, _ = losses.a_lol(make_inputs(), LossParams())
+    assert loss.dtype == torch.float64
+
+
+def test_data_columns_follow_the_log_probs_dtype_and_device():
+    """A reward / advantage column comes in the compute dtype and on the device of the log-probs, detached:
+    float64 advantages with float32 log-probs give a float32 loss; on the meta device the column moves there."""
+    inputs = LossInputs(torch.tensor([[-1.0, -2.0]], requires_grad=True), torch.ones(1, 2),
+                        ref_logps=torch.tensor([[-1.0, -2.0]]), advantage=torch.tensor([0.5], dtype=torch.float64))
+    loss, _ = losses.a_lol(inputs, LossParams())
+    assert loss.dtype == torch.float32
+    close(loss, 0.5 * 3.0)
+    column = torch.tensor([0.5, 2.0], requires_grad=True)
+    out = losses._per_example(column, torch.empty(2, device="meta", dtype=torch.float64))
+    assert (out.device.type, out.dtype, out.requires_grad) == ("meta", torch.float64, False)
+
+
+def test_kl_metric_sums_float32_reference_in_the_loss_dtype():
+    """Reference log-probs kept in float32 (the scored table) are summed in float64 with float64 log-probs:
+    ref = float32([-3, -1e-8, -5]) sums to -8 - 9.99999993922529e-09 in float64 (float32 would round the sum to
+    -8.0), so kl/mean = -3.5 - that = 4.5 + 9.99999993922529e-09."""
+    inputs = LossInputs(torch.tensor([[-1.0, -2.0, -0.5]], dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64),
+                        ref_logps=torch.tensor([[-3.0, -1e-8, -5.0]], dtype=torch.float32))
+    _, metrics = losses.nll(inputs, LossParams())
+    tiny = float(torch.tensor(-1e-8, dtype=torch.float32))
+    assert tiny == -9.99999993922529e-09
+    assert metrics["kl/mean"] == pytest.approx(4.5 + 9.99999993922529e-09, abs=1e-14)
 
 
 # -- nll, wbc -----------------------------------------------------------------------------------------
@@ -208,11 +329,13 @@ def test_a_lol_grad_matches_formula_general():
 
 
 def test_a_lol_zero_advantage():
-    """A = [0, 2]: row 0 contributes 0; loss = 2 * 0.8187308 * 0.5 / 2 = 0.4093654; row 0 grad is 0."""
-    loss, grad, _ = loss_and_grad("a_lol", make_inputs(advantage=(0.0, 2.0)))
+    """A = [0, 2]: row 0 contributes 0; loss = 2 * 0.8187308 * 0.5 / 2 = 0.4093654; row 0 grad is 0;
+    advantage/pos_frac = 1/2 (0 is not positive)."""
+    loss, grad, metrics = loss_and_grad("a_lol", make_inputs(advantage=(0.0, 2.0)))
     w1 = math.exp(-0.2)
     close(loss, w1 / 2)
     close(grad, [[0.0, 0.0, 0.0], [-w1, -w1, 0.0]])
+    close(metrics["advantage/pos_frac"], 0.5)  # A = 0 is not positive
 
 
 def test_a_lol_negative_advantage_gives_zero_loss_and_grad():
@@ -254,6 +377,42 @@ def test_a_lol_huge_ratio_never_overflows():
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
     torch.testing.assert_close(loss, torch.tensor(math.exp(MAX_LOG_WEIGHT) * 1.0), rtol=1e-6, atol=0)
     close(metrics["is_weight/clip_frac"], 1.0)  # capped counts as clipped
+
+
+def test_clip_bounds_for_eps_at_and_above_1():
+    """eps >= 1 has no lower bound (1 - eps <= 0): eps = 1 and eps = 1.5 clip rho = e^-3.5 only from above.
+    Row log ratios [-3.5, 1.0] (logps [[-4], [-1]] against ref [[-0.5], [-2]]), A = [1, 1]:
+        eps = 1:   w = [e^-3.5 = 0.0301974, min(e, 2) = 2];   loss = (0.0301974 * 4 + 2 * 1) / 2 = 1.0603947
+        eps = 1.5: w = [0.0301974, min(e, 2.5) = 2.5]; loss = (0.0301974 * 4 + 2.5 * 1) / 2 = 1.3103947
+    clip_frac 1/2 in both (only the upper bound binds)."""
+    inputs = LossInputs(torch.tensor([[-4.0], [-1.0]], dtype=torch.float64, requires_grad=True),
+                        torch.ones(2, 1, dtype=torch.float64), ref_logps=torch.tensor([[-0.5], [-2.0]], dtype=torch.float64),
+                        advantage=torch.tensor([1.0, 1.0], dtype=torch.float64))
+    w0 = math.exp(-3.5)
+    for eps, upper in ((1.0, 2.0), (1.5, 2.5)):
+        loss, metrics = losses.a_lol(inputs, LossParams(clip_eps=eps))
+        close(loss, (w0 * 4 + upper) / 2)
+        close(metrics["is_weight/min"], w0)
+        close(metrics["is_weight/clip_frac"], 0.5)
+
+
+def test_a_ratio_exactly_at_a_bound_is_not_counted_as_clipped():
+    """eps = 0: rho = 1 exactly (logps == ref) sits on both bounds [1, 1] and is not clipped; clip = False:
+    a log ratio of exactly MAX_LOG_WEIGHT = 20 (-1 vs -21) is kept, not counted as capped, while 20.5 is capped
+    at e^20 and counted."""
+    same = LossInputs(torch.tensor([[-1.0, -2.0]], dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
+                      ref_logps=torch.tensor([[-1.0, -2.0]], dtype=torch.float64),
+                      advantage=torch.tensor([1.0], dtype=torch.float64))
+    _, metrics = losses.a_lol(same, LossParams(clip_eps=0.0))
+    assert (metrics["is_weight/mean"], metrics["is_weight/clip_frac"]) == (1.0, 0.0)
+    _, metrics = losses.a_lol_seq(same, LossParams(clip_eps=0.0))
+    assert metrics["is_weight/clip_frac"] == 0.0
+    at_cap = LossInputs(torch.tensor([[-1.0], [-1.0]], dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64),
+                        ref_logps=torch.tensor([[-21.0], [-21.5]], dtype=torch.float64),
+                        advantage=torch.tensor([1.0, 1.0], dtype=torch.float64))
+    _, metrics = losses.a_lol(at_cap, LossParams(clip=False))
+    assert metrics["is_weight/max"] == pytest.approx(math.exp(MAX_LOG_WEIGHT), rel=1e-7)  # a float32 metric
+    close(metrics["is_weight/clip_frac"], 0.5)
 
 
 def test_a_lol_bf16_inputs_are_upcast():

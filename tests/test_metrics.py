@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 
 import numpy as np
 import pytest
 
-from evaluation.metrics import bootstrap_ci, distinct_n, format_table, summarize, win_outcomes
+from evaluation.metrics import (
+    bootstrap_ci,
+    distinct_n,
+    format_table,
+    summarize,
+    whitespace_tokens,
+    win_outcomes,
+    word_counts,
+)
 
 # The three-example corpus.
 RESPONSES = ["The cat sat", "the cat ran fast", "A dog"]
@@ -80,3 +90,94 @@ def test_table_lists_every_metric_with_its_interval():
     for key in metrics:
         assert key in table
     assert f"{7 / 6:.4f}" in table and "[" in table
+
+
+def test_table_layout_exactly():
+    """Columns are left-justified to their widest cell and joined by two spaces, trailing blanks stripped;
+    one dashed rule under the header; eval/prompts printed as an integer; no interval -> empty cell.
+
+        widths: metric column max(len("metric"), len("reward/mean"), len("distinct/1"), len("eval/prompts")) = 12,
+                value column max(5, 6, 6, 1) = 6, CI column max(6, len("[1.2500, 1.7500]") = 16) = 16
+    """
+    metrics = {"reward/mean": 1.5, "distinct/1": 0.75, "eval/prompts": 3.0}
+    ci = {"reward/mean": [1.25, 1.75]}
+    expected = [
+        "metric        value   95% CI",
+        "------------  ------  ----------------",
+        "reward/mean   1.5000  [1.2500, 1.7500]",
+        "distinct/1    0.7500",
+        "eval/prompts  3",
+    ]
+    assert format_table(metrics, ci) == "\n".join(expected)
+    assert format_table(metrics, ci, title="Run 1") == "\n".join(["Run 1"] + expected)
+
+
+def test_summarize_of_an_empty_evaluation_is_nan_and_quiet():
+    """No prompt at all: every mean is nan (not a numpy 'mean of empty slice' warning), distinct-n 0, the
+    intervals [nan, nan], 0 prompts."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics, ci = summarize({"reward": [], "reward/polite": []}, [], [], n_bootstrap=10)
+    for key in ("reward/mean", "reward/polite", "length/words", "length/tokens"):
+        assert math.isnan(metrics[key]), key
+    assert [metrics[f"distinct/{n}"] for n in (1, 2, 3)] == [0.0, 0.0, 0.0]
+    assert metrics["eval/prompts"] == 0.0
+    assert all(math.isnan(v) for v in ci["reward/mean"] + ci["reward/polite"])
+
+
+def test_summarize_intervals_use_the_given_seed_and_1000_resamples_by_default():
+    """summarize's intervals are bootstrap_ci's with its n_bootstrap and seed (defaults 1000 and 0), and
+    bootstrap_ci is the percentile bootstrap written out here with the same generator: resample indices
+    rng.integers(0, n, (n_samples, n)), take the means' 2.5% and 97.5% quantiles. On 40 continuous values
+    another seed or resample count moves the bounds, so each is pinned exactly."""
+    x = np.random.default_rng(11).normal(size=40)
+
+    def percentile_bootstrap(n_samples, seed):
+        idx = np.random.default_rng(seed).integers(0, x.size, size=(n_samples, x.size))
+        lo, hi = np.quantile(x[idx].mean(axis=1), [0.025, 0.975])
+        return [float(lo), float(hi)]
+
+    responses, tokens = ["a"] * 40, [1] * 40
+    _, ci = summarize({"reward": x}, responses, tokens)
+    assert ci["reward/mean"] == percentile_bootstrap(1000, 0)
+    assert ci["reward/mean"] != percentile_bootstrap(1001, 0) and ci["reward/mean"] != percentile_bootstrap(1000, 1)
+    _, ci = summarize({"reward": x}, responses, tokens, [0.0] * 40, n_bootstrap=300, seed=5)
+    assert ci["reward/mean"] == percentile_bootstrap(300, 5) != percentile_bootstrap(300, 0)
+    wins = (x > 0).astype(np.float64)  # ties impossible: 1 or 0 per prompt
+    idx = np.random.default_rng(5).integers(0, 40, size=(300, 40))
+    assert ci["win_rate/reference"] == [float(q) for q in np.quantile(wins[idx].mean(axis=1), [0.025, 0.975])]
+
+
+def test_summarize_means_in_float64():
+    """float32 rewards are averaged in float64: float32(0.1) = 0.10000000149011612 and float32(0.7) =
+    0.699999988079071 have the mean 0.3999999947845936; a float32 mean would round to 0.4000000059604645."""
+    rewards = np.array([0.1, 0.7], dtype=np.float32)
+    metrics, _ = summarize({"reward": rewards}, ["a", "b"], [1, 1], n_bootstrap=10)
+    assert metrics["reward/mean"] == pytest.approx(0.3999999947845936, abs=1e-15)
+
+
+def test_whitespace_tokens_and_word_counts():
+    """Tokens are the lower-cased whitespace split; word counts are int64, also for an empty corpus."""
+    assert whitespace_tokens("The  CAT\tsat\n") == ["the", "cat", "sat"]
+    counts = word_counts(["a b", "", "  c d  e "])
+    assert counts.tolist() == [2, 0, 3] and counts.dtype == np.int64
+    empty = word_counts([])
+    assert empty.shape == (0,) and empty.dtype == np.int64
+
+
+def test_win_outcomes_missing_rewards_never_win_and_errors_name_the_shapes():
+    """A reward that is None or nan (a failed scoring) compares false both ways: 0 (a loss), never a tie;
+    3 == 3 stays a tie (1/2). Mismatched lengths name both shapes."""
+    outcome = win_outcomes([None, 2.0, 1.0, 3.0], [1.0, None, float("nan"), 3.0])
+    assert outcome.tolist() == [0.0, 0.0, 0.0, 0.5]
+    with pytest.raises(ValueError, match=re.escape("win_outcomes: (2,) rewards vs (1,) reference rewards")):
+        win_outcomes([1, 2], [1])
+
+
+def test_bootstrap_defaults_and_float64_resampled_means():
+    """bootstrap_ci defaults to 1000 resamples with seed 0, and float32 values are resampled in float64: the
+    interval of float32 values is that of the same values as float64 (float32 means would move the bounds
+    by ~1e-8)."""
+    x = np.random.default_rng(11).normal(size=40).astype(np.float32)
+    assert bootstrap_ci(x) == bootstrap_ci(x.astype(np.float64), n_samples=1000, seed=0)
+    assert bootstrap_ci(x) != bootstrap_ci(x, n_samples=1001) and bootstrap_ci(x) != bootstrap_ci(x, seed=1)

@@ -1,5 +1,7 @@
 """The shared tokenisation: truncation sides, EOS, masks, and log-probs against a slow reference."""
 
+import re
+
 import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
@@ -173,3 +175,109 @@ def test_prompt_batch_matches_encode_pair(tokenizer):
         assert input_ids[b, :n].tolist() == expected
         assert attention_mask[b].tolist() == [1] * n + [0] * (input_ids.shape[1] - n)
         assert torch.all(input_ids[b, n:] == tokenizer.pad_token_id)
+
+
+def test_special_prefix_is_cached_on_the_tokenizer():
+    """The prefix is found once and kept on the tokenizer as a tuple; a cached value is returned as a list
+    without encoding again (a fake cached (7, 8) comes back as [7, 8])."""
+    from alol_ray.tokenization import special_prefix
+
+    bos_tok = _bos_tokenizer()
+    assert special_prefix(bos_tok) == [bos_tok.bos_token_id]
+    assert bos_tok._alol_special_prefix == (bos_tok.bos_token_id,)
+    bos_tok._alol_special_prefix = (7, 8)
+    assert special_prefix(bos_tok) == [7, 8]
+
+
+def test_prompt_limits_at_their_smallest(tokenizer):
+    """max_prompt_tokens = 2 with a BOS leaves room for exactly the last text token; = 1 leaves none (an error
+    naming the limit and the prefix). Without a BOS, 1 keeps the last token. max_response_tokens = 1 and
+    max_prompt_tokens = 1 together are valid: ([last prompt token], [EOS])."""
+    from alol_ray.tokenization import encode_prompt
+
+    bos_tok = _bos_tokenizer()
+    bos = bos_tok.bos_token_id
+    assert encode_prompt(bos_tok, TEXTS[0], 2) == [bos, _ids(bos_tok, TEXTS[0])[-1]]
+    with pytest.raises(ValueError, match=re.escape(f"max_prompt_tokens=1 leaves no room after the special tokens [{bos}]")):
+        encode_prompt(bos_tok, TEXTS[0], 1)
+    assert encode_pair(tokenizer, TEXTS[0], TEXTS[1], 1, 1) == ([_ids(tokenizer, TEXTS[0])[-1]], [tokenizer.eos_token_id])
+    with pytest.raises(ValueError, match="^max_prompt_tokens and max_response_tokens must be >= 1$"):
+        encode_pair(tokenizer, "a", "b", 0, 0)
+
+
+def test_a_tokenizer_without_eos_is_refused(tokenizer):
+    class NoEos:
+        eos_token_id = None
+
+    with pytest.raises(ValueError, match="^the tokenizer has no eos token; every response must end with one$"):
+        encode_pair(NoEos(), "a", "b", 4, 4)
+
+
+def test_collate_errors_dtypes_and_device_copy():
+    """An empty batch and a pair without response tokens are refused with their own messages. Ids, attention
+    mask, index and lengths are int64; the response mask is float32. ``to`` copies every field."""
+    with pytest.raises(ValueError, match="^collate: empty batch$"):
+        collate([], 0)
+    with pytest.raises(ValueError, match="^collate: every pair needs at least one prompt and one response token$"):
+        collate([([1, 2], [])], 0)
+    batch = collate([([1, 2], [3]), ([4], [5, 6])], 0)
+    for name in ("input_ids", "attention_mask", "response_index", "prompt_lengths", "response_lengths"):
+        assert getattr(batch, name).dtype == torch.int64, name
+    assert batch.response_mask.dtype == torch.float32
+    moved = batch.to("cpu")
+    for name in ("input_ids", "attention_mask", "response_index", "response_mask", "prompt_lengths",
+                 "response_lengths"):
+        assert torch.equal(getattr(moved, name), getattr(batch, name)), name
+
+
+def test_prompt_batch_pads_with_eos_without_a_pad_token_and_refuses_empty_prompts(tokenizer):
+    """No pad token: padding uses the EOS id. A prompt that encodes to nothing (no BOS, empty text) and
+    max_prompt_tokens < 1 are errors."""
+    from transformers import PreTrainedTokenizerFast
+
+    no_pad = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token=tokenizer.eos_token)
+    assert no_pad.pad_token_id is None
+    ids, mask = prompt_batch(no_pad, [TEXTS[0], "Hi"], max_prompt_tokens=6)
+    n = len(_ids(no_pad, "Hi"))
+    assert ids[1].tolist() == _ids(no_pad, "Hi") + [no_pad.eos_token_id] * (6 - n)
+    assert mask[1].tolist() == [1] * n + [0] * (6 - n)
+    with pytest.raises(ValueError, match="^prompt_batch: empty prompt$"):
+        prompt_batch(tokenizer, ["Hi", ""], max_prompt_tokens=6)
+    with pytest.raises(ValueError, match="^max_prompt_tokens must be >= 1$"):
+        prompt_batch(tokenizer, ["Hi"], max_prompt_tokens=0)
+
+
+def test_collate_and_prompt_batch_dtypes_do_not_follow_the_default_dtype():
+    """The response mask is float32 even where torch's default float dtype is float64; ``to`` moves every
+    field to the given device (here the meta device)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        batch = collate([([1, 2], [3]), ([4], [5, 6])], 0)
+    finally:
+        torch.set_default_dtype(default)
+    assert batch.response_mask.dtype == torch.float32
+    moved = batch.to("meta")
+    for name in ("input_ids", "attention_mask", "response_index", "response_mask", "prompt_lengths",
+                 "response_lengths"):
+        assert getattr(moved, name).device.type == "meta", name
+
+
+def test_prompt_batch_at_its_smallest_limit_and_its_dtypes(tokenizer):
+    """max_prompt_tokens = 1 is allowed (the last token of each prompt); ids and mask are int64."""
+    ids, mask = prompt_batch(tokenizer, [TEXTS[0], "Hi"], max_prompt_tokens=1)
+    assert ids.tolist() == [[_ids(tokenizer, TEXTS[0])[-1]], [_ids(tokenizer, "Hi")[-1]]]
+    assert mask.tolist() == [[1], [1]]
+    assert ids.dtype == torch.int64 and mask.dtype == torch.int64
+
+
+def test_special_prefix_is_empty_when_the_plain_ids_are_not_inside_the_full_ones():
+    """A tokenizer whose special-token encoding does not contain the plain one (no window matches) gets no
+    prefix, not an error."""
+    from alol_ray.tokenization import special_prefix
+
+    class Odd:
+        def __call__(self, text, add_special_tokens):
+            return {"input_ids": [9, 8] if add_special_tokens else [5]}
+
+    assert special_prefix(Odd()) == []
