@@ -57,9 +57,10 @@ class Case:
 
 def _early(args: list[str], *needles: str) -> Callable[[Path], tuple[bool, str]]:
     def run(cwd: Path) -> tuple[bool, str]:
+        before = set((cwd / "runs").glob("*/train/*"))
         t0 = time.time()
         proc = alol(cwd, *args)
-        trained = list((cwd / "runs").glob("*/train/*"))
+        trained = set((cwd / "runs").glob("*/train/*")) - before  # nothing new was trained
         held = one_line_error(proc, *needles) and not trained
         return held, f"exit {proc.returncode} in {time.time() - t0:.0f}s: {last_line(proc)[:150]}"
     return run
