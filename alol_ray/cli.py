@@ -17,8 +17,12 @@ import contextlib
 import importlib
 import logging
 import os
+import select
 import shlex
+import signal
+import socket
 import sys
+import threading
 from typing import Iterator, Optional
 
 from alol_ray import __version__, errors, logs
@@ -26,6 +30,7 @@ from alol_ray.config import load_config
 from alol_ray.errors import EXIT_USER_ERROR, UserError
 from alol_ray.ray_compat import remote_error, wrapped_errors
 from alol_ray.ray_utils import cluster_address
+from alol_ray import runlock
 from alol_ray.runlock import RunLock
 from alol_ray.runs import RunPaths
 from alol_ray.storage import synced
@@ -33,6 +38,9 @@ from alol_ray.storage import synced
 log = logging.getLogger("alol")
 
 EXIT_INTERRUPTED = 130
+# After Ctrl-C the command stops within this many seconds even when the interrupt cannot reach it (the main
+# thread blocked inside Ray's C++ code, or an interrupt Ray swallowed): see _interrupt_watchdog.
+INTERRUPT_GRACE_S = 60.0
 
 # name -> one-line help; the module is alol_ray.commands.<name with - as _>
 COMMANDS: dict[str, str] = {
@@ -138,6 +146,55 @@ def _stop_ray() -> None:
     ray.shutdown()
 
 
+def _interrupt_watchdog(command: str):
+    """Make sure Ctrl-C ends the command. Normally it raises KeyboardInterrupt in the main thread and main()
+    returns 130. But Python runs signal handlers only between bytecodes of the main thread: one blocked in
+    Ray's C++ code (a ``ray.get``, ``ray.shutdown``) never sees it, and a Ray call may swallow it. The C-level
+    handler still writes the signal number to the wakeup fd at once; a thread watching that fd gives main()
+    INTERRUPT_GRACE_S seconds, then releases the run's lock, stops Ray (bounded) and exits 130 itself.
+    Returns the function that disarms it (main() calls it when it returns)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    try:
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except ValueError:
+        reader.close()
+        writer.close()
+        return lambda: None
+    done = threading.Event()
+
+    def watch() -> None:
+        try:
+            while not done.is_set():
+                if not select.select([reader], [], [], 1.0)[0]:
+                    continue
+                if int(signal.SIGINT) not in reader.recv(64) or done.wait(INTERRUPT_GRACE_S):
+                    continue
+                sys.stderr.write(f"alol: interrupted, and the command did not stop within {INTERRUPT_GRACE_S:.0f} s: "
+                                 f"stopping it. Finished stages and checkpoints are kept; rerun `{command}`\n")
+                sys.stderr.flush()
+                runlock.release_all()
+                if _ray_running():
+                    stopper = threading.Thread(target=_stop_ray, daemon=True)
+                    stopper.start()
+                    stopper.join(30)
+                os._exit(EXIT_INTERRUPTED)
+        except (OSError, ValueError):  # disarmed: the socket was closed under select
+            return
+
+    threading.Thread(target=watch, name="alol-interrupt-watchdog", daemon=True).start()
+
+    def disarm() -> None:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
+
+    return disarm
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     logs.setup()
     if os.getcwd() not in sys.path:
@@ -150,6 +207,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_USER_ERROR
     module, command = command_module(name), command_line(argv)
     ray_before = _ray_running()  # a caller's Ray (tests, notebooks) is left running
+    disarm = _interrupt_watchdog(command)
     try:
         with session_for(args, module, command) as session:
             return int(module.run(args, session) or 0)
@@ -166,6 +224,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         if not ray_before and _ray_running():
             _stop_ray()
+        disarm()
 
 
 if __name__ == "__main__":

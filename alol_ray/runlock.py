@@ -148,3 +148,15 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def release_all() -> None:
+    """Remove every lock file this process holds (a forced exit after Ctrl-C, which skips the ``with``)."""
+    with _guard:
+        paths = list(_held)
+        _held.clear()
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass

@@ -226,3 +226,36 @@ def test_a_user_error_raised_in_a_ray_actor_reaches_the_user_as_one_line(alol_cl
                  "data.builtin_eval_prompts=4", "reward.rescore=true",
                  "reward.components=[{name: mine, kind: python, function: myreward:score}]")
     _one_line_error(proc, "reward component 'mine'", "returned shape", "one number per row", ray_ran=True)
+
+
+def test_ctrl_c_ends_a_command_that_swallows_the_interrupt(tmp_path):
+    """The CLI's watchdog: a command whose main thread never lets KeyboardInterrupt through (as when it is
+    blocked inside Ray's C++ code, or a Ray call swallows it) still exits 130 after the grace period, and its
+    run lock is gone."""
+    lock = tmp_path / "run" / LOCK_FILE
+    script = f"""
+import time
+from alol_ray import cli
+from alol_ray.runlock import RunLock
+cli.INTERRUPT_GRACE_S = 1.0
+disarm = cli._interrupt_watchdog("alol train")
+RunLock({str(lock.parent)!r}, "alol train").acquire()
+print("ready", flush=True)
+deadline = time.time() + 60
+while time.time() < deadline:
+    try:
+        time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass  # swallowed
+print("not stopped", flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.stdout.readline().strip() == "ready"
+    assert lock.exists()
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "not stopped" not in out, (out, err)
+    assert time.time() - t0 < 20 and "rerun `alol train`" in err
+    assert not lock.exists()
