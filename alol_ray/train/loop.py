@@ -202,8 +202,9 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = mean_over_workers(sums, world, device, SUMMED_METRICS)
         metrics.update({"train/step": step + 1, "train/lr": lr, "time/step_s": time.perf_counter() - t0,
                         "time/wall": time.time()})
-        record_step(metrics, step + 1, metrics_path, tracker, report=(step + 1) % tc.log_every == 0)
-        if (step + 1) % tc.log_every == 0 and rank == 0:
+        log_now = (step + 1) % tc.log_every == 0
+        record_step(metrics, step + 1, metrics_path, tracker, report=log_now)
+        if log_now and rank == 0:
             say(_progress_line(method.name, step + 1, total, metrics))
 
     tracker.close()
