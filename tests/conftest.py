@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_FAULTS, ignore_errors=True)  # one folder per session; without this /tmp fills with them
 
 
 def pytest_collection_modifyitems(config, items):
@@ -72,8 +77,6 @@ def require_gpu_extra(module: str) -> None:
 @contextlib.contextmanager
 def armed(spec: str):
     """Arm faults (``ALOL_FAULTS`` syntax, e.g. ``train.step=3``) for the block; each fires once."""
-    import shutil
-
     shutil.rmtree(_FAULTS / "fired", ignore_errors=True)
     (_FAULTS / "armed").write_text(spec)
     try:
