@@ -6,19 +6,22 @@ then the paired difference per test prompt (a_lol's reply reward minus nll's rep
 and its bootstrap 95% interval. The test asserts a threshold on the mean paired difference of seed 0;
 this bench is how that threshold was chosen (the smallest mean over the seeds, with margin).
 
-    PYTHONPATH=. python bench/alol_vs_nll.py --seeds 0 1 2 3 4
+    PYTHONPATH=. python bench/alol_vs_nll.py --seeds 0 1 2 3
 
-Measured 2026-12-01/02 on 2 CPU cores shared with other jobs (load 4-10, so the wall times are upper
-bounds; seed 2 reused its earlier rows, pi_ref, scored table and value head, so its time covers the two
-trainings and evaluations only):
+Measured 2026-12-02 on 2 CPU cores shared with another job the whole time (a default-tier test run or an HH
+run: load 3-5, so the wall times are upper bounds; each seed builds its own task, pi_ref, scored table and
+value head, then trains and evaluates both methods):
 
-    | task seed | prompts | mean a_lol - nll | 95% CI          | wall s |
+    | task seed | prompts | mean a_lol - nll | 95% CI           | wall s |
     |---|---|---|---|---|
-    | 0         | 64      | +0.435           | +0.187 .. +0.688 | 1268   |
-    | 1         | 64      | +0.242           | +0.023 .. +0.477 | 998    |
-    | 2         | 64      | +0.358           | +0.103 .. +0.615 | 477    |
+    | 0         | 48      | +0.377           | +0.065 .. +0.699 | 468    |
+    | 1         | 48      | +0.201           | -0.028 .. +0.465 | 516    |
+    | 2         | 48      | +0.299           | +0.028 .. +0.566 | 535    |
+    | 3         | 48      | +0.325           | +0.087 .. +0.578 | 455    |
 
-Smallest mean: +0.242; the test's threshold is 0.1.
+Smallest mean: +0.201; the test's threshold is 0.1. At smaller sizes (a 2-layer, 64-wide model, 120
+reference steps, 400 training prompts) pi_ref never learned the task and both policies babbled: seed 0 gave
++0.498 but seed 1 +0.007, so those sizes were not used.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from tests.test_alol_vs_nll import SIZES, paired_differences  # noqa: E402
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--storage", default=None, help="where the runs go (default: a temporary folder)")
     args = p.parse_args()
 
