@@ -2,6 +2,7 @@
 
     python bench/hh_compare.py                                  # configs/hh_tiny_cpu.yaml as committed
     python bench/hh_compare.py --methods nll,a_lol,dpo --seeds 1 train.steps=100   # a smaller run
+    python bench/hh_compare.py --limit 400 --methods pro --seeds 1                  # 400 records per file
     python bench/hh_compare.py --publish docs/results/hh_compare                    # copy the report there
 
 1. The reward model: `configs/rm_hh.yaml` (all-MiniLM-L6-v2, frozen, head distilled by regression on the
@@ -32,8 +33,10 @@ sys.path.insert(0, str(REPO))
 FILES = [("harmless_base", "train"), ("helpful_base", "train"), ("sampled_dev", "val")]
 
 
-def data_overrides(data_dir: str) -> list[str]:
-    return [f"data.sources.{i}.path={os.path.join(data_dir, name + '.json')}" for i, (name, _) in enumerate(FILES)]
+def data_overrides(data_dir: str, limit: int | None = None) -> list[str]:
+    """The three HH files from ``data_dir``; with ``limit``, only the first ``limit`` records of each."""
+    out = [f"data.sources.{i}.path={os.path.join(data_dir, name + '.json')}" for i, (name, _) in enumerate(FILES)]
+    return out + ([f"data.sources.{i}.limit={limit}" for i in range(len(FILES))] if limit else [])
 
 
 def publish(report: str, dest: str, command: str, timings: dict[str, float]) -> None:
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=str(REPO / "runs"))
     parser.add_argument("--methods", help="comma-separated methods (default: the config's compare.methods)")
     parser.add_argument("--seeds", type=int, help="seeds per method (default: the config's compare.seeds)")
+    parser.add_argument("--limit", type=int, help="read only the first N records of each HH file (a quick run; the "
+                        "reward model and the comparison read the same records)")
     parser.add_argument("--publish", metavar="DIR", help="copy the report here (e.g. docs/results/hh_compare)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of configs/hh_tiny_cpu.yaml")
     args = parser.parse_args(argv)
@@ -88,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(shlex.quote(a) for a in ["python", "bench/hh_compare.py", *(argv or sys.argv[1:])])
     timings: dict[str, float] = {}
     t = time.time()
-    rm_cfg = load_config(str(REPO / "configs" / "rm_hh.yaml"), [f"storage={args.storage}", *data_overrides(args.data_dir)])
+    data = data_overrides(args.data_dir, args.limit)
+    rm_cfg = load_config(str(REPO / "configs" / "rm_hh.yaml"), [f"storage={args.storage}", *data])
     rm_dir = Pipeline(rm_cfg).reward_model()
     timings["reward model (alol rm train; cached when up to date)"] = time.time() - t
 
     t = time.time()
-    base = [f"storage={args.storage}", *data_overrides(args.data_dir), f"reward.components.0.model={rm_dir}"]
+    base = [f"storage={args.storage}", *data, f"reward.components.0.model={rm_dir}"]
     if args.methods:
         base.append(f"compare.methods=[{args.methods}]")
     if args.seeds:
