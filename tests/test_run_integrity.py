@@ -118,6 +118,13 @@ def test_the_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists()
 
 
+def _as_in_a_terminal() -> None:
+    """Child-side: SIGINT back to its default, as for a command started in a terminal. A process started in
+    the background by a non-interactive shell (`cmd &`, as CI harnesses do) inherits SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler: Ctrl-C could not be tested at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_second_command_on_a_busy_run_fails_at_once_and_ctrl_c_stops_everything(alol_cli, tmp_path):
     """Two `alol train` on one run: the second says who holds the run and exits 2 in seconds. Ctrl-C on the
     first exits 130 with a line saying what to rerun, releases the lock, and leaves no process behind (the
@@ -126,7 +133,7 @@ def test_a_second_command_on_a_busy_run_fails_at_once_and_ctrl_c_stops_everythin
             "reference.train.steps=2000", "reference.train.eval_every=0"]
     env = {**os.environ, "RAY_ADDRESS": "local"}
     first = subprocess.Popen([*alol_cli, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_in_a_terminal)
     try:
         deadline = time.time() + 240
         lock = tmp_path / "runs" / "builtin" / LOCK_FILE
@@ -250,7 +257,8 @@ while time.time() < deadline:
 print("not stopped", flush=True)
 """
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                            preexec_fn=_as_in_a_terminal)
     assert proc.stdout.readline().strip() == "ready"
     assert lock.exists()
     t0 = time.time()
