@@ -30,8 +30,7 @@ from alol_ray.config import load_config
 from alol_ray.errors import EXIT_USER_ERROR, UserError
 from alol_ray.ray_compat import remote_error, wrapped_errors
 from alol_ray.ray_utils import cluster_address
-from alol_ray import runlock
-from alol_ray.runlock import RunLock
+from alol_ray.runlock import RunLock, release_all
 from alol_ray.runs import RunPaths
 from alol_ray.storage import synced
 
@@ -175,7 +174,7 @@ def _interrupt_watchdog(command: str):
                 sys.stderr.write(f"alol: interrupted, and the command did not stop within {INTERRUPT_GRACE_S:.0f} s: "
                                  f"stopping it. Finished stages and checkpoints are kept; rerun `{command}`\n")
                 sys.stderr.flush()
-                runlock.release_all()
+                release_all()
                 if _ray_running():
                     stopper = threading.Thread(target=_stop_ray, daemon=True)
                     stopper.start()
