@@ -238,8 +238,11 @@ def load_frozen_policy(path: str, model_cfg, device) -> tuple[PreTrainedModel, P
     """pi_ref loaded exactly as training loads the policy it is compared with: the same weight dtype and,
     under QLoRA, the same 4-bit NF4 base (an adapter start is applied on top, unmerged, as training does).
     So at step 0, when the policy is pi_ref, the importance weight pi_theta / pi_ref is 1. In eval mode,
-    without gradients, on ``device`` (a torch.device)."""
-    base, adapter = adapter_base(path)
+    without gradients, on ``device`` (a torch.device). A storage URI is read from this node's cache."""
+    # lazy: storage (pyarrow only when the path is a URI)
+    from alol_ray.storage import node_local
+
+    base, adapter = adapter_base(node_local(path))
     if model_cfg.lora.load_in_4bit:
         model, tokenizer = load_4bit(base, model_cfg, device)
     else:

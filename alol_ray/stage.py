@@ -25,7 +25,7 @@ import shutil
 import time
 from typing import Callable, Optional, Union
 
-from alol_ray import faults
+from alol_ray import faults, storage
 from alol_ray.atomic import read_json, write_json
 
 log = logging.getLogger("alol")
@@ -122,6 +122,10 @@ def publish(staging: str, folder: str, fp: str, info: Optional[dict] = None) -> 
     shutil.rmtree(replaced, ignore_errors=True)
     for stale in glob.glob(_aside(folder, "staging-*")):  # attempts of other configs: superseded
         shutil.rmtree(stale, ignore_errors=True)
+    # A bucket run (alol_ray.storage): the output goes up now, its marker last; the bucket's copy of the
+    # staging folder (Ray Train's checkpoints, written there directly) is no longer needed.
+    storage.persist(folder)
+    storage.remove_remote(staging)
 
 
 def discard(folder: str) -> None:
@@ -129,6 +133,7 @@ def discard(folder: str) -> None:
     folder = os.path.abspath(folder.rstrip("/"))
     for path in [folder, _aside(folder, "replaced"), *glob.glob(_aside(folder, "staging-*"))]:
         shutil.rmtree(path, ignore_errors=True)
+        storage.remove_remote(path)  # a bucket run: the next pull must not bring it back
 
 
 def run_stage(name: str, folder: str, fp: str, build: Callable[[str], BuildResult], *,

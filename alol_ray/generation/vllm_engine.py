@@ -41,6 +41,7 @@ from alol_ray.generation.common import (
     torch_dtype_name,
 )
 from alol_ray.generation.postprocess import GenerationOutput, finish_output
+from alol_ray.storage import node_local
 
 # GiB of KV cache per engine on CPU when the environment does not set VLLM_CPU_KVCACHE_SPACE. Without it,
 # vLLM's CPU build reserves generation.gpu_memory_utilization of the machine's RAM (half, by default).
@@ -72,7 +73,7 @@ class VLLMEngine:
         self.dtype = torch_dtype_name(gen_cfg.dtype, on_gpu=device == "cuda")
         self.weights_version = 0
         self._hf_shapes: Optional[tuple] = None  # the policy's (shapes, required names), for update checks
-        self._build(model_path)
+        self._build(node_local(model_path))  # a storage URI: read from this node's cache
 
     def _build(self, model_path: str) -> None:
         # lazy: vllm is optional (alol-ray[vllm])
@@ -178,6 +179,7 @@ class VLLMEngine:
 
     def load_weights(self, model_path: str) -> dict:
         """Load a checkpoint folder of the same architecture and tokenizer into the running model, in place."""
+        model_path = node_local(model_path)
         shapes = _checkpoint_shapes(model_path)
         if shapes is not None:
             self._check(shapes)

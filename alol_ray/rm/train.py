@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
-from alol_ray import faults, ray_compat, tracking
+from alol_ray import faults, ray_compat, storage, tracking
 from alol_ray.atomic import write_json
 from alol_ray.config import RewardModelConfig, RunConfig
 from alol_ray.errors import UserError
@@ -312,14 +312,15 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
         "data": ray.put(data), "holdout": ray.put(holdout) if holdout is not None else None,
         "tracking": tracking.prepare(cfg, f"rm-s{rm.seed}", work_dir=out_dir, job_type="rm"),
     }
-    storage = os.path.abspath(os.path.join(out_dir, TRAIN_DIR))
+    train_dir = os.path.join(out_dir, TRAIN_DIR)
+    storage_path, filesystem = storage.train_storage(train_dir)  # a bucket run: the bucket itself
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=rm.num_workers, use_gpu=rm.use_gpu,
                                      resources_per_worker={"CPU": rm.cpus_per_worker}),
         # Same folder for the same config (the stage's staging folder): a rerun resumes from the last epoch.
-        run_config=RayRunConfig(name="checkpoints", storage_path=storage,
+        run_config=RayRunConfig(name="checkpoints", storage_path=storage_path, storage_filesystem=filesystem,
                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                                 failure_config=FailureConfig(max_failures=rm.max_failures)),
     )
@@ -335,7 +336,8 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
         trained.load_state_dict(load_file(os.path.join(folder, TRAINABLE_FILE)))
     if rm.loss == "regression":
         fold_target_scale(model, targets["mean"], targets["std"])
-    shutil.rmtree(storage, ignore_errors=True)  # done: the checkpoints were only there to resume
+    shutil.rmtree(train_dir, ignore_errors=True)  # done: the checkpoints were only there to resume
+    storage.remove_remote(train_dir)
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)

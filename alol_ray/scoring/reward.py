@@ -109,12 +109,15 @@ class HFClassifier:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from alol_ray.storage import node_local
+
         self.comp = comp
         self.device = device
         kwargs = {"revision": comp.revision, "trust_remote_code": comp.trust_remote_code}
-        self.tokenizer = AutoTokenizer.from_pretrained(comp.model, **kwargs)
+        path = node_local(comp.model)  # a storage URI (a reward model trained in a bucket run): this node's copy
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         dtype = torch.bfloat16 if (bf16 and device.startswith("cuda")) else torch.float32
-        self.model = AutoModelForSequenceClassification.from_pretrained(comp.model, dtype=dtype, **kwargs)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **kwargs)
         if self.tokenizer.pad_token is None:  # decoder classifiers (GPT-2 style) ship without one
             if self.tokenizer.eos_token is None:
                 raise ConfigError(f"reward model {comp.model}: tokenizer has neither pad nor eos token")

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
-from alol_ray import faults
+from alol_ray import faults, storage
 from alol_ray.actor_pool import actor_kwargs, pool_pass
 from alol_ray.atomic import read_json, write_json, write_parquet
 from alol_ray.config import ActorPoolConfig, RewardComponentConfig, RunConfig
@@ -133,12 +133,15 @@ class ScoreCache:
     def write_part(self, key: str, frame: pd.DataFrame) -> str:
         """Write one part atomically: a reader never sees half a part, a crash leaves only a temp file."""
         path = os.path.join(self.folder(key), f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet")
-        return write_parquet(path, frame)
+        written = write_parquet(path, frame)
+        storage.persist(written)  # a bucket run: in the bucket before the next part is scored
+        return written
 
     def describe(self, key: str, info: dict) -> None:
         path = os.path.join(self.folder(key), "scorer.json")
         if not os.path.exists(path):
             write_json(path, info)
+            storage.persist(path)
 
     def clean_temp(self) -> None:
         """Temp files of a run that died mid-write (their blocks are simply scored again)."""
@@ -261,8 +264,10 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
             def remaining(group=group, todo=todo) -> pd.DataFrame:
                 return group[~np.logical_and.reduce([group[C.ROW_KEY].isin(done[c.name]).to_numpy() for c in todo])]
 
-            _run_with_retries(remaining, RewardScorer,
-                              {"components": [dataclasses.asdict(c) for c in todo], "raw_only": True,
+            # A reward model trained in a bucket run goes to the actors by its URI (alol_ray.storage).
+            components = [{**dataclasses.asdict(c), "model": storage.shared(c.model) if c.model else c.model}
+                          for c in todo]
+            _run_with_retries(remaining, RewardScorer, {"components": components, "raw_only": True,
                                **actor_kwargs(pool)}, pool, scoring, write, "reward", cfg.ray)
     elif to_cache.any():
         log.info(f"[score] reward: all {len(unique)} unique rows cached")
@@ -293,7 +298,8 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
                     on_part("reference", reference_scored)
 
             _run_with_retries(lambda: todo_rows[~todo_rows[C.ROW_KEY].isin(done_ref)], ReferenceScorer,
-                              {"model_path": ref_path, "max_prompt_tokens": mp, "max_response_tokens": mr,
+                              {"model_path": storage.shared(ref_path), "max_prompt_tokens": mp,
+                               "max_response_tokens": mr,
                                "model_cfg": cfg.model, **actor_kwargs(rpool)},
                               rpool, scoring, write_ref, "reference", cfg.ray)
         else:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from alol_ray import faults, ray_compat, tracking
+from alol_ray import faults, ray_compat, storage, tracking
 from alol_ray.atomic import append_jsonl, truncate_jsonl
 from alol_ray.scoring.reward import run_scorer
 from alol_ray.train import checkpoint as ckpt
@@ -56,7 +56,7 @@ class LoopSpec:
     total_steps: int  # after the positive-fraction scaling
     eval_every: int  # 0 = never (after the scaling)
     val_prompts: list[str] = field(default_factory=list)
-    run_dir: Optional[str] = None  # metrics.jsonl, val.jsonl (shared filesystem; None = not written)
+    run_dir: Optional[str] = None  # metrics.jsonl, val.jsonl: a folder or a storage URI (None = not written)
     stop_at_step: int = 0  # > 0: end after the checkpoint at that step (the run is not finished)
     tracking: Optional[tracking.TrackingSpec] = None  # rank 0 sends metrics.jsonl / val.jsonl lines to its backends
 
@@ -115,10 +115,10 @@ def train_loop_per_worker(config: dict) -> None:
     if resumed and rank == 0:
         say(f"[train] {method.name}: resuming from the checkpoint at step {start}/{total}")
     method_state = method.make_state(model, tc) if method.make_state else None
-    metrics_path = os.path.join(spec.run_dir, "metrics.jsonl") if spec.run_dir and rank == 0 else None
-    val_path = os.path.join(spec.run_dir, "val.jsonl") if spec.run_dir and rank == 0 else None
-    if rank == 0 and spec.run_dir:
-        os.makedirs(spec.run_dir, exist_ok=True)
+    logs = storage.worker_folder(spec.run_dir) if spec.run_dir and rank == 0 else None
+    metrics_path = os.path.join(logs, "metrics.jsonl") if logs else None
+    val_path = os.path.join(logs, "val.jsonl") if logs else None
+    if logs:
         for path in (metrics_path, val_path):
             truncate_jsonl(path, start)
     tracker = tracking.start(spec.tracking if rank == 0 else None, first_step=start + 1 if resumed else 0)
@@ -161,6 +161,8 @@ def train_loop_per_worker(config: dict) -> None:
                 # One copy of the weights from rank 0; DDP keeps every worker's identical.
                 write = (lambda tmp: ckpt.save_checkpoint(tmp, model, tokenizer, optimizer, state)) if rank == 0 else None
                 report_checkpoint(report, f"checkpoint-{step:07d}", write)
+                if logs:
+                    storage.push_back(logs, spec.run_dir)  # the logs up to this checkpoint, next to it
             else:
                 ray.train.report(report)
         if step == total or step == spec.stop_at_step > 0:
@@ -208,3 +210,5 @@ def train_loop_per_worker(config: dict) -> None:
             say(_progress_line(method.name, step + 1, total, metrics))
 
     tracker.close()
+    if logs:
+        storage.push_back(logs, spec.run_dir)

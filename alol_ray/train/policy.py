@@ -11,14 +11,17 @@ from typing import Optional
 import torch
 
 from alol_ray.models import adapter_base, is_adapter, load_4bit, load_policy
+from alol_ray.storage import node_local
 
 
 def build_policy(model_cfg, train_cfg, policy_path: str, checkpoint_model_dir: Optional[str], device):
     """The trainable policy: from the checkpoint if resuming, else the starting weights; LoRA if enabled.
 
     A starting policy that is itself a LoRA adapter is trained further as that adapter (with LoRA on), or
-    merged into its base for full fine-tuning (LoRA off).
+    merged into its base for full fine-tuning (LoRA off). A storage URI (``storage.shared``) is read from
+    this node's cache.
     """
+    policy_path = node_local(policy_path)
     lora = model_cfg.lora
     dtype = model_cfg.weight_dtype(device.type == "cuda")
     trust = model_cfg.trust_remote_code

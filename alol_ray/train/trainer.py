@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from alol_ray import columns as C
-from alol_ray import ray_compat, tracking
+from alol_ray import ray_compat, storage, tracking
 from alol_ray.atomic import write_json
 from alol_ray.errors import DataError, RowProblem, UserError
 from alol_ray.models import adapter_base
@@ -126,18 +126,28 @@ class TrainOutcome:
     last_metrics: dict
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path
+def run_folder(work_dir: str) -> str:
+    """Where the workers write the run's logs: ``work_dir``, or its URI when it mirrors a bucket."""
+    return storage.mirrored(work_dir) or os.path.abspath(work_dir)
+
+
+def fetch_logs(work_dir: str) -> None:
+    """After a bucket run, the logs rank 0 pushed (metrics.jsonl, val.jsonl) into the driver's ``work_dir``."""
+    uri = storage.mirrored(work_dir)
+    if uri:
+        storage.pull(uri, work_dir, checkpoints=False)
 
 
 def build_trainer(spec: Any, tc, work_dir: str, loop_fn: Optional[Callable] = None):
     """The ``TorchTrainer``: resources from config, gloo on CPU / NCCL on GPU, score-based retention, the
-    run stored in ``work_dir``/checkpoints. ``loop_fn`` defaults to the offline ``train_loop_per_worker``
-    (PPO passes its own loop)."""
+    run stored in ``work_dir``/checkpoints, or in the bucket when ``work_dir`` mirrors one (every worker
+    writes there and a rerun restores from there, whichever node the driver runs on). ``loop_fn`` defaults
+    to the offline ``train_loop_per_worker`` (PPO passes its own loop)."""
     # lazy: ray (alol_ray.train.trainer imports without it)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    storage_path, filesystem = storage.train_storage(work_dir)
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
         resources["GPU"] = 1
@@ -148,7 +158,8 @@ def build_trainer(spec: Any, tc, work_dir: str, loop_fn: Optional[Callable] = No
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=CHECKPOINTS_DIR,
-            storage_path=os.path.abspath(work_dir) if _is_local(work_dir) else work_dir,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints,
                                                checkpoint_score_attribute=SELECTION_METRIC,
@@ -220,10 +231,11 @@ def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: st
     init_ray(cfg.ray)
     spec = LoopSpec(method=method, train=tc, model=cfg.model, generation=cfg.generation, reward=cfg.reward,
                     reward_stats=dict(reward_stats or {}),
-                    policy_path=policy_path, data_ref=ray.put((data.frame, data.units, data.sampler)),
+                    policy_path=storage.shared(policy_path), data_ref=ray.put((data.frame, data.units, data.sampler)),
                     total_steps=data.total_steps, eval_every=data.eval_every, val_prompts=prompts,
-                    run_dir=os.path.abspath(work_dir), stop_at_step=stop_at_step, tracking=track)
+                    run_dir=run_folder(work_dir), stop_at_step=stop_at_step, tracking=track)
     result = ray_compat.fit(build_trainer(spec, tc, work_dir))
+    fetch_logs(work_dir)
     state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)
     outcome = TrainOutcome(run_dir=work_dir, export_dir=os.path.join(work_dir, BEST_DIR), total_steps=data.total_steps,
                            best_step=state["step"], best_val_reward=metrics.get("val/reward"),
