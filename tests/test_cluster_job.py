@@ -26,6 +26,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# A cluster of its own (`ray start --head`) costs minutes on 2 cores: the cluster tier, which CI runs.
+pytestmark = pytest.mark.cluster
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
