@@ -175,12 +175,12 @@ def pull(uri: str, local_dir: str, *, checkpoints: bool = True) -> list[str]:
 
 
 def push(local_dir: str, uri: str) -> list[str]:
-    """Copy ``local_dir`` (what changed of it) to a remote folder."""
+    """Copy ``local_dir`` (what changed of it; or one file) to a remote folder (or that file's URI)."""
     # lazy: pyarrow (the CLI starts without it)
     import pyarrow.fs as pafs
 
     remote_fs, remote_path = resolve(uri)
-    if not os.path.isdir(local_dir):
+    if not os.path.exists(local_dir):
         return []
     return sync_dir(pafs.LocalFileSystem(), os.path.abspath(local_dir), remote_fs, remote_path)
 

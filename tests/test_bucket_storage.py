@@ -141,6 +141,26 @@ def test_a_stage_reaches_the_bucket_marker_last_and_a_cut_push_is_not_done(s3, t
     assert done.returncode == 0 and done.stdout.strip() == "up to date", done.stderr
 
 
+def test_a_finished_scoring_part_is_in_the_bucket_before_the_next_is_scored(s3, tmp_path, monkeypatch):
+    """A driver that dies mid-pass loses at most the part in flight: each part goes up as it is written."""
+    import pandas as pd
+
+    from alol_ray import storage
+    from alol_ray.config import load_config
+    from alol_ray.scoring.table import ScoreCache
+
+    for key, value in s3.items():
+        monkeypatch.setenv(key, value)
+    cfg = load_config(None, [f"storage=s3://{BUCKET}/parts", "name=r"])
+    with storage.synced(cfg, cache_dir=str(tmp_path / "cache")) as local:
+        cache = ScoreCache(os.path.join(local.storage, "r", "cache", "scores"))
+        cache.describe("k", {"scorer": "x"})
+        part = cache.write_part("k", pd.DataFrame({"row_key": ["a", "b"], "score": [0.5, 1.0]}))
+        in_bucket = bucket_files(s3, "parts/r/cache/scores/k")  # before the command ends (and pushes all)
+    assert sorted(in_bucket) == sorted([os.path.basename(part), "scorer.json"])
+    assert in_bucket[os.path.basename(part)] == os.path.getsize(part)
+
+
 # ------------------------------------------------------------------------------ two nodes, one bucket
 
 SIZES = [
