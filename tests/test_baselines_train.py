@@ -207,7 +207,7 @@ def test_gold_reward_kinds_and_bad_config(scored_table, policy):
 # ------------------------------------------------------------------------------- Ray Train smoke
 
 
-# dpo_ref_free: same path, checked in-process; dpo: the slow tier (the default tier's `alol demo` in
+# dpo_ref_free: same path, checked in-process; dpo: the slow tier (the e2e tier's `alol demo` in
 # test_compare.py trains it on Ray through the CLI).
 @pytest.mark.parametrize("name", [pytest.param("dpo", marks=pytest.mark.slow), "pro", "gold"])
 def test_baseline_trains_a_few_steps_on_ray(name, ray_local, scored_table, tiny_policy_dir, tmp_path):

@@ -29,7 +29,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "alol"
-# The two-node run (a cluster of its own) is in the cluster tier, which CI runs; the push-order test is cheap.
+# The two-node run (a cluster of its own) is in the e2e tier, which CI runs; the push-order test is cheap.
 
 
 def _free_port() -> int:
@@ -257,7 +257,7 @@ def run_two_node_bucket_checks(out_path: str, work: str) -> None:
         json.dump(findings, fh, indent=2)
 
 
-@pytest.mark.cluster
+@pytest.mark.e2e
 @pytest.mark.timeout(1500)
 def test_two_nodes_share_only_the_bucket_a_worker_and_the_driver_die_and_the_run_resumes(s3, tmp_path):
     if shutil.which("unshare") is None or subprocess.run(

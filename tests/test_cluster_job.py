@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-# A cluster of its own (`ray start --head`) costs minutes on 2 cores: the cluster tier, which CI runs.
-pytestmark = pytest.mark.cluster
+# A cluster of its own (`ray start --head`) costs minutes on 2 cores: the e2e tier, which CI runs.
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

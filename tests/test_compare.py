@@ -4,7 +4,7 @@ names every method, a second invocation resumes (it trains nothing again), and a
 adds only the new seeds.
 
 The demo's real budget (<= 10 min, <= 6 GiB on 2 cores) is measured by bench/demo_budget.py; here the
-sizes are cut to seconds per stage so the whole pipeline runs in the default tier.
+sizes are cut to seconds per stage so the whole pipeline runs in minutes (the e2e tier).
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ import pandas as pd
 import pytest
 
 from alol_ray.commands.demo import resource_overrides
+
+# The e2e tier (CI runs it; `e2e` below): `alol demo` through the CLI, then `alol` processes with a local Ray of
+# their own, killed and rerun (about 8 min on 2 cores). The demo's real size runs as README command 1 in CI,
+# and `alol compare` end to end stays in the default tier (test_alol_vs_nll.py).
+e2e = pytest.mark.e2e
 
 TOY = [
     "data.builtin_train_prompts=240", "data.builtin_eval_prompts=24",
@@ -63,6 +68,7 @@ def demo_run(tmp_path_factory):
     return cwd / "runs" / "demo", argv, cwd
 
 
+@e2e
 def test_demo_runs_every_stage_and_reports_every_method(demo_run, capsys):
     root, _, _ = demo_run
     report = (root / "report.md").read_text(encoding="utf-8")
@@ -87,6 +93,7 @@ def test_demo_runs_every_stage_and_reports_every_method(demo_run, capsys):
     assert rows.loc["a_lol", "train_seconds"] > 0
 
 
+@e2e
 def test_second_demo_resumes_and_trains_nothing(demo_run, capsys):
     root, argv, cwd = demo_run
     before = {m: os.path.getmtime(root / "train" / f"{m}-s0" / "stage.json") for m in ("a_lol", "dpo")}
@@ -99,6 +106,7 @@ def test_second_demo_resumes_and_trains_nothing(demo_run, capsys):
     assert after == before
 
 
+@e2e
 def test_more_seeds_add_runs_to_the_same_comparison(demo_run, capsys):
     """`alol demo compare.seeds=2 compare.methods=[a_lol]` on the finished run trains and evaluates seed 1
     of a_lol, leaves seed 0 and the other methods alone, and reports both seeds."""
@@ -119,11 +127,11 @@ def test_more_seeds_add_runs_to_the_same_comparison(demo_run, capsys):
 # dies with no restarts left (the command fails); the first run to reach step 4 is the reference training.
 FAULTS = ["publish=data", "score.ref_part", "publish=scored", "train.step=4", "value.targets", "publish=value",
           "eval.scored=reference", "publish=a_lol-s0", "eval.scored=a_lol"]
-# The cluster tier (CI runs it) kills the driver at the two kinds of point that no other test reaches through
-# the CLI: mid-pass with finished parts on disk (scoring) and mid evaluation. In the default tier, a crash
+# The e2e tier kills the driver at the two kinds of point that no other test reaches through the CLI:
+# mid-pass with finished parts on disk (scoring) and mid evaluation. In the default tier, a crash
 # between a publish's two renames is test_run_integrity.py's (recover), a scoring pass interrupted after its
 # first part and resumed test_scoring.py's (cache_runs), a Train worker lost mid-run with a resume from its
-# checkpoint test_train.py's; a driver killed mid-training is test_bucket_storage.py's (cluster tier). Each
+# checkpoint test_train.py's; a driver killed mid-training is test_bucket_storage.py's (e2e tier). Each
 # rerun costs a fresh local Ray and a process start (~30 s on 2 cores). The slow tier kills at all nine.
 FAULTS_DEFAULT = ["score.ref_part", "eval.scored=a_lol"]
 
@@ -165,11 +173,11 @@ def killed_at_every_point(faults, demo_run, alol_cli, tmp_path):
         assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-6, rel
 
 
-@pytest.mark.cluster  # `alol` processes with a local Ray of their own, killed and rerun: minutes
+@e2e
 def test_a_run_killed_at_each_kind_of_point_ends_identical_to_an_uninterrupted_one(demo_run, alol_cli, tmp_path):
     killed_at_every_point(FAULTS_DEFAULT, demo_run, alol_cli, tmp_path)
 
 
-@pytest.mark.slow  # about 8 min on 2 cores; the default tier runs FAULTS_DEFAULT
+@pytest.mark.slow  # about 8 min on 2 cores; the e2e tier runs FAULTS_DEFAULT
 def test_a_run_killed_at_every_stage_ends_identical_to_an_uninterrupted_one(demo_run, alol_cli, tmp_path):
     killed_at_every_point(FAULTS, demo_run, alol_cli, tmp_path)

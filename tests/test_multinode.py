@@ -171,7 +171,7 @@ def run_cluster_checks(out_path: str, work: str) -> None:
         json.dump(findings, fh, indent=2)
 
 
-# Slow tier: the cluster tier's bucket test (tests/test_bucket_storage.py) runs the pipeline's Train jobs and
+# Slow tier: the e2e tier's bucket test (tests/test_bucket_storage.py) runs the pipeline's Train jobs and
 # actor pools on two simulated nodes, and test_train.py checks 2 workers x 4 == 1 worker x 8 on one node.
 @pytest.mark.slow
 @pytest.mark.timeout(900)
