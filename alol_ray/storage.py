@@ -245,19 +245,16 @@ def train_storage(work_dir: str) -> tuple[str, Any]:
 def shared(path: str) -> str:
     """``path`` as every node can open it: a folder (or file) in a mirror is pushed and named by its URI;
     anything else (a local folder outside the run, a Hub name) is returned unchanged."""
-    uri = mirrored(path)
-    if uri is None:
-        return path
-    push(path, uri)
-    return uri
+    return persist(path) or path
 
 
-def persist(path: str) -> None:
-    """Push one finished file or folder of a mirrored run now (a no-op for local storage), so a driver that
-    dies later does not lose it."""
+def persist(path: str) -> Optional[str]:
+    """Push one finished file or folder of a mirrored run now, so a driver that dies later does not lose it.
+    Returns its URI (None, and nothing done, for local storage)."""
     uri = mirrored(path)
     if uri is not None:
         push(path, uri)
+    return uri
 
 
 def node_local(path: str) -> str:

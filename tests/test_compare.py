@@ -18,7 +18,7 @@ import pytest
 from alol_ray.commands.demo import resource_overrides
 
 # The e2e tier (CI runs it; `e2e` below): `alol demo` through the CLI, then `alol` processes with a local Ray of
-# their own, killed and rerun (about 8 min on 2 cores). The demo's real size runs as README command 1 in CI,
+# their own, killed and rerun (about 6.5 min on 2 cores). The demo's real size runs as README command 1 in CI,
 # and `alol compare` end to end stays in the default tier (test_alol_vs_nll.py).
 e2e = pytest.mark.e2e
 

@@ -216,8 +216,8 @@ class Generator:
         # lazy: ray (alol_ray.generation.generator imports without it)
         import ray
 
+        check_model(node_local(model_path), gen_cfg, max_prompt_tokens)  # this node's copy when given a URI
         model_path = shared(model_path)  # a folder of a bucket run: its URI, which every node can open
-        check_model(node_local(model_path), gen_cfg, max_prompt_tokens)
         init_ray()
         self.cfg = gen_cfg
         self.max_prompt_tokens = max_prompt_tokens
@@ -325,8 +325,8 @@ class Generator:
         # lazy: ray (alol_ray.generation.generator imports without it)
         import ray
 
-        model_path = shared(model_path)
         check_model(node_local(model_path), self.cfg, self.max_prompt_tokens)
+        model_path = shared(model_path)
         try:
             self.engine_info = ray.get([a.load_weights.remote(model_path) for a in self.actors])
         except ray.exceptions.RayTaskError as err:
