@@ -568,6 +568,10 @@ class EvalConfig:
     bootstrap_samples: int = 1000  # resamples for the 95% intervals
     bootstrap_seed: int = 0
     win_rate: bool = True  # also generate with the reference policy (cached) and report the win rate
+    # A second evaluation with sampled decoding (temperature, top-p from these; generation.seed), reported next
+    # to the greedy one (generation.* as set, greedy by default). None = greedy only.
+    sample_top_p: Optional[float] = None
+    sample_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -576,6 +580,9 @@ class EvalConfig:
             raise ConfigError(f"eval.max_prompts must be >= 1 (or null for all), got {self.max_prompts}")
         if self.bootstrap_samples < 1:
             raise ConfigError(f"eval.bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
+        if self.sample_top_p is not None and not (0 < self.sample_top_p <= 1 and self.sample_temperature > 0):
+            raise ConfigError(f"eval.sample_top_p must be in (0, 1] and eval.sample_temperature > 0, got "
+                              f"{self.sample_top_p} and {self.sample_temperature}")
 
 
 @dataclass

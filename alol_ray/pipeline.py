@@ -23,10 +23,10 @@ from typing import Optional
 from alol_ray import columns as C
 from alol_ray.atomic import read_json
 from alol_ray.config import RunConfig, save_config
-from alol_ray.errors import UserError
+from alol_ray.errors import ConfigError, UserError
 from alol_ray.hashing import file_sha, fingerprint, model_identity
 from alol_ray.preflight import check_run
-from alol_ray.runs import RunPaths
+from alol_ray.runs import GREEDY, SAMPLED, RunPaths
 from alol_ray.stage import Unfinished, discard, run_stage
 
 log = logging.getLogger("alol")
@@ -281,30 +281,43 @@ class Pipeline:
             prompts = prompts.head(max_prompts)
         return prompts[[C.PROMPT_ID, C.PROMPT]].reset_index(drop=True)
 
+    def decoding_config(self, decoding: str = GREEDY) -> RunConfig:
+        """The run's config for one decoding of the evaluation: ``greedy`` = generation.* as set; ``sampled`` =
+        temperature eval.sample_temperature, top-p eval.sample_top_p (ConfigError when that is not set)."""
+        if decoding == GREEDY:
+            return self.cfg
+        ev = self.cfg.eval
+        if decoding != SAMPLED or ev.sample_top_p is None:
+            raise ConfigError(f"evaluation decoding {decoding!r}: use {GREEDY!r}, or {SAMPLED!r} with "
+                              "eval.sample_top_p set")
+        gen = dataclasses.replace(self.cfg.generation, temperature=ev.sample_temperature, top_p=ev.sample_top_p)
+        return dataclasses.replace(self.cfg, generation=gen)
+
     def evaluate(self, method: str, seed: int, model_path: Optional[str] = None, *, split: Optional[str] = None,
-                 max_prompts: Optional[int] = None, out: Optional[str] = None) -> str:
+                 max_prompts: Optional[int] = None, out: Optional[str] = None, decoding: str = GREEDY) -> str:
         """One policy's evaluation: <run>/eval/<method>-s<seed>/ (examples.parquet, summary.json), whose
-        folder is returned. ``model_path`` None = the reference policy."""
+        folder is returned; the ``sampled`` decoding goes to <run>/eval/sampled/<method>-s<seed>/.
+        ``model_path`` None = the reference policy."""
         # lazy: evaluation.eval_job (pandas, pyarrow) (alol_ray.pipeline imports without them)
         from evaluation import eval_job
 
         split = split or self.cfg.eval.split
         max_prompts = self.cfg.eval.max_prompts if max_prompts is None else max_prompts
-        key = ("eval", method, seed, model_path, split, max_prompts, out)
+        key = ("eval", method, seed, model_path, split, max_prompts, out, decoding)
         if key in self._made:
             return self._made[key]
+        c = self.decoding_config(decoding)
         prompts = self.eval_prompts(split, max_prompts)
         ref_path = self.reference() if (model_path is None or self.cfg.eval.win_rate) else None
         model_path = model_path or ref_path
-        folder = out or self.paths.eval(method, seed)
-        c = self.cfg
+        folder = out or self.paths.eval(method, seed, decoding)
         fp = fingerprint("eval-v2", model_identity(model_path), c.generation, c.reward, c.model.max_prompt_tokens,
                          c.eval.bootstrap_samples, c.eval.bootstrap_seed, c.eval.win_rate, split,
                          prompts.to_dict("list"), model_identity(ref_path) if ref_path else None)
 
         def build(staging: str) -> dict:
             result = eval_job.run_eval(c, prompts=prompts, model_path=model_path, method=method, seed=seed,
-                                       split=split, ref_path=ref_path, ref_cache=self.paths.reference_replies,
+                                       split=split, ref_path=ref_path, ref_cache=self.paths.reference_replies(decoding),
                                        stats_dir=self.paths.scored, out_dir=staging)
             log.info(result.table)
             return {"method": method, "seed": seed}

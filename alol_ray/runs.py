@@ -9,6 +9,7 @@
     runs/<name>/value/                               value table (scored + value, advantage), value head, reports
     runs/<name>/train/<method>-s<seed>/              best/ (HF folder), checkpoints/, metrics.jsonl, val.jsonl
     runs/<name>/eval/<method>-s<seed>/               examples.parquet, summary.json
+    runs/<name>/eval/sampled/<method>-s<seed>/       the same with sampled decoding (eval.sample_top_p)
     runs/<name>/rm/model/                            a reward model trained by `alol rm train`
     runs/<name>/cache/                               scores/ (per row and scorer), rm-features/, reference replies
     runs/<name>/report.md, report/                   the comparison report, plots, methods.csv, config.yaml
@@ -21,6 +22,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+
+# The evaluation's decodings: generation.* as configured (greedy by default), and eval.sample_top_p's sampling.
+GREEDY = "greedy"
+SAMPLED = "sampled"
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,10 @@ class RunPaths:
     def train(self, method: str, seed: int) -> str:
         return os.path.join(self.root, "train", f"{method}-s{seed}")
 
-    def eval(self, method: str, seed: int) -> str:
-        return os.path.join(self.root, "eval", f"{method}-s{seed}")
+    def eval(self, method: str, seed: int, decoding: str = GREEDY) -> str:
+        """<run>/eval/<method>-s<seed>; other decodings than greedy in <run>/eval/<decoding>/<method>-s<seed>."""
+        sub = () if decoding == GREEDY else (decoding,)
+        return os.path.join(self.root, "eval", *sub, f"{method}-s{seed}")
 
     @property
     def reward_model(self) -> str:
@@ -82,9 +90,10 @@ class RunPaths:
     def rm_features(self) -> str:
         return os.path.join(self.cache, "rm-features")
 
-    @property
-    def reference_replies(self) -> str:
-        return os.path.join(self.cache, "reference_replies.parquet")
+    def reference_replies(self, decoding: str = GREEDY) -> str:
+        """The reference policy's cached eval replies, one file per decoding."""
+        suffix = "" if decoding == GREEDY else f"_{decoding}"
+        return os.path.join(self.cache, f"reference_replies{suffix}.parquet")
 
     @property
     def report(self) -> str:

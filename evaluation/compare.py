@@ -20,6 +20,7 @@ from alol_ray import tracking
 from alol_ray.errors import ConfigError
 from alol_ray.pipeline import Pipeline
 from alol_ray.registry import get_method
+from alol_ray.runs import GREEDY, SAMPLED
 from alol_ray.stage import read_marker
 from evaluation.eval_job import EXAMPLES_FILE
 from evaluation.report import REFERENCE, RunEntry, write_report
@@ -37,14 +38,19 @@ def check_methods(methods: list[str]) -> list[str]:
     return methods
 
 
-def run_one(pipeline: Pipeline, method: str, seed: int) -> RunEntry:
-    """Train (or resume, or skip) one (method, seed) and evaluate its best checkpoint."""
+def decodings(cfg) -> list[str]:
+    """The evaluation's decodings: greedy, and sampled when eval.sample_top_p is set."""
+    return [GREEDY] + ([SAMPLED] if cfg.eval.sample_top_p is not None else [])
+
+
+def run_one(pipeline: Pipeline, method: str, seed: int) -> list[RunEntry]:
+    """Train (or resume, or skip) one (method, seed) and evaluate its best checkpoint (one entry per decoding)."""
     best = pipeline.train(method, seed)
-    folder = pipeline.evaluate(method, seed, best)
     train_dir = pipeline.paths.train(method, seed)
     marker = read_marker(train_dir) or {}
-    return RunEntry(method=method, seed=seed, eval_path=os.path.join(folder, EXAMPLES_FILE), train_dir=train_dir,
-                    train_seconds=marker.get("seconds"))
+    return [RunEntry(method=method, seed=seed, decoding=d, train_dir=train_dir, train_seconds=marker.get("seconds"),
+                     eval_path=os.path.join(pipeline.evaluate(method, seed, best, decoding=d), EXAMPLES_FILE))
+            for d in decodings(pipeline.cfg)]
 
 
 def run_compare(pipeline: Pipeline, *, command: str) -> tuple[str, str]:
@@ -63,20 +69,21 @@ def run_compare(pipeline: Pipeline, *, command: str) -> tuple[str, str]:
     table = pipeline.scored()
     if any(get_method(m).needs_advantage for m in methods):
         table = pipeline.value()
-    reference_eval = pipeline.evaluate(REFERENCE, 0)
-    entries = [RunEntry(method=REFERENCE, seed=None, eval_path=os.path.join(reference_eval, EXAMPLES_FILE))]
+    entries = [RunEntry(method=REFERENCE, seed=None, decoding=d,
+                        eval_path=os.path.join(pipeline.evaluate(REFERENCE, 0, decoding=d), EXAMPLES_FILE))
+               for d in decodings(cfg)]
 
     jobs = [(m, s) for s in seeds for m in methods]
     started = time.time()
     if cfg.compare.max_concurrent <= 1:
         for i, (m, s) in enumerate(jobs, 1):
             log.info(f"[compare] run {i}/{len(jobs)}: {m} seed {s}")
-            entries.append(run_one(pipeline, m, s))
+            entries += run_one(pipeline, m, s)
     else:
         with ThreadPoolExecutor(max_workers=cfg.compare.max_concurrent) as pool:
             futures = [pool.submit(run_one, pipeline, m, s) for m, s in jobs]
             for i, fut in enumerate(futures, 1):
-                entries.append(fut.result())
+                entries += fut.result()
                 log.info(f"[compare] {i}/{len(jobs)} runs finished")
     log.info(f"[compare] all runs done in {time.time() - started:.0f}s")
     report = write_report(pipeline.paths.root, entries, command=command, cfg=cfg, scored_table=table,

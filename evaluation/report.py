@@ -21,6 +21,7 @@ import yaml
 from alol_ray import columns as C
 from alol_ray.atomic import write_text
 from alol_ray.config import non_defaults, portable, portable_path, to_yaml
+from alol_ray.runs import GREEDY, SAMPLED
 from evaluation.metrics import distinct_n
 
 REFERENCE = "reference"
@@ -36,6 +37,7 @@ class RunEntry:
     train_dir: Optional[str] = None  # metrics.jsonl, val.jsonl, summary.json
     train_seconds: Optional[float] = None
     extra: dict = field(default_factory=dict)
+    decoding: str = GREEDY  # greedy, or sampled (eval.sample_top_p)
 
 
 def hierarchical_ci(groups: Sequence[np.ndarray], n_samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -53,6 +55,94 @@ def hierarchical_ci(groups: Sequence[np.ndarray], n_samples: int = 2000, seed: i
     return point, float(lo), float(hi)
 
 
+def paired_hierarchical_ci(a: np.ndarray, b: np.ndarray, n_samples: int = 2000, seed: int = 0,
+                           chunk: int = 250) -> tuple[float, float, float]:
+    """Mean per-prompt difference A - B and its 95% paired hierarchical bootstrap interval.
+
+    ``a``: [seeds of A, prompts], ``b``: [seeds of B, prompts], the same prompts in the same order. Each
+    resample draws A's seeds and B's seeds with replacement (each method's own seed-to-seed variation), then
+    one draw of prompts shared by both sides (the pairing): the statistic is the mean over those prompts of
+    (A's mean over its drawn seeds - B's mean over its drawn seeds). The point estimate is the same without
+    resampling: the mean over prompts of the difference of the seed means.
+    """
+    a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired_hierarchical_ci: {a.shape[1]} prompts vs {b.shape[1]}")
+    n_prompts = a.shape[1]
+    if n_prompts == 0:
+        return float("nan"), float("nan"), float("nan")
+    point = float((a.mean(axis=0) - b.mean(axis=0)).mean())
+    rng = np.random.default_rng(seed)
+    stats = []
+    for start in range(0, n_samples, chunk):
+        n = min(chunk, n_samples - start)
+        diff = (a[rng.integers(0, len(a), size=(n, len(a)))].mean(axis=1)
+                - b[rng.integers(0, len(b), size=(n, len(b)))].mean(axis=1))  # [n, prompts]
+        stats.append(np.take_along_axis(diff, rng.integers(0, n_prompts, size=(n, n_prompts)), axis=1).mean(axis=1))
+    lo, hi = np.percentile(np.concatenate(stats), [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+def verdict(lo: float, hi: float) -> str:
+    """Whether a paired difference is established at 95%: its interval excludes 0."""
+    if lo > 0:
+        return "higher (established)"
+    if hi < 0:
+        return "lower (established)"
+    return "not established"
+
+
+def _per_prompt(runs: list[RunEntry], column: str = C.REWARD) -> pd.DataFrame:
+    """[seeds, prompts] of ``column`` for one method, prompts as columns (by prompt_id)."""
+    frames = [pd.read_parquet(r.eval_path, columns=[C.PROMPT_ID, column]).drop_duplicates(C.PROMPT_ID)
+              .set_index(C.PROMPT_ID)[column] for r in runs]
+    return pd.DataFrame(frames).reset_index(drop=True)
+
+
+def paired_rows(entries: list[RunEntry], baselines: Sequence[str] = (REFERENCE, "nll"),
+                n_bootstrap: int = 2000) -> pd.DataFrame:
+    """Every method against each baseline present (the reference policy, NLL): the mean per-prompt reward
+    difference on the prompts both answered, its 95% paired hierarchical bootstrap interval and the verdict."""
+    by_method: dict[str, list[RunEntry]] = {}
+    for e in entries:
+        by_method.setdefault(e.method, []).append(e)
+    tables = {m: _per_prompt(runs) for m, runs in by_method.items()}
+    rows = []
+    for base in baselines:
+        if base not in tables:
+            continue
+        for method, table in tables.items():
+            if method == base or method == REFERENCE:
+                continue
+            shared = [p for p in table.columns if p in set(tables[base].columns)]
+            a, b = table[shared].to_numpy(), tables[base][shared].to_numpy()
+            diff, lo, hi = paired_hierarchical_ci(a, b, n_bootstrap)
+            rows.append({"method": method, "versus": base, "seeds": len(a), "versus_seeds": len(b),
+                         "prompts": len(shared), "difference": diff, "lo": lo, "hi": hi, "verdict": verdict(lo, hi)})
+    columns = ["method", "versus", "seeds", "versus_seeds", "prompts", "difference", "lo", "hi", "verdict"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def paired_markdown(paired: pd.DataFrame) -> list[str]:
+    """The paired differences as a markdown table, then one plain sentence per baseline."""
+    if paired.empty:
+        return []
+    lines = ["| method | versus | reward difference (95% CI) | seeds | prompts | |", "|---|---|---|---|---|---|"]
+    for _, r in paired.iterrows():
+        lines.append(f"| {r['method']} | {r['versus']} | {r['difference']:+.3f} ({r['lo']:+.3f} to {r['hi']:+.3f}) "
+                     f"| {r['seeds']} vs {r['versus_seeds']} | {r['prompts']} | {r['verdict']} |")
+    lines.append("")
+    for base, part in paired.groupby("versus", sort=False):
+        above = part[part["lo"] > 0]["method"].tolist()
+        below = part[part["hi"] < 0]["method"].tolist()
+        open_ = part[(part["lo"] <= 0) & (part["hi"] >= 0)]["method"].tolist()
+        said = [f"above {base}: " + (", ".join(above) if above else "none"),
+                f"below {base}: " + (", ".join(below) if below else "none"),
+                "not established either way: " + (", ".join(open_) if open_ else "none")]
+        lines.append(f"- Established at 95% (interval excludes 0): {'; '.join(said)}.")
+    return lines
+
+
 def _read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
@@ -62,6 +152,19 @@ def _read_jsonl(path: str) -> list[dict]:
 
 def _distinct(texts: list[str], n: int) -> float:
     return distinct_n(texts, n)
+
+
+def step_throughput(records: list[dict]) -> tuple[float, float]:
+    """(tokens per second of optimizer step, mean seconds per step) from a run's metrics.jsonl records:
+    the sum of ``train/tokens`` (non-padding tokens through the policy, all workers) over the sum of
+    ``time/step_s``. Only the steps count, so every method is measured the same way: the stage's wall time
+    also holds Ray Train's start, the val-reward generations, checkpoint writes and any wait for CPUs, a share
+    that differs between runs (A-LoL runs fewer steps). NaN when the records carry no step times."""
+    timed = [m for m in records if m.get("time/step_s") and "train/tokens" in m]
+    if not timed:
+        return float("nan"), float("nan")
+    seconds = sum(m["time/step_s"] for m in timed)
+    return sum(m["train/tokens"] for m in timed) / seconds, seconds / len(timed)
 
 
 def method_rows(entries: list[RunEntry], n_bootstrap: int = 2000) -> pd.DataFrame:
@@ -86,7 +189,7 @@ def method_rows(entries: list[RunEntry], n_bootstrap: int = 2000) -> pd.DataFram
         row["length/words"] = float(np.mean([f[C.RESPONSE].str.split().str.len().mean() for f in frames]))
         if all("response_tokens" in f for f in frames):
             row["length/tokens"] = float(np.mean([f["response_tokens"].mean() for f in frames]))
-        fracs, seconds, tok_rates = [], [], []
+        fracs, seconds, tok_rates, step_times = [], [], [], []
         for r in runs:
             if not r.train_dir:
                 continue
@@ -98,12 +201,14 @@ def method_rows(entries: list[RunEntry], n_bootstrap: int = 2000) -> pd.DataFram
                     fracs.append(summary["positive_fraction"])
             if r.train_seconds:
                 seconds.append(r.train_seconds)
-                tokens = sum(m.get("train/tokens", 0.0) for m in _read_jsonl(os.path.join(r.train_dir, "metrics.jsonl")))
-                if tokens:
-                    tok_rates.append(tokens / r.train_seconds)
+            rate, step_s = step_throughput(_read_jsonl(os.path.join(r.train_dir, "metrics.jsonl")))
+            if rate == rate:
+                tok_rates.append(rate)
+                step_times.append(step_s)
         row["data_used"] = float(np.mean(fracs)) if fracs else (1.0 if method != REFERENCE else float("nan"))
         row["train_seconds"] = float(np.mean(seconds)) if seconds else float("nan")
         row["tokens_per_s"] = float(np.mean(tok_rates)) if tok_rates else float("nan")
+        row["step_s"] = float(np.mean(step_times)) if step_times else float("nan")
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values(C.REWARD, ascending=False).reset_index(drop=True)
@@ -111,7 +216,8 @@ def method_rows(entries: list[RunEntry], n_bootstrap: int = 2000) -> pd.DataFram
 
 def format_table(table: pd.DataFrame) -> str:
     """A plain-text table for the terminal (and the report)."""
-    head = ["method", "seeds", "reward [95% CI]", "win vs ref", "distinct-1/2/3", "words", "data used", "train s", "tok/s"]
+    head = ["method", "seeds", "reward [95% CI]", "win vs ref", "distinct-1/2/3", "words", "data used", "train s",
+            "s/step", "tok/s"]
     lines = []
     for _, r in table.iterrows():
         ci = r.get(f"{C.REWARD}/ci")
@@ -124,6 +230,7 @@ def format_table(table: pd.DataFrame) -> str:
             f"{r['length/words']:.1f}",
             "-" if pd.isna(r["data_used"]) else f"{r['data_used']:.0%}",
             "-" if pd.isna(r["train_seconds"]) else f"{r['train_seconds']:.0f}",
+            "-" if pd.isna(r["step_s"]) else f"{r['step_s']:.3f}",
             "-" if pd.isna(r["tokens_per_s"]) else f"{r['tokens_per_s']:.0f}",
         ])
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
@@ -134,8 +241,9 @@ def format_table(table: pd.DataFrame) -> str:
 
 def _markdown_table(table: pd.DataFrame) -> str:
     comps = sorted(c for c in table.columns if c.startswith(C.REWARD_PREFIX) and not c.endswith("/ci"))
-    head = ["method", "seeds", "reward (95% CI)"] + comps + ["win vs ref (95% CI)", "distinct-1", "distinct-2",
-                                                              "distinct-3", "words", "data used", "train s", "tokens/s"]
+    head = ["method", "seeds", "reward (95% CI)"] + comps + [
+        "win vs ref (95% CI)", "distinct-1", "distinct-2", "distinct-3", "words", "data used", "train s", "s/step",
+        "tokens/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def with_ci(r, col):
@@ -149,9 +257,67 @@ def _markdown_table(table: pd.DataFrame) -> str:
         cells += [with_ci(r, "win_rate"), f"{r['distinct/1']:.3f}", f"{r['distinct/2']:.3f}", f"{r['distinct/3']:.3f}",
                   f"{r['length/words']:.1f}", "-" if pd.isna(r["data_used"]) else f"{r['data_used']:.0%}",
                   "-" if pd.isna(r["train_seconds"]) else f"{r['train_seconds']:.0f}",
+                  "-" if pd.isna(r["step_s"]) else f"{r['step_s']:.3f}",
                   "-" if pd.isna(r["tokens_per_s"]) else f"{r['tokens_per_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def with_paired_columns(table: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """methods.csv gains ``vs_<baseline>`` (mean paired difference) and its interval ``vs_<baseline>_lo/_hi``."""
+    table = table.copy()
+    for base, part in paired.groupby("versus", sort=False):
+        by_method = part.set_index("method")
+        for col, src in ((f"vs_{base}", "difference"), (f"vs_{base}_lo", "lo"), (f"vs_{base}_hi", "hi")):
+            table[col] = table["method"].map(by_method[src])
+    return table
+
+
+def format_paired(paired: pd.DataFrame) -> str:
+    """The paired differences for the terminal, one line each."""
+    if paired.empty:
+        return "paired differences: none (no reference or nll rows)"
+    lines = ["paired reward differences (95% paired hierarchical bootstrap):"]
+    for _, r in paired.iterrows():
+        lines.append(f"  {r['method']:>16} vs {r['versus']:<9} {r['difference']:+.3f} "
+                     f"[{r['lo']:+.3f}, {r['hi']:+.3f}]  {r['verdict']}")
+    return "\n".join(lines)
+
+
+def decoding_title(decoding: str, cfg) -> str:
+    """How the replies of one table were decoded, in words."""
+    if decoding == SAMPLED:
+        return f"Sampled decoding (temperature {cfg.eval.sample_temperature:g}, top-p {cfg.eval.sample_top_p:g})"
+    gen = cfg.generation
+    if gen.temperature == 0:
+        return "Greedy decoding"
+    return f"Decoding: temperature {gen.temperature:g}, top-p {gen.top_p:g}"
+
+
+def sample_replies(entries: list[RunEntry], n_prompts: int = 3, max_chars: int = 300) -> list[str]:
+    """A few test prompts (the first by prompt_id) with every method's reply (its first seed), for the report."""
+    first: dict[str, RunEntry] = {}
+    for e in sorted(entries, key=lambda e: (e.seed is not None, e.seed or 0)):
+        first.setdefault(e.method, e)
+    if not first:
+        return []
+    columns = [C.PROMPT_ID, C.PROMPT, C.RESPONSE]
+    frames = {m: pd.read_parquet(e.eval_path, columns=columns).drop_duplicates(C.PROMPT_ID).set_index(C.PROMPT_ID)
+              for m, e in first.items()}
+    pids = sorted(set.intersection(*(set(f.index) for f in frames.values())))[:n_prompts]
+
+    def clip(text: str) -> str:
+        text = " ".join(str(text).split())
+        return text if len(text) <= max_chars else "..." + text[-max_chars:]
+
+    out = ["", "## Sample replies", "", f"The first {len(pids)} test prompts (end of the prompt shown) and each "
+           "method's reply (first seed).", ""]
+    for pid in pids:
+        any_frame = next(iter(frames.values()))
+        out += [f"**Prompt** `{pid}`: {clip(any_frame.loc[pid, C.PROMPT])}", ""]
+        out += [f"- *{m}*: {clip(f.loc[pid, C.RESPONSE]) or '(empty)'}" for m, f in sorted(frames.items())]
+        out.append("")
+    return out
 
 
 def plot_val_curves(entries: list[RunEntry], path: str) -> Optional[str]:
@@ -264,11 +430,23 @@ def write_report(run_root: str, entries: list[RunEntry], *, command: str, cfg, s
     Returns (report path, the printed table). The report holds no absolute paths of this machine."""
     report_dir = os.path.join(run_root, "report")
     os.makedirs(report_dir, exist_ok=True)
-    table = method_rows(entries, n_bootstrap)
+    greedy = [e for e in entries if e.decoding == GREEDY]
+    sampled = [e for e in entries if e.decoding == SAMPLED]
+    table = method_rows(greedy, n_bootstrap)
+    paired = paired_rows(greedy, n_bootstrap=n_bootstrap)
+    table = with_paired_columns(table, paired)
     table.to_csv(os.path.join(report_dir, "methods.csv"), index=False)
+    paired.to_csv(os.path.join(report_dir, "paired.csv"), index=False)
+    sampled_table = sampled_paired = None
+    if sampled:
+        sampled_table = method_rows(sampled, n_bootstrap)
+        sampled_paired = paired_rows(sampled, n_bootstrap=n_bootstrap)
+        sampled_table = with_paired_columns(sampled_table, sampled_paired)
+        sampled_table.to_csv(os.path.join(report_dir, "methods_sampled.csv"), index=False)
+        sampled_paired.to_csv(os.path.join(report_dir, "paired_sampled.csv"), index=False)
     plots = [
-        ("Validation reward during training", plot_val_curves(entries, os.path.join(report_dir, "val_reward.png"))),
-        ("Test reward distributions", plot_reward_distributions(entries, os.path.join(report_dir, "reward_dist.png"))),
+        ("Validation reward during training", plot_val_curves(greedy, os.path.join(report_dir, "val_reward.png"))),
+        ("Test reward distributions", plot_reward_distributions(greedy, os.path.join(report_dir, "reward_dist.png"))),
         ("Advantage histogram", plot_advantages(scored_table, os.path.join(report_dir, "advantages.png"))
          if scored_table else None),
     ]
@@ -285,12 +463,26 @@ def write_report(run_root: str, entries: list[RunEntry], *, command: str, cfg, s
         "",
         "Intervals are 95% hierarchical bootstrap intervals over seeds and test prompts. *win vs ref*: share of",
         "test prompts where the method's reply has a higher reward than the reference policy's (ties count half).",
-        "*data used*: share of training rows with positive advantage (A-LoL family), else 100%.",
+        "*data used*: share of training rows with positive advantage (A-LoL family), else 100%. *train s*: wall",
+        "time of the training stage (start-up, val generations and checkpoints included); *s/step* and *tokens/s*:",
+        "optimizer steps only (non-padding tokens per second of step time), the same measure for every method.",
+        "",
+        f"### {decoding_title(GREEDY, cfg)}",
         "",
         _markdown_table(table),
         "",
     ]
     text += [f"- {n}" for n in notes]
+    if sampled_table is not None:
+        text += ["", f"### {decoding_title(SAMPLED, cfg)}", "", _markdown_table(sampled_table), ""]
+    text += ["", "## Paired differences", "",
+             "Mean per-prompt difference in test reward against the reference policy and against NLL, on the same",
+             "prompts, with a 95% paired hierarchical bootstrap interval (each method's seeds resampled, then the",
+             "prompts, shared by both sides). A difference is established when its interval excludes 0.", ""]
+    text += [f"**{decoding_title(GREEDY, cfg)}**", ""] + paired_markdown(paired)
+    if sampled_paired is not None:
+        text += ["", f"**{decoding_title(SAMPLED, cfg)}**", ""] + paired_markdown(sampled_paired)
+    text += sample_replies(greedy)
     for title, path in plots:
         if path:
             text += ["", f"## {title}", "", f"![{title}](report/{os.path.basename(path)})"]
@@ -298,4 +490,7 @@ def write_report(run_root: str, entries: list[RunEntry], *, command: str, cfg, s
              "[report/config.yaml](report/config.yaml)):", "", "```yaml", shown, "```", ""]
     report_path = os.path.join(run_root, "report.md")
     write_text(report_path, "\n".join(text))
-    return report_path, format_table(table)
+    printed = format_table(table) + "\n\n" + format_paired(paired)
+    if sampled_table is not None:
+        printed += f"\n\n{decoding_title(SAMPLED, cfg)}\n" + format_table(sampled_table)
+    return report_path, printed

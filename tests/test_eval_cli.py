@@ -98,3 +98,28 @@ def test_reference_replies_come_from_the_cache(tiny_policy_dir, tmp_path):
         fh.truncate(100)
     again = eval_job.reference_replies(cfg, tiny_policy_dir, prompts, cache, own=own2)
     assert again[C.RESPONSE].tolist() == ["changed", "rb"]
+
+
+def test_sampled_decoding_is_a_second_evaluation(ray_local, tiny_policy_dir, tmp_path):
+    """eval.sample_top_p: the same policy evaluated again with sampling, in its own folder and reference cache."""
+    from alol_ray.errors import ConfigError
+    from alol_ray.pipeline import Pipeline
+
+    cfg = load_config(None, [f"storage={tmp_path}", "name=dec", f"reference.path={tiny_policy_dir}", *RUN_ARGS,
+                             "eval.sample_top_p=0.9", "eval.max_prompts=6"])
+    pipeline = Pipeline(cfg)
+    greedy = pipeline.evaluate("reference", 0)
+    sampled = pipeline.evaluate("reference", 0, decoding="sampled")
+    assert sampled == str(tmp_path / "dec" / "eval" / "sampled" / "reference-s0")
+    assert greedy == str(tmp_path / "dec" / "eval" / "reference-s0")
+    with open(os.path.join(sampled, eval_job.SUMMARY_FILE)) as fh:
+        gen = json.load(fh)["generation"]
+    assert (gen["temperature"], gen["top_p"]) == (1.0, 0.9)
+    a = pd.read_parquet(os.path.join(greedy, eval_job.EXAMPLES_FILE))
+    b = pd.read_parquet(os.path.join(sampled, eval_job.EXAMPLES_FILE))
+    assert a[C.PROMPT_ID].tolist() == b[C.PROMPT_ID].tolist()
+    assert (a[C.RESPONSE] != b[C.RESPONSE]).any()  # an untrained policy sampled at temperature 1 strays from greedy
+    cache = tmp_path / "dec" / "cache"
+    assert (cache / "reference_replies.parquet").exists() and (cache / "reference_replies_sampled.parquet").exists()
+    with pytest.raises(ConfigError, match="eval.sample_top_p"):
+        Pipeline(load_config(None, [f"storage={tmp_path}", "name=dec2", *RUN_ARGS])).decoding_config("sampled")

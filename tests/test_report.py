@@ -11,7 +11,8 @@ import pytest
 
 from alol_ray import columns as C
 from alol_ray.config import load_config
-from evaluation.report import RunEntry, hierarchical_ci, method_rows, write_report
+from evaluation.report import (RunEntry, hierarchical_ci, method_rows, paired_hierarchical_ci, paired_rows,
+                               step_throughput, verdict, write_report)
 
 
 def test_hierarchical_ci_contains_mean_and_widens_with_seed_spread():
@@ -41,7 +42,8 @@ def test_method_table_and_report(tmp_path, monkeypatch):
     train_dir = tmp_path / "train" / "a_lol-s0"
     train_dir.mkdir(parents=True)
     (train_dir / "summary.json").write_text(json.dumps({"positive_fraction": 0.6}))
-    (train_dir / "metrics.jsonl").write_text("\n".join(json.dumps({"train/step": s, "train/tokens": 100.0}) for s in (1, 2)))
+    (train_dir / "metrics.jsonl").write_text("\n".join(json.dumps({"train/step": s, "train/tokens": 100.0,
+                                                                "time/step_s": 0.5}) for s in (1, 2)))
     (train_dir / "val.jsonl").write_text("\n".join(json.dumps({"train/step": s, "val/reward": v})
                                                    for s, v in ((0, 1.0), (10, 2.0))))
     entries = [
@@ -57,7 +59,9 @@ def test_method_table_and_report(tmp_path, monkeypatch):
     assert alol[C.REWARD] == pytest.approx(2.0)
     assert alol["win_rate"] == pytest.approx((2.5 / 3 + 1.0) / 2)
     assert alol["data_used"] == pytest.approx(0.6)
-    assert alol["tokens_per_s"] == pytest.approx(200.0 / 4.0)
+    # optimizer steps only: 200 tokens in 2 x 0.5 s of step time (not the stage's 4 s of wall time)
+    assert alol["tokens_per_s"] == pytest.approx(200.0) and alol["step_s"] == pytest.approx(0.5)
+    assert alol["train_seconds"] == pytest.approx(4.0)
     # distinct-1 averaged over seeds: seed 0 has 4 unique of 6 words, seed 1 has 3 of 3
     assert alol["distinct/1"] == pytest.approx((4 / 6 + 1.0) / 2)
 
@@ -66,6 +70,12 @@ def test_method_table_and_report(tmp_path, monkeypatch):
                                    cfg=cfg, n_bootstrap=100)
     text = open(report).read()
     assert "| a_lol | 2 |" in text and "name: t" in text
+    # paired: a_lol vs the reference on the same 3 prompts, seed means (2, 2.5, 1.5) - 1 = +1.0
+    assert "| a_lol | reference | +1.000 (" in text and "## Sample replies" in text
+    paired = pd.read_csv(tmp_path / "report" / "paired.csv")
+    assert paired.loc[0, "difference"] == pytest.approx(1.0)
+    assert pd.read_csv(tmp_path / "report" / "methods.csv").set_index("method").loc["a_lol", "vs_reference"] == \
+        pytest.approx(1.0)
     # No machine paths: the storage below the working directory reads as typed there, the rest of the
     # config is only what differs from the defaults, and the full config is a file beside the report.
     assert str(tmp_path) not in text and os.path.expanduser("~") + "/" not in text
@@ -74,3 +84,45 @@ def test_method_table_and_report(tmp_path, monkeypatch):
     assert (tmp_path / "report" / "val_reward.png").stat().st_size > 1000
     assert (tmp_path / "report" / "reward_dist.png").stat().st_size > 1000
     assert "a_lol" in printed and "reference" in printed
+
+
+def test_paired_interval_uses_the_pairing_and_the_seeds():
+    rng = np.random.default_rng(1)
+    prompt_effect = rng.normal(0.0, 1.0, 300)  # large, shared by both methods: pairing must cancel it
+    b = prompt_effect + rng.normal(0.0, 0.05, (3, 300))
+    a = prompt_effect + 0.1 + rng.normal(0.0, 0.05, (3, 300))
+    diff, lo, hi = paired_hierarchical_ci(a, b, 1000)
+    assert diff == pytest.approx(float((a.mean(0) - b.mean(0)).mean()))
+    assert 0.0 < lo < diff < hi and hi - lo < 0.05  # unpaired, the prompt spread would make it ~0.3 wide
+    assert verdict(lo, hi) == "higher (established)"
+    assert verdict(-hi, -lo) == "lower (established)" and verdict(-0.1, 0.2) == "not established"
+    # seed-to-seed spread of A widens the interval: one seed far off
+    shifted = a.copy()
+    shifted[0] += 0.3
+    _, lo2, hi2 = paired_hierarchical_ci(shifted, b, 1000)
+    assert hi2 - lo2 > 3 * (hi - lo)
+    with pytest.raises(ValueError):
+        paired_hierarchical_ci(a[:, :10], b, 10)
+
+
+def test_paired_rows_against_reference_and_nll(tmp_path):
+    def entry(method, seed, rewards):
+        return RunEntry(method, seed, _eval_file(tmp_path / f"{method}{seed}.parquet", rewards, ["a"] * len(rewards)))
+
+    entries = [entry("reference", None, [1.0, 2.0, 3.0, 4.0]),
+               entry("nll", 0, [1.5, 2.5, 3.5, 4.5]), entry("nll", 1, [1.5, 2.5, 3.5, 4.5]),
+               entry("a_lol", 0, [1.0, 2.0, 3.0, 4.0]), entry("a_lol", 1, [1.0, 2.0, 3.0, 4.0])]
+    paired = paired_rows(entries, n_bootstrap=200).set_index(["method", "versus"])
+    assert set(paired.index) == {("nll", "reference"), ("a_lol", "reference"), ("a_lol", "nll")}
+    assert paired.loc[("a_lol", "nll"), "difference"] == pytest.approx(-0.5)
+    assert paired.loc[("a_lol", "nll"), "verdict"] == "lower (established)"
+    assert paired.loc[("a_lol", "reference"), "verdict"] == "not established"  # exactly 0, interval [0, 0]
+    assert paired.loc[("nll", "reference"), "seeds"] == 2 and paired.loc[("nll", "reference"), "versus_seeds"] == 1
+
+
+def test_throughput_counts_step_time_only():
+    steps = [{"train/tokens": 300.0, "time/step_s": 0.25}, {"train/tokens": 100.0, "time/step_s": 0.15},
+             {"val/reward": 1.0}]
+    rate, step_s = step_throughput(steps)
+    assert rate == pytest.approx(1000.0) and step_s == pytest.approx(0.2)
+    assert np.isnan(step_throughput([{"train/tokens": 5.0}])[0])
