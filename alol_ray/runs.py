@@ -9,6 +9,7 @@
     runs/<name>/value/                               value table (scored + value, advantage), value head, reports
     runs/<name>/train/<method>-s<seed>/              best/ (HF folder), checkpoints/, metrics.jsonl, val.jsonl
     runs/<name>/eval/<method>-s<seed>/               examples.parquet, summary.json
+    runs/<name>/prompts/<file>-<sha>/                `alol eval --prompts FILE`: <method>-s<seed>/ evals, report
     runs/<name>/rm/model/                            a reward model trained by `alol rm train`
     runs/<name>/cache/                               scores/ (per row and scorer), rm-features/, reference replies
     runs/<name>/report.md, report/                   the comparison report, plots, methods.csv, config.yaml
@@ -65,6 +66,10 @@ class RunPaths:
 
     def eval(self, method: str, seed: int) -> str:
         return os.path.join(self.root, "eval", f"{method}-s{seed}")
+
+    def prompts(self, name: str) -> str:
+        """`alol eval --prompts FILE`'s output for one prompt file (``name``: its stem and content hash)."""
+        return os.path.join(self.root, "prompts", name)
 
     @property
     def reward_model(self) -> str:
