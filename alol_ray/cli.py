@@ -48,7 +48,7 @@ COMMANDS: dict[str, str] = {
     "rm": "train a reward model (regression or pairwise) on canonical rows",
     "train": "train a policy with an offline algorithm (or online PPO) on the run's data",
     "value": "fit the value head and write the value table (value, advantage)",
-    "eval": "generate on a split, score and compute metrics",
+    "eval": "generate on a split (or a prompt file), score and compute metrics",
     "compare": "run methods x seeds on one scored table and write a report",
     "demo": "run the whole pipeline on the built-in task and print the comparison",
     "serve-rewards": "serve the reward model as an autoscaled Ray Serve deployment",

@@ -27,7 +27,7 @@ from alol_ray.errors import ConfigError, UserError
 from alol_ray.hashing import file_sha, fingerprint, model_identity
 from alol_ray.preflight import check_run
 from alol_ray.runs import GREEDY, SAMPLED, RunPaths
-from alol_ray.stage import Unfinished, discard, run_stage
+from alol_ray.stage import Unfinished, discard, intact, read_marker, run_stage
 
 log = logging.getLogger("alol")
 
@@ -116,6 +116,19 @@ class Pipeline:
         if self.cfg.reference.path:
             return self.cfg.reference.path
         return self._once(("reference",), self._reference)
+
+    def published_reference(self) -> Optional[str]:
+        """pi_ref as it already is, building nothing: ``reference.path``, or the reference stage's published
+        output whatever config it was built with (None when there is none). ``reference()`` on this pipeline
+        returns it from now on, so evaluations measure win rates against the pi_ref the run's policies had."""
+        if self.cfg.reference.path:
+            return self.cfg.reference.path
+        folder = self.paths.train("reference", self.cfg.reference.train.seed)
+        marker = read_marker(folder)
+        if not marker or not intact(folder, marker):
+            return None
+        self._made[("reference",)] = self.paths.reference(self.cfg.reference.train.seed)
+        return self._made[("reference",)]
 
     def _reference(self) -> str:
         tc = self.cfg.reference.train
@@ -294,10 +307,12 @@ class Pipeline:
         return dataclasses.replace(self.cfg, generation=gen)
 
     def evaluate(self, method: str, seed: int, model_path: Optional[str] = None, *, split: Optional[str] = None,
-                 max_prompts: Optional[int] = None, out: Optional[str] = None, decoding: str = GREEDY) -> str:
+                 max_prompts: Optional[int] = None, out: Optional[str] = None, decoding: str = GREEDY,
+                 prompts=None, ref_cache: Optional[str] = None) -> str:
         """One policy's evaluation: <run>/eval/<method>-s<seed>/ (examples.parquet, summary.json), whose
         folder is returned; the ``sampled`` decoding goes to <run>/eval/sampled/<method>-s<seed>/.
-        ``model_path`` None = the reference policy."""
+        ``model_path`` None = the reference policy. ``prompts`` (prompt_id, prompt) replace the split's
+        (``split`` then names them), with their own ``out`` and pi_ref replies cache ``ref_cache``."""
         # lazy: evaluation.eval_job (pandas, pyarrow) (alol_ray.pipeline imports without them)
         from evaluation import eval_job
 
@@ -307,7 +322,7 @@ class Pipeline:
         if key in self._made:
             return self._made[key]
         c = self.decoding_config(decoding)
-        prompts = self.eval_prompts(split, max_prompts)
+        prompts = self.eval_prompts(split, max_prompts) if prompts is None else prompts
         ref_path = self.reference() if (model_path is None or self.cfg.eval.win_rate) else None
         model_path = model_path or ref_path
         folder = out or self.paths.eval(method, seed, decoding)
@@ -317,8 +332,8 @@ class Pipeline:
 
         def build(staging: str) -> dict:
             result = eval_job.run_eval(c, prompts=prompts, model_path=model_path, method=method, seed=seed,
-                                       split=split, ref_path=ref_path, ref_cache=self.paths.reference_replies(decoding),
-                                       stats_dir=self.paths.scored, out_dir=staging)
+                                       split=split, ref_path=ref_path, stats_dir=self.paths.scored, out_dir=staging,
+                                       ref_cache=ref_cache or self.paths.reference_replies(decoding))
             log.info(result.table)
             return {"method": method, "seed": seed}
 

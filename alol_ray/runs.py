@@ -10,6 +10,7 @@
     runs/<name>/train/<method>-s<seed>/              best/ (HF folder), checkpoints/, metrics.jsonl, val.jsonl
     runs/<name>/eval/<method>-s<seed>/               examples.parquet, summary.json
     runs/<name>/eval/sampled/<method>-s<seed>/       the same with sampled decoding (eval.sample_top_p)
+    runs/<name>/prompts/<file>-<sha>/                `alol eval --prompts FILE`: <method>-s<seed>/ evals, report
     runs/<name>/rm/model/                            a reward model trained by `alol rm train`
     runs/<name>/cache/                               scores/ (per row and scorer), rm-features/, reference replies
     runs/<name>/report.md, report/                   the comparison report, plots, methods.csv, config.yaml
@@ -73,6 +74,10 @@ class RunPaths:
         """<run>/eval/<method>-s<seed>; other decodings than greedy in <run>/eval/<decoding>/<method>-s<seed>."""
         sub = () if decoding == GREEDY else (decoding,)
         return os.path.join(self.root, "eval", *sub, f"{method}-s{seed}")
+
+    def prompts(self, name: str) -> str:
+        """`alol eval --prompts FILE`'s output for one prompt file (``name``: its stem and content hash)."""
+        return os.path.join(self.root, "prompts", name)
 
     @property
     def reward_model(self) -> str:

@@ -4,24 +4,29 @@ The shared stages (rows, base policy, pi_ref, scored table, value table, the ref
 once; then every (method, seed) is trained and evaluated. Every step is a pipeline stage with a
 fingerprint, so an interrupted compare resumes and skips finished runs. Runs go concurrently, up to
 ``compare.max_concurrent`` at a time; each training run asks Ray for its own workers, so Ray queues what
-the cluster cannot hold. This runner sits above the pipeline, with the CLI.
+the cluster cannot hold. ``run_prompt_eval`` judges the policies a run already has on a new prompt set
+(``alol eval --prompts``). These runners sit above the pipeline, with the CLI.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import pandas as pd
 
 from alol_ray import tracking
-from alol_ray.errors import ConfigError
+from alol_ray.errors import ConfigError, UserError
+from alol_ray.hashing import file_sha
 from alol_ray.pipeline import Pipeline
 from alol_ray.registry import get_method
-from alol_ray.runs import GREEDY, SAMPLED
-from alol_ray.stage import read_marker
+from alol_ray.runs import GREEDY, SAMPLED, RunPaths
+from alol_ray.stage import intact, read_marker
+from alol_ray.train.trainer import BEST_DIR
 from evaluation.eval_job import EXAMPLES_FILE
 from evaluation.report import REFERENCE, RunEntry, write_report
 
@@ -104,3 +109,77 @@ def track_table(cfg, methods_csv: str) -> None:
         tracker.log_table("compare/methods", table)
         tracker.log({f"compare/{row['method']}/{column}": value for row in table.to_dict("records")
                      for column, value in row.items() if column != "method"}, step=0)
+
+
+# <run>/train/<method>-s<seed>: one training run's folder (hidden staging folders never match)
+TRAIN_FOLDER = re.compile(r"(?P<method>[^.].*)-s(?P<seed>0|[1-9][0-9]*)")
+REFERENCE_REPLIES_FILE = "reference_replies.parquet"
+
+
+def trained_policies(paths: RunPaths) -> list[tuple[str, int]]:
+    """(method, seed) of every finished training run in <run>/train/ but pi_ref's, sorted: a folder with an
+    intact stage marker and a ``best/`` policy (an interrupted or unfinished run is not one)."""
+    root = os.path.join(paths.root, "train")
+    found = []
+    for name in os.listdir(root) if os.path.isdir(root) else ():
+        match = TRAIN_FOLDER.fullmatch(name)
+        if not match or match["method"] == REFERENCE:
+            continue
+        folder = os.path.join(root, name)
+        marker = read_marker(folder)
+        if marker and intact(folder, marker) and os.path.isdir(os.path.join(folder, BEST_DIR)):
+            found.append((match["method"], int(match["seed"])))
+    return sorted(found)
+
+
+def run_prompt_eval(pipeline: Pipeline, prompts_file: str, prompts: pd.DataFrame, *, command: str,
+                    methods: Optional[list[str]] = None) -> tuple[str, str]:
+    """Judge the run's policies on the prompt set ``prompts`` (prompt_id, prompt) read from ``prompts_file``
+    (``alol eval --prompts``): every finished training run (``methods``: only these) and pi_ref as published,
+    nothing trained. Each is one eval stage in <run>/prompts/<file stem>-<sha256[:10]>/<method>-s<seed>/, so a
+    rerun on the same file content skips it, and the report goes beside them. Returns (report path, table)."""
+    cfg, paths = pipeline.cfg, pipeline.paths
+    runs = trained_policies(paths)
+    train_root = os.path.join(paths.root, "train")
+    if methods:
+        unknown = sorted(set(methods) - {m for m, _ in runs} - {REFERENCE})
+        if unknown:
+            raise UserError(f"--methods: no finished training run of {', '.join(unknown)} in {train_root} (finished: "
+                            f"{', '.join(sorted({m for m, _ in runs})) or 'none'})")
+        runs = [(m, s) for m, s in runs if m in methods]
+    reference = pipeline.published_reference()
+    if reference is None and not runs:
+        raise UserError(f"{paths.root} has no trained policy and no reference policy to evaluate: run `alol compare` "
+                        "or `alol train` first")
+    if reference is None and cfg.eval.win_rate:
+        raise UserError(f"{paths.root} has no reference policy to measure win rates against: train it with `alol "
+                        "train --reference` (or give reference.path=), or pass eval.win_rate=false")
+
+    name = os.path.basename(prompts_file)
+    sha = file_sha(prompts_file)
+    folder = paths.prompts(f"{os.path.splitext(name)[0]}-{sha[:10]}")
+    log.info(f"[eval] {len(prompts)} prompts of {name}: {len(runs)} trained policies"
+             f"{' and the reference' if reference else ''} -> {folder}")
+    entries = []
+    for decoding in decodings(cfg):
+        where = folder if decoding == GREEDY else os.path.join(folder, decoding)
+        # pi_ref's replies to these prompts, for every win rate: beside the results, not in the run's cache
+        common = {"split": name, "prompts": prompts, "decoding": decoding,
+                  "ref_cache": os.path.join(where, REFERENCE_REPLIES_FILE)}
+        if reference is not None:
+            out = pipeline.evaluate(REFERENCE, 0, reference, out=os.path.join(where, f"{REFERENCE}-s0"), **common)
+            entries.append(RunEntry(method=REFERENCE, seed=None, decoding=decoding,
+                                    eval_path=os.path.join(out, EXAMPLES_FILE)))
+        for method, seed in runs:
+            train_dir = paths.train(method, seed)
+            out = pipeline.evaluate(method, seed, os.path.join(train_dir, BEST_DIR),
+                                    out=os.path.join(where, f"{method}-s{seed}"), **common)
+            entries.append(RunEntry(method=method, seed=seed, decoding=decoding, train_dir=train_dir,
+                                    eval_path=os.path.join(out, EXAMPLES_FILE),
+                                    train_seconds=(read_marker(train_dir) or {}).get("seconds")))
+    notes = [(f"Prompts: {name} ({len(prompts)} distinct prompts, sha256 {sha[:10]}), not the run's own splits: "
+              "every policy and the reference answer the same prompts."),
+             ("Policies: the run's finished training runs as published (train/<method>-s<seed>/best) and its "
+              "reference policy; nothing was trained for this report.")]
+    return write_report(folder, entries, command=command, cfg=cfg, notes=notes, n_bootstrap=cfg.eval.bootstrap_samples,
+                        heading=f"alol-ray evaluation on {name}")

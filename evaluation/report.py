@@ -425,7 +425,8 @@ def config_section(cfg) -> tuple[str, str]:
 
 
 def write_report(run_root: str, entries: list[RunEntry], *, command: str, cfg, scored_table: Optional[str] = None,
-                 notes: Sequence[str] = (), n_bootstrap: int = 2000) -> tuple[str, str]:
+                 notes: Sequence[str] = (), n_bootstrap: int = 2000,
+                 heading: str = "alol-ray comparison report") -> tuple[str, str]:
     """Write <run>/report.md and <run>/report/ (plots, methods.csv, config.yaml: the full resolved config).
     Returns (report path, the printed table). The report holds no absolute paths of this machine."""
     report_dir = os.path.join(run_root, "report")
@@ -453,7 +454,7 @@ def write_report(run_root: str, entries: list[RunEntry], *, command: str, cfg, s
     shown, full = config_section(cfg)
     write_text(os.path.join(report_dir, "config.yaml"), full)
     text = [
-        "# alol-ray comparison report",
+        f"# {heading}",
         "",
         "Produced by:",
         "",

@@ -2,6 +2,14 @@
 
     alol eval --config configs/builtin.yaml --model runs/builtin/train/a_lol-s0/best --method a_lol --seed 0
     alol eval --max-prompts 50                         # the run's reference policy on the test split
+    alol eval --config configs/builtin.yaml --prompts my_prompts.jsonl    # every trained policy on a prompt file
+
+``--prompts FILE`` judges the policies the run already has (every finished ``train/<method>-s<seed>/`` and
+pi_ref; nothing is trained) on the distinct prompts of FILE, read like a data source (json, jsonl or
+parquet, any data format; records need only a prompt), with the same eval job, win rate against pi_ref's
+replies and report as ``alol compare``: ``<run>/prompts/<file stem>-<sha256[:10]>/`` (one eval folder per
+policy, report.md, report/methods.csv). The same file content reuses finished evaluations; an edited file
+gets a new folder.
 """
 
 from __future__ import annotations
@@ -10,31 +18,45 @@ import argparse
 import os
 
 from alol_ray.cli import add_config_arguments
-from alol_ray.config import resolve_path
+from alol_ray.config import ChatTemplateConfig, SourceConfig, local_file, resolve_path
 from alol_ray.errors import UserError
 
 USES_RUN = True
+
+PROMPT_FORMATS = ("auto", "rows", "pairs", "hh_rlhf", "hh_pro")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--model", help="policy folder (HF format) or hub id; default: the run's reference policy")
     parser.add_argument("--split", help="split of the run's prompts (default: eval.split, 'test')")
-    parser.add_argument("--max-prompts", type=int, help="evaluate the first N prompts (by prompt_id)")
+    parser.add_argument("--max-prompts", type=int, help="evaluate the first N prompts (by prompt_id; with --prompts, "
+                        "the file's first N distinct prompts)")
     parser.add_argument("--method", help="method name for the output folder (default: 'reference', or 'model' "
                         "with --model)")
     parser.add_argument("--seed", type=int, help="seed for the output folder (default: train.seed)")
     parser.add_argument("--out", help="output folder (default: <run>/eval/<method>-s<seed>/): examples.parquet and "
                         "summary.json")
+    parser.add_argument("--prompts", metavar="FILE", help="instead of a split: the run's trained policies and its "
+                        "reference policy on the prompts of FILE (json, jsonl or parquet; records need only a "
+                        "prompt), evaluated into <run>/prompts/<file stem>-<content hash>/ with a report")
+    parser.add_argument("--prompts-format", default="auto", choices=PROMPT_FORMATS,
+                        help="format of the --prompts file (default: detected from its first record)")
+    parser.add_argument("--methods", help="with --prompts: evaluate only these trained methods, comma-separated "
+                        "(the reference policy is always evaluated)")
 
 
 def run(args: argparse.Namespace, session) -> int:
+    if args.max_prompts is not None and args.max_prompts < 1:
+        raise UserError(f"--max-prompts must be >= 1, got {args.max_prompts}")
+    if args.prompts:
+        return run_prompts(args, session)
+    if args.methods or args.prompts_format != "auto":
+        raise UserError("--methods and --prompts-format go with --prompts FILE")
     # lazy: evaluation.eval_job (pandas, pyarrow) (alol_ray.commands.eval imports without them)
     from evaluation.eval_job import EXAMPLES_FILE, REFERENCE_METHOD, SUMMARY_FILE
 
     cfg = session.cfg
-    if args.max_prompts is not None and args.max_prompts < 1:
-        raise UserError(f"--max-prompts must be >= 1, got {args.max_prompts}")
     if args.split is not None and args.split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got '{args.split}'")
     model = resolve_path(args.model, "model", "--model") if args.model else None
@@ -44,4 +66,31 @@ def run(args: argparse.Namespace, session) -> int:
     folder = session.pipeline.evaluate(method, seed, model, split=args.split, max_prompts=args.max_prompts, out=out)
     print(f"per-example results: {os.path.join(folder, EXAMPLES_FILE)}")
     print(f"summary: {os.path.join(folder, SUMMARY_FILE)}")
+    return 0
+
+
+def run_prompts(args: argparse.Namespace, session) -> int:
+    """``--prompts FILE``: the file is read and checked before the run is touched (a bad one writes nothing)."""
+    # lazy: alol_ray.data.loaders (pandas), evaluation.compare (torch) (alol_ray.commands.eval imports without them)
+    from alol_ray.data.loaders import load_prompts
+    from evaluation.compare import run_prompt_eval
+
+    given = (("--model", args.model), ("--split", args.split), ("--method", args.method), ("--seed", args.seed),
+             ("--out", args.out))
+    clash = [flag for flag, value in given if value is not None]
+    if clash:
+        raise UserError(f"--prompts evaluates the run's own policies into <run>/prompts/: it takes no "
+                        f"{', '.join(clash)} (choose the policies with --methods)")
+    path = local_file(args.prompts, "--prompts")
+    # Dialogue formats render their prompts as the run's data did, so the policies see what they were trained on.
+    sources = [s for s in session.cfg.data.sources if s.format != "builtin"]
+    template = sources[0].template if sources else ChatTemplateConfig()
+    prompts = load_prompts(SourceConfig(path=path, format=args.prompts_format, template=template))
+    if args.max_prompts is not None:
+        prompts = prompts.head(args.max_prompts)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    report, table = run_prompt_eval(session.pipeline, path, prompts, command=session.command, methods=methods)
+    print()
+    print(table)
+    print(f"\nreport: {report}")
     return 0

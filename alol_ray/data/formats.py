@@ -79,15 +79,19 @@ def _rows_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTem
         raise FieldError(fields.rank, "wrong_type", f"expected a non-negative integer, got {rank!r}")
     reward = optional_value(values, fields.reward)
     reward = None if reward is None else check_reward(reward, fields.reward)
-    pid = optional_value(values, fields.prompt_id)
-    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int))):
-        raise FieldError(fields.prompt_id, "wrong_type", f"expected a string or integer id, got {type(pid).__name__}")
+    pid = _prompt_id(values, fields)
     split = optional_value(values, fields.split)
     if split is not None and split not in C.SPLITS:
         raise FieldError(fields.split, "wrong_type", f"split must be one of {list(C.SPLITS)}, got {split!r}")
     row_id = optional_value(values, fields.id)
-    return [Row("", None if pid is None else str(pid), prompt, response, rank, reward, split,
-                None if row_id is None else str(row_id))]
+    return [Row("", pid, prompt, response, rank, reward, split, None if row_id is None else str(row_id))]
+
+
+def _prompt_id(values: dict[str, Any], fields: FieldsConfig) -> Optional[str]:
+    pid = optional_value(values, fields.prompt_id)
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int))):
+        raise FieldError(fields.prompt_id, "wrong_type", f"expected a string or integer id, got {type(pid).__name__}")
+    return None if pid is None else str(pid)
 
 
 def _reward_list(values: dict[str, Any], key: str, n: int) -> list[Optional[float]]:
@@ -183,7 +187,8 @@ def render_pro_prefix(turns: Any, field: str, template: ChatTemplateConfig) -> s
     return render_turns(parsed, template)
 
 
-def _hh_pro_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTemplateConfig) -> list[Row]:
+def _pro_prompt(values: dict[str, Any], template: ChatTemplateConfig) -> str:
+    """The rendered prompt of a PRO-format record (its ``prefix``: one turn list per response, all equal)."""
     prefix = values.get("prefix")
     if prefix is None:
         raise FieldError("prefix", "missing_field", "missing field")
@@ -193,6 +198,11 @@ def _hh_pro_format(values: dict[str, Any], fields: FieldsConfig, template: ChatT
     for i, other in enumerate(prefix[1:], start=1):
         if other != prefix[0]:
             raise FieldError(f"prefix[{i}]", "inconsistent_prompt", "differs from prefix[0] (one prompt per record)")
+    return prompt
+
+
+def _hh_pro_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTemplateConfig) -> list[Row]:
+    prompt = _pro_prompt(values, template)
     suffix = values.get("suffix")
     if suffix is None:
         raise FieldError("suffix", "missing_field", "missing field")
@@ -225,6 +235,21 @@ def detect_format(values: dict[str, Any], fields: FieldsConfig) -> str:
     if fields.chosen in values and fields.rejected in values:
         return "pairs" if fields.prompt in values else "hh_rlhf"
     return "rows"
+
+
+def record_prompt(fmt: str, values: dict[str, Any], fields: FieldsConfig,
+                  template: ChatTemplateConfig) -> tuple[Optional[str], str]:
+    """One record's (prompt_id or None, prompt) as ``convert_record`` would render the prompt, for evaluation
+    prompt sets: the responses are neither needed nor read (``rows`` / ``pairs`` records may hold only a
+    prompt). Raises FieldError."""
+    if fmt in ("rows", "pairs"):
+        return _prompt_id(values, fields), require_text(values, fields.prompt, empty_reason="empty_prompt")
+    if fmt == "hh_rlhf":  # the prompt is the chosen transcript up to its last reply
+        transcript = require_text(values, fields.chosen, empty_reason="empty_response")
+        return None, split_transcript(transcript, fields.chosen, template)[0]
+    if fmt == "hh_pro":
+        return None, _pro_prompt(values, template)
+    raise ValueError(f"no prompts in format '{fmt}'")
 
 
 def convert_record(fmt: str, location: str, source: str, values: dict[str, Any], fields: FieldsConfig,

@@ -20,7 +20,7 @@ import pandas as pd
 from alol_ray import columns as C
 from alol_ray.atomic import write_json, write_parquet
 from alol_ray.config import DataConfig, SourceConfig
-from alol_ray.data.formats import Row, convert_record, detect_format
+from alol_ray.data.formats import FieldError, Row, convert_record, detect_format, record_prompt
 from alol_ray.data.readers import Record, read_records, storage_kind
 from alol_ray.errors import DataError, RowProblem, UserError
 from alol_ray.tasks import builtin
@@ -174,6 +174,43 @@ def load_source(src: SourceConfig, *, skip_invalid: bool, data_cfg: Optional[Dat
         frame = frame[~drop]
     frame = _assign_ranks(frame)
     return frame.reset_index(drop=True), report
+
+
+def load_prompts(src: SourceConfig) -> pd.DataFrame:
+    """The distinct prompts of one source, in file order: a (prompt_id, prompt) frame for evaluation
+    (``alol eval --prompts``). Records need only a prompt (responses are not read); ids are the records'
+    ``prompt_id`` or the prompt's hash, as ``load_source`` gives them. Strict: DataError listing file:line:
+    field for every bad record, UserError for a source without a single prompt."""
+    shown = os.path.basename(os.path.normpath(src.path))
+    fmt = src.format
+    ids: dict[str, str] = {}  # prompt_id -> where it was first seen
+    texts: dict[str, str] = {}  # prompt -> its id, in file order
+    problems: list[RowProblem] = []
+    for item in read_records(src.path, storage_kind(src.path), src.hf_split, src.limit):
+        if isinstance(item, RowProblem):
+            problems.append(item)
+            continue
+        if fmt in ("auto", ""):
+            fmt = detect_format(item.values, src.fields)
+        try:
+            pid, prompt = record_prompt(fmt, item.values, src.fields, src.template)
+        except FieldError as err:
+            problems.append(RowProblem(shown, item.location, err.field, err.reason, err.message))
+            continue
+        if prompt in texts:
+            continue  # a repeated prompt is evaluated once
+        pid = _stable_hash(prompt) if pid is None else pid
+        if pid in ids:
+            problems.append(RowProblem(shown, item.location, src.fields.prompt_id, "duplicate_id",
+                                       f"prompt_id {pid!r} already names another prompt (at {ids[pid]})"))
+            continue
+        ids[pid] = item.location
+        texts[prompt] = pid
+    if problems:
+        raise DataError(problems, hint="fix them (every prompt of the file is evaluated)")
+    if not texts:
+        raise UserError(f"{shown}: no prompts (the file holds no records)")
+    return pd.DataFrame({C.PROMPT_ID: list(texts.values()), C.PROMPT: list(texts)})
 
 
 def _holdout(frame: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
