@@ -20,6 +20,7 @@ The data folder defaults to ../shared/data/hh (or $ALOL_HH_DATA); it is read in 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -39,7 +40,52 @@ def data_overrides(data_dir: str, limit: int | None = None) -> list[str]:
     return out + ([f"data.sources.{i}.limit={limit}" for i in range(len(FILES))] if limit else [])
 
 
-def publish(report: str, dest: str, command: str, timings: dict[str, float]) -> None:
+def stage_times(run_root: str) -> list[str]:
+    """Wall time of every stage the run published (stage.json "seconds"), summed by kind, as report lines."""
+    from alol_ray.stage import read_marker
+
+    kinds: dict[str, list[float]] = {}
+    for folder, dirs, _ in os.walk(run_root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("best", "checkpoints", "report")]
+        marker = read_marker(folder)
+        if not marker or marker.get("seconds") is None or folder == run_root:
+            continue
+        rel = os.path.relpath(folder, run_root).split(os.sep)
+        if rel[0] == "train":
+            kind = "pi_ref training" if rel[1].startswith("reference-") else f"training {rel[1].rsplit('-s', 1)[0]}"
+        elif rel[0] == "eval":
+            kind = "evaluation (sampled)" if rel[1] == "sampled" else "evaluation (greedy)"
+        else:
+            kind = rel[0]
+        kinds.setdefault(kind, []).append(float(marker["seconds"]))
+    lines = ["| stage | runs | wall time, min (sum) | per run, s (mean) |", "|---|---|---|---|"]
+    for kind, secs in sorted(kinds.items()):
+        lines.append(f"| {kind} | {len(secs)} | {sum(secs) / 60:.1f} | {sum(secs) / len(secs):.0f} |")
+    return lines
+
+
+def judge_lines(rm_dir: str) -> list[str]:
+    """The evaluation reward model's held-out figures (its alol_rm_eval.json), as report lines."""
+    from alol_ray.rm.backbone import EVAL_FILE
+
+    path = os.path.join(rm_dir, EVAL_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        slices = json.load(fh)["slices"]
+    lines = ["| slice | scorer | Pearson with the labels | pairwise accuracy (rank 0 over rank 1) | pairs |",
+             "|---|---|---|---|---|"]
+    names = {"model": "the judge (MiniLM reward model)", "length": "reply length", "labels": "the data's own rewards"}
+    for name, res in slices.items():
+        for scorer in ("model", "length", "labels"):
+            r = res.get(scorer)
+            if r:
+                pearson = "-" if scorer == "labels" or r.get("pearson") is None else f"{r['pearson']:.3f}"
+                lines.append(f"| {name} | {names[scorer]} | {pearson} | {r['pairwise_acc']:.3f} | {r['pairs']} |")
+    return lines
+
+
+def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_dir: str = "") -> None:
     """Copy the report and its plots to ``dest``, headed by how they were made."""
     src_root = os.path.dirname(report)
     os.makedirs(os.path.join(dest, "report"), exist_ok=True)
@@ -47,6 +93,7 @@ def publish(report: str, dest: str, command: str, timings: dict[str, float]) -> 
         shutil.copy2(os.path.join(src_root, "report", name), os.path.join(dest, "report", name))
     with open(report, encoding="utf-8") as fh:
         body = fh.read()
+    judge = judge_lines(rm_dir) if rm_dir else []
     head = [
         "<!-- written by bench/hh_compare.py --publish; rerun the command below to reproduce -->",
         "",
@@ -60,6 +107,13 @@ def publish(report: str, dest: str, command: str, timings: dict[str, float]) -> 
         f"{time.strftime('%Y-%m-%d')}",
         *(f"- {part}: {seconds / 60:.1f} min wall" for part, seconds in timings.items()),
         "",
+        "Time per stage (the wall time each stage recorded when it was built; a resumed run adds up its parts):",
+        "",
+        *stage_times(src_root),
+        "",
+        *(["The judge: the evaluation reward model, on prompts it never saw (the 10% holdout, the same prompts "
+           "as the test split) and on sampled_dev (labelled by another reward model):", "", *judge, ""]
+          if judge else []),
     ]
     with open(os.path.join(dest, "README.md"), "w", encoding="utf-8") as fh:
         fh.write("\n".join(head) + "\n" + body)
@@ -113,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     for part, seconds in timings.items():
         print(f"{part}: {seconds / 60:.1f} min")
     if args.publish:
-        publish(report, args.publish, command, timings)
+        publish(report, args.publish, command, timings, rm_dir)
     return 0
 
 

@@ -86,8 +86,12 @@ def length_baseline(frame: pd.DataFrame) -> np.ndarray:
 
 def evaluate_slice(frame: pd.DataFrame, scores) -> dict[str, Any]:
     """{"rows", "prompts", "model": report, "length": report} for one evaluation slice."""
-    return {"rows": int(len(frame)), "prompts": int(frame[C.PROMPT_ID].nunique()),
-            "model": score_report(frame, scores), "length": score_report(frame, length_baseline(frame))}
+    out = {"rows": int(len(frame)), "prompts": int(frame[C.PROMPT_ID].nunique()),
+           "model": score_report(frame, scores), "length": score_report(frame, length_baseline(frame))}
+    if C.REWARD in frame and frame[C.REWARD].notna().all():
+        # the reward labels themselves as the scorer: how often they agree with the data's ranking (the ceiling)
+        out["labels"] = score_report(frame, frame[C.REWARD].to_numpy(dtype=np.float64))
+    return out
 
 
 def format_report(report: dict[str, dict[str, Any]]) -> str:
@@ -98,7 +102,9 @@ def format_report(report: dict[str, dict[str, Any]]) -> str:
 
     lines = [f"{'slice':<12} {'scorer':<7} {'rows':>6} {'pearson':>8} {'spearman':>8} {'pair_acc':>8} {'pairs':>6}"]
     for name, res in report.items():
-        for scorer in ("model", "length"):
+        for scorer in ("model", "length", "labels"):
+            if scorer not in res:
+                continue
             r = res[scorer]
             lines.append(f"{name:<12} {scorer:<7} {res['rows']:>6} {fmt(r.get('pearson')):>8} "
                          f"{fmt(r.get('spearman')):>8} {fmt(r.get('pairwise_acc')):>8} {r.get('pairs', 0):>6}")
