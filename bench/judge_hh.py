@@ -109,7 +109,7 @@ def train_head(features: np.ndarray, frame, pairs, loss: str, epochs: int = 30, 
 
     torch.manual_seed(seed)
     train = (frame["part"] == "train").to_numpy()
-    x = torch.tensor(features)
+    x = torch.tensor(np.array(features))
     x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
     r = torch.tensor(frame["reward"].to_numpy(np.float32))
     z = (r - r[train].mean()) / r[train].std()
@@ -133,6 +133,8 @@ def train_head(features: np.ndarray, frame, pairs, loss: str, epochs: int = 30, 
 
 def finetune(encoder: Encoder, texts: list[str], frame, pairs, epochs: int, max_length: int = 128):
     """The whole encoder and a linear head, ``softreg``; yields (epoch, scores of every row) after each epoch."""
+    if epochs < 1:
+        return
     torch = encoder.torch
     torch.manual_seed(0)
     head = torch.nn.Linear(encoder.model.config.hidden_size, 1)
