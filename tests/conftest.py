@@ -74,6 +74,18 @@ def require_gpu_extra(module: str) -> None:
         pytest.fail(f"{module} is not installed: the gpu tier needs `pip install -e '.[gpu]'`", pytrace=False)
 
 
+def in_dir(folder, argv):
+    """``alol <argv>`` in-process, from ``folder`` as the working directory (as a user types it there)."""
+    from alol_ray.cli import main
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        return main(argv)
+    finally:
+        os.chdir(cwd)
+
+
 @contextlib.contextmanager
 def armed(spec: str):
     """Arm faults (``ALOL_FAULTS`` syntax, e.g. ``train.step=3``) for the block; each fires once."""

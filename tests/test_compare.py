@@ -14,6 +14,7 @@ import os
 
 import pandas as pd
 import pytest
+from conftest import in_dir
 
 from alol_ray.commands.demo import resource_overrides
 
@@ -46,17 +47,6 @@ def test_resource_overrides_fill_the_machine():
         ppo = parsed(cpus, 4)
         held = sum(float(ppo[k]) for k in ("ppo.cpus_per_worker", "ppo.generation_cpus", "ppo.reference_cpus"))
         assert 0 < held <= cpus, cpus
-
-
-def in_dir(folder, argv):
-    from alol_ray.cli import main
-
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        return main(argv)
-    finally:
-        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")

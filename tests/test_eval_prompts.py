@@ -15,6 +15,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from conftest import in_dir
 
 from alol_ray import columns as C
 from alol_ray import stage
@@ -27,17 +28,6 @@ from evaluation import eval_job
 RUN = ["storage=runs", "name=ev", "data.builtin_train_prompts=60", "data.builtin_eval_prompts=20",
        "generation.max_new_tokens=12", "eval.bootstrap_samples=200"]
 NLL_SECONDS, NLL_TOKENS, NLL_STEP_S = 12.5, 1000.0, 2.0
-
-
-def in_dir(folder, argv):
-    from alol_ray.cli import main
-
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        return main(argv)
-    finally:
-        os.chdir(cwd)
 
 
 def publish_policy(folder: str, policy: str, seconds: float, metrics: list[dict] = ()) -> None:
