@@ -85,11 +85,12 @@ def length_baseline(frame: pd.DataFrame) -> np.ndarray:
 
 
 def evaluate_slice(frame: pd.DataFrame, scores) -> dict[str, Any]:
-    """{"rows", "prompts", "model": report, "length": report} for one evaluation slice."""
+    """{"rows", "prompts", "model": report, "length": report} for one evaluation slice, and "labels" (the
+    rows' own rewards as the scorer) when every row carries one."""
     out = {"rows": int(len(frame)), "prompts": int(frame[C.PROMPT_ID].nunique()),
            "model": score_report(frame, scores), "length": score_report(frame, length_baseline(frame))}
     if C.REWARD in frame and frame[C.REWARD].notna().all():
-        # the reward labels themselves as the scorer: how often they agree with the data's ranking (the ceiling)
+        # the reward labels as the scorer: how often the model that made them agrees with the data's ranking
         out["labels"] = score_report(frame, frame[C.REWARD].to_numpy(dtype=np.float64))
     return out
 
