@@ -48,13 +48,18 @@ def decodings(cfg) -> list[str]:
     return [GREEDY] + ([SAMPLED] if cfg.eval.sample_top_p is not None else [])
 
 
+def trained_entry(paths: RunPaths, method: str, seed: int, decoding: str, eval_folder: str) -> RunEntry:
+    """The report's entry for a training run's evaluation: its train folder and the stage's wall time."""
+    train_dir = paths.train(method, seed)
+    return RunEntry(method=method, seed=seed, decoding=decoding, train_dir=train_dir,
+                    train_seconds=(read_marker(train_dir) or {}).get("seconds"),
+                    eval_path=os.path.join(eval_folder, EXAMPLES_FILE))
+
+
 def run_one(pipeline: Pipeline, method: str, seed: int) -> list[RunEntry]:
     """Train (or resume, or skip) one (method, seed) and evaluate its best checkpoint (one entry per decoding)."""
     best = pipeline.train(method, seed)
-    train_dir = pipeline.paths.train(method, seed)
-    marker = read_marker(train_dir) or {}
-    return [RunEntry(method=method, seed=seed, decoding=d, train_dir=train_dir, train_seconds=marker.get("seconds"),
-                     eval_path=os.path.join(pipeline.evaluate(method, seed, best, decoding=d), EXAMPLES_FILE))
+    return [trained_entry(pipeline.paths, method, seed, d, pipeline.evaluate(method, seed, best, decoding=d))
             for d in decodings(pipeline.cfg)]
 
 
@@ -171,12 +176,9 @@ def run_prompt_eval(pipeline: Pipeline, prompts_file: str, prompts: pd.DataFrame
             entries.append(RunEntry(method=REFERENCE, seed=None, decoding=decoding,
                                     eval_path=os.path.join(out, EXAMPLES_FILE)))
         for method, seed in runs:
-            train_dir = paths.train(method, seed)
-            out = pipeline.evaluate(method, seed, os.path.join(train_dir, BEST_DIR),
+            out = pipeline.evaluate(method, seed, os.path.join(paths.train(method, seed), BEST_DIR),
                                     out=os.path.join(where, f"{method}-s{seed}"), **common)
-            entries.append(RunEntry(method=method, seed=seed, decoding=decoding, train_dir=train_dir,
-                                    eval_path=os.path.join(out, EXAMPLES_FILE),
-                                    train_seconds=(read_marker(train_dir) or {}).get("seconds")))
+            entries.append(trained_entry(paths, method, seed, decoding, out))
     notes = [(f"Prompts: {name} ({len(prompts)} distinct prompts, sha256 {sha[:10]}), not the run's own splits: "
               "every policy and the reference answer the same prompts."),
              ("Policies: the run's finished training runs as published (train/<method>-s<seed>/best) and its "

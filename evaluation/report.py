@@ -83,13 +83,16 @@ def paired_hierarchical_ci(a: np.ndarray, b: np.ndarray, n_samples: int = 2000, 
     return point, float(lo), float(hi)
 
 
+HIGHER, LOWER, OPEN = "higher (established)", "lower (established)", "not established"
+
+
 def verdict(lo: float, hi: float) -> str:
     """Whether a paired difference is established at 95%: its interval excludes 0."""
     if lo > 0:
-        return "higher (established)"
+        return HIGHER
     if hi < 0:
-        return "lower (established)"
-    return "not established"
+        return LOWER
+    return OPEN
 
 
 def _per_prompt(runs: list[RunEntry], column: str = C.REWARD) -> pd.DataFrame:
@@ -99,14 +102,19 @@ def _per_prompt(runs: list[RunEntry], column: str = C.REWARD) -> pd.DataFrame:
     return pd.DataFrame(frames).reset_index(drop=True)
 
 
+def by_method(entries: list[RunEntry]) -> dict[str, list[RunEntry]]:
+    """The entries grouped by method (one per seed), in the order the methods first appear."""
+    groups: dict[str, list[RunEntry]] = {}
+    for e in entries:
+        groups.setdefault(e.method, []).append(e)
+    return groups
+
+
 def paired_rows(entries: list[RunEntry], baselines: Sequence[str] = (REFERENCE, "nll"),
                 n_bootstrap: int = 2000) -> pd.DataFrame:
     """Every method against each baseline present (the reference policy, NLL): the mean per-prompt reward
     difference on the prompts both answered, its 95% paired hierarchical bootstrap interval and the verdict."""
-    by_method: dict[str, list[RunEntry]] = {}
-    for e in entries:
-        by_method.setdefault(e.method, []).append(e)
-    tables = {m: _per_prompt(runs) for m, runs in by_method.items()}
+    tables = {m: _per_prompt(runs) for m, runs in by_method(entries).items()}
     rows = []
     for base in baselines:
         if base not in tables:
@@ -114,7 +122,7 @@ def paired_rows(entries: list[RunEntry], baselines: Sequence[str] = (REFERENCE, 
         for method, table in tables.items():
             if method == base or method == REFERENCE:
                 continue
-            shared = [p for p in table.columns if p in set(tables[base].columns)]
+            shared = table.columns.intersection(tables[base].columns)  # in this method's order
             a, b = table[shared].to_numpy(), tables[base][shared].to_numpy()
             diff, lo, hi = paired_hierarchical_ci(a, b, n_bootstrap)
             rows.append({"method": method, "versus": base, "seeds": len(a), "versus_seeds": len(b),
@@ -133,12 +141,9 @@ def paired_markdown(paired: pd.DataFrame) -> list[str]:
                      f"| {r['seeds']} vs {r['versus_seeds']} | {r['prompts']} | {r['verdict']} |")
     lines.append("")
     for base, part in paired.groupby("versus", sort=False):
-        above = part[part["lo"] > 0]["method"].tolist()
-        below = part[part["hi"] < 0]["method"].tolist()
-        open_ = part[(part["lo"] <= 0) & (part["hi"] >= 0)]["method"].tolist()
-        said = [f"above {base}: " + (", ".join(above) if above else "none"),
-                f"below {base}: " + (", ".join(below) if below else "none"),
-                "not established either way: " + (", ".join(open_) if open_ else "none")]
+        said = [f"{label}: " + (", ".join(part.loc[part["verdict"] == v, "method"]) or "none")
+                for label, v in ((f"above {base}", HIGHER), (f"below {base}", LOWER),
+                                 ("not established either way", OPEN))]
         lines.append(f"- Established at 95% (interval excludes 0): {'; '.join(said)}.")
     return lines
 
@@ -169,11 +174,8 @@ def step_throughput(records: list[dict]) -> tuple[float, float]:
 
 def method_rows(entries: list[RunEntry], n_bootstrap: int = 2000) -> pd.DataFrame:
     """One row per method: means with 95% intervals over seeds and prompts, diversity, length, cost."""
-    by_method: dict[str, list[RunEntry]] = {}
-    for e in entries:
-        by_method.setdefault(e.method, []).append(e)
     rows = []
-    for method, runs in by_method.items():
+    for method, runs in by_method(entries).items():
         frames = [pd.read_parquet(r.eval_path) for r in runs]
         reward_cols = [C.REWARD] + sorted(c for c in frames[0].columns if c.startswith(C.REWARD_PREFIX))
         row: dict = {"method": method, "seeds": len(runs), "prompts": int(np.mean([len(f) for f in frames]))}
@@ -273,6 +275,17 @@ def with_paired_columns(table: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFra
     return table
 
 
+def decoding_tables(entries: list[RunEntry], report_dir: str, suffix: str,
+                    n_bootstrap: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One decoding's method table (with the paired columns) and paired differences, also written as
+    report/methods<suffix>.csv and report/paired<suffix>.csv."""
+    paired = paired_rows(entries, n_bootstrap=n_bootstrap)
+    table = with_paired_columns(method_rows(entries, n_bootstrap), paired)
+    table.to_csv(os.path.join(report_dir, f"methods{suffix}.csv"), index=False)
+    paired.to_csv(os.path.join(report_dir, f"paired{suffix}.csv"), index=False)
+    return table, paired
+
+
 def format_paired(paired: pd.DataFrame) -> str:
     """The paired differences for the terminal, one line each."""
     if paired.empty:
@@ -312,8 +325,8 @@ def sample_replies(entries: list[RunEntry], n_prompts: int = 3, max_chars: int =
 
     out = ["", "## Sample replies", "", f"The first {len(pids)} test prompts (end of the prompt shown) and each "
            "method's reply (first seed).", ""]
+    any_frame = next(iter(frames.values()))
     for pid in pids:
-        any_frame = next(iter(frames.values()))
         out += [f"**Prompt** `{pid}`: {clip(any_frame.loc[pid, C.PROMPT])}", ""]
         out += [f"- *{m}*: {clip(f.loc[pid, C.RESPONSE]) or '(empty)'}" for m, f in sorted(frames.items())]
         out.append("")
@@ -432,19 +445,10 @@ def write_report(run_root: str, entries: list[RunEntry], *, command: str, cfg, s
     report_dir = os.path.join(run_root, "report")
     os.makedirs(report_dir, exist_ok=True)
     greedy = [e for e in entries if e.decoding == GREEDY]
+    table, paired = decoding_tables(greedy, report_dir, "", n_bootstrap)
     sampled = [e for e in entries if e.decoding == SAMPLED]
-    table = method_rows(greedy, n_bootstrap)
-    paired = paired_rows(greedy, n_bootstrap=n_bootstrap)
-    table = with_paired_columns(table, paired)
-    table.to_csv(os.path.join(report_dir, "methods.csv"), index=False)
-    paired.to_csv(os.path.join(report_dir, "paired.csv"), index=False)
-    sampled_table = sampled_paired = None
-    if sampled:
-        sampled_table = method_rows(sampled, n_bootstrap)
-        sampled_paired = paired_rows(sampled, n_bootstrap=n_bootstrap)
-        sampled_table = with_paired_columns(sampled_table, sampled_paired)
-        sampled_table.to_csv(os.path.join(report_dir, "methods_sampled.csv"), index=False)
-        sampled_paired.to_csv(os.path.join(report_dir, "paired_sampled.csv"), index=False)
+    sampled_table, sampled_paired = decoding_tables(sampled, report_dir, "_sampled", n_bootstrap) if sampled \
+        else (None, None)
     plots = [
         ("Validation reward during training", plot_val_curves(greedy, os.path.join(report_dir, "val_reward.png"))),
         ("Test reward distributions", plot_reward_distributions(greedy, os.path.join(report_dir, "reward_dist.png"))),
