@@ -7,8 +7,8 @@
 1. prompts: given by the caller (the pipeline takes one row per prompt_id of the split, in order);
 2. replies: ``Generator`` (vLLM where installed, transformers otherwise) with ``generation.*`` settings;
 3. rewards: the run's reward (``scoring.reward.run_scorer``), in this process;
-4. the reference policy's replies to the same prompts (generated once, cached in ``ref_cache``) for the
-   win rate;
+4. the reference policy's replies to the same prompts and their rewards (generated and scored once, cached in
+   ``ref_cache`` and beside it) for the win rate;
 5. metrics (``evaluation.metrics``): ``examples.parquet`` + ``summary.json`` in ``out_dir`` + a printed table.
 
 Every method is evaluated by this one function, so their numbers line up.
@@ -120,6 +120,46 @@ def reference_replies(cfg: RunConfig, ref_path: str, prompts: pd.DataFrame, cach
     return merged
 
 
+def rewards_cache_path(ref_cache: str) -> str:
+    """Where the rewards of the reference replies cached at ``ref_cache`` are kept: beside them."""
+    return ref_cache[: -len(".parquet")] + "_rewards.parquet"
+
+
+def reference_rewards(cfg: RunConfig, examples: pd.DataFrame, cache_path: str, stats: Optional[dict] = None,
+                      known: Optional[np.ndarray] = None) -> np.ndarray:
+    """The total reward of the reference replies in ``examples`` (prompt_id, prompt, ref_response), from the
+    cache at ``cache_path`` (keyed by prompt_id, prompt and reply); the missing ones are scored (or taken from
+    ``known``, when the reference itself is under evaluation) and added. Every policy of a comparison is
+    judged against the same reference replies, so they are scored once, not once per policy. The marker
+    beside the parquet holds the fingerprint of the reward settings (the reward models by content) and the
+    parquet's hash: a stale or half-written cache is never read."""
+    meta_path = cache_path[: -len(".parquet")] + ".json"
+    fp = fingerprint("ref-rewards-v1", cfg.reward, stats or {})
+    key = [C.PROMPT_ID, C.PROMPT, C.RESPONSE]
+    want = pd.DataFrame({C.PROMPT_ID: examples[C.PROMPT_ID].to_numpy(), C.PROMPT: examples[C.PROMPT].to_numpy(),
+                         C.RESPONSE: examples[REF_RESPONSE].to_numpy()})
+    cached = pd.DataFrame({**{k: pd.Series(dtype=want[k].dtype) for k in key}, C.REWARD: pd.Series(dtype=float)})
+    meta = read_json(meta_path) or {}
+    if os.path.exists(cache_path) and meta.get("fingerprint") == fp and meta.get("sha") == file_sha(cache_path):
+        cached = pd.read_parquet(cache_path).drop_duplicates(key, keep="last")
+    rewards = want.merge(cached, on=key, how="left")[C.REWARD].to_numpy(dtype=float, copy=True)
+    missing = np.isnan(rewards)
+    if missing.any():
+        todo = want[missing].reset_index(drop=True)
+        if known is not None:
+            fresh = np.asarray(known, dtype=float)[missing]
+        else:
+            fresh = score_replies(cfg, todo[C.PROMPT].tolist(), todo[C.RESPONSE].tolist(), stats)[C.REWARD]
+        rewards[missing] = fresh
+        fresh_rows = todo.assign(**{C.REWARD: fresh})
+        cached = pd.concat([cached, fresh_rows], ignore_index=True) if len(cached) else fresh_rows
+        write_parquet(cache_path, cached)
+        write_json(meta_path, {"fingerprint": fp, "sha": file_sha(cache_path), "replies": len(cached)})
+    else:
+        log.info(f"[eval] rewards of the reference replies from cache ({cache_path})")
+    return rewards
+
+
 def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: str, seed: int, split: str,
              out_dir: str, ref_path: Optional[str] = None, ref_cache: Optional[str] = None,
              stats_dir: Optional[str] = None) -> EvalResult:
@@ -141,7 +181,8 @@ def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: 
         is_ref = os.path.realpath(ref_path) == os.path.realpath(model_path)
         ref = reference_replies(cfg, ref_path, prompts, ref_cache, own=examples if is_ref else None)
         examples[REF_RESPONSE] = ref[C.RESPONSE].to_numpy()
-        ref_rewards = score_replies(cfg, examples[C.PROMPT].tolist(), examples[REF_RESPONSE].tolist(), stats)[C.REWARD]
+        ref_rewards = reference_rewards(cfg, examples, rewards_cache_path(ref_cache), stats,
+                                        known=examples[C.REWARD].to_numpy() if is_ref else None)
         examples[REF_REWARD] = ref_rewards
         examples[WIN] = win_outcomes(examples[C.REWARD].to_numpy(), ref_rewards)
 

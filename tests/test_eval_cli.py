@@ -100,6 +100,38 @@ def test_reference_replies_come_from_the_cache(tiny_policy_dir, tmp_path):
     assert again[C.RESPONSE].tolist() == ["changed", "rb"]
 
 
+def test_reference_rewards_are_scored_once(ray_local, tmp_path):
+    """The reference replies' rewards: taken from `known` when the reference is evaluated, then from the cache
+    for every other policy; only a reply not seen before is scored; another reward setting or a cache cut
+    short by a crash means scoring again."""
+    from alol_ray.tasks import builtin
+
+    cfg = load_config(None, [f"storage={tmp_path}", "name=r", *RUN_ARGS])
+    cache = eval_job.rewards_cache_path(str(tmp_path / "reference_replies.parquet"))
+    assert cache == str(tmp_path / "reference_replies_rewards.parquet")
+    prompts = ["Spell the word cat backwards.", "Name a colour."]
+    replies = ["tac", "blue"]
+    examples = pd.DataFrame({C.PROMPT_ID: ["a", "b"], C.PROMPT: prompts, eval_job.REF_RESPONSE: replies})
+    true = builtin.total_reward(builtin.score(prompts, replies))
+
+    known = np.array([0.25, -3.0])  # not what the reward says: proves these came from `known` and the cache
+    np.testing.assert_array_equal(eval_job.reference_rewards(cfg, examples.head(1), cache, known=known[:1]), [0.25])
+    # "a" from the cache, "b" scored for real.
+    np.testing.assert_allclose(eval_job.reference_rewards(cfg, examples, cache), [0.25, true[1]], atol=1e-12)
+    assert sorted(pd.read_parquet(cache)[C.PROMPT_ID]) == ["a", "b"]
+    # Another reply to the same prompt is another entry.
+    other = examples.assign(**{eval_job.REF_RESPONSE: ["tac", "green"]})
+    np.testing.assert_allclose(eval_job.reference_rewards(cfg, other, cache, known=known),
+                               [0.25, -3.0], atol=1e-12)
+    # Another reward setting: everything is scored again.
+    cfg.reward.components[0].weight = 2.0
+    np.testing.assert_allclose(eval_job.reference_rewards(cfg, examples, cache), 2 * true, atol=1e-12)
+    # A cache file cut short by a crash (its marker no longer matches the file) is never read.
+    with open(cache, "r+b") as fh:
+        fh.truncate(100)
+    np.testing.assert_allclose(eval_job.reference_rewards(cfg, examples, cache, known=known), known, atol=1e-12)
+
+
 def test_sampled_decoding_is_a_second_evaluation(ray_local, tiny_policy_dir, tmp_path):
     """eval.sample_top_p: the same policy evaluated again with sampling, in its own folder and reference cache."""
     from alol_ray.errors import ConfigError
