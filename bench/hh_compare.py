@@ -85,6 +85,50 @@ def judge_lines(rm_dir: str) -> list[str]:
     return lines
 
 
+def claim_lines(report_dir: str) -> list[str]:
+    """The paper's claim checked on this run: the best A-LoL variant (highest mean greedy test reward) against
+    NLL and the reference policy, paired differences with their 95% intervals, under each decoding."""
+    import pandas as pd
+
+    methods_csv = os.path.join(report_dir, "methods.csv")
+    if not os.path.exists(methods_csv):
+        return []
+    table = pd.read_csv(methods_csv)
+    variants = table[table["method"].str.startswith("a_lol")]
+    if variants.empty:
+        return []
+    best = variants.sort_values("reward", ascending=False).iloc[0]["method"]
+    lines = [f"The paper's claim is that A-LoL beats NLL and the reference policy. The best A-LoL variant here, by "
+             f"mean greedy test reward, is **{best}** (picking the best of {len(variants)} variants on the test "
+             "split favours A-LoL; every variant's paired differences are in the report below). Its paired "
+             "differences (mean per-prompt reward difference, 95% paired hierarchical bootstrap over seeds and "
+             "prompts):", "", "| decoding | comparison | reward difference (95% CI) | |", "|---|---|---|---|"]
+    supported, decodings = True, []
+    for decoding, suffix in (("greedy", ""), ("sampled", "_sampled")):
+        path = os.path.join(report_dir, f"paired{suffix}.csv")
+        if not os.path.exists(path):
+            continue
+        decodings.append(decoding)
+        paired = pd.read_csv(path)
+        for versus in ("nll", "reference"):
+            row = paired[(paired["method"] == best) & (paired["versus"] == versus)]
+            if row.empty:
+                supported = False
+                continue
+            r = row.iloc[0]
+            supported &= r["lo"] > 0
+            interval = f"{r['difference']:+.3f} ({r['lo']:+.3f} to {r['hi']:+.3f})"
+            lines.append(f"| {decoding} | {best} - {versus} | {interval} | {r['verdict']} |")
+    under = f"under {' and '.join(decodings)} decoding"
+    lines += ["", (f"**The run supports the claim** {under}: every difference above is positive and its interval "
+                   "excludes 0." if supported else
+                   f"**The run does not support the claim in full** {under}: not every difference above is positive "
+                   "with an interval that excludes 0 (see the verdicts)."),
+              "These are differences in the judge's reward: they say how the judge ranks the replies, and are worth "
+              "as much as its pairwise accuracy (below)."]
+    return lines
+
+
 def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_dir: str = "") -> None:
     """Copy the report and its plots to ``dest``, headed by how they were made."""
     src_root = os.path.dirname(report)
@@ -110,6 +154,8 @@ def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_
         "Time per stage (the wall time each stage recorded when it was built; a resumed run adds up its parts):",
         "",
         *stage_times(src_root),
+        "",
+        *claim_lines(os.path.join(src_root, "report")),
         "",
         *(["The judge: the evaluation reward model, on prompts it never saw (the 10% holdout, the same prompts "
            "as the test split) and on sampled_dev (labelled by another reward model):", "", *judge, ""]
