@@ -129,14 +129,29 @@ def claim_lines(report_dir: str) -> list[str]:
     return lines
 
 
-def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_dir: str = "") -> None:
-    """Copy the report and its plots to ``dest``, headed by how they were made."""
+def data_dir_shown(text: str, data_dir: str) -> str:
+    """``text`` with the HH data folder as typed from the repository's root (``../shared/data/hh`` for the
+    default), not as this machine's absolute path: the run's report makes only paths below its working
+    directory relative, and the data lies outside it."""
+    where = os.path.abspath(data_dir)
+    return text.replace(where + os.sep, os.path.relpath(where, REPO) + "/")
+
+
+def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_dir: str = "",
+            data_dir: str = "") -> None:
+    """Copy the report and its plots to ``dest``, headed by how they were made; the data folder ``data_dir``
+    is shown relative to the repository."""
     src_root = os.path.dirname(report)
     os.makedirs(os.path.join(dest, "report"), exist_ok=True)
     for name in os.listdir(os.path.join(src_root, "report")):
-        shutil.copy2(os.path.join(src_root, "report", name), os.path.join(dest, "report", name))
+        src, out = os.path.join(src_root, "report", name), os.path.join(dest, "report", name)
+        if data_dir and name.endswith((".yaml", ".csv")):
+            with open(src, encoding="utf-8") as fh, open(out, "w", encoding="utf-8") as dst:
+                dst.write(data_dir_shown(fh.read(), data_dir))
+        else:
+            shutil.copy2(src, out)
     with open(report, encoding="utf-8") as fh:
-        body = fh.read()
+        body = data_dir_shown(fh.read(), data_dir) if data_dir else fh.read()
     judge = judge_lines(rm_dir) if rm_dir else []
     head = [
         "<!-- written by bench/hh_compare.py --publish; rerun the command below to reproduce -->",
@@ -213,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     for part, seconds in timings.items():
         print(f"{part}: {seconds / 60:.1f} min")
     if args.publish:
-        publish(report, args.publish, command, timings, rm_dir)
+        publish(report, args.publish, command, timings, rm_dir, args.data_dir)
     return 0
 
 

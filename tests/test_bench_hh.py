@@ -13,7 +13,8 @@ import hh_compare  # noqa: E402
 
 def write_tables(folder, rewards: dict[str, float], paired: list[tuple], sampled: list[tuple] | None = None):
     os.makedirs(folder, exist_ok=True)
-    pd.DataFrame({"method": list(rewards), "reward": list(rewards.values())}).to_csv(folder / "methods.csv", index=False)
+    table = pd.DataFrame({"method": list(rewards), "reward": list(rewards.values())})
+    table.to_csv(folder / "methods.csv", index=False)
     columns = ["method", "versus", "difference", "lo", "hi", "verdict"]
     pd.DataFrame(paired, columns=columns).to_csv(folder / "paired.csv", index=False)
     if sampled is not None:
@@ -46,3 +47,12 @@ def test_no_claim_without_an_a_lol_variant_or_tables(tmp_path):
     assert hh_compare.claim_lines(str(tmp_path)) == []
     write_tables(tmp_path, {"nll": 0.5, "reference": 0.4}, [("nll", "reference", 0.1, 0.05, 0.15, "x")])
     assert hh_compare.claim_lines(str(tmp_path)) == []
+
+
+def test_the_published_data_folder_is_relative_to_the_repository(tmp_path):
+    data = tmp_path / "data" / "hh"
+    text = f"  - path: {data}/harmless_base.json\n  - model: runs/rm_hh/rm/model\n"
+    shown = hh_compare.data_dir_shown(text, str(data))
+    assert "path: /" not in shown  # no absolute path of this machine
+    assert f"  - path: {os.path.relpath(data, hh_compare.REPO)}/harmless_base.json\n" in shown
+    assert "  - model: runs/rm_hh/rm/model\n" in shown
