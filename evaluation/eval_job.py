@@ -128,8 +128,9 @@ def rewards_cache_path(ref_cache: str) -> str:
 def reference_rewards(cfg: RunConfig, examples: pd.DataFrame, cache_path: str, stats: Optional[dict] = None,
                       known: Optional[np.ndarray] = None) -> np.ndarray:
     """The total reward of the reference replies in ``examples`` (prompt_id, prompt, ref_response), from the
-    cache at ``cache_path`` (keyed by prompt_id, prompt and reply); the missing ones are scored (or taken from
-    ``known``, when the reference itself is under evaluation) and added. Every policy of a comparison is
+    cache at ``cache_path`` (keyed by prompt_id, prompt and reply); the missing ones are taken from ``known``
+    (when the reference itself is under evaluation: its rewards, NaN where its reply is not the cached one) or
+    scored, and added. Every policy of a comparison is
     judged against the same reference replies, so they are scored once, not once per policy. The marker
     beside the parquet holds the fingerprint of the reward settings (the reward models by content) and the
     parquet's hash: a stale or half-written cache is never read."""
@@ -146,10 +147,11 @@ def reference_rewards(cfg: RunConfig, examples: pd.DataFrame, cache_path: str, s
     missing = np.isnan(rewards)
     if missing.any():
         todo = want[missing].reset_index(drop=True)
-        if known is not None:
-            fresh = np.asarray(known, dtype=float)[missing]
-        else:
-            fresh = score_replies(cfg, todo[C.PROMPT].tolist(), todo[C.RESPONSE].tolist(), stats)[C.REWARD]
+        fresh = np.full(len(todo), np.nan) if known is None else np.asarray(known, dtype=float)[missing]
+        unknown = np.isnan(fresh)
+        if unknown.any():
+            part = todo[unknown]
+            fresh[unknown] = score_replies(cfg, part[C.PROMPT].tolist(), part[C.RESPONSE].tolist(), stats)[C.REWARD]
         rewards[missing] = fresh
         fresh_rows = todo.assign(**{C.REWARD: fresh})
         cached = pd.concat([cached, fresh_rows], ignore_index=True) if len(cached) else fresh_rows
@@ -181,8 +183,9 @@ def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: 
         is_ref = os.path.realpath(ref_path) == os.path.realpath(model_path)
         ref = reference_replies(cfg, ref_path, prompts, ref_cache, own=examples if is_ref else None)
         examples[REF_RESPONSE] = ref[C.RESPONSE].to_numpy()
-        ref_rewards = reference_rewards(cfg, examples, rewards_cache_path(ref_cache), stats,
-                                        known=examples[C.REWARD].to_numpy() if is_ref else None)
+        same = (examples[REF_RESPONSE] == examples[C.RESPONSE]).to_numpy()  # the cache may hold an earlier reply
+        known = np.where(same, examples[C.REWARD].to_numpy(dtype=float), np.nan) if is_ref else None
+        ref_rewards = reference_rewards(cfg, examples, rewards_cache_path(ref_cache), stats, known=known)
         examples[REF_REWARD] = ref_rewards
         examples[WIN] = win_outcomes(examples[C.REWARD].to_numpy(), ref_rewards)
 

@@ -130,6 +130,10 @@ def test_reference_rewards_are_scored_once(ray_local, tmp_path):
     with open(cache, "r+b") as fh:
         fh.truncate(100)
     np.testing.assert_allclose(eval_job.reference_rewards(cfg, examples, cache, known=known), known, atol=1e-12)
+    # Unknown (NaN) entries of `known` are scored.
+    os.remove(cache)
+    np.testing.assert_allclose(eval_job.reference_rewards(cfg, examples, cache, known=np.array([np.nan, -3.0])),
+                               [2 * true[0], -3.0], atol=1e-12)
 
 
 def test_sampled_decoding_is_a_second_evaluation(ray_local, tiny_policy_dir, tmp_path):
