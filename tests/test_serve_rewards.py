@@ -91,6 +91,20 @@ def test_bad_requests_and_detach_without_a_cluster_are_user_errors(alol_cli):
     for body, msg in (([1], "JSON object"), ({"prompt": "p"}, "missing"), ({"prompt": "p", "response": 3}, "strings")):
         with pytest.raises(BadRequest, match=msg):
             parse_request(body)
+    # The body is read as a data file's record is: empty or invisible text, a key twice, a lone surrogate, not
+    # UTF-8 -- each refused with one line (HTTP 400), never scored.
+    from alol_ray.scoring.serve import parse_body
+
+    assert parse_body('{"prompt": " hi ", "response": "\u05e9\u05dc\u05d5\u05dd"}'.encode()) == (" hi ", "שלום")
+    for raw, msg in ((b'{"prompt": "", "response": "r"}', "prompt: empty text"),
+                     (b'{"prompt": "p", "response": "\\u200b\\ufeff"}', "response: empty text: no visible"),
+                     (b'{"prompt": "p", "response": "a\\u0000"}', "response: NUL"),
+                     (b'{"prompt": "p", "response": "good", "response": "evil"}', "response: the key occurs twice"),
+                     (b'{"prompt": "\\ud800", "response": "r"}', "prompt: lone surrogate"),
+                     (b'{"prompt": "p", ', "malformed JSON"), (b"\xff", "not UTF-8")):
+        with pytest.raises(BadRequest, match=msg) as err:
+            parse_body(raw)
+        assert "\n" not in str(err.value)
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
     for flag in ("--detach", "--shutdown"):
         out = subprocess.run([*alol_cli, "serve-rewards", "--config", str(REPO / "configs" / "builtin.yaml"), flag],
@@ -146,9 +160,11 @@ def test_burst_scales_replicas_up_and_down_and_every_score_is_right(ray_local, b
         print(f"serve start: {time.time() - t_start:.1f}s")
         assert reward_serve.replica_states(app) == {"RUNNING": 1}
 
-        # Bad input is a 400 with a message, not a crash of the replica.
+        # Bad input is a 400 with a message, not a crash of the replica; an empty text is not scored.
         status, body = post(url, {"prompt": "hi"})
         assert status == 400 and "response" in body["error"]
+        status, body = post(url, {"prompt": "", "response": "hi"})
+        assert status == 400 and body["error"] == "prompt: empty text"
 
         # The burst, from a second process over loopback: 32 threads, at most 20000 requests / 90 s.
         client = subprocess.Popen([sys.executable, "-c", CLIENT, "127.0.0.1", str(port), cfg.serve.route_prefix,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from alol_ray import columns as C
 from alol_ray.config import ChatTemplateConfig, FieldsConfig
+from alol_ray.data.readers import FieldError
 from alol_ray.errors import RowProblem
 
 
@@ -32,22 +34,60 @@ class Row:
     row_id: Optional[str] = None
 
 
-class FieldError(Exception):
-    def __init__(self, field: str, reason: str, message: str):
-        super().__init__(message)
-        self.field, self.reason, self.message = field, reason, message
+
+
+# Characters that show nothing on their own: Unicode's format controls (zero-width space and joiners, the
+# byte-order mark U+FEFF, bidirectional marks), control characters, separators, and the default-ignorable
+# fillers and variation selectors outside those categories. Text made only of them (and whitespace) is
+# empty, as whitespace-only text is.
+_INVISIBLE_CATEGORIES = {"Cc", "Cf", "Zs", "Zl", "Zp"}
+_INVISIBLE_EXTRA = {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180E, 0x180F, 0x2800, 0x3164,
+                    0xFFA0, *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)}
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` shows nothing: empty, whitespace, or only invisible characters (see above)."""
+    return all(ch.isspace() or unicodedata.category(ch) in _INVISIBLE_CATEGORIES or ord(ch) in _INVISIBLE_EXTRA
+               for ch in text)
+
+
+def check_text(value: Any, field: str, empty_reason: str = "empty_text", empty: str = "empty text") -> str:
+    """One text field under the data contract: a string, not blank (``is_blank``), without NUL characters (a
+    NUL in text comes from binary data or a broken export, and C-level tokenizers end the string there).
+    Returns it with surrounding whitespace removed; raises FieldError otherwise. Every format's text goes
+    through here."""
+    if value is None:
+        raise FieldError(field, "missing_field", "missing field")
+    if not isinstance(value, str):
+        raise FieldError(field, "wrong_type", f"expected a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise FieldError(field, "nul_character", f"NUL character at position {value.index(chr(0)) + 1}")
+    if is_blank(value):
+        raise FieldError(field, empty_reason, empty if not value.strip() else
+                         f"{empty}: no visible character (only invisible ones such as zero-width spaces or a "
+                         "byte-order mark)")
+    return value.strip()
 
 
 def require_text(values: dict[str, Any], key: str, field: str | None = None, empty_reason: str = "empty_text") -> str:
-    field = field or key
-    if key not in values or values[key] is None:
-        raise FieldError(field, "missing_field", "missing field")
-    value = values[key]
-    if not isinstance(value, str):
-        raise FieldError(field, "wrong_type", f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise FieldError(field, empty_reason, "empty text")
-    return value.strip()
+    """``values[key]`` checked by ``check_text`` (a missing key is a missing field)."""
+    return check_text(values.get(key), field or key, empty_reason)
+
+
+# Ids and ranks are exact values: a number that would change on its way into a table column (a float id,
+# a rank beyond int64) is refused rather than rounded.
+MAX_RANK = 2**31 - 1
+
+
+def check_id(value: Any, field: str) -> Optional[str]:
+    """An optional id (``prompt_id``, ``id``): a string or an integer, as a string; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise FieldError(field, "wrong_type", f"expected a string or integer id, got {type(value).__name__}")
+    if isinstance(value, str) and ("\x00" in value or is_blank(value)):
+        raise FieldError(field, "wrong_type", "an id must have a visible character and no NUL")
+    return str(value)
 
 
 # Rewards are trained on in float32 (advantages, sampling weights, loss weights): a magnitude beyond this
@@ -58,6 +98,8 @@ MAX_ABS_REWARD = 1e9
 def check_reward(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FieldError(field, "wrong_type", f"expected a number, got {type(value).__name__}")
+    if isinstance(value, int) and abs(value) > MAX_ABS_REWARD:  # float() of a long int would overflow
+        raise FieldError(field, "reward_out_of_range", f"reward is beyond +-{MAX_ABS_REWARD:g}; rescale the rewards")
     value = float(value)
     if not math.isfinite(value):
         raise FieldError(field, "non_finite_reward", f"reward is {value}")
@@ -75,23 +117,22 @@ def _rows_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTem
     prompt = require_text(values, fields.prompt, empty_reason="empty_prompt")
     response = require_text(values, fields.response, empty_reason="empty_response")
     rank = optional_value(values, fields.rank)
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
-        raise FieldError(fields.rank, "wrong_type", f"expected a non-negative integer, got {rank!r}")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= MAX_RANK):
+        raise FieldError(fields.rank, "wrong_type", f"expected an integer from 0 to {MAX_RANK}, got "
+                                                    f"{type(rank).__name__ if not isinstance(rank, int) else rank}")
     reward = optional_value(values, fields.reward)
     reward = None if reward is None else check_reward(reward, fields.reward)
     pid = _prompt_id(values, fields)
     split = optional_value(values, fields.split)
-    if split is not None and split not in C.SPLITS:
-        raise FieldError(fields.split, "wrong_type", f"split must be one of {list(C.SPLITS)}, got {split!r}")
-    row_id = optional_value(values, fields.id)
-    return [Row("", pid, prompt, response, rank, reward, split, None if row_id is None else str(row_id))]
+    if split is not None and (not isinstance(split, str) or split not in C.SPLITS):
+        shown = repr(split) if isinstance(split, str) else type(split).__name__
+        raise FieldError(fields.split, "wrong_type", f"split must be one of {list(C.SPLITS)}, got {shown[:40]}")
+    row_id = check_id(optional_value(values, fields.id), fields.id)
+    return [Row("", pid, prompt, response, rank, reward, split, row_id)]
 
 
 def _prompt_id(values: dict[str, Any], fields: FieldsConfig) -> Optional[str]:
-    pid = optional_value(values, fields.prompt_id)
-    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int))):
-        raise FieldError(fields.prompt_id, "wrong_type", f"expected a string or integer id, got {type(pid).__name__}")
-    return None if pid is None else str(pid)
+    return check_id(optional_value(values, fields.prompt_id), fields.prompt_id)
 
 
 def _reward_list(values: dict[str, Any], key: str, n: int) -> list[Optional[float]]:
@@ -110,8 +151,7 @@ def _pairs_format(values: dict[str, Any], fields: FieldsConfig, template: ChatTe
     chosen = require_text(values, fields.chosen, empty_reason="empty_response")
     rejected = require_text(values, fields.rejected, empty_reason="empty_response")
     rewards = _reward_list(values, fields.reward, 2)
-    pid = optional_value(values, fields.prompt_id)
-    pid = None if pid is None else str(pid)
+    pid = _prompt_id(values, fields)
     return [Row("", pid, prompt, chosen, 0, rewards[0]), Row("", pid, prompt, rejected, 1, rewards[1])]
 
 
@@ -126,7 +166,7 @@ def split_transcript(text: str, field: str, template: ChatTemplateConfig) -> tup
     if not turns or turns[-1][0] != "Assistant":
         raise FieldError(field, "wrong_type", "transcript does not end with an Assistant turn")
     reply = turns[-1][1].strip()
-    if not reply:
+    if is_blank(reply):
         raise FieldError(field, "empty_response", "empty final Assistant reply")
     rendered = render_turns([(role == "Human", t.strip()) for role, t in turns[:-1]], template)
     return rendered, reply
@@ -176,13 +216,15 @@ def render_pro_prefix(turns: Any, field: str, template: ChatTemplateConfig) -> s
         raise FieldError(field, "wrong_type", "the last turn must be a bare '<|assistant|>'")
     parsed = []
     for i, turn in enumerate(turns[:-1]):
+        if "\x00" in turn:
+            raise FieldError(f"{field}[{i}]", "nul_character", f"NUL character at position {turn.index(chr(0)) + 1}")
         for tag, is_human in _PRO_ROLES.items():
             if turn.startswith(tag):
                 parsed.append((is_human, turn[len(tag):].strip()))
                 break
         else:
             raise FieldError(f"{field}[{i}]", "wrong_type", "turn does not start with <|prompter|> or <|assistant|>")
-    if not any(text for _, text in parsed):
+    if all(is_blank(text) for _, text in parsed):
         raise FieldError(field, "empty_prompt", "no turn has text")
     return render_turns(parsed, template)
 
@@ -211,12 +253,11 @@ def _hh_pro_format(values: dict[str, Any], fields: FieldsConfig, template: ChatT
     rewards = _reward_list(values, "reward", len(suffix))
     rows = []
     for i, response in enumerate(suffix):
-        if not isinstance(response, str):
-            rows.append(FieldError(f"suffix[{i}]", "wrong_type", f"expected a string, got {type(response).__name__}"))
-        elif not response.strip():
-            rows.append(FieldError(f"suffix[{i}]", "empty_response", "empty response"))
-        else:
-            rows.append(Row("", None, prompt, response.strip(), i, rewards[i]))
+        try:
+            rows.append(Row("", None, prompt, check_text(response, f"suffix[{i}]", "empty_response", "empty response"),
+                            i, rewards[i]))
+        except FieldError as err:
+            rows.append(err)
     return rows  # type: ignore[return-value]  # per-response errors drop only that response
 
 

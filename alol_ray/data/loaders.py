@@ -150,7 +150,8 @@ def load_source(src: SourceConfig, *, skip_invalid: bool, data_cfg: Optional[Dat
     report.problems = problems
     report.invalid.update(p.reason for p in problems)
     if not rows:
-        raise UserError(f"{label}: no valid rows")
+        first = f" (all {len(problems)} invalid; the first: {problems[0]})" if problems else ""
+        raise UserError(f"{label}: no valid rows{first}")
 
     frame = pd.DataFrame({
         C.PROMPT_ID: [r.prompt_id for r in rows],
@@ -240,17 +241,22 @@ def load_rows(cfg: DataConfig, *, skip_invalid: Optional[bool] = None) -> tuple[
     if problems:
         raise DataError(problems)
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    dup = frame.duplicated([C.PROMPT_ID, C.RANK], keep="first")
-    if dup.any():
-        first = frame.loc[dup].iloc[0]
-        raise UserError(f"prompt_id {first[C.PROMPT_ID]!r} occurs in more than one source; give the sources distinct ids")
     if cfg.drop_val_overlap and (frame[C.SPLIT] == "val").any():
-        # Training prompts that also serve as validation prompts would leak model selection.
+        # Training prompts that also serve as validation prompts would leak model selection. Dropped before
+        # the check below: a prompt without an id has its text's hash as id, the same in both sources.
         val_prompts = set(frame.loc[frame[C.SPLIT] == "val", C.PROMPT])
         leak = (frame[C.SPLIT] != "val") & frame[C.PROMPT].isin(val_prompts)
         report.filtered["val_overlap"] += int(leak.sum())
         report.filtered_prompts["val_overlap"] += frame.loc[leak, C.PROMPT_ID].nunique()
         frame = frame[~leak].reset_index(drop=True)
+    dup = frame.duplicated([C.PROMPT_ID, C.RANK], keep=False)
+    if dup.any():
+        first = frame.loc[dup].iloc[0]
+        sources = sorted(set(frame.loc[dup & (frame[C.PROMPT_ID] == first[C.PROMPT_ID]), C.SOURCE]))
+        if first[C.PROMPT_ID] == _stable_hash(first[C.PROMPT]):  # no id given: the prompt text is the id
+            raise UserError(f"the prompt {first[C.PROMPT][:60]!r} occurs in sources {sources}: a prompt's responses "
+                            "come from one source; merge them, or give the rows prompt_ids that differ")
+        raise UserError(f"prompt_id {first[C.PROMPT_ID]!r} occurs in sources {sources}; give the sources distinct ids")
     frame = _holdout(frame, cfg)
     frame = canonical_order(frame)
     report.rows = len(frame)

@@ -1,18 +1,35 @@
 """Raw record readers: JSON lines / JSON arrays, Parquet, Hugging Face datasets.
 
-A reader yields ``Record``s (a dict with its 1-based location) and reports records it cannot read
-(invalid UTF-8, malformed JSON, not an object) as ``RowProblem``s. Field semantics are the formats'
-business (alol_ray.data.formats).
+A reader yields ``Record``s (a dict with its 1-based location) and reports records it cannot read as
+``RowProblem``s. Field semantics are the formats' business (alol_ray.data.formats), text checks too
+(``formats.check_text``). What every reader refuses here, for every format (README, "Bad input"):
+
+- bytes that are not UTF-8, and text that is not valid Unicode: an escaped lone surrogate (``"\\ud800"``)
+  decodes in Python but no encoder (Arrow, hashlib, a tokenizer) accepts it;
+- malformed JSON, a record that is not an object, an integer too long to convert;
+- a key twice in one object (``{"response": "good", "response": "evil"}``): JSON parsers keep one of them
+  silently, so which one the author meant cannot be known;
+- nesting deeper than ``MAX_DEPTH`` levels (no format needs more than a few; Python's parser would
+  exhaust its stack first);
+- a file that cannot be opened (permissions, a folder in its place), as one line naming the file.
+
+A UTF-8 byte-order mark at the start of a file is an encoding marker, not content: it is skipped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 from alol_ray.errors import RowProblem, UserError
+from alol_ray.locations import os_error_line
+
+MAX_DEPTH = 64  # levels of nested lists/objects a record may have (hh_pro needs 3)
+BOM = b"\xef\xbb\xbf"
+TOO_LONG = f"malformed JSON: a number of more than {getattr(sys, 'get_int_max_str_digits', lambda: 4300)()} digits"
 
 
 @dataclass
@@ -32,25 +49,107 @@ def _progress(iterable, total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, unit="rec", disable=None if total > 20_000 else True, leave=False)
 
 
+class FieldError(Exception):
+    """A record (or one of its fields) that breaks the data contract: field, reason code and message of the
+    RowProblem it becomes. The readers raise it for what they refuse, the formats for their fields."""
+
+    def __init__(self, field: str, reason: str, message: str):
+        super().__init__(message)
+        self.field, self.reason, self.message = field, reason, message
+
+
+def shown_key(key: str) -> str:
+    """A key as a problem line names it: quoted when it is empty, holds invisible or control characters, or
+    ``: `` (the line stays one line and its ``file:line: field:`` parts stay apart)."""
+    return key if key and key.isprintable() and ": " not in key and key.strip() == key else repr(key)
+
+
+class _DuplicateKey(dict):
+    """An object in which a key occurred twice (``duplicate``); ``check_value`` reports it where it lies."""
+
+    duplicate = ""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: a JSON object as a dict, marked when a key occurs twice (the later value would
+    silently win)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            marked = _DuplicateKey(pairs)
+            marked.duplicate = key
+            return marked
+        out[key] = value
+    return out
+
+
+def _first_surrogate(text: str) -> Optional[int]:
+    for i, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            return i
+    return None
+
+
+def check_value(value: Any, root: str = "") -> None:
+    """Nesting depth and valid Unicode (keys and strings) of one record, without recursion: FieldError
+    naming the field (``suffix[1]``, ``meta.note``) of the first problem."""
+    todo: list[tuple[Any, str, int]] = [(value, root, 0)]
+    while todo:
+        node, where, depth = todo.pop()
+        if isinstance(node, str):
+            at = _first_surrogate(node)
+            if at is not None:
+                raise FieldError(where or "<record>", "invalid_unicode",
+                                  f"lone surrogate U+{ord(node[at]):04X} at character {at + 1}: not valid Unicode text")
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth >= MAX_DEPTH:  # named by its top-level field: the full path would be a line of its own
+            top = where.split(".")[0].split("[")[0] or "<record>"
+            raise FieldError(top, "too_deep", f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, _DuplicateKey):
+            name = f"{where}.{shown_key(node.duplicate)}" if where else shown_key(node.duplicate)
+            raise FieldError(name, "duplicate_key",
+                              "the key occurs twice in one object (a JSON reader would keep only one of the values)")
+        if isinstance(node, dict):
+            for key, item in node.items():
+                name = f"{where}.{shown_key(key)}" if where else shown_key(key)
+                if isinstance(key, str) and _first_surrogate(key) is not None:
+                    raise FieldError(name, "invalid_unicode", "the key holds a lone surrogate: not valid Unicode text")
+                todo.append((item, name, depth + 1))
+        else:
+            todo += [(item, f"{where or '<record>'}[{i}]", depth + 1) for i, item in enumerate(node)]
+
+
+def parse_json(text: str) -> Any:
+    """One JSON text under the contract above. Raises FieldError (field ``<json>`` for what does not parse)."""
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise FieldError("<json>", "malformed_json", f"malformed JSON: {exc.msg} (line {exc.lineno} column {exc.colno})")
+    except RecursionError:
+        raise FieldError("<json>", "too_deep", f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:  # an integer beyond Python's digit limit (the only other ValueError json raises)
+        raise FieldError("<json>", "malformed_json", TOO_LONG) from None
+    check_value(value)
+    return value
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise UserError(os_error_line(exc, path, "read")) from None
+    return data[len(BOM):] if data.startswith(BOM) else data
+
+
 def read_json_records(path: str, limit: int | None = None) -> Iterator[Item]:
     """JSON lines (one object per line), or a single JSON array of objects."""
-    with open(path, "rb") as fh:
-        data = fh.read()
+    data = _read_bytes(path)
     name = os.path.basename(path)
     if data.lstrip()[:1] == b"[":
-        try:
-            items = json.loads(data.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            yield RowProblem(name, "item 1", "<file>", "invalid_utf8", f"invalid UTF-8 at byte {exc.start}")
-            return
-        except json.JSONDecodeError as exc:
-            yield RowProblem(name, f"line {exc.lineno}", "<json>", "malformed_json", f"malformed JSON: {exc.msg}")
-            return
-        for i, item in enumerate(items[:limit] if limit else items, start=1):
-            if isinstance(item, dict):
-                yield Record(f"item {i}", item)
-            else:
-                yield RowProblem(name, f"item {i}", "<record>", "wrong_type", f"expected a JSON object, got {type(item).__name__}")
+        yield from _json_array(name, data, limit)
         return
     lines = data.split(b"\n")
     count = 0
@@ -66,14 +165,66 @@ def read_json_records(path: str, limit: int | None = None) -> Iterator[Item]:
             yield RowProblem(name, f"line {lineno}", "<line>", "invalid_utf8", f"invalid UTF-8 at byte {exc.start}")
             continue
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield RowProblem(name, f"line {lineno}", "<json>", "malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno})")
+            value = parse_json(text)
+        except FieldError as err:
+            if count == 1 and err.reason == "malformed_json":
+                whole = _one_object(name, data)
+                if whole:
+                    yield whole
+                    return
+            yield RowProblem(name, f"line {lineno}", err.field, err.reason, err.message)
             continue
         if not isinstance(value, dict):
             yield RowProblem(name, f"line {lineno}", "<record>", "wrong_type", f"expected a JSON object, got {type(value).__name__}")
             continue
         yield Record(f"line {lineno}", value)
+
+
+def _json_array(name: str, data: bytes, limit: int | None) -> Iterator[Item]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield RowProblem(name, "item 1", "<file>", "invalid_utf8", f"invalid UTF-8 at byte {exc.start}")
+        return
+    try:
+        items = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        yield RowProblem(name, f"line {exc.lineno}", "<json>", "malformed_json", f"malformed JSON: {exc.msg}")
+        return
+    except RecursionError:
+        yield RowProblem(name, "line 1", "<json>", "too_deep", f"nested deeper than {MAX_DEPTH} levels")
+        return
+    except ValueError:
+        yield RowProblem(name, "line 1", "<json>", "malformed_json", TOO_LONG)
+        return
+    for i, item in enumerate(items[:limit] if limit else items, start=1):
+        if not isinstance(item, dict):
+            yield RowProblem(name, f"item {i}", "<record>", "wrong_type", f"expected a JSON object, got {type(item).__name__}")
+            continue
+        try:
+            check_value(item)
+        except FieldError as err:
+            yield RowProblem(name, f"item {i}", err.field, err.reason, err.message)
+            continue
+        yield Record(f"item {i}", item)
+
+
+def _one_object(name: str, data: bytes) -> Optional[RowProblem]:
+    """The problem of a file that holds one JSON object spread over lines (``{"data": [...]}``): not JSON
+    lines, not an array of records. None when the file is not that."""
+    if data.lstrip()[:1] != b"{":
+        return None
+    try:
+        value = parse_json(data.decode("utf-8"))
+    except (FieldError, UnicodeDecodeError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    lists = [shown_key(k) for k, v in value.items() if isinstance(v, list)]
+    hint = f"; its records may be the list under {lists[0]!r}: put them in a top-level array" if lists else ""
+    return RowProblem(name, "line 1", "<file>", "wrong_type",
+                      "the file is one JSON object, not JSON lines (one object per line) or an array of records"
+                      + hint)
 
 
 def _decode_bytes(values: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, int] | None]:
@@ -102,19 +253,35 @@ def read_parquet_records(path: str, limit: int | None = None) -> Iterator[Item]:
     row = 0
     for file in files:
         name = os.path.basename(file)
+        _read_bytes(file)[:0]  # an unreadable file is one line naming it, not pyarrow's error
         try:
+            names = pq.read_schema(file).names
+            twice = sorted({c for c in names if names.count(c) > 1})
+            if twice:  # which of the values a record holds would be pyarrow's choice
+                raise UserError(f"{name}: column(s) {twice} occur twice; rename or drop one of each")
             table = pq.read_table(file)
-        except Exception as exc:  # pyarrow raises several types for corrupt files
-            raise UserError(f"{name}: not a readable Parquet file: {exc}") from None
-        for values in _progress(table.to_pylist(), table.num_rows, name):
+            records = table.to_pylist()
+        except UserError:
+            raise
+        except Exception as exc:  # pyarrow raises several types for corrupt files and cells Python cannot hold
+            raise UserError(f"{name}: not a readable Parquet file: {str(exc).splitlines()[0]}") from None
+        for values in _progress(records, table.num_rows, name):
             row += 1
             if limit and row > limit:
                 return
-            decoded, bad = _decode_bytes(values)
-            if bad:
-                yield RowProblem(name, f"row {row}", bad[0], "invalid_utf8", f"invalid UTF-8 at byte {bad[1]}")
-                continue
-            yield Record(f"row {row}", decoded)
+            yield _checked(name, f"row {row}", values)
+
+
+def _checked(name: str, location: str, values: dict[str, Any]) -> Item:
+    """A table row as a Record, or the RowProblem of its first undecodable or invalid cell."""
+    decoded, bad = _decode_bytes(values)
+    if bad:
+        return RowProblem(name, location, bad[0], "invalid_utf8", f"invalid UTF-8 at byte {bad[1]}")
+    try:
+        check_value(decoded)
+    except FieldError as err:
+        return RowProblem(name, location, err.field, err.reason, err.message)
+    return Record(location, decoded)
 
 
 def read_hf_records(name_or_path: str, split: str, limit: int | None = None) -> Iterator[Item]:
@@ -136,11 +303,7 @@ def read_hf_records(name_or_path: str, split: str, limit: int | None = None) -> 
     label = os.path.basename(os.path.normpath(name_or_path))
     n = len(ds) if not limit else min(limit, len(ds))
     for i in _progress(range(n), n, label):
-        decoded, bad = _decode_bytes(ds[i])
-        if bad:
-            yield RowProblem(label, f"row {i + 1}", bad[0], "invalid_utf8", f"invalid UTF-8 at byte {bad[1]}")
-            continue
-        yield Record(f"row {i + 1}", decoded)
+        yield _checked(label, f"row {i + 1}", ds[i])
 
 
 def is_hf_saved_dataset(path: str) -> bool:
@@ -167,7 +330,11 @@ def storage_kind(path: str) -> str:
     if os.path.isdir(path):
         if is_hf_saved_dataset(path):
             return "hf"
-        if any(f.endswith(".parquet") for f in os.listdir(path)):
+        try:
+            names = os.listdir(path)
+        except OSError as exc:
+            raise UserError(os_error_line(exc, path, "read")) from None
+        if any(f.endswith(".parquet") for f in names):
             return "parquet"
         raise UserError(f"{path}: a folder with neither a saved Hugging Face dataset nor Parquet files")
     if os.path.isfile(path):

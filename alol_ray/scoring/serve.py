@@ -8,6 +8,8 @@ HTTP (bound to ``serve.host``, 127.0.0.1 by default)::
 
     POST http://127.0.0.1:8000/rewards  {"prompt": "...", "response": "..."}
       -> {"reward": 1.25, "reward/builtin": 1.25}            (and reward_raw/<c> for transformed components)
+      -> HTTP 400 {"error": "..."} for a body outside the data contract (``parse_body``: an empty prompt or
+         response among others), HTTP 500 {"error": "..."} when a scorer fails; each error is one line
 
 Python (from any driver connected to the cluster)::
 
@@ -29,14 +31,34 @@ from ray import serve
 from starlette.responses import JSONResponse
 
 from alol_ray.config import RunConfig
-from alol_ray.ray_utils import init_ray
+from alol_ray.data.formats import check_text
+from alol_ray.data.readers import FieldError, parse_json
+from alol_ray.errors import UserError
+from alol_ray.locations import check_listen
+from alol_ray.ray_compat import wrapped_errors
+from alol_ray.ray_utils import init_ray, is_local_ray
 from alol_ray.scoring.reward import check_components, run_scorer
 
 DEPLOYMENT_NAME = "RewardScorer"
 
 
 class BadRequest(ValueError):
-    """A request body that is not {"prompt": str, "response": str}."""
+    """A request body that is not {"prompt": str, "response": str} under the data contract (HTTP 400)."""
+
+
+def parse_body(raw: bytes) -> tuple[str, str]:
+    """An HTTP request body -> (prompt, response), read as a data file's record is (``alol_ray.data``): JSON
+    with no key twice, valid Unicode, and both texts with a visible character and no NUL. An empty prompt or
+    reply is refused, not scored: the reward models never saw one, and their score would mean nothing."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the body is not UTF-8 (invalid byte at position {exc.start})") from None
+    try:
+        body = parse_json(text)
+    except FieldError as err:
+        raise BadRequest(f"{err.field}: {err.message}") from None
+    return parse_request(body)
 
 
 def parse_request(body: Any) -> tuple[str, str]:
@@ -48,6 +70,11 @@ def parse_request(body: Any) -> tuple[str, str]:
     wrong = [k for k in ("prompt", "response") if not isinstance(body[k], str)]
     if wrong:
         raise BadRequest(f"field(s) {wrong} must be strings")
+    for key in ("prompt", "response"):
+        try:
+            check_text(body[key], key, f"empty_{key}")
+        except FieldError as err:
+            raise BadRequest(f"{key}: {err.message}") from None
     return body["prompt"], body["response"]
 
 
@@ -83,14 +110,14 @@ class RewardDeployment:
 
     async def __call__(self, request) -> Any:
         try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "body is not JSON"}, status_code=400)
-        try:
-            prompt, response = parse_request(body)
+            prompt, response = parse_body(await request.body())
         except BadRequest as err:
             return JSONResponse({"error": str(err)}, status_code=400)
-        return await self.score_batch((prompt, response))
+        try:
+            return await self.score_batch((prompt, response))
+        except Exception as exc:  # noqa: BLE001 -- a scorer's failure is the client's one line, the replica lives on
+            first = (str(exc).splitlines() or [""])[0]
+            return JSONResponse({"error": f"scoring failed: {type(exc).__name__}: {first}"}, status_code=500)
 
 
 def deployment_options(sc) -> dict:
@@ -125,10 +152,20 @@ def start(cfg: RunConfig, *, stats: Optional[dict] = None, blocking: bool = Fals
     """Start (or update) the reward service on the Ray that ``cfg.ray`` / RAY_ADDRESS names; returns its
     DeploymentHandle. The HTTP proxy binds ``serve.host:serve.port`` (a Serve instance already running
     on the cluster keeps its own HTTP options)."""
-    init_ray(cfg.ray)
     sc = cfg.serve
-    serve.start(http_options={"host": sc.host, "port": sc.port})
-    return serve.run(build_app(cfg, stats), name=sc.app_name, route_prefix=sc.route_prefix, blocking=blocking)
+    if is_local_ray(cfg.ray):  # on a cluster the proxy listens on the head node, and may already run there
+        check_listen(sc.host, sc.port, "serve.host:serve.port")
+    init_ray(cfg.ray)
+    try:
+        serve.start(http_options={"host": sc.host, "port": sc.port})
+        return serve.run(build_app(cfg, stats), name=sc.app_name, route_prefix=sc.route_prefix, blocking=blocking)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- Serve's start fails inside its actors: tell the cause in one line
+        inner = ([e for e in wrapped_errors(exc) if not type(e).__module__.startswith("ray")] or [exc])[-1]
+        first = (str(inner).splitlines() or [type(inner).__name__])[0]
+        raise UserError(f"the reward service did not start on {sc.host}:{sc.port}: {type(inner).__name__}: {first}") \
+            from None
 
 
 def url(cfg: RunConfig) -> str:
