@@ -28,11 +28,13 @@ from typing import Iterator, Optional
 from alol_ray import __version__, errors, logs
 from alol_ray.config import load_config
 from alol_ray.errors import EXIT_USER_ERROR, UserError
+from alol_ray.locations import DISK_FULL_ERRNOS, environment_error, os_error_line
+from alol_ray.preflight import check_early
 from alol_ray.ray_compat import remote_error, wrapped_errors
-from alol_ray.ray_utils import cluster_address
+from alol_ray.ray_utils import check_address
 from alol_ray.runlock import RunLock, release_all
 from alol_ray.runs import RunPaths
-from alol_ray.storage import synced
+from alol_ray.storage import bucket_failure, synced
 
 log = logging.getLogger("alol")
 
@@ -79,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides accepted anywhere after the command, also after a
+    flag's value (``alol eval --max-prompts 20 eval.split=val``): argparse alone takes a positional list only
+    in one piece."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = list(args.overrides or []) + overrides
+    return args
+
+
 class Session:
     """What a command that works on a run gets from the CLI (see the module docs)."""
 
@@ -109,7 +125,8 @@ def session_for(args: argparse.Namespace, module, command: str) -> Iterator[Opti
 
     # A command that adds flags to the config (train --algo, demo's sizing) loads it itself.
     cfg = module.load(args) if hasattr(module, "load") else load_config(args.config, list(args.overrides or []))
-    cluster_address(cfg.ray)  # a Ray address no stage can use is an error now, not when the first actor starts
+    check_address(cfg.ray)  # a Ray address no stage can use is an error now, not when the first actor starts
+    check_early(cfg)  # the run's folders can be written, bucket storage answers, methods and engine exist
     with synced(cfg) as local_cfg:
         lock = RunLock(RunPaths.from_config(local_cfg).root, command) if getattr(module, "LOCKS_RUN", True) \
             else contextlib.nullcontext()
@@ -118,18 +135,25 @@ def session_for(args: argparse.Namespace, module, command: str) -> Iterator[Opti
 
 
 def _user_error(err: BaseException) -> Optional[UserError]:
-    """The user error inside ``err``, also when Ray wrapped it (a stage raised it in an actor or worker)."""
+    """The user error inside ``err``, also when Ray wrapped it (a stage raised it in an actor or worker); an
+    operating-system failure at a location (a full disk, a read-only or forbidden folder) counts as one."""
     if isinstance(err, UserError):
         return err
-    if "ray" not in sys.modules:
-        return None
-
-    for inner in wrapped_errors(err):
+    inside = wrapped_errors(err)
+    for inner in inside:
         if isinstance(inner, UserError):
             return inner
-    found = remote_error(err)
+    found = remote_error(err) if "ray" in sys.modules else None
     if found and isinstance(getattr(errors, found[0], None), type) and issubclass(getattr(errors, found[0]), UserError):
         return UserError(found[1])
+    env = environment_error(inside)
+    if env is not None:
+        return UserError(os_error_line(env, verb="write" if env.errno in DISK_FULL_ERRNOS else "use") +
+                         "; finished stages and checkpoints are kept: rerun the command once it is fixed")
+    bucket = bucket_failure(inside)
+    if bucket is not None:
+        return UserError(f"bucket storage stopped answering ({bucket}); finished stages and checkpoints are kept in "
+                         "the bucket and this machine's copy: rerun the command once the bucket answers")
     return None
 
 
@@ -199,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # python reward functions live next to the user's configs
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     name = getattr(args, "_command", None)
     if not name:
         parser.print_help()

@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 from alol_ray.atomic import write_text
 from alol_ray.errors import ConfigError
+from alol_ray.locations import check_readable, check_writable_folder, os_error_line
 from alol_ray.tracking import BACKENDS as TRACKING_BACKENDS
 from alol_ray.tracking import check_installed
 
@@ -1004,6 +1005,18 @@ def load_config(
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
         try:
+            with open(path, encoding="utf-8") as fh:
+                top = yaml.safe_load(fh)
+        except OSError as exc:
+            raise ConfigError(os_error_line(exc, path, "read")) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (invalid byte at position {exc.start})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        if top is not None and not isinstance(top, dict):  # OmegaConf would read a word as a key, a list as a list
+            raise ConfigError(f"{path}: the top level must be a mapping of config sections (data:, train:, ...), "
+                              f"got a {type(top).__name__}")
+        try:
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml.YAMLError and friends
             raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
@@ -1089,7 +1102,15 @@ def job_output_base() -> str:
 
 def resolve_path(value: str, kind: str, key: str, cwd: Optional[str] = None, notes: Optional[list] = None) -> str:
     """One path field resolved (see ``resolve_paths``); ConfigError for a local path that does not exist."""
-    if not value or is_uri(value):
+    if not value:
+        return value
+    if is_uri(value):
+        named = key if key == value else f"{key}: {value!r}"
+        if kind == "output":
+            raise ConfigError(f"{named} is a URI; give a local folder (only `storage` can be a bucket)")
+        if kind == "data":
+            raise ConfigError(f"{named} is a URI; data sources are local files or folders, or hub dataset names: "
+                              "copy it to this machine first")
         return value
     cwd = cwd or os.getcwd()
     expanded = os.path.expanduser(value)
@@ -1102,9 +1123,13 @@ def resolve_path(value: str, kind: str, key: str, cwd: Optional[str] = None, not
             if notes is not None:
                 notes.append(note)
             return resolved
-        return os.path.normpath(os.path.join(cwd, expanded))
+        resolved = os.path.normpath(os.path.join(cwd, expanded))
+        if kind == "output":  # storage is checked by the commands that write a run (preflight.check_locations)
+            check_writable_folder(resolved, key)
+        return resolved
     local = os.path.join(cwd, expanded)
     if os.path.exists(local):
+        check_readable(local, key)  # now, not when a stage or an actor first opens it
         return os.path.normpath(local)
     if looks_local(value):
         raise ConfigError(f"{key}: {value!r} is not a file or folder (relative paths are taken from {cwd})")
@@ -1113,9 +1138,12 @@ def resolve_path(value: str, kind: str, key: str, cwd: Optional[str] = None, not
 
 def local_file(value: str, key: str, cwd: Optional[str] = None) -> str:
     """A file the user names on the command line, made absolute; ConfigError when there is none."""
+    if is_uri(value):
+        raise ConfigError(f"{key}: {value!r} is a URI; give a local file")
     path = os.path.normpath(os.path.join(cwd or os.getcwd(), os.path.expanduser(value)))
     if not os.path.isfile(path):
         raise ConfigError(f"{key}: no such file: {value} (relative paths are taken from {cwd or os.getcwd()})")
+    check_readable(path, key)
     return path
 
 

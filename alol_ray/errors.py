@@ -16,6 +16,10 @@ class ConfigError(UserError):
     """A config file or override that does not fit the typed config."""
 
 
+class StorageError(UserError):
+    """Bucket storage that cannot be reached or written, before or during a run (alol_ray.storage)."""
+
+
 @dataclass(frozen=True)
 class RowProblem:
     """One invalid input row: where it is, which field, and why.

@@ -86,6 +86,23 @@ class Pipeline:
                    f"set data.holdout_fraction=0.1 data.holdout_split={split}, or add a source with split: {split}"
             raise UserError(f"{why} needs {split} prompts, and the data has none (splits: {sorted(splits)}): {hint}")
 
+    def require_layout(self, method) -> None:
+        """A user error now, not after pi_ref and the scored table, when no train prompt has the replies the
+        method's training unit needs: two or more for a pair (dpo) or a ranked list (pro)."""
+        if method.layout == "single" or method.online:
+            return
+        # lazy: pandas (alol_ray.pipeline imports without it)
+        import pandas as pd
+
+        rows = pd.read_parquet(self.rows(), columns=[C.PROMPT_ID, C.SPLIT])
+        sizes = rows.loc[rows[C.SPLIT] == "train"].groupby(C.PROMPT_ID).size()
+        if not (sizes >= 2).any():
+            unit = "a preference pair" if method.layout == "pair" else "a ranked list of replies"
+            raise UserError(f"{method.name} trains on {unit} per prompt, and no train prompt of the data has two or "
+                            f"more replies ({len(sizes)} prompts, one reply each): give prompts several replies "
+                            "(format pairs, or rows that share a prompt), or choose a method that trains on single "
+                            "replies (e.g. a_lol, nll)")
+
     def base_policy(self) -> str:
         """The starting policy: a tiny GPT-2 built from config (tokenizer trained on the run's train text), or
         ``model.name_or_path`` as it is (a folder or hub id)."""
@@ -228,6 +245,8 @@ class Pipeline:
         method = method or self.cfg.train.algo
         tc = dataclasses.replace(self.cfg.train, algo=method, seed=self.cfg.train.seed if seed is None else seed)
         m = get_method(method)
+        if table is None:
+            self.require_layout(m)
         if table is None and tc.eval_every > 0:
             self.require_split("val", f"train.eval_every={tc.eval_every} (model selection by val reward)")
         if table is None and m.needs_advantage:

@@ -9,7 +9,10 @@ exist. What is left needs the environment:
 - every method named (train.algo, compare.methods) is registered;
 - every reward component can be built here: python functions import, built-in scorers take their params
   (a folder from `alol rm train` first fills in the fields its component left at their defaults);
-- QLoRA (4-bit) runs have a GPU wherever the 4-bit policy and pi_ref are loaded.
+- QLoRA (4-bit) runs have a GPU wherever the 4-bit policy and pi_ref are loaded;
+- ``generation.engine=vllm`` has vLLM installed (a run would find out at its first generation, after pi_ref);
+- every folder the run writes (``storage``, ``rm.output``, ``tracking.dir``) can be written, and bucket
+  storage answers (``check_locations``, called by the CLI before it takes the run's lock).
 
 A failed check is a ``ConfigError`` naming the setting (exit 2 in the CLI).
 """
@@ -22,6 +25,7 @@ from typing import Optional
 from alol_ray.config import check_reward_scales, looks_local, path_fields
 from alol_ray.errors import ConfigError
 from alol_ray.hashing import hub_revision
+from alol_ray.registry import check_method_name
 from alol_ray.reward_spec import apply_reward_spec
 
 HUB_TIMEOUT_S = 10.0
@@ -75,12 +79,12 @@ def _used(cfg, key: str) -> bool:
 
 
 def check_methods(cfg) -> None:
-    from alol_ray.registry import get_method  # imports torch: only when a run is checked
-
-    for key, names in (("train.algo", [cfg.train.algo]), ("compare.methods", list(cfg.compare.methods))):
+    """Every method named is a built-in one (by name: nothing is imported)."""
+    for key, names in (("train.algo", [cfg.train.algo]), ("reference.train.algo", [cfg.reference.train.algo]),
+                       ("compare.methods", list(cfg.compare.methods))):
         for name in names:
             try:
-                get_method(name)
+                check_method_name(name)
             except ValueError as err:
                 raise ConfigError(f"{key}: {err}") from None
 
@@ -108,9 +112,47 @@ def check_devices(cfg) -> None:
                           "needs a GPU: set scoring.reference_pool.num_gpus > 0 (e.g. 0.5)")
 
 
-def check_run(cfg) -> None:
-    """All of the above, for one run's config."""
+def check_engine(cfg) -> None:
+    """``generation.engine=vllm`` needs vLLM where the driver runs (a cluster's driver has the workers' env)."""
+    if cfg.generation.engine != "vllm":
+        return
+    # lazy: importlib.util (the CLI starts without it)
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("generation.engine=vllm but vllm is not installed: pip install -e '.[vllm]' (GPU) or see "
+                          "the README's vLLM section for the CPU build, or set generation.engine=auto")
+
+
+def check_locations(cfg) -> None:
+    """Every folder the run writes is a writable folder (or can be made), and bucket storage answers: before
+    the run's lock, its mirror or any stage (see the module docs)."""
+    # lazy: alol_ray.storage (pyarrow when the storage is a bucket) (alol_ray.preflight imports without it)
+    from alol_ray.locations import check_writable_folder
+    from alol_ray.storage import check, is_uri
+
+    for key, owner, name, kind, keywords in path_fields(cfg):
+        value = getattr(owner, name)
+        if kind not in ("storage", "output") or not value or value in keywords:
+            continue
+        if is_uri(value):
+            check(value, key)
+        else:
+            check_writable_folder(value, key)
+
+
+def check_early(cfg) -> None:
+    """What needs neither torch nor the network, for the CLI to run before it takes the run's lock."""
     check_devices(cfg)
+    check_engine(cfg)
+    check_methods(cfg)
+    check_locations(cfg)
+
+
+def check_run(cfg) -> None:
+    """All of the above but the locations (the CLI checks them first), for one run's config."""
+    check_devices(cfg)
+    check_engine(cfg)
     check_methods(cfg)
     check_rewards(cfg)
     check_hub_ids(cfg)

@@ -27,6 +27,9 @@ from typing import Callable, Optional, Union
 
 from alol_ray import faults, storage
 from alol_ray.atomic import read_json, write_json
+from alol_ray.errors import UserError
+from alol_ray.locations import is_disk_full, mount_point
+from alol_ray.ray_compat import wrapped_errors
 
 log = logging.getLogger("alol")
 
@@ -153,10 +156,29 @@ def run_stage(name: str, folder: str, fp: str, build: Callable[[str], BuildResul
     os.makedirs(staging, exist_ok=True)
     log.info(f"[{name}] running ...")
     start = time.time()
-    info = build(staging)
-    if isinstance(info, Unfinished):
-        log.info(f"[{name}] not finished: {info.reason}")
-        return False
-    publish(staging, folder, fp, {"seconds": round(time.time() - start, 2), **(info or {})})
+    try:
+        info = build(staging)
+        if isinstance(info, Unfinished):
+            log.info(f"[{name}] not finished: {info.reason}")
+            return False
+        publish(staging, folder, fp, {"seconds": round(time.time() - start, 2), **(info or {})})
+    except BaseException as err:
+        _failed(name, folder, staging, resumable, err)
+        raise
     log.info(f"[{name}] done in {time.time() - start:.1f}s")
     return True
+
+
+def _failed(name: str, folder: str, staging: str, resumable: bool, err: BaseException) -> None:
+    """After a failed build: a build that starts from empty anyway leaves no staging folder behind; a full
+    disk becomes one UserError naming the file system that filled up (a resumable build keeps its
+    checkpoints, which a rerun resumes from once there is space)."""
+    full = is_disk_full(wrapped_errors(err))
+    if not resumable:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not full:
+        return
+    kept = f"; its checkpoints in {staging} are kept for the rerun" if resumable and os.path.isdir(staging) else ""
+    raise UserError(f"no space left on the device holding {mount_point(folder)} while building {name} "
+                    f"({os.path.dirname(os.path.abspath(folder))}): free space there, or set storage= to a folder on a "
+                    f"larger disk, then rerun to go on{kept}") from err

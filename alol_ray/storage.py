@@ -41,10 +41,12 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 from typing import Any, Callable, Iterator, Optional
 
 from alol_ray import faults
-from alol_ray.errors import ConfigError
+from alol_ray.errors import ConfigError, StorageError
+from alol_ray.locations import ENVIRONMENT_ERRNOS, check_writable_folder, endpoint_problem
 
 log = logging.getLogger("alol")
 
@@ -75,6 +77,140 @@ def resolve(uri: str):
         return pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # ArrowInvalid / ArrowNotImplementedError / credential errors
         raise ConfigError(f"storage '{uri}': pyarrow cannot open it: {exc}") from None
+
+
+# ------------------------------------------------------------------------------- reaching the bucket
+
+CHECK_TIMEOUT_S = 20.0  # the start check's bound: a bucket that has not answered by then is reported
+CHECK_FILE = ".alol-write-check"
+
+
+def _endpoint(uri: str) -> Optional[tuple[str, str, int]]:
+    """(setting, host, port) of an S3-compatible endpoint the URI would use (``?endpoint_override=`` or
+    ``AWS_ENDPOINT_URL``); None for the cloud's own endpoints."""
+    # lazy: urllib.parse (the CLI starts without it)
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme.lower() != "s3":
+        return None
+    override = parse_qs(parts.query).get("endpoint_override", [None])[0]
+    setting, value = ("endpoint_override", override) if override else ("AWS_ENDPOINT_URL",
+                                                                        os.environ.get("AWS_ENDPOINT_URL"))
+    if not value:
+        return None
+    endpoint = urlsplit(value if "://" in value else f"http://{value}")
+    try:
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    except ValueError:
+        return setting, value, -1
+    return setting, endpoint.hostname or "", port
+
+
+def _within(seconds: float, call: Callable[[], Any]) -> tuple[bool, Any]:
+    """``(True, call())`` when it returns (or raises) within ``seconds``, else ``(False, None)``; the call goes
+    on in a daemon thread that the process does not wait for (a hung SDK cannot hold the command up)."""
+    # lazy: threading (the CLI starts without it)
+    import threading
+
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, name="alol-storage-check", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        return False, None
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return True, value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= 240 else text[:240] + " ..."
+
+
+_CREDENTIALS = ("the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the instance profile for s3://, "
+                "GOOGLE_APPLICATION_CREDENTIALS for gs://)")
+
+
+def check(uri: str, key: str = "storage", timeout: float = CHECK_TIMEOUT_S) -> None:
+    """Before a run touches bucket storage: its endpoint answers, the bucket exists, and a file can be written
+    and deleted there, each within ``timeout`` seconds. StorageError naming ``key`` and what to do otherwise."""
+    scheme = uri.partition("://")[0].lower()
+    if scheme == "file":
+        check_writable_folder(uri.partition("://")[2] or "/", key)
+        return
+    endpoint = _endpoint(uri)
+    if endpoint:
+        setting, host, port = endpoint
+        problem = endpoint_problem(host, port, timeout=min(timeout, 5.0)) if port > 0 else "not a host:port"
+        if problem:
+            raise StorageError(f"{key}={uri}: nothing answers at {setting}={host}:{port} ({problem}): start the "
+                               f"S3 server, or fix {setting}")
+
+    def probe() -> Optional[str]:
+        filesystem, path = resolve(uri)
+        bucket = path.strip("/").split("/")[0]
+        # lazy: pyarrow (the CLI starts without it)
+        import pyarrow.fs as pafs
+
+        if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+            return (f"the bucket {bucket!r} does not exist, or cannot be seen with these credentials: create it, "
+                    f"or fix the URI or {_CREDENTIALS}")
+        probe_file = f"{path.rstrip('/')}/{CHECK_FILE}-{os.getpid()}"
+        with filesystem.open_output_stream(probe_file) as fh:
+            fh.write(b"ok")
+        filesystem.delete_file(probe_file)
+        return None
+
+    try:
+        answered, problem = _within(timeout, probe)
+    except ConfigError:
+        raise
+    except Exception as exc:  # pyarrow's OSError (network, access denied) and ArrowInvalid
+        raise StorageError(f"{key}={uri}: {_first_line(exc)}: check the URI, the network and {_CREDENTIALS}") from None
+    if not answered:
+        raise StorageError(f"{key}={uri}: no answer within {timeout:g} s: check the network and {_CREDENTIALS} "
+                           "(without them a cloud SDK may wait for a metadata server that is not there)")
+    if problem:
+        raise StorageError(f"{key}={uri}: {problem}")
+
+
+@contextlib.contextmanager
+def _reaching(uri: str, action: str) -> Iterator[None]:
+    """A failure of the bucket (network, server gone, access denied) during a run becomes one StorageError
+    line; a failure of this machine's disk (an errno of ``locations``) stays what it is."""
+    try:
+        yield
+    except (StorageError, ConfigError):
+        raise
+    except OSError as exc:
+        if exc.errno in ENVIRONMENT_ERRNOS:
+            raise
+        raise StorageError(f"storage {uri}: cannot {action}: {_first_line(exc)}. Finished work is kept in the "
+                           "bucket and in this machine's copy: rerun the command once the bucket answers") from None
+
+
+# How a bucket's failure reads when it arrives as text (raised in Ray Train's own checkpoint upload, in a worker):
+# pyarrow's S3 and GCS errors.
+_BUCKET_FAILURE = re.compile(r"^.*(AWS Error [A-Z_]+|google::cloud::Status).*$", re.MULTILINE)
+
+
+def bucket_failure(errors) -> Optional[str]:
+    """The line of pyarrow's bucket error among ``errors`` (an error and those wrapped in it), or None."""
+    for err in errors:
+        match = _BUCKET_FAILURE.search(str(err))
+        if match:
+            return _first_line(match.group(0).strip())
+    return None
 
 
 def join(storage: str, *parts: str) -> str:
@@ -170,8 +306,9 @@ def pull(uri: str, local_dir: str, *, checkpoints: bool = True) -> list[str]:
 
     remote_fs, remote_path = resolve(uri)
     os.makedirs(local_dir, exist_ok=True)
-    return sync_dir(remote_fs, remote_path, pafs.LocalFileSystem(), os.path.abspath(local_dir),
-                    skip=None if checkpoints else _in_checkpoints)
+    with _reaching(uri, "read from it"):
+        return sync_dir(remote_fs, remote_path, pafs.LocalFileSystem(), os.path.abspath(local_dir),
+                        skip=None if checkpoints else _in_checkpoints)
 
 
 def push(local_dir: str, uri: str) -> list[str]:
@@ -182,7 +319,8 @@ def push(local_dir: str, uri: str) -> list[str]:
     remote_fs, remote_path = resolve(uri)
     if not os.path.exists(local_dir):
         return []
-    return sync_dir(pafs.LocalFileSystem(), os.path.abspath(local_dir), remote_fs, remote_path)
+    with _reaching(uri, "write to it"):
+        return sync_dir(pafs.LocalFileSystem(), os.path.abspath(local_dir), remote_fs, remote_path)
 
 
 def localize(cfg, cache_dir: Optional[str] = None):
@@ -212,10 +350,20 @@ def synced(cfg, cache_dir: Optional[str] = None) -> Iterator[Any]:
     log.info(f"[storage] working in {run_dir}, synced with {remote}")
     try:
         yield local_cfg
-    finally:
+    except BaseException:
+        # The command failed (or was interrupted): push what it finished, but its own error is the one to tell;
+        # a bucket that fails now as well (the server gone) is one more line, not a second traceback.
+        try:
+            copied = push(run_dir, remote)
+            log.info(f"[storage] pushed {len(copied)} file(s) to {remote}")
+        except Exception as err:  # noqa: BLE001 -- the command's own error follows
+            log.info(f"[storage] could not push to {remote} either ({err}); this machine's copy {run_dir} keeps it")
+        raise
+    else:
         copied = push(run_dir, remote)
-        _MIRRORS.pop(os.path.abspath(local_cfg.storage), None)
         log.info(f"[storage] pushed {len(copied)} file(s) to {remote}")
+    finally:
+        _MIRRORS.pop(os.path.abspath(local_cfg.storage), None)
 
 
 # ------------------------------------------------------------------------------- what runs off the driver
@@ -298,5 +446,5 @@ def remove_remote(path: str) -> None:
     if uri is None:
         return
     filesystem, remote = resolve(uri)
-    with contextlib.suppress(FileNotFoundError, OSError):
+    with contextlib.suppress(FileNotFoundError, OSError):  # a leftover in the bucket costs space, never results
         filesystem.delete_dir(remote)

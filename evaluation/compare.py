@@ -71,6 +71,8 @@ def run_compare(pipeline: Pipeline, *, command: str) -> tuple[str, str]:
     log.info(f"[compare] {len(methods)} methods x {len(seeds)} seeds in {pipeline.paths.root}")
     # What the data must hold, checked before any training starts.
     pipeline.eval_prompts()
+    for m in methods:
+        pipeline.require_layout(get_method(m))
     if cfg.train.eval_every > 0 or any(get_method(m).needs_advantage for m in methods):
         pipeline.require_split("val", "model selection and the value head")
 

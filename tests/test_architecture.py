@@ -16,7 +16,7 @@ PACKAGES = ("alol_ray", "baselines", "evaluation")
 ABOVE_PIPELINE = ("alol_ray.cli", "alol_ray.commands", "evaluation.compare")
 CORE = ("alol_ray.errors", "alol_ray.columns", "alol_ray.runs", "alol_ray.hashing", "alol_ray.atomic",
         "alol_ray.stage", "alol_ray.runlock", "alol_ray.faults", "alol_ray.ray_compat", "alol_ray.ray_utils",
-        "alol_ray.logs", "alol_ray.storage")
+        "alol_ray.logs", "alol_ray.storage", "alol_ray.locations")
 
 
 def project_modules() -> dict[str, Path]:

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from alol_ray.config import DataConfig, FieldsConfig, SourceConfig, load_config, resolve_path
+from alol_ray.config import SPLITS, DataConfig, FieldsConfig, SourceConfig, load_config, resolve_path
 from alol_ray.data.loaders import load_rows, summarize, write_rows
 from alol_ray.errors import UserError
 
@@ -56,11 +56,13 @@ def _data_config(args: argparse.Namespace):
         if not sep or not hasattr(fields, name):
             raise UserError(f"--field {item!r}: expected NAME=SOURCE_FIELD with NAME one of {sorted(vars(fields))}")
         setattr(fields, name, value)
+    if args.split not in SPLITS:
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
     sources = []
     for src in args.sources:
         path, _, split = src.rpartition("@") if "@" in src else (src, "", args.split)
-        if split not in ("train", "val", "test"):
-            raise UserError(f"{src}: split after '@' must be train, val or test")
+        if split not in SPLITS:
+            raise UserError(f"{src}: the split after '@' must be one of {', '.join(SPLITS)}, got {split!r}")
         fmt = "builtin" if path == "builtin" else args.format
         if path != "builtin":
             path = resolve_path(path, "data", src)

@@ -71,9 +71,8 @@ def run(args: argparse.Namespace, session) -> int:
 
 def run_prompts(args: argparse.Namespace, session) -> int:
     """``--prompts FILE``: the file is read and checked before the run is touched (a bad one writes nothing)."""
-    # lazy: alol_ray.data.loaders (pandas), evaluation.compare (torch) (alol_ray.commands.eval imports without them)
+    # lazy: alol_ray.data.loaders (pandas) (alol_ray.commands.eval imports without it)
     from alol_ray.data.loaders import load_prompts
-    from evaluation.compare import run_prompt_eval
 
     given = (("--model", args.model), ("--split", args.split), ("--method", args.method), ("--seed", args.seed),
              ("--out", args.out))
@@ -89,6 +88,9 @@ def run_prompts(args: argparse.Namespace, session) -> int:
     if args.max_prompts is not None:
         prompts = prompts.head(args.max_prompts)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    # lazy: evaluation.compare (torch), after the file is read and checked (a bad file is refused in seconds)
+    from evaluation.compare import run_prompt_eval
+
     report, table = run_prompt_eval(session.pipeline, path, prompts, command=session.command, methods=methods)
     print()
     print(table)

@@ -16,6 +16,7 @@ import argparse
 from alol_ray.cli import add_config_arguments
 from alol_ray.config import load_config, local_file, resolve_path
 from alol_ray.errors import ConfigError
+from alol_ray.registry import get_method
 
 USES_RUN = True
 
@@ -34,22 +35,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace):
-    """The config with --algo / --seed applied to the section they train (the flags win)."""
+    """The config with --algo / --seed applied to the section they train (the flags win); --table and --init
+    resolved and checked here, before the run is touched."""
     section = "reference.train" if args.reference else "train"
     flags = [f"{section}.algo={args.algo}"] if args.algo else []
     flags += [f"{section}.seed={args.seed}"] if args.seed is not None else []
+    if args.stop_at_step < 0:
+        raise ConfigError(f"--stop-at-step must be >= 0, got {args.stop_at_step}")
+    if args.reference and (args.table or args.init):
+        raise ConfigError("--reference trains on the run's rows from the base policy; --table/--init do not apply")
+    args.table = local_file(args.table, "--table") if args.table else None
+    args.init = resolve_path(args.init, "model", "--init") if args.init else None
     return load_config(args.config, list(args.overrides or []) + flags)
 
 
 def run(args: argparse.Namespace, session) -> int:
-    from alol_ray.registry import get_method  # imports torch: only when training
-
     cfg = session.cfg
-    if args.stop_at_step < 0:
-        raise ConfigError(f"--stop-at-step must be >= 0, got {args.stop_at_step}")
     if args.reference:
-        if args.table or args.init:
-            raise ConfigError("--reference trains on the run's rows from the base policy; --table/--init do not apply")
         if cfg.reference.path:
             print(f"reference.path is set ({cfg.reference.path}): pi_ref is given, nothing to train")
             return 0
@@ -61,8 +63,6 @@ def run(args: argparse.Namespace, session) -> int:
         raise ConfigError(f"train.algo: {err}") from None
     if method.online and args.table:
         raise ConfigError(f"--table does not apply to {method.name}: it trains on its own rollouts")
-    table = local_file(args.table, "--table") if args.table else None
-    init = resolve_path(args.init, "model", "--init") if args.init else None
-    best = session.pipeline.train(table=table, init=init, stop_at_step=args.stop_at_step)
+    best = session.pipeline.train(table=args.table, init=args.init, stop_at_step=args.stop_at_step)
     print(f"best checkpoint ({cfg.train.algo}, seed {cfg.train.seed}): {best}")
     return 0
