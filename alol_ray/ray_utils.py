@@ -17,6 +17,7 @@ from typing import Optional
 
 from alol_ray import ray_compat
 from alol_ray.errors import ConfigError
+from alol_ray.locations import endpoint_problem
 
 
 def _given_address(ray_cfg=None) -> Optional[str]:
@@ -36,6 +37,26 @@ def cluster_address(ray_cfg=None) -> Optional[str]:
     return address
 
 
+ADDRESS_TIMEOUT_S = 5.0  # a cluster whose GCS does not accept a connection by then is reported, not retried
+
+
+def check_address(ray_cfg=None) -> Optional[str]:
+    """``cluster_address``, and for a ``host:port`` or ``ray://host:port`` address, that something accepts
+    connections there within seconds: Ray itself retries an address where nothing listens for minutes."""
+    address = cluster_address(ray_cfg)
+    if address is None or address == "auto":
+        return address
+    where = "ray.address" if ray_cfg is not None and ray_cfg.address else "RAY_ADDRESS"
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{where}={address} is not host:port (e.g. 10.0.0.1:6379), ray://host:10001 or auto")
+    problem = endpoint_problem(host.strip("[]"), int(port), timeout=ADDRESS_TIMEOUT_S)
+    if problem:
+        raise ConfigError(f"{where}={address}: nothing answers there ({problem}): start the cluster with "
+                          "`ray start --head`, fix the address, or unset it for a local Ray")
+    return address
+
+
 def init_ray(ray_cfg=None, **overrides):
     """Join the cluster (``cluster_address``) or start a local Ray. Idempotent within a process.
 
@@ -49,7 +70,7 @@ def init_ray(ray_cfg=None, **overrides):
         ray_compat.set_train_poll_interval(ray_cfg.train_poll_s)
     if ray.is_initialized():
         return ray
-    address = overrides.pop("address", None) or cluster_address(ray_cfg)
+    address = overrides.pop("address", None) or check_address(ray_cfg)
     kwargs = {"ignore_reinit_error": True, "log_to_driver": True}
     if address:
         try:
@@ -59,6 +80,7 @@ def init_ray(ray_cfg=None, **overrides):
             raise ConfigError(f"cannot join the Ray cluster at {where}={address}: {str(exc).splitlines()[0]} "
                               "(start it with `ray start --head`, fix the address, or unset it for a local Ray)") from None
         return ray
+    ray_compat.reap_orphaned_sessions()  # what a killed driver's local Ray left running
     num_cpus = overrides.pop("num_cpus", None) or (ray_cfg.num_cpus if ray_cfg else None)
     env_vars = {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
     overrides.setdefault("runtime_env", {"worker_process_setup_hook": "alol_ray.ray_compat.quiet_local_ray",
@@ -70,6 +92,7 @@ def init_ray(ray_cfg=None, **overrides):
         **kwargs,
         **overrides,
     )
+    ray_compat.record_local_session()
     return ray
 
 
