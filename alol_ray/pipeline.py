@@ -48,10 +48,10 @@ class Pipeline:
         if check:
             check_run(cfg)  # hub ids, method names, reward components: before any stage or Ray starts
         self.cfg = cfg
-        if check:
-            self.check_chat_template()
         self.paths = RunPaths.from_config(cfg)
         self._made: dict[tuple, str] = {}
+        if check:
+            self.check_chat_template()
         os.makedirs(self.paths.root, exist_ok=True)
         save_config(cfg, self.paths.config)
 

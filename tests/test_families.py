@@ -298,14 +298,23 @@ def test_generation_stops_at_the_end_of_turn_token(family, tmp_path):
     assert out.token_ids[-1] == end
 
 
-def test_a_chat_template_asked_of_a_tokenizer_without_one_is_one_line(tmp_path):
-    """GPT-NeoX here is a base model without a chat template: model.chat_template=true stops with one line, in the
-    stages' loaders and at config load for a tiny policy (whose tokenizer never has one)."""
+def test_a_chat_template_asked_of_a_tokenizer_without_one_is_one_line(tmp_path, capsys):
+    """GPT-NeoX here is a base model without a chat template: model.chat_template=true stops with one line (exit 2)
+    before any stage runs, in the stages' loaders too, and at config load for a tiny policy (whose tokenizer never
+    has one)."""
+    from conftest import in_dir
+
     from alol_ray.config import load_config
     from alol_ray.generation.hf_engine import TransformersEngine
     from alol_ray.scoring.reference import ReferenceScorer
 
     folder = build_family("gpt_neox", tmp_path / "neox")
+    capsys.readouterr()
+    assert in_dir(tmp_path, ["score", "model.init=pretrained", "model.name_or_path=neox", "model.chat_template=true",
+                             "reference.path=neox"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the tokenizer of model.name_or_path=" in err[0] and "has no chat template" in err[0], err
+    assert not (tmp_path / "runs" / "builtin" / "data").exists()  # nothing was built
     for build in (lambda: ReferenceScorer(folder, max_prompt_tokens=MAX_PROMPT, max_response_tokens=MAX_RESPONSE,
                                           prompt_format=CHAT),
                   lambda: TransformersEngine(folder, GenerationConfig(engine="transformers"), MAX_PROMPT,
