@@ -266,6 +266,13 @@ class FamilyRules:
     end_of_turn_id: Optional[int]
     chat_template: bool
 
+    def summary(self) -> str:
+        """One line for the logs."""
+        return (f"{self.model_type}: decoder layer {'/'.join(self.decoder_layer)}, LoRA targets "
+                f"{','.join(self.lora_targets)}, {'tied' if self.tied_embeddings else 'untied'} embeddings, eos "
+                f"{self.eos_id}, pad {self.pad_id}, end of turn {self.end_of_turn_id}, "
+                f"{'a' if self.chat_template else 'no'} chat template")
+
 
 def describe(model: Any, tokenizer: Any) -> FamilyRules:
     """Every family rule of a loaded model and tokenizer, in one record (the BOS a text starts with is

@@ -87,10 +87,15 @@ def build_tiny_policy(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    # fork_rng: seed the init without moving the caller's global RNG state.
+    return seeded_init(GPT2LMHeadModel, config, tokenizer, seed)
+
+
+def seeded_init(model_cls, config, tokenizer, seed: int = 0) -> PreTrainedModel:
+    """``model_cls(config)`` with random weights drawn from ``seed``, its generation config taking the tokenizer's
+    special ids; the caller's global RNG state is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
+        model = model_cls(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id

@@ -102,8 +102,9 @@ def build_tokenizer(family: str, vocab_size: int = 400):
 
 def build_model(family: str, tokenizer, seed: int = 0):
     """The family's causal LM at toy size, random weights (``seed``), sized for ``tokenizer``."""
-    import torch
     import transformers
+
+    from alol_ray.models import seeded_init
 
     common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
@@ -126,13 +127,7 @@ def build_model(family: str, tokenizer, seed: int = 0):
         cls = transformers.GemmaForCausalLM
     else:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model
+    return seeded_init(cls, config, tokenizer, seed)
 
 
 def build_family(family: str, out_dir, seed: int = 0) -> str:
@@ -149,17 +144,16 @@ def build_family(family: str, out_dir, seed: int = 0) -> str:
 def build_gpt_neo(out_dir, seed: int = 0) -> str:
     """A toy GPT-Neo (EleutherAI's GPT-Neo 125M is its real size): transformers runs it, vLLM 0.32 has no
     implementation of it. For the engine fall-back tests."""
-    import torch
     import transformers
+
+    from alol_ray.models import seeded_init
 
     out_dir = str(out_dir)
     tokenizer = build_tokenizer("gpt_neox")
     config = transformers.GPTNeoConfig(vocab_size=len(tokenizer), hidden_size=64, num_layers=2, num_heads=2,
                                        attention_types=[[["global"], 2]], max_position_embeddings=256,
                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = transformers.GPTNeoForCausalLM(config)
+    model = seeded_init(transformers.GPTNeoForCausalLM, config, tokenizer, seed)
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

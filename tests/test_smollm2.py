@@ -44,6 +44,7 @@ def hh_prompts_as_messages(hh_dir, n: int) -> list[dict]:
     raise AssertionError("not enough short HH dialogues")
 
 
+@pytest.mark.timeout(3600)
 def test_smollm2_instruct_scores_trains_and_answers_end_to_end(tmp_path, hh_dir):
     """configs/hh_smollm2_cpu.yaml as a user runs it, from a working directory with data/hh/ in it; the model is the
     .gguf file itself (imported once into the cache, as `alol model import` did), generation on transformers."""

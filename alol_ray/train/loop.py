@@ -23,7 +23,7 @@ import torch
 
 from alol_ray import faults, ray_compat, storage, tracking
 from alol_ray.atomic import append_jsonl, truncate_jsonl
-from alol_ray.families import TEXT, PromptFormat, check_chat_template
+from alol_ray.families import TEXT, PromptFormat, check_chat_template, describe
 from alol_ray.scoring.reward import run_scorer
 from alol_ray.train import checkpoint as ckpt
 from alol_ray.train.methods import Method, collate_units
@@ -106,6 +106,8 @@ def train_loop_per_worker(config: dict) -> None:
         model_dir = os.path.join(resume_dir, ckpt.MODEL_DIR) if resume_dir else None
         model, tokenizer = build_policy(pc, tc, spec.policy_path, model_dir, device)
         check_chat_template(tokenizer, spec.prompt_format, spec.policy_path)
+        if rank == 0 and not resume_dir:
+            say(f"[train] {method.name}: {describe(model, tokenizer).summary()}")
         # To the worker's device (4-bit weights are placed when loaded and cannot move); DDP if world > 1.
         model = ray.train.torch.prepare_model(model, move_to_device=not pc.lora.load_in_4bit)
         trainable = [p for p in model.parameters() if p.requires_grad]
