@@ -317,8 +317,12 @@ def import_gguf(src: str, out_dir: Optional[str] = None) -> str:
     except Exception as err:  # transformers raises many types for a file it cannot read; one line for the user
         raise UserError(f"{gguf_path}: transformers could not read this GGUF file ({type(err).__name__}: "
                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
-    # save_pretrained refuses a GGUF-loaded model ("quantized with gguf"): the same weights in a fresh model.
-    fresh = AutoModelForCausalLM.from_config(loaded.config, **{_DTYPE_KWARG: torch.float32})
+    # save_pretrained refuses a GGUF-loaded model ("quantized with gguf"): the same weights in a fresh model, whose
+    # config must not say gguf either (every later load would take the folder for a quantized model).
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, **{_DTYPE_KWARG: torch.float32})
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config.pad_token_id = tokenizer.pad_token_id
     os.makedirs(staging)

