@@ -343,3 +343,17 @@ def test_a_long_conversation_loses_its_oldest_turns_first(family):
     assert len(cut) <= len(last_ids) - 2 and cut[-3:] == last_ids[-3:]
     with pytest.raises(ValueError, match="raise model.max_prompt_tokens"):
         chat_prompt_ids(tok, prompt, markers, 3)
+
+
+def test_sources_that_mark_turns_differently_cannot_share_a_chat_template(tmp_path):
+    """The policy finds a prompt's turns by one set of markers: under model.chat_template every source must use the
+    same data template (one line at config load)."""
+    from alol_ray.config import load_config
+
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text("")
+    flags = ["model.init=pretrained", "model.name_or_path=org/model", "model.chat_template=true",
+             "data.sources=[{path: a.jsonl}, {path: b.jsonl, template: {human: 'User:'}}]"]
+    with pytest.raises(ConfigError, match="data.sources.1.template differs from data.sources.0.template"):
+        load_config(None, flags, cwd=str(tmp_path))
+    assert load_config(None, flags[:2] + flags[3:], cwd=str(tmp_path)).model.chat_template is False
