@@ -1,15 +1,13 @@
 """Model families as data: what differs between Llama, Qwen2, Mistral, Gemma, GPT-NeoX and GPT-2 is looked up here,
 from the loaded model and tokenizer, and nowhere else.
 
-| what                       | how it is found                                                 | who asks             |
-|----------------------------|-----------------------------------------------------------------|----------------------|
-| the decoder layer (class)  | ``model._no_split_modules``, the blocks transformers never splits | sharding (FSDP2)     |
-| LoRA target modules        | the linear layers inside a decoder layer (attention and MLP)    | ``train.policy``     |
-| BOS before a text          | encoding a text with and without special tokens (``tokenization.special_prefix``) | tokenization |
-| pad token                  | the tokenizer's, else its EOS                                   | ``models``           |
-| end-of-turn token          | the special token the chat template closes a reply with         | tokenization, engines |
-| chat template              | ``tokenizer.chat_template`` (``model.chat_template`` turns it on) | tokenization       |
-| vLLM weight names          | the Hugging Face names: vLLM's own ``load_weights`` maps them onto its fused q/k/v and gate/up | ``generation.vllm_engine`` |
+- the decoder layer (the unit FSDP wraps): the classes in ``model._no_split_modules`` (``decoder_layer_classes``);
+- LoRA targets: the linear layers inside a decoder layer, attention and MLP (``lora_target_modules``);
+- the BOS a text starts with: ``tokenization.special_prefix``; the pad token: the tokenizer's, else EOS;
+- the end-of-turn token: the special token the chat template closes a reply with (``end_of_turn_id``);
+- the chat template: ``tokenizer.chat_template``, used under ``model.chat_template`` (``PromptFormat``);
+- vLLM's weight names: none to map, vLLM's own ``load_weights`` takes the Hugging Face names and fuses q/k/v and
+  gate/up itself (``generation.vllm_engine``).
 
 A new family needs no code here when transformers declares its decoder layer and its chat template closes a reply
 with a special token; ``tests/test_families.py`` checks each rule for every family tested.

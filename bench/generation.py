@@ -146,7 +146,7 @@ def main() -> int:
     from alol_ray.ray_utils import init_ray
     from alol_ray.tasks import builtin
 
-    sizes = [s for s in args.sizes.split(",") if s] if not args.model else [os.path.basename(os.path.normpath(args.model))]
+    sizes = [os.path.basename(os.path.normpath(args.model))] if args.model else [s for s in args.sizes.split(",") if s]
     engines = [e for e in args.engines.split(",") if e]
     rows = builtin.build_rows(seed=0, n_train=1200, n_val=0, n_test=max(args.prompts, 1))
     prompts = list(rows[rows[C.SPLIT] == "test"].drop_duplicates(C.PROMPT_ID)[C.PROMPT])[: args.prompts]

@@ -80,7 +80,8 @@ def prompt_states(model, tokenizer, prompts: Sequence[str], max_prompt_tokens: i
     """pi_ref's last-layer hidden states of each prompt: a list of float32 CPU tensors [len_i, H].
 
     Prompts are tokenised by ``alol_ray.tokenization.prompt_batch`` (left-truncated, right-padded; the run's
-    ``fmt``: text or the chat template) so the head sees exactly the prompt tokens training conditions on. Batches are formed from prompts sorted
+    ``fmt``: text or the chat template) so the head sees exactly the prompt tokens training conditions
+    on. Batches are formed from prompts sorted
     by length, so little compute goes to padding.
     """
     model.eval()
