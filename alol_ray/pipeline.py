@@ -24,6 +24,7 @@ from alol_ray import columns as C
 from alol_ray.atomic import read_json
 from alol_ray.config import RunConfig, save_config
 from alol_ray.errors import ConfigError, UserError
+from alol_ray.families import prompt_identity
 from alol_ray.hashing import file_sha, fingerprint, model_identity
 from alol_ray.preflight import check_run
 from alol_ray.runs import GREEDY, SAMPLED, RunPaths
@@ -49,6 +50,8 @@ class Pipeline:
         self.cfg = cfg
         self.paths = RunPaths.from_config(cfg)
         self._made: dict[tuple, str] = {}
+        if check:
+            self.check_chat_template()
         os.makedirs(self.paths.root, exist_ok=True)
         save_config(cfg, self.paths.config)
 
@@ -105,10 +108,36 @@ class Pipeline:
 
     def base_policy(self) -> str:
         """The starting policy: a tiny GPT-2 built from config (tokenizer trained on the run's train text), or
-        ``model.name_or_path`` as it is (a folder or hub id)."""
+        ``model.name_or_path`` as it is (a folder or hub id; a GGUF file imported once into a cached folder)."""
         if self.cfg.model.init == "pretrained":
-            return self.cfg.model.name_or_path
+            return self._once(("pretrained",), lambda: self._pretrained(self.cfg.model.name_or_path))
         return self._once(("base",), self._base_policy)
+
+    @staticmethod
+    def _pretrained(name_or_path: str) -> str:
+        # lazy: alol_ray.models (torch, transformers) (alol_ray.pipeline imports without them)
+        from alol_ray.models import resolve_model
+
+        return resolve_model(name_or_path)
+
+    def check_chat_template(self) -> None:
+        """Under ``model.chat_template``, a ConfigError (one line) now, before any stage, when the policy's or
+        pi_ref's tokenizer has no chat template."""
+        if not self.cfg.model.chat_template:
+            return
+        # lazy: alol_ray.models (torch, transformers) (alol_ray.pipeline imports without them)
+        from alol_ray.families import PromptFormat, check_chat_template
+        from alol_ray.models import load_tokenizer
+
+        named = [("model.name_or_path", self.base_policy())]
+        if self.cfg.reference.path:
+            named.append(("reference.path", self.reference()))
+        for key, path in named:
+            try:
+                tokenizer = load_tokenizer(path, trust_remote_code=self.cfg.model.trust_remote_code)
+            except (OSError, ValueError):  # an unreadable model: its stage says why
+                continue
+            check_chat_template(tokenizer, PromptFormat(chat_template=True), f"{key}={path}")
 
     def _base_policy(self) -> str:
         # lazy: alol_ray.models (torch, transformers) (alol_ray.pipeline imports without them)
@@ -131,7 +160,7 @@ class Pipeline:
         """pi_ref: ``reference.path`` when set, else the base policy fine-tuned by ``reference.train`` (NLL on
         the preferred train responses), exported to <run>/train/reference-s<seed>/best."""
         if self.cfg.reference.path:
-            return self.cfg.reference.path
+            return self._once(("reference.path",), lambda: self._pretrained(self.cfg.reference.path))
         return self._once(("reference",), self._reference)
 
     def published_reference(self) -> Optional[str]:
@@ -139,7 +168,7 @@ class Pipeline:
         output whatever config it was built with (None when there is none). ``reference()`` on this pipeline
         returns it from now on, so evaluations measure win rates against the pi_ref the run's policies had."""
         if self.cfg.reference.path:
-            return self.cfg.reference.path
+            return self.reference()
         folder = self.paths.train("reference", self.cfg.reference.train.seed)
         marker = read_marker(folder)
         if not marker or not intact(folder, marker):
@@ -202,7 +231,7 @@ class Pipeline:
         ref_path, scored = self.reference(), self.scored()
         c = self.cfg
         fp = fingerprint("value-v2", c.value, c.generation, c.reward, c.scoring.reward_pool, c.model.max_prompt_tokens,
-                         c.model.dtype, c.seed, model_identity(ref_path), file_sha(scored))
+                         c.model.dtype, c.seed, model_identity(ref_path), file_sha(scored), *prompt_identity(c))
 
         def build(out: str) -> dict:
             result = build_value(c, ref_path, scored, out, reward_stats=self.reward_stats())
@@ -347,7 +376,7 @@ class Pipeline:
         folder = out or self.paths.eval(method, seed, decoding)
         fp = fingerprint("eval-v2", model_identity(model_path), c.generation, c.reward, c.model.max_prompt_tokens,
                          c.eval.bootstrap_samples, c.eval.bootstrap_seed, c.eval.win_rate, split,
-                         prompts.to_dict("list"), model_identity(ref_path) if ref_path else None)
+                         prompts.to_dict("list"), model_identity(ref_path) if ref_path else None, *prompt_identity(c))
 
         def build(staging: str) -> dict:
             result = eval_job.run_eval(c, prompts=prompts, model_path=model_path, method=method, seed=seed,

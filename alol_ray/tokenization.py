@@ -4,10 +4,12 @@ A pair becomes ``prompt_ids + response_ids`` where
 
 - the prompt is the tokenizer's special prefix (BOS for LLaMA-family tokenizers, nothing for GPT-2 or
   Pythia) followed by its text, LEFT-truncated to ``max_prompt_tokens`` (the end of a dialogue is what the
-  reply answers), and
+  reply answers); or, under ``model.chat_template`` (a ``families.PromptFormat``), its conversation rendered by
+  the tokenizer's chat template (``families.chat_prompt_ids``), and
 - the response is encoded without special tokens, RIGHT-truncated to ``max_response_tokens - 1`` and
-  followed by EOS. The EOS is a response token like any other: it is scored, so a policy learns when to
-  stop (A-LoL / LoL-RL sum the NLL over the response tokens including the appended EOS).
+  followed by EOS (under a chat template: its end-of-turn token, ``families.response_end_id``). That last token
+  is a response token like any other: it is scored, so a policy learns when to stop (A-LoL / LoL-RL sum the NLL
+  over the response tokens including the appended EOS).
 
 Everything that needs log-probabilities of responses goes through ``collate`` + ``response_token_logps``
 so that the training loss, the precomputed reference log-probs and the importance ratios line up token
@@ -17,7 +19,9 @@ for token.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
+
+from alol_ray.families import TEXT, PromptFormat, chat_prompt_ids, response_end_id
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: a tokenizer needs no torch
     import torch
@@ -43,10 +47,13 @@ def special_prefix(tokenizer) -> list[int]:
     return prefix
 
 
-def encode_prompt(tokenizer, prompt: str, max_prompt_tokens: int) -> list[int]:
+def encode_prompt(tokenizer, prompt: str, max_prompt_tokens: int, fmt: Optional[PromptFormat] = None) -> list[int]:
     """A prompt's ids as every part of alol-ray feeds it to a policy: the tokenizer's special prefix (BOS where
     it has one) and the text's ids, LEFT-truncated so that the whole fits ``max_prompt_tokens`` (the end of a
-    dialogue is what the reply answers; the BOS stays first)."""
+    dialogue is what the reply answers; the BOS stays first). Under a chat-template ``fmt``: the conversation
+    as the tokenizer's chat template renders it (``families.chat_prompt_ids``)."""
+    if fmt is not None and fmt.chat_template:
+        return chat_prompt_ids(tokenizer, prompt, fmt.markers, max_prompt_tokens)
     prefix = special_prefix(tokenizer)
     room = max_prompt_tokens - len(prefix)
     if room < 1:
@@ -56,15 +63,15 @@ def encode_prompt(tokenizer, prompt: str, max_prompt_tokens: int) -> list[int]:
 
 
 def encode_pair(tokenizer, prompt: str, response: str, max_prompt_tokens: int,
-                max_response_tokens: int) -> tuple[list[int], list[int]]:
-    """Token ids of one (prompt, response) pair: (prompt ids from ``encode_prompt``, response ids ending in EOS)."""
+                max_response_tokens: int, fmt: Optional[PromptFormat] = None) -> tuple[list[int], list[int]]:
+    """Token ids of one (prompt, response) pair: (prompt ids from ``encode_prompt``, response ids ending in EOS,
+    or in the chat template's end-of-turn token under a chat-template ``fmt``)."""
     if max_prompt_tokens < 1 or max_response_tokens < 1:
         raise ValueError("max_prompt_tokens and max_response_tokens must be >= 1")
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos token; every response must end with one")
-    prompt_ids = encode_prompt(tokenizer, prompt, max_prompt_tokens)
+    end = response_end_id(tokenizer, fmt or TEXT)
+    prompt_ids = encode_prompt(tokenizer, prompt, max_prompt_tokens, fmt)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_tokens - 1]
-    return prompt_ids, list(response_ids) + [tokenizer.eos_token_id]
+    return prompt_ids, list(response_ids) + [end]
 
 
 @dataclass
@@ -146,15 +153,16 @@ def response_token_logps(model, batch: PolicyBatch) -> torch.Tensor:
     return torch.where(batch.response_mask > 0, token_logps, torch.zeros_like(token_logps))
 
 
-def prompt_batch(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts alone, left-truncated like ``encode_pair`` and right-padded: (input_ids, attention_mask),
+def prompt_batch(tokenizer, prompts: list[str], max_prompt_tokens: int,
+                 fmt: Optional[PromptFormat] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts alone, encoded like ``encode_pair`` (same ``fmt``) and right-padded: (input_ids, attention_mask),
     both [B, P] long. The value head reads the reference policy's hidden states of these."""
     import torch  # lazy: see collate
 
     if max_prompt_tokens < 1:
         raise ValueError("max_prompt_tokens must be >= 1")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [encode_prompt(tokenizer, p, max_prompt_tokens) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, max_prompt_tokens, fmt) for p in prompts]
     if any(len(ids) == 0 for ids in encoded):
         raise ValueError("prompt_batch: empty prompt")
     width = max(len(ids) for ids in encoded)

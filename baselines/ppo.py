@@ -51,6 +51,7 @@ from alol_ray import ray_compat, storage, tracking
 from alol_ray.atomic import append_jsonl, truncate_jsonl
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.generation import Generator
+from alol_ray.families import prompt_format, response_end_id
 from alol_ray.generation.common import encode_prompts
 from alol_ray.generation.generator import choose_engine, engine_resources
 from alol_ray.ray_utils import init_ray, is_local_ray
@@ -134,10 +135,11 @@ class ReferencePolicy:
     re-tokenisation of the decoded text). Loading and the forward pass are the ReferenceScorer's."""
 
     def __init__(self, model_path: str, *, max_prompt_tokens: int, max_response_tokens: int, model_cfg,
-                 use_gpu: bool, bf16: bool, num_threads: Optional[int]):
+                 use_gpu: bool, bf16: bool, num_threads: Optional[int], prompt_format=None):
         self.scorer = ReferenceScorer(model_path, max_prompt_tokens=max_prompt_tokens,
-                                      max_response_tokens=max_response_tokens, model_cfg=model_cfg, use_gpu=use_gpu,
-                                      bf16=bf16, num_threads=num_threads)
+                                      max_response_tokens=max_response_tokens, model_cfg=model_cfg,
+                                      prompt_format=prompt_format, use_gpu=use_gpu, bf16=bf16,
+                                      num_threads=num_threads)
 
     def token_logps(self, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32) -> list[np.ndarray]:
         tok, out = self.scorer.tokenizer, []
@@ -247,15 +249,17 @@ class _Rollouts:
         # The engines load the starting policy's architecture and tokenizer from its folder (a path every node
         # reads, like the training workers), then take the current weights through Ray's object store: no
         # folder on this worker's disk, so the engines may run on any node.
+        self.prompt_format = prompt_format(cfg)
         self.generator = Generator(adapter_base(spec.policy_path)[0], self.gen_cfg,
-                                   max_prompt_tokens=cfg.model.max_prompt_tokens, show_progress=False)
+                                   max_prompt_tokens=cfg.model.max_prompt_tokens, prompt_format=self.prompt_format,
+                                   show_progress=False)
         self.update_weights(weights)
         self.budget = int(self.generator.engine_info[0]["prompt_budget"])
         actor = ray.remote(ReferencePolicy).options(num_cpus=pc.reference_cpus, num_gpus=pc.reference_gpus)
         self.reference = actor.remote(
             spec.ref_path, max_prompt_tokens=cfg.model.max_prompt_tokens, max_response_tokens=pc.max_new_tokens + 1,
             model_cfg=cfg.model, use_gpu=pc.reference_gpus > 0, bf16=cfg.scoring.reference_pool.bf16,
-            num_threads=max(1, int(pc.reference_cpus)))
+            num_threads=max(1, int(pc.reference_cpus)), prompt_format=self.prompt_format)
         if pc.reward_service:
             # lazy: alol_ray.scoring.serve (ray, pandas) (baselines.ppo imports without them)
             from alol_ray.scoring.serve import RewardClient, start
@@ -274,9 +278,12 @@ class _Rollouts:
         version = self.generator.engine_info[0]["weights_version"]  # in-place updates the engines have taken
         outs = self.generator.generate_with_ids(prompts, first_index=iteration * len(prompts))
         t_gen = time.perf_counter() - t0
-        prompt_ids = encode_prompts(tokenizer, prompts, self.budget)  # the ids the engines conditioned on
-        # A reply cut to nothing (a stop string first) still needs one action to carry its reward: EOS.
-        response_ids = [list(o.token_ids) or [tokenizer.eos_token_id] for o in outs]
+        # the ids the engines conditioned on
+        prompt_ids = encode_prompts(tokenizer, prompts, self.budget, self.prompt_format)
+        # A reply cut to nothing (a stop string first) still needs one action to carry its reward: EOS (or the
+        # chat template's end of turn).
+        end = response_end_id(tokenizer, self.prompt_format)
+        response_ids = [list(o.token_ids) or [end] for o in outs]
         pairs = list(zip(prompt_ids, response_ids))
         ref_future = self.reference.token_logps.remote(pairs)
         texts = [o.text for o in outs]
@@ -389,7 +396,7 @@ def ppo_loop_per_worker(config: dict) -> None:
                 val, _ = evaluate_policy(inner.policy, tokenizer, spec.val_prompts, reward_fn,
                                          max_prompt_tokens=cfg.model.max_prompt_tokens,
                                          max_new_tokens=cfg.generation.max_new_tokens, stop=list(cfg.generation.stop),
-                                         batch_size=cfg.generation.batch_size)
+                                         batch_size=cfg.generation.batch_size, fmt=prompt_format(cfg))
                 inner.policy.config.use_cache = False
                 report.update(val)
                 if it > 0 and (state["best_val_reward"] is None or val["val/reward"] > state["best_val_reward"]):

@@ -28,6 +28,7 @@ from alol_ray import columns as C
 from alol_ray import faults
 from alol_ray.atomic import read_json, write_json, write_parquet
 from alol_ray.config import RunConfig
+from alol_ray.families import prompt_format, prompt_identity
 from alol_ray.generation import Generator
 from alol_ray.hashing import file_sha, fingerprint, model_identity
 from alol_ray.ray_utils import init_ray
@@ -68,7 +69,8 @@ def score_replies(cfg: RunConfig, prompts: list[str], responses: list[str],
 def generate_replies(model_path: str, cfg: RunConfig, prompts: list[str]):
     """(GenerationOutputs, engine name) for ``prompts`` from one policy; the actors are shut down after."""
     log.info(f"[eval] generating {len(prompts)} replies with {model_path}")
-    with Generator(model_path, cfg.generation, max_prompt_tokens=cfg.model.max_prompt_tokens) as gen:
+    with Generator(model_path, cfg.generation, max_prompt_tokens=cfg.model.max_prompt_tokens,
+                   prompt_format=prompt_format(cfg)) as gen:
         return gen.generate_with_ids(prompts), gen.engine
 
 
@@ -102,7 +104,8 @@ def extend_cache(cache_path: str, fp: str, cached: pd.DataFrame, fresh: pd.DataF
 
 
 def reference_fingerprint(cfg: RunConfig, ref_path: str) -> str:
-    return fingerprint("ref-replies-v1", model_identity(ref_path), cfg.generation, cfg.model.max_prompt_tokens)
+    return fingerprint("ref-replies-v1", model_identity(ref_path), cfg.generation, cfg.model.max_prompt_tokens,
+                       *prompt_identity(cfg))
 
 
 def reference_replies(cfg: RunConfig, ref_path: str, prompts: pd.DataFrame, cache_path: str,
@@ -210,6 +213,7 @@ def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: 
         "method": method, "seed": seed, "model": model_path, "reference": ref_path, "split": split,
         "prompts": len(examples), "engine": engine, "metrics": metrics, "ci95": ci,
         "generation": asdict(cfg.generation), "max_prompt_tokens": cfg.model.max_prompt_tokens,
+        "chat_template": cfg.model.chat_template,
     }
     faults.hit("eval.scored", method)  # tests: a crash after the replies were scored, before anything is written
     examples_path = write_parquet(os.path.join(out_dir, EXAMPLES_FILE), examples)

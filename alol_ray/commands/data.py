@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="files (.jsonl/.json/.parquet), save_to_disk folders, hub dataset names, or 'builtin'; "
                         "append @SPLIT to give one source its split (e.g. sampled_dev.json@val)")
         sp.add_argument("--config", "-c", help="take the sources from this config's `data` section instead")
-        sp.add_argument("--format", default="auto", help="auto | rows | pairs | hh_pro | hh_rlhf | builtin")
+        sp.add_argument("--format", default="auto",
+                        help="auto | rows | pairs | messages | chat_pairs | hh_pro | hh_rlhf | builtin")
         sp.add_argument("--split", default="train", help="split of rows that carry none (train | val | test)")
         sp.add_argument("--hf-split", default="train", help="split of a Hugging Face dataset to read")
         sp.add_argument("--field", action="append", default=[], metavar="NAME=SOURCE_FIELD",

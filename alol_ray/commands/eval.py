@@ -23,7 +23,7 @@ from alol_ray.errors import UserError
 
 USES_RUN = True
 
-PROMPT_FORMATS = ("auto", "rows", "pairs", "hh_rlhf", "hh_pro")
+PROMPT_FORMATS = ("auto", "rows", "pairs", "messages", "chat_pairs", "hh_rlhf", "hh_pro")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ import os
 from alol_ray.cli import add_config_arguments
 from alol_ray.config import local_file, resolve_path
 from alol_ray.errors import UserError
+from alol_ray.families import prompt_identity
 from alol_ray.hashing import file_sha, fingerprint, model_identity
 from alol_ray.stage import run_stage
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace, session) -> int:
         table, ref = local_file(args.table, "--table"), resolve_path(args.ref, "model", "--ref")
         out_dir = resolve_path(args.out, "output", "--out") if args.out else pipeline.paths.value
         fp = fingerprint("value-standalone-v1", cfg.value, cfg.generation, cfg.reward, cfg.model.max_prompt_tokens,
-                         cfg.seed, model_identity(ref), file_sha(table))
+                         cfg.seed, model_identity(ref), file_sha(table), *prompt_identity(cfg))
         run_stage("value", out_dir, fp, lambda out: {"fit": build_value(cfg, ref, table, out)["fit"]["mse/holdout"]})
         path = os.path.join(out_dir, TABLE_FILE)
     else:

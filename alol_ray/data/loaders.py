@@ -20,6 +20,7 @@ import pandas as pd
 from alol_ray import columns as C
 from alol_ray.atomic import write_json, write_parquet
 from alol_ray.config import DataConfig, SourceConfig
+from alol_ray.data import conversations
 from alol_ray.data.formats import FieldError, Row, convert_record, detect_format, record_prompt
 from alol_ray.data.readers import Record, read_records, storage_kind
 from alol_ray.errors import DataError, RowProblem, UserError
@@ -105,6 +106,22 @@ def _assign_ranks(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values("_order", kind="stable").drop(columns=["_k1", "_rank", "_order"])
 
 
+def record_format(values: dict[str, Any], fields) -> str:
+    """A record's format, detected: conversational (``messages``, ``chat_pairs``) where its fields hold message
+    lists, else ``rows``, ``pairs``, ``hh_rlhf`` or ``hh_pro`` from its keys."""
+    return conversations.detect(values, fields) or detect_format(values, fields)
+
+
+def mixed_format(fmt: str, item: Record, fields, shown: str) -> Optional[RowProblem]:
+    """A record of a detected file whose kind (chat messages or text) is not the file's: one problem line."""
+    conversational = conversations.detect(item.values, fields)
+    if (conversational is None) == (fmt not in conversations.FORMATS):
+        return None
+    found = f"holds chat messages (format {conversational})" if conversational else "holds text, not chat messages"
+    return RowProblem(shown, item.location, "<record>", "mixed_formats",
+                      f"this record {found}, and the file's first record is format {fmt}: one format per file")
+
+
 def load_source(src: SourceConfig, *, skip_invalid: bool, data_cfg: Optional[DataConfig] = None) -> tuple[pd.DataFrame, LoadReport]:
     """One source -> canonical rows (DataFrame) and its report. Raises DataError in strict mode."""
     report = LoadReport()
@@ -120,6 +137,7 @@ def load_source(src: SourceConfig, *, skip_invalid: bool, data_cfg: Optional[Dat
     kind = storage_kind(src.path)
     shown = os.path.basename(os.path.normpath(src.path))  # how problems name the file
     fmt = src.format
+    detected = fmt in ("auto", "")
     rows: list[Row] = []
     problems: list[RowProblem] = []
     for item in read_records(src.path, kind, src.hf_split, src.limit):
@@ -129,7 +147,10 @@ def load_source(src: SourceConfig, *, skip_invalid: bool, data_cfg: Optional[Dat
             continue
         assert isinstance(item, Record)
         if fmt in ("auto", ""):
-            fmt = detect_format(item.values, src.fields)
+            fmt = record_format(item.values, src.fields)
+        elif detected and (mixed := mixed_format(fmt, item, src.fields, shown)):
+            problems.append(mixed)
+            continue
         got, bad = convert_record(fmt, item.location, shown, item.values, src.fields, src.template)
         rows += got
         problems += bad
@@ -137,7 +158,7 @@ def load_source(src: SourceConfig, *, skip_invalid: bool, data_cfg: Optional[Dat
         # Each record is its own prompt group (the same dialogue may appear on two lines).
         for row in rows:
             row.prompt_id = f"{label}-{row.location.split()[-1]}"
-    elif fmt == "hh_rlhf" or fmt == "pairs":
+    elif fmt in ("hh_rlhf", "pairs", conversations.FORMAT_CHAT_PAIRS):
         for row in rows:
             row.prompt_id = row.prompt_id or f"{label}-{row.location.split()[-1]}"
     else:
@@ -184,6 +205,7 @@ def load_prompts(src: SourceConfig) -> pd.DataFrame:
     field for every bad record, UserError for a source without a single prompt."""
     shown = os.path.basename(os.path.normpath(src.path))
     fmt = src.format
+    detected = fmt in ("auto", "")
     ids: dict[str, str] = {}  # prompt_id -> where it was first seen
     texts: dict[str, str] = {}  # prompt -> its id, in file order
     problems: list[RowProblem] = []
@@ -192,9 +214,13 @@ def load_prompts(src: SourceConfig) -> pd.DataFrame:
             problems.append(item)
             continue
         if fmt in ("auto", ""):
-            fmt = detect_format(item.values, src.fields)
+            fmt = record_format(item.values, src.fields)
+        elif detected and (mixed := mixed_format(fmt, item, src.fields, shown)):
+            problems.append(mixed)
+            continue
+        read_prompt = conversations.record_prompt if fmt in conversations.FORMATS else record_prompt
         try:
-            pid, prompt = record_prompt(fmt, item.values, src.fields, src.template)
+            pid, prompt = read_prompt(fmt, item.values, src.fields, src.template)
         except FieldError as err:
             problems.append(RowProblem(shown, item.location, err.field, err.reason, err.message))
             continue

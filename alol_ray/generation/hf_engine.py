@@ -11,6 +11,7 @@ import os
 from typing import Optional
 
 from alol_ray.config import GenerationConfig
+from alol_ray.families import TEXT, PromptFormat, check_chat_template, stop_ids
 from alol_ray.generation.common import (
     check_weights,
     context_length,
@@ -48,7 +49,7 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: int,
-                 num_threads: Optional[int] = None):
+                 num_threads: Optional[int] = None, prompt_format: Optional[PromptFormat] = None):
         # lazy: torch (alol_ray.generation.hf_engine imports without it)
         import torch
 
@@ -56,6 +57,7 @@ class TransformersEngine:
             torch.set_num_threads(max(1, int(num_threads)))
         self.cfg = gen_cfg
         self.max_prompt_tokens = max_prompt_tokens
+        self.prompt_format = prompt_format or TEXT
         self.device = "cuda" if gen_cfg.gpus_per_engine > 0 and torch.cuda.is_available() else "cpu"
         self.dtype = torch_dtype_name(gen_cfg.dtype, self.device == "cuda")
         self.model = None
@@ -70,7 +72,9 @@ class TransformersEngine:
         model, tokenizer = load_policy(model_path, dtype=self.dtype, trust_remote_code=self.cfg.trust_remote_code,
                                        device=self.device)
         model.eval()
+        check_chat_template(tokenizer, self.prompt_format, model_path)
         self.model, self.tokenizer, self.model_path = model, tokenizer, model_path
+        self.stop_ids = stop_ids(tokenizer, self.prompt_format)  # EOS, or the chat template's end of turn first
         self.weights_version = 0
         self.n_positions = context_length(model.config)
         self.budget = prompt_budget(self.max_prompt_tokens, self.cfg.max_new_tokens, self.n_positions)
@@ -102,7 +106,7 @@ class TransformersEngine:
             return []
         tok, cfg = self.tokenizer, self.cfg
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        encoded = encode_prompts(tok, prompts, self.budget)
+        encoded = encode_prompts(tok, prompts, self.budget, self.prompt_format)
         # Left padding: every row's last prompt token sits at the same position, where decoding starts.
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
@@ -117,7 +121,7 @@ class TransformersEngine:
             temperature=cfg.temperature if sample else None,
             top_p=cfg.top_p if sample else None,
             top_k=0 if sample else None,  # vLLM's default: no top-k cut (transformers' own default is 50)
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=self.stop_ids,
             pad_token_id=pad_id,
             use_cache=True,
         )
@@ -135,7 +139,7 @@ class TransformersEngine:
         def decode(ids: list[int]) -> str:
             return tok.decode(ids, skip_special_tokens=True)
 
-        return [finish_output(ids, decode=decode, eos_id=tok.eos_token_id, stops=cfg.stop, pad_id=pad_id)
+        return [finish_output(ids, decode=decode, eos_id=self.stop_ids, stops=cfg.stop, pad_id=pad_id)
                 for ids in new_tokens]
 
     def ping(self) -> bool:

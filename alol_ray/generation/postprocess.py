@@ -11,7 +11,7 @@ reach into the stop string, so no part of the marker is ever a response token.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 FINISH_EOS = "eos"  # the model produced its end-of-sequence token (kept as the last response token)
 FINISH_STOP = "stop"  # a stop string appeared; the reply was cut before it
@@ -71,7 +71,7 @@ def finish_output(
     generated_ids: Sequence[int],
     *,
     decode: Callable[[list[int]], str],
-    eos_id: Optional[int],
+    eos_id: Union[None, int, Sequence[int]],
     stops: Sequence[str],
     pad_id: Optional[int] = None,
     eos_hint: bool = False,
@@ -80,16 +80,20 @@ def finish_output(
 
     ``generated_ids``: the tokens after the prompt (a transformers row may carry trailing padding).
     ``decode``: ids -> text with special tokens skipped.
-    ``eos_hint``: the engine reports that generation ended at EOS although the id is not in
-    ``generated_ids`` (vLLM may leave it out); it is appended so both engines return the same ids.
+    ``eos_id``: the id that ends a reply, or several (a chat template's end-of-turn token, then EOS:
+    ``families.stop_ids``); the reply ends at the first of them, which it keeps.
+    ``eos_hint``: the engine reports that generation ended at EOS (the last of ``eos_id``) although the id is
+    not in ``generated_ids`` (vLLM may leave it out); it is appended so both engines return the same ids.
     """
+    ends = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
     ids = list(generated_ids)
     finish = FINISH_LENGTH
-    if eos_id is not None and eos_id in ids:
-        ids = ids[: ids.index(eos_id) + 1]  # everything after EOS is padding
+    end_at = next((i for i, token in enumerate(ids) if token in ends), None)
+    if end_at is not None:
+        ids = ids[: end_at + 1]  # everything after the end token is padding
         finish = FINISH_EOS
-    elif eos_hint and eos_id is not None:
-        ids.append(eos_id)
+    elif eos_hint and ends:
+        ids.append(ends[-1])
         finish = FINISH_EOS
     elif pad_id is not None:
         while ids and ids[-1] == pad_id:  # rows that stopped early are right-padded

@@ -31,6 +31,8 @@ import os
 from typing import Optional
 
 from alol_ray.config import GenerationConfig
+from alol_ray.errors import ConfigError
+from alol_ray.families import TEXT, PromptFormat, check_chat_template, stop_ids
 from alol_ray.generation.common import (
     check_weights,
     context_length,
@@ -48,13 +50,19 @@ from alol_ray.storage import node_local
 DEFAULT_CPU_KVCACHE_GIB = "1"
 
 
+class UnsupportedArchitecture(ConfigError):
+    """The installed vLLM has none of the model's architectures in its registry (GPT-Neo, for one): the
+    Generator falls back to transformers under ``engine: auto`` and stops with this one line under ``engine: vllm``."""
+
+
 class VLLMEngine:
     """A vLLM engine hosted by a Ray actor (see module docs)."""
 
     name = "vllm"
 
     def __init__(self, model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: int,
-                 num_threads: Optional[int] = None, device: str = "cuda"):
+                 num_threads: Optional[int] = None, device: str = "cuda",
+                 prompt_format: Optional[PromptFormat] = None):
         # Read by vllm when the engine is built; set before anything imports vllm in this process.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if device == "cpu":
@@ -70,9 +78,9 @@ class VLLMEngine:
         self.cfg = gen_cfg
         self.device = device
         self.max_prompt_tokens = max_prompt_tokens
+        self.prompt_format = prompt_format or TEXT
         self.dtype = torch_dtype_name(gen_cfg.dtype, on_gpu=device == "cuda")
         self.weights_version = 0
-        self._hf_shapes: Optional[tuple] = None  # the policy's (shapes, required names), for update checks
         self._build(node_local(model_path))  # a storage URI: read from this node's cache
 
     def _build(self, model_path: str) -> None:
@@ -81,6 +89,12 @@ class VLLMEngine:
 
         cfg = self.cfg
         self._load_tokenizer(model_path)
+        archs = list(self.architectures)
+        if archs and not set(archs) & set(vllm.ModelRegistry.get_supported_archs()):
+            raise UnsupportedArchitecture(f"vLLM {vllm.__version__} cannot run {', '.join(archs)}")
+        # Before vLLM builds its model: vLLM's Transformers modeling backend (which runs GPT-NeoX here) patches the
+        # transformers model classes it uses, and an HF model of them can no longer be built outside vLLM.
+        self._hf_shapes = self._reference_shapes(model_path)
         kwargs = dict(
             model=model_path,
             tokenizer=model_path,
@@ -108,7 +122,10 @@ class VLLMEngine:
 
         cfg = self.cfg
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
+        check_chat_template(self.tokenizer, self.prompt_format, model_path)
+        self.stop_ids = stop_ids(self.tokenizer, self.prompt_format)  # EOS, or the chat template's end of turn first
         hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        self.architectures = tuple(getattr(hf_config, "architectures", None) or ())
         self.n_positions = context_length(hf_config)
         self.budget = prompt_budget(self.max_prompt_tokens, cfg.max_new_tokens, self.n_positions)
 
@@ -136,6 +153,7 @@ class VLLMEngine:
             top_k=-1,  # no top-k cut, as in the transformers engine
             max_tokens=cfg.max_new_tokens,
             stop=list(cfg.stop) or None,
+            stop_token_ids=list(self.stop_ids),  # vLLM's own EOS may differ from the reply's end (end of turn)
             include_stop_str_in_output=True,  # finish_output makes the cut, identically for both engines
             skip_special_tokens=True,
             seed=request_seed(cfg.seed, index) if sample else None,
@@ -149,7 +167,7 @@ class VLLMEngine:
         if not prompts:
             return []
         tok = self.tokenizer
-        encoded = encode_prompts(tok, prompts, self.budget)
+        encoded = encode_prompts(tok, prompts, self.budget, self.prompt_format)
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in encoded]
         params = [self._sampling_params(start_index + i) for i in range(len(encoded))]
         results = self.llm.generate(requests, params, use_tqdm=False)
@@ -160,10 +178,14 @@ class VLLMEngine:
         outputs = []
         for result in results:
             completion = result.outputs[0]
-            # finish_reason "stop" with no stop_reason = the EOS token ended it.
+            ids = list(completion.token_ids)
+            # finish_reason "stop" with no stop_reason = vLLM's EOS ended it; an int stop_reason = one of
+            # stop_token_ids did. Either id may be left out of token_ids: put it back, as transformers keeps it.
             ended_at_eos = completion.finish_reason == "stop" and completion.stop_reason is None
-            outputs.append(finish_output(list(completion.token_ids), decode=decode, eos_id=tok.eos_token_id,
-                                         stops=self.cfg.stop, eos_hint=ended_at_eos))
+            if isinstance(completion.stop_reason, int) and completion.stop_reason not in ids[-1:]:
+                ids.append(completion.stop_reason)
+            outputs.append(finish_output(ids, decode=decode, eos_id=self.stop_ids, stops=self.cfg.stop,
+                                         eos_hint=ended_at_eos))
         return outputs
 
     def update_weights(self, weights: dict) -> dict:
@@ -199,18 +221,20 @@ class VLLMEngine:
         first moves each layer's weights aside, so a load that fails midway leaves the engine unusable.
 
         vLLM's own parameter names differ (prefixes, fused projections), so the reference is an HF model
-        of this config built on the meta device (no memory)."""
-        if self._hf_shapes is None:
-            # lazy: torch, transformers (alol_ray.generation.vllm_engine imports without them)
-            import torch
-            from transformers import AutoConfig, AutoModelForCausalLM
-
-            trust = self.cfg.trust_remote_code
-            config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=trust)
-            with torch.device("meta"):
-                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
-            self._hf_shapes = policy_weight_shapes(model)
+        of this config (``_reference_shapes``)."""
         check_weights(*self._hf_shapes, given)
+
+    def _reference_shapes(self, model_path: str) -> tuple:
+        """(name -> shape, required names) of an HF model of this config, built on the meta device (no memory)."""
+        # lazy: torch, transformers (alol_ray.generation.vllm_engine imports without them)
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        trust = self.cfg.trust_remote_code
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+        return policy_weight_shapes(model)
 
 
 def _refresh_cpu_gemm(worker) -> int:

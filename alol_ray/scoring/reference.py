@@ -17,6 +17,7 @@ import numpy as np
 
 from alol_ray import columns as C
 from alol_ray.config import PolicyConfig
+from alol_ray.families import TEXT, PromptFormat, check_chat_template
 from alol_ray.tokenization import collate, encode_pair, prompt_batch, response_token_logps
 
 
@@ -24,9 +25,11 @@ class ReferenceScorer:
     """Frozen pi_ref: per-token log-probs of given responses; prompt hidden states for the value head."""
 
     def __init__(self, model_path: str, *, max_prompt_tokens: int, max_response_tokens: int, model_cfg=None,
-                 use_gpu: bool = False, bf16: bool = False, num_threads: Optional[int] = None):
+                 prompt_format: Optional[PromptFormat] = None, use_gpu: bool = False, bf16: bool = False,
+                 num_threads: Optional[int] = None):
         """``model_cfg``: the run's ``model`` section (PolicyConfig): pi_ref is loaded with the weight dtype
-        and quantization training loads the policy with (``models.load_frozen_policy``); None = defaults."""
+        and quantization training loads the policy with (``models.load_frozen_policy``); None = defaults.
+        ``prompt_format``: how prompts become ids, as for the policy (``families.prompt_format(cfg)``)."""
         # lazy: torch, alol_ray.models (torch, transformers) (alol_ray.scoring.reference imports without them)
         import torch
 
@@ -40,6 +43,8 @@ class ReferenceScorer:
         self.autocast = bf16 and self.device == "cuda"
         self.model, self.tokenizer = load_frozen_policy(model_path, model_cfg or PolicyConfig(),
                                                         torch.device(self.device))
+        self.prompt_format = prompt_format or TEXT
+        check_chat_template(self.tokenizer, self.prompt_format, model_path)
         self.max_prompt_tokens = max_prompt_tokens
         self.max_response_tokens = max_response_tokens
 
@@ -48,7 +53,7 @@ class ReferenceScorer:
         # lazy: torch (alol_ray.scoring.reference imports without it)
         import torch
 
-        pairs = [encode_pair(self.tokenizer, p, r, self.max_prompt_tokens, self.max_response_tokens)
+        pairs = [encode_pair(self.tokenizer, p, r, self.max_prompt_tokens, self.max_response_tokens, self.prompt_format)
                  for p, r in zip(prompts, responses)]
         batch = collate(pairs, self.tokenizer.pad_token_id).to(self.device)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
@@ -79,7 +84,8 @@ class ReferenceScorer:
         # lazy: torch (alol_ray.scoring.reference imports without it)
         import torch
 
-        input_ids, attention_mask = prompt_batch(self.tokenizer, list(prompts), self.max_prompt_tokens)
+        input_ids, attention_mask = prompt_batch(self.tokenizer, list(prompts), self.max_prompt_tokens,
+                                                 self.prompt_format)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
                              output_hidden_states=True)

@@ -50,6 +50,7 @@ from alol_ray.actor_pool import actor_kwargs, pool_pass
 from alol_ray.atomic import read_json, write_json, write_parquet
 from alol_ray.config import ActorPoolConfig, RewardComponentConfig, RunConfig
 from alol_ray.errors import ConfigError, UserError
+from alol_ray.families import TEXT, PromptFormat, prompt_format
 from alol_ray.hashing import model_identity, module_identity
 from alol_ray.scoring.reference import ReferenceScorer
 from alol_ray.scoring.reward import RewardScorer, check_components, combine, raw_column, scorer_params
@@ -96,13 +97,15 @@ def reward_scorer_key(comp: RewardComponentConfig, pool: ActorPoolConfig) -> str
     return _key(comp.kind, identity)
 
 
-def reference_scorer_key(ref_path: str, model_cfg, pool: ActorPoolConfig) -> str:
+def reference_scorer_key(ref_path: str, model_cfg, pool: ActorPoolConfig, fmt: PromptFormat = TEXT) -> str:
     """What the reference log-probs depend on: pi_ref, how it is loaded (dtype, 4-bit; ``model_cfg``), the
-    truncation limits, the tokenisation code."""
+    truncation limits, how prompts become ids (``fmt``: text or the chat template), the tokenisation code."""
     return _key("reference", {"v": KEY_VERSION, "model": model_identity(ref_path),
                               "max_prompt": model_cfg.max_prompt_tokens, "max_response": model_cfg.max_response_tokens,
                               "precision": _precision(pool), "load": model_cfg.load_identity(pool.num_gpus > 0),
-                              "tokenization": module_identity("alol_ray.tokenization")})
+                              "prompt_format": dataclasses.asdict(fmt),
+                              "tokenization": module_identity("alol_ray.tokenization"),
+                              "families": module_identity("alol_ray.families")})
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -277,7 +280,8 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
     if ref_path:
         rpool = scoring.reference_pool
         mp, mr = cfg.model.max_prompt_tokens, cfg.model.max_response_tokens
-        reference_key = reference_scorer_key(ref_path, cfg.model, rpool)
+        fmt = prompt_format(cfg)
+        reference_key = reference_scorer_key(ref_path, cfg.model, rpool, fmt)
         unique_all = rows[[C.ROW_KEY, C.PROMPT, C.RESPONSE]].drop_duplicates(C.ROW_KEY)
         todo_rows = unique_all[~unique_all[C.ROW_KEY].isin(cache.done(reference_key))]
         if len(todo_rows):
@@ -300,7 +304,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
             _run_with_retries(lambda: todo_rows[~todo_rows[C.ROW_KEY].isin(done_ref)], ReferenceScorer,
                               {"model_path": storage.shared(ref_path), "max_prompt_tokens": mp,
                                "max_response_tokens": mr,
-                               "model_cfg": cfg.model, **actor_kwargs(rpool)},
+                               "model_cfg": cfg.model, "prompt_format": fmt, **actor_kwargs(rpool)},
                               rpool, scoring, write_ref, "reference", cfg.ray)
         else:
             log.info(f"[score] reference: all {len(unique_all)} unique rows cached")
@@ -432,5 +436,5 @@ def stage_identity(cfg: RunConfig, ref_path: Optional[str]) -> dict:
                    for c in cfg.reward.components],
         "rescore": cfg.reward.rescore,
         "train_transform": cfg.reward.train_transform,
-        "reference": reference_scorer_key(ref_path, cfg.model, rpool) if ref_path else None,
+        "reference": reference_scorer_key(ref_path, cfg.model, rpool, prompt_format(cfg)) if ref_path else None,
     }

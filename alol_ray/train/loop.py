@@ -23,6 +23,7 @@ import torch
 
 from alol_ray import faults, ray_compat, storage, tracking
 from alol_ray.atomic import append_jsonl, truncate_jsonl
+from alol_ray.families import TEXT, PromptFormat, check_chat_template, describe
 from alol_ray.scoring.reward import run_scorer
 from alol_ray.train import checkpoint as ckpt
 from alol_ray.train.methods import Method, collate_units
@@ -59,6 +60,7 @@ class LoopSpec:
     run_dir: Optional[str] = None  # metrics.jsonl, val.jsonl: a folder or a storage URI (None = not written)
     stop_at_step: int = 0  # > 0: end after the checkpoint at that step (the run is not finished)
     tracking: Optional[tracking.TrackingSpec] = None  # rank 0 sends metrics.jsonl / val.jsonl lines to its backends
+    prompt_format: PromptFormat = TEXT  # how prompts become ids (text or the chat template), as in scoring
 
 
 def learning_rate(step: int, tc, total_steps: int) -> float:
@@ -103,6 +105,9 @@ def train_loop_per_worker(config: dict) -> None:
     with resumed.as_directory() if resumed else contextlib.nullcontext() as resume_dir:
         model_dir = os.path.join(resume_dir, ckpt.MODEL_DIR) if resume_dir else None
         model, tokenizer = build_policy(pc, tc, spec.policy_path, model_dir, device)
+        check_chat_template(tokenizer, spec.prompt_format, spec.policy_path)
+        if rank == 0 and not resume_dir:
+            say(f"[train] {method.name}: {describe(model, tokenizer).summary()}")
         # To the worker's device (4-bit weights are placed when loaded and cannot move); DDP if world > 1.
         model = ray.train.torch.prepare_model(model, move_to_device=not pc.lora.load_in_4bit)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -146,7 +151,8 @@ def train_loop_per_worker(config: dict) -> None:
                 val, _ = evaluate_policy(model, tokenizer, spec.val_prompts, reward_fn,
                                          max_prompt_tokens=pc.max_prompt_tokens,
                                          max_new_tokens=spec.generation.max_new_tokens,
-                                         stop=list(spec.generation.stop), batch_size=spec.generation.batch_size)
+                                         stop=list(spec.generation.stop), batch_size=spec.generation.batch_size,
+                                         fmt=spec.prompt_format)
                 report.update(val)
                 if state["best_val_reward"] is None or val["val/reward"] > state["best_val_reward"]:
                     state.update(best_val_reward=val["val/reward"], best_step=step)
@@ -179,7 +185,7 @@ def train_loop_per_worker(config: dict) -> None:
         for i, unit_ids in enumerate(micro_batches):
             batch = collate_units(frame, [units[j] for j in unit_ids], tokenizer,
                                   max_prompt_tokens=pc.max_prompt_tokens, max_response_tokens=pc.max_response_tokens,
-                                  columns=method.columns).to(device)
+                                  columns=method.columns, fmt=spec.prompt_format).to(device)
             last = i == len(micro_batches) - 1
             # DDP all-reduces gradients once per optimizer step, on the last micro-batch.
             sync = contextlib.nullcontext() if last or world == 1 else model.no_sync()

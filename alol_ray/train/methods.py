@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from alol_ray import columns as C
+from alol_ray.families import PromptFormat
 from alol_ray.losses import REGISTRY, LossInputs, LossParams, get_loss
 from alol_ray.tokenization import PolicyBatch, collate, encode_pair, response_token_logps
 
@@ -99,15 +100,18 @@ def training_units(frame, layout: str, responses: str = "best") -> list[np.ndarr
 
 
 def collate_units(frame, units: list[np.ndarray], tokenizer, *, max_prompt_tokens: int,
-                  max_response_tokens: int, columns: tuple[str, ...] = ()) -> TrainBatch:
-    """Tokenise the units' rows with ``tokenization.encode_pair`` (the ReferenceScorer's tokenisation)
-    and stack them into a ``TrainBatch``; ``columns`` are the table columns to carry along."""
+                  max_response_tokens: int, columns: tuple[str, ...] = (),
+                  fmt: PromptFormat | None = None) -> TrainBatch:
+    """Tokenise the units' rows with ``tokenization.encode_pair`` (the ReferenceScorer's tokenisation, with the
+    run's prompt format ``fmt``) and stack them into a ``TrainBatch``; ``columns`` are the table columns to
+    carry along."""
     rows = np.concatenate(units)
     group = np.concatenate([np.full(len(u), g) for g, u in enumerate(units)])
     position = np.concatenate([np.arange(len(u)) for u in units])
     prompts = frame[C.PROMPT].to_numpy()[rows]
     responses = frame[C.RESPONSE].to_numpy()[rows]
-    pairs = [encode_pair(tokenizer, p, r, max_prompt_tokens, max_response_tokens) for p, r in zip(prompts, responses)]
+    pairs = [encode_pair(tokenizer, p, r, max_prompt_tokens, max_response_tokens, fmt)
+             for p, r in zip(prompts, responses)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     policy = collate(pairs, pad_id)
     batch = TrainBatch(policy=policy, group=torch.as_tensor(group, dtype=torch.long),

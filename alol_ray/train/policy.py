@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from alol_ray.families import lora_target_modules
 from alol_ray.models import adapter_base, is_adapter, load_4bit, load_policy
 from alol_ray.storage import node_local
 
@@ -48,9 +49,11 @@ def build_policy(model_cfg, train_cfg, policy_path: str, checkpoint_model_dir: O
         if adapter:
             model = peft.PeftModel.from_pretrained(model, adapter, is_trainable=True)
         else:
+            # The family's linear layers (families.lora_target_modules) unless the config names them.
+            targets = list(lora.target_modules) or lora_target_modules(model)
             model = peft.get_peft_model(model, peft.LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules) or None, task_type="CAUSAL_LM"))
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                task_type="CAUSAL_LM"))
     if train_cfg.disable_dropout:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):

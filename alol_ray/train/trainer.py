@@ -29,6 +29,7 @@ from alol_ray import columns as C
 from alol_ray import ray_compat, storage, tracking
 from alol_ray.atomic import write_json
 from alol_ray.errors import DataError, RowProblem, UserError
+from alol_ray.families import prompt_format
 from alol_ray.models import adapter_base
 from alol_ray.ray_utils import init_ray
 from alol_ray.stage import Unfinished
@@ -233,7 +234,8 @@ def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: st
                     reward_stats=dict(reward_stats or {}),
                     policy_path=storage.shared(policy_path), data_ref=ray.put((data.frame, data.units, data.sampler)),
                     total_steps=data.total_steps, eval_every=data.eval_every, val_prompts=prompts,
-                    run_dir=run_folder(work_dir), stop_at_step=stop_at_step, tracking=track)
+                    run_dir=run_folder(work_dir), stop_at_step=stop_at_step, tracking=track,
+                    prompt_format=prompt_format(cfg))
     result = ray_compat.fit(build_trainer(spec, tc, work_dir))
     fetch_logs(work_dir)
     state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)

@@ -35,6 +35,7 @@ from alol_ray import columns as C
 from alol_ray import faults
 from alol_ray.atomic import write_json, write_parquet
 from alol_ray.errors import UserError
+from alol_ray.families import PromptFormat, check_chat_template, prompt_format
 from alol_ray.generation import generate
 from alol_ray.ray_utils import init_ray
 from alol_ray.scoring.reward import run_scorer
@@ -75,11 +76,12 @@ def _backbone_states(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 @torch.no_grad()
 def prompt_states(model, tokenizer, prompts: Sequence[str], max_prompt_tokens: int, batch_size: int,
-                  show_progress: bool = True) -> list[torch.Tensor]:
+                  show_progress: bool = True, fmt: Optional[PromptFormat] = None) -> list[torch.Tensor]:
     """pi_ref's last-layer hidden states of each prompt: a list of float32 CPU tensors [len_i, H].
 
-    Prompts are tokenised by ``alol_ray.tokenization.prompt_batch`` (left-truncated, right-padded) so the
-    head sees exactly the prompt tokens training conditions on. Batches are formed from prompts sorted
+    Prompts are tokenised by ``alol_ray.tokenization.prompt_batch`` (left-truncated, right-padded; the run's
+    ``fmt``: text or the chat template) so the head sees exactly the prompt tokens training conditions
+    on. Batches are formed from prompts sorted
     by length, so little compute goes to padding.
     """
     model.eval()
@@ -90,7 +92,7 @@ def prompt_states(model, tokenizer, prompts: Sequence[str], max_prompt_tokens: i
     starts = range(0, len(prompts), batch_size)
     for start in _progress(starts, len(starts), "prompt states", show_progress):
         idx = order[start:start + batch_size]
-        input_ids, mask = prompt_batch(tokenizer, [prompts[i] for i in idx], max_prompt_tokens)
+        input_ids, mask = prompt_batch(tokenizer, [prompts[i] for i in idx], max_prompt_tokens, fmt)
         states = _backbone_states(model, input_ids.to(device), mask.to(device)).float().cpu()
         for row, i in enumerate(idx):
             out[i] = states[row, : int(mask[row].sum())].clone()
@@ -250,7 +252,7 @@ def generate_greedy(ref_path: str, prompts: Sequence[str], cfg) -> list[str]:
     transformers on CPU). Sampling settings of cfg.generation are overridden to greedy."""
     init_ray(cfg.ray)
     greedy = dataclasses.replace(cfg.generation, temperature=0.0, top_p=1.0)
-    return generate(ref_path, list(prompts), greedy, cfg.model.max_prompt_tokens)
+    return generate(ref_path, list(prompts), greedy, cfg.model.max_prompt_tokens, prompt_format(cfg))
 
 
 # ------------------------------------------------------------------------------------ value columns
@@ -258,7 +260,7 @@ def generate_greedy(ref_path: str, prompts: Sequence[str], cfg) -> list[str]:
 
 @torch.no_grad()
 def prompt_values(model, tokenizer, head: ValueHead, prompts: Sequence[str], *, max_prompt_tokens: int,
-                  batch_size: int, show_progress: bool = True) -> np.ndarray:
+                  batch_size: int, show_progress: bool = True, fmt: Optional[PromptFormat] = None) -> np.ndarray:
     """V(x) of each prompt: pi_ref states then the head (eval mode), streamed batch by batch so the states
     of a large training set are never all held at once. float64 [N]."""
     values = np.zeros(len(prompts))
@@ -267,7 +269,7 @@ def prompt_values(model, tokenizer, head: ValueHead, prompts: Sequence[str], *, 
     starts = range(0, len(prompts), chunk)
     for start in _progress(starts, len(starts), "values", show_progress):
         part = list(prompts[start:start + chunk])
-        states = prompt_states(model, tokenizer, part, max_prompt_tokens, batch_size, show_progress=False)
+        states = prompt_states(model, tokenizer, part, max_prompt_tokens, batch_size, show_progress=False, fmt=fmt)
         values[start:start + len(part)] = predict(head, states, batch_size)
     return values
 
@@ -387,8 +389,10 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
 
     # Frozen: pi_ref only supplies the prompt states, loaded as training loads the policy (dtype, 4-bit).
     model, tokenizer = load_frozen_policy(ref_path, cfg.model, _device())
+    fmt = prompt_format(cfg)
+    check_chat_template(tokenizer, fmt, ref_path)
     max_prompt = cfg.model.max_prompt_tokens
-    states = prompt_states(model, tokenizer, val_prompts, max_prompt, vcfg.batch_size, show_progress)
+    states = prompt_states(model, tokenizer, val_prompts, max_prompt, vcfg.batch_size, show_progress, fmt=fmt)
     result = fit_value_head(states, targets, heads=vcfg.heads, dropout=vcfg.dropout, max_value=vcfg.max_value,
                             lr=vcfg.lr, epochs=vcfg.epochs, batch_size=vcfg.batch_size,
                             holdout_fraction=vcfg.holdout_fraction, seed=cfg.seed)
@@ -403,7 +407,7 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
 
     prompts = list(pd.unique(table[C.PROMPT]))
     values = prompt_values(model, tokenizer, result.head.to(_device()), prompts, max_prompt_tokens=max_prompt,
-                           batch_size=vcfg.batch_size, show_progress=show_progress)
+                           batch_size=vcfg.batch_size, show_progress=show_progress, fmt=fmt)
     if not np.all(np.isfinite(values)):
         raise UserError(f"the value head gave {int((~np.isfinite(values)).sum())} non-finite values; "
                         "nothing was written (check value.* settings)")
