@@ -1,0 +1,487 @@
+"""What keeps results right, tested against the wrong versions a reviewer would write: stage publishing and
+recovery (alol_ray.stage), bucket sync (alol_ray.storage, through file:// URIs), the run lock (alol_ray.runlock)
+and content fingerprints (alol_ray.hashing). No Ray, no subprocess CLI: seconds in all, and the tests of
+``bench/mutation.py --group integrity``.
+
+Every fixture here is built so that the plausible wrong version gives another answer: several files in a
+manifest (not one), an edit that keeps a file's size, a lock whose pid is alive but was reused, a lock of
+another host, a staging folder without its marker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alol_ray import hashing, runlock, stage, storage
+from alol_ray.runlock import LOCK_FILE, RunBusy, RunLock
+from alol_ray.stage import STAGE_FILE, Unfinished, is_done, publish, read_marker, recover, run_stage, staging_dir
+
+# ------------------------------------------------------------------------------------------- stages
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_build_that_crashed_half_way_is_rebuilt_on_the_rerun(tmp_path):
+    """Nothing published yet; the first build dies after half a file. The rerun must build again (a marker
+    written before the build would make recover promote the half-built staging folder as done)."""
+    folder = tmp_path / "scored"
+    calls = []
+
+    def crash(out):
+        calls.append("crash")
+        (Path(out) / "table.parquet").write_text("half")
+        raise RuntimeError("killed")
+
+    def good(out):
+        calls.append("good")
+        (Path(out) / "table.parquet").write_text("the whole table")
+        return {"rows": 3}
+
+    for resumable in (False, True):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="killed"):
+            run_stage("score", str(folder), "fp1", crash, resumable=resumable)
+        assert not folder.exists() and not is_done(str(folder), "fp1")
+        assert run_stage("score", str(folder), "fp1", good, resumable=resumable) is True
+        assert calls == ["crash", "good"]
+        assert _files(folder) == {"stage.json": (folder / STAGE_FILE).read_text(), "table.parquet": "the whole table"}
+        marker = read_marker(str(folder))
+        assert marker["fingerprint"] == "fp1" and marker["rows"] == 3 and marker["manifest"] == {"table.parquet": 15}
+        assert marker["seconds"] >= 0 and marker["finished_at"] <= time.time()
+        assert run_stage("score", str(folder), "fp1", crash) is False  # up to date: the build is not called
+        assert calls == ["crash", "good"]
+        stage.discard(str(folder))
+        assert not folder.exists()
+
+
+def test_a_rerun_with_another_fingerprint_rebuilds_and_replaces(tmp_path):
+    folder = tmp_path / "out"
+    run_stage("s", str(folder), "fp1", lambda out: (Path(out) / "a.txt").write_text("one") and None)
+    assert run_stage("s", str(folder), "fp2", lambda out: (Path(out) / "b.txt").write_text("two") and None)
+    assert set(_files(folder)) == {"b.txt", STAGE_FILE} and stage.stage_fingerprint(str(folder)) == "fp2"
+    assert is_done(str(folder), "fp2") and not is_done(str(folder), "fp1")
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no staging or replaced folder left behind
+
+
+def test_a_non_resumable_build_starts_empty_and_a_resumable_one_finds_its_files(tmp_path):
+    folder = tmp_path / "out"
+    seen = []
+
+    def stop_early(out):
+        (Path(out) / "step-1.ckpt").write_text("1")
+        return Unfinished("stopped at step 1")
+
+    def look(out):
+        seen.append(sorted(os.listdir(out)))
+        (Path(out) / "final.txt").write_text("done")
+
+    assert run_stage("train", str(folder), "fp", stop_early, resumable=True) is False
+    staging = Path(staging_dir(str(folder), "fp"))
+    assert not folder.exists() and (staging / "step-1.ckpt").exists() and not (staging / STAGE_FILE).exists()
+    assert not is_done(str(folder), "fp")  # an Unfinished build publishes nothing, and recover leaves it
+    run_stage("train", str(folder), "fp", look, resumable=True)
+    assert seen == [["step-1.ckpt"]]
+    stage.discard(str(folder))
+    run_stage("train", str(folder), "fp", stop_early, resumable=True)
+    run_stage("train", str(folder), "fp", look, resumable=False)
+    assert seen[-1] == []
+
+
+def test_every_file_of_the_manifest_is_checked(tmp_path):
+    """Three files, nested: truncating, growing or deleting any one of them (the last one included) makes
+    the output incomplete."""
+    folder = tmp_path / "out"
+    staging = tmp_path / "build"
+    (staging / "sub").mkdir(parents=True)
+    contents = {"a.bin": b"a" * 10, "sub/b.bin": b"b" * 20, "z.bin": b"z" * 30}
+    for rel, data in contents.items():
+        (staging / rel).write_bytes(data)
+    publish(str(staging), str(folder), "fp", {"note": "x"})
+    marker = read_marker(str(folder))
+    assert marker["manifest"] == {"a.bin": 10, "sub/b.bin": 20, "z.bin": 30} and marker["note"] == "x"
+    assert is_done(str(folder), "fp") and stage.intact(str(folder), marker)
+    for rel, data in contents.items():
+        for broken in (data[:-1], data + b"!"):
+            (folder / rel).write_bytes(broken)
+            assert not is_done(str(folder), "fp"), f"{rel} with {len(broken)} bytes taken as complete"
+        (folder / rel).unlink()
+        assert not is_done(str(folder), "fp"), f"{rel} missing taken as complete"
+        (folder / rel).write_bytes(data)
+        assert is_done(str(folder), "fp")
+
+
+def test_recover_never_promotes_a_staging_folder_without_its_marker(tmp_path):
+    folder = tmp_path / "out"
+    unfinished = Path(staging_dir(str(folder), "fpnew"))
+    unfinished.mkdir()
+    (unfinished / "a.txt").write_text("half")
+    recover(str(folder))
+    assert not folder.exists() and (unfinished / "a.txt").exists()
+    assert not is_done(str(folder), "fpnew")
+    # With the old output aside (killed between publish's renames, before the new one was marked): it comes back.
+    (tmp_path / ".out.replaced").mkdir()
+    (tmp_path / ".out.replaced" / "a.txt").write_text("old")
+    recover(str(folder))
+    assert (folder / "a.txt").read_text() == "old" and not (tmp_path / ".out.replaced").exists()
+    assert (unfinished / "a.txt").read_text() == "half"  # left for a resumable rerun
+
+
+def test_recover_promotes_the_newest_finished_staging_folder(tmp_path):
+    folder = tmp_path / "out"
+    for fp, age in (("fpold", 100), ("fpnew", 0)):
+        staging = Path(staging_dir(str(folder), fp))
+        staging.mkdir()
+        (staging / "a.txt").write_text(fp)
+        (staging / STAGE_FILE).write_text(json.dumps({"fingerprint": fp, "manifest": {"a.txt": len(fp)}}))
+        os.utime(staging, (time.time() - age, time.time() - age))
+    (tmp_path / ".out.replaced").mkdir()
+    recover(str(folder))
+    assert (folder / "a.txt").read_text() == "fpnew" and is_done(str(folder), "fpnew")
+    assert not (tmp_path / ".out.replaced").exists()
+
+
+def test_a_marker_that_is_not_an_object_is_no_marker(tmp_path):
+    (tmp_path / STAGE_FILE).write_text(json.dumps(["fp"]))
+    assert read_marker(str(tmp_path)) is None and stage.stage_fingerprint(str(tmp_path)) is None
+    assert not is_done(str(tmp_path), "fp")
+    assert stage.stage_fingerprint(str(tmp_path / "nothing")) is None
+
+
+def test_staging_folders_sit_beside_the_output_named_by_fingerprint(tmp_path):
+    folder = tmp_path / "train" / "a_lol-s0"
+    assert staging_dir(str(folder) + "/", "0123456789abcdef0123") == \
+        str(tmp_path / "train" / ".a_lol-s0.staging-0123456789abcdef")
+    assert staging_dir(str(folder), "ab") == str(tmp_path / "train" / ".a_lol-s0.staging-ab")
+
+
+# ------------------------------------------------------------------------------------------- bucket sync
+
+
+def _uri(path: Path) -> str:
+    return f"file://{path}"
+
+
+def test_an_edit_that_keeps_the_size_is_pushed_and_pulled(tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "bucket"
+    local.mkdir()
+    (local / "note.txt").write_text("v1")
+    (local / "same.txt").write_text("kept")
+    assert sorted(storage.push(str(local), _uri(remote))) == ["note.txt", "same.txt"]
+    assert storage.push(str(local), _uri(remote)) == []  # nothing changed: nothing copied
+    (local / "note.txt").write_text("v2")  # same size, newer content
+    later = time.time() + 10
+    os.utime(local / "note.txt", (later, later))
+    assert storage.push(str(local), _uri(remote)) == ["note.txt"]
+    assert (remote / "note.txt").read_text() == "v2"
+    # The other way: the bucket's copy edited (same size, newer) reaches a mirror that holds the old one.
+    mirror = tmp_path / "mirror"
+    assert sorted(storage.pull(_uri(remote), str(mirror))) == ["note.txt", "same.txt"]
+    (remote / "same.txt").write_text("KEPT")
+    os.utime(remote / "same.txt", (later + 10, later + 10))
+    assert storage.pull(_uri(remote), str(mirror)) == ["same.txt"]
+    assert (mirror / "same.txt").read_text() == "KEPT"
+    # An older copy on the source side never overwrites a newer one.
+    (remote / "note.txt").write_text("v0")
+    os.utime(remote / "note.txt", (1, 1))
+    assert storage.pull(_uri(remote), str(mirror)) == [] and (mirror / "note.txt").read_text() == "v2"
+
+
+def test_a_missing_mtime_always_copies():
+    from types import SimpleNamespace as File
+
+    assert storage._stale(File(size=1, mtime_ns=None), File(size=1, mtime_ns=5))
+    assert storage._stale(File(size=1, mtime_ns=5), File(size=1, mtime_ns=None))
+    assert storage._stale(File(size=1, mtime_ns=5), None)
+    assert storage._stale(File(size=2, mtime_ns=5), File(size=1, mtime_ns=9))
+    assert storage._stale(File(size=1, mtime_ns=6), File(size=1, mtime_ns=5))
+    assert not storage._stale(File(size=1, mtime_ns=5), File(size=1, mtime_ns=5))
+    assert not storage._stale(File(size=1, mtime_ns=4), File(size=1, mtime_ns=5))
+
+
+def test_markers_are_pushed_after_every_other_file_and_checkpoints_can_stay_behind(tmp_path):
+    local, remote = tmp_path / "run", tmp_path / "bucket"
+    for rel in ("a/stage.json", "a/z.parquet", "b/stage.json", "b/a.txt", "stage.json", "train/checkpoints/c/w.pt",
+                "zz.txt"):
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_text(rel)
+    copied = storage.push(str(local), _uri(remote))
+    assert copied[:4] == sorted(["a/z.parquet", "b/a.txt", "train/checkpoints/c/w.pt", "zz.txt"])
+    assert copied[4:] == ["a/stage.json", "b/stage.json", "stage.json"]
+    assert all((remote / rel).read_text() == rel for rel in copied)
+    mirror = tmp_path / "mirror"
+    pulled = storage.pull(_uri(remote), str(mirror), checkpoints=False)
+    assert "train/checkpoints/c/w.pt" not in pulled and len(pulled) == 6
+    assert not (mirror / "train" / "checkpoints").exists()
+    assert storage.pull(_uri(remote), str(mirror)) == ["train/checkpoints/c/w.pt"]
+    assert storage._in_checkpoints("x/checkpoints/y") and not storage._in_checkpoints("x/checkpoints")
+    # One file, and nothing at all.
+    assert storage.push(str(local / "zz.txt"), _uri(tmp_path / "one" / "zz.txt")) == [""]
+    assert (tmp_path / "one" / "zz.txt").read_text() == "zz.txt"
+    assert storage.push(str(tmp_path / "absent"), _uri(remote)) == []
+    assert storage.pull(_uri(tmp_path / "absent"), str(tmp_path / "empty")) == []
+
+
+def test_a_mirrored_run_persists_shares_and_removes_through_the_bucket(tmp_path, monkeypatch):
+    from alol_ray.config import load_config
+
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "node-cache"))
+    bucket = tmp_path / "bucket"
+    cfg = load_config(None, [f"storage={_uri(bucket)}/runs", "name=exp"])
+    with storage.synced(cfg, cache_dir=str(tmp_path / "driver")) as local_cfg:
+        run = Path(local_cfg.storage) / "exp"
+        assert storage.mirrored(str(run)) == f"{_uri(bucket)}/runs/exp"
+        assert storage.mirrored(local_cfg.storage) == f"{_uri(bucket)}/runs"
+        assert storage.mirrored(str(tmp_path / "elsewhere")) is None
+        (run / "ref").mkdir(parents=True)
+        (run / "ref" / "model.bin").write_text("weights")
+        shared = storage.shared(str(run / "ref"))
+        assert shared == f"{_uri(bucket)}/runs/exp/ref" and (bucket / "runs" / "exp" / "ref" / "model.bin").exists()
+        on_node = storage.node_local(shared)
+        assert on_node == storage.local_cache_dir(shared) and on_node.startswith(str(tmp_path / "node-cache"))
+        assert Path(on_node, "model.bin").read_text() == "weights"
+        path, filesystem = storage.train_storage(str(run / "train"))
+        assert path == str(bucket / "runs" / "exp" / "train") and filesystem is not None
+        storage.remove_remote(str(run / "ref"))
+        assert not (bucket / "runs" / "exp" / "ref").exists()
+        work = storage.worker_folder(f"{_uri(bucket)}/runs/exp/logs")
+        Path(work, "metrics.jsonl").write_text("{}")
+        storage.push_back(work, f"{_uri(bucket)}/runs/exp/logs")
+        assert (bucket / "runs" / "exp" / "logs" / "metrics.jsonl").exists()
+    assert storage.mirrored(str(run)) is None  # the mirror ends with the session
+    # Local storage: every helper is the identity and touches nothing.
+    assert storage.shared(str(tmp_path / "x")) == str(tmp_path / "x") and storage.persist(str(tmp_path)) is None
+    assert storage.node_local("gpt2") == "gpt2"
+    assert storage.train_storage(str(tmp_path / "w")) == (str(tmp_path / "w"), None)
+    assert storage.worker_folder(str(tmp_path / "logs")) == str(tmp_path / "logs") and (tmp_path / "logs").is_dir()
+    storage.remove_remote(str(tmp_path / "logs"))
+    assert (tmp_path / "logs").is_dir()
+
+
+def test_each_storage_uri_gets_its_own_stable_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path))
+    a = storage.local_cache_dir("s3://bucket/runs")
+    assert a == storage.local_cache_dir("s3://bucket/runs/") and a.startswith(str(tmp_path) + os.sep)
+    assert a != storage.local_cache_dir("s3://bucket/other") and len(os.path.basename(a)) == 16
+    monkeypatch.delenv(storage.CACHE_ENV)
+    assert storage.local_cache_dir("s3://b").startswith(os.path.join(os.path.expanduser("~"), ".cache", "alol-ray",
+                                                                     "runs"))
+    assert storage.is_uri("GS://b/x") and storage.is_uri("hdfs://n/x") and not storage.is_uri("ftp://h/x")
+
+
+# ------------------------------------------------------------------------------------------- the run lock
+
+
+def _write_lock(folder: Path, **info) -> None:
+    (folder / LOCK_FILE).write_text(json.dumps({"since": time.time(), "command": "alol train", **info}))
+
+
+@pytest.fixture
+def live_process():
+    """A live process that is not this one, and its real start time."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        for _ in range(100):
+            if runlock._process_start(proc.pid) is not None:
+                break
+            time.sleep(0.01)
+        yield proc.pid, runlock._process_start(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_live_holder_is_busy_but_a_reused_pid_is_not(tmp_path, live_process):
+    pid, started = live_process
+    assert started is not None
+    _write_lock(tmp_path, host=socket.gethostname(), pid=pid, start=started)
+    with pytest.raises(RunBusy, match=rf"in use by pid {pid} on {socket.gethostname()}"):
+        RunLock(str(tmp_path)).acquire()
+    # The same pid, but the lock was written by a process that started earlier: the pid was reused.
+    _write_lock(tmp_path, host=socket.gethostname(), pid=pid, start=started - 500)
+    with RunLock(str(tmp_path), "alol score"):
+        held = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert held["pid"] == os.getpid() and held["command"] == "alol score"
+        assert held["start"] == runlock._process_start(os.getpid()) and held["host"] == socket.gethostname()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_another_hosts_lock_is_stale_only_when_its_heartbeat_stopped(tmp_path):
+    _write_lock(tmp_path, host="node-b", pid=os.getpid(), start=1.0)
+    with pytest.raises(RunBusy, match="in use by pid .* on node-b"):
+        RunLock(str(tmp_path)).acquire()
+    old = time.time() - runlock.STALE_AFTER_S + 30  # refreshed 30 s before it would be stale
+    os.utime(tmp_path / LOCK_FILE, (old, old))
+    with pytest.raises(RunBusy):
+        RunLock(str(tmp_path)).acquire()
+    old = time.time() - runlock.STALE_AFTER_S - 30
+    os.utime(tmp_path / LOCK_FILE, (old, old))
+    with RunLock(str(tmp_path)):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["host"] == socket.gethostname()
+
+
+def test_the_holder_refreshes_its_lock_while_it_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(runlock, "HEARTBEAT_S", 0.05)
+    lock = RunLock(str(tmp_path))
+    with lock:
+        old = time.time() - 1000
+        os.utime(tmp_path / LOCK_FILE, (old, old))
+        deadline = time.time() + 10
+        while os.path.getmtime(tmp_path / LOCK_FILE) < time.time() - 60 and time.time() < deadline:
+            time.sleep(0.05)
+        assert os.path.getmtime(tmp_path / LOCK_FILE) > time.time() - 60, "the heartbeat did not refresh the lock"
+    lock._beat.join(timeout=5)
+    assert not lock._beat.is_alive()  # released: the heartbeat stops with it
+
+
+def test_a_corrupt_lock_is_waited_for_while_fresh_and_taken_when_old(tmp_path):
+    (tmp_path / LOCK_FILE).write_text("{not json")
+    with pytest.raises(RunBusy, match="could not take the lock"):
+        RunLock(str(tmp_path)).acquire()
+    old = time.time() - 10
+    os.utime(tmp_path / LOCK_FILE, (old, old))
+    with RunLock(str(tmp_path)):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_the_lock_is_reentrant_and_release_all_frees_it(tmp_path):
+    outer, inner = RunLock(str(tmp_path)), RunLock(str(tmp_path))
+    outer.acquire()
+    inner.acquire()
+    inner.release()
+    assert (tmp_path / LOCK_FILE).exists()  # the outer holder still has it
+    outer.release()
+    assert not (tmp_path / LOCK_FILE).exists()
+    RunLock(str(tmp_path / "run")).acquire()
+    assert (tmp_path / "run" / LOCK_FILE).exists()
+    runlock.release_all()
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+    with RunLock(str(tmp_path / "run")):  # nothing of the released lock is left in this process
+        pass
+
+
+def test_process_start_tells_processes_apart(live_process):
+    pid, started = live_process
+    assert started == runlock._process_start(pid) and started >= runlock._process_start(os.getpid())
+    assert runlock._process_start(2**22 + 12345) is None
+    assert runlock._alive(pid, started) and runlock._alive(pid, None) and not runlock._alive(pid, started + 5)
+    assert not runlock._alive(2**22 + 12345, None)
+
+
+# ------------------------------------------------------------------------------------------- fingerprints
+
+
+@pytest.fixture
+def hash_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(hashing.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(hashing, "_MEMO", {})
+    return tmp_path / "cache"
+
+
+def _write(path: Path, data: bytes, mtime: float) -> None:
+    """An edit with its own mtime: the file-hash cache keys on (size, mtime), and two writes within one clock
+    tick of the filesystem can carry the same mtime."""
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+
+
+def _model_folder(path: Path) -> Path:
+    (path / "sub").mkdir(parents=True)
+    (path / "config.json").write_text('{"n_layer": 2}')
+    (path / "sub" / "weights.bin").write_bytes(b"\x00" * 64)
+    return path
+
+
+def test_a_model_folder_edited_in_place_changes_its_hash(tmp_path, hash_cache):
+    folder = _model_folder(tmp_path / "model")
+    before = hashing.folder_hash(str(folder))
+    assert before == hashing.folder_hash(str(folder)) and len(before) == 24
+    _write(folder / "sub" / "weights.bin", b"\x01" * 64, time.time() + 5)  # same name, same size, new content
+    assert hashing.folder_hash(str(folder)) != before
+    _write(folder / "sub" / "weights.bin", b"\x00" * 64, time.time() + 10)
+    assert hashing.folder_hash(str(folder)) == before
+    (folder / "sub" / "weights.bin").rename(folder / "sub" / "weights2.bin")  # a renamed file: another folder
+    assert hashing.folder_hash(str(folder)) != before
+    (folder / "sub" / "weights2.bin").rename(folder / "sub" / "weights.bin")
+    # What a folder *is* ignores bookkeeping: hidden entries, stage markers, __pycache__.
+    for rel in (".lock", ".staging/x", "stage.json", "__pycache__/m.pyc", "sub/.hidden"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text("noise")
+    assert hashing.folder_hash(str(folder)) == before
+    # Moved elsewhere: the same content, the same hash.
+    os.rename(folder, tmp_path / "moved")
+    assert hashing.folder_hash(str(tmp_path / "moved")) == before
+
+
+def test_identities_name_the_kind_of_content(tmp_path, hash_cache, monkeypatch):
+    folder = _model_folder(tmp_path / "model")
+    assert hashing.model_identity(str(folder)) == f"dir:{hashing.folder_hash(str(folder))}"
+    file = folder / "config.json"
+    assert hashing.path_identity(str(file)) == f"file:{hashing.file_sha(str(file))[:24]}"
+    assert hashing.file_sha(str(file)) == __import__("hashlib").sha256(file.read_bytes()).hexdigest()
+    assert hashing.path_identity(str(tmp_path / "none")) == f"missing:{tmp_path / 'none'}"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hashing.model_identity("org/model") == "hub:org/model@unresolved"
+    assert hashing.model_identity("org/model", "abc123") == "hub:org/model@abc123"
+    ref = tmp_path / "hub" / "models--org--model" / "refs" / "main"
+    ref.parent.mkdir(parents=True)
+    ref.write_text("deadbeef\n")
+    assert hashing.model_identity("org/model") == "hub:org/model@deadbeef"
+    assert hashing.hub_revision("org/model", kind="dataset") is None
+    assert hashing.module_identity("alol_ray.hashing") == hashing.path_identity(hashing.__file__)
+    assert hashing.module_identity("alol_ray").startswith("dir:")
+    assert hashing.module_identity("no_such_module_here") == "unknown"
+
+
+def test_file_hashes_are_cached_on_disk_by_file_status(tmp_path, hash_cache):
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"abc")
+    digest = hashing.file_sha(str(data))
+    (entry,) = list((hash_cache / "hashes").iterdir())
+    assert entry.read_text() == digest
+    entry.write_text("f" * 64)  # what the cache says is what a later process believes, while the status holds
+    hashing._MEMO.clear()
+    assert hashing.file_sha(str(data)) == "f" * 64
+    entry.write_text("short")  # a damaged entry is ignored
+    hashing._MEMO.clear()
+    assert hashing.file_sha(str(data)) == digest
+    _write(data, b"abd", time.time() + 5)  # a new status: hashed again
+    assert hashing.file_sha(str(data)) != digest
+
+
+@dataclasses.dataclass
+class _Section:
+    data: str = dataclasses.field(default="", metadata={"path": "data"})
+    out: str = dataclasses.field(default="", metadata={"path": "output"})
+    model: str = dataclasses.field(default="none", metadata={"path": "model", "keywords": ("none",)})
+    lr: float = 1e-3
+
+
+def test_fingerprints_follow_content_not_spelling(tmp_path, hash_cache):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "a"}\n')
+    base = hashing.fingerprint(_Section(data=str(data), out="runs/a"))
+    assert len(base) == 20 and base == hashing.fingerprint(_Section(data=str(data), out="runs/b"))  # outputs: no
+    assert base != hashing.fingerprint(_Section(data=str(data), lr=2e-3))
+    assert hashing.fingerprint(_Section(model="none")) != hashing.fingerprint(_Section(model=str(data)))
+    os.rename(data, tmp_path / "moved.jsonl")
+    assert hashing.fingerprint(_Section(data=str(tmp_path / "moved.jsonl"))) == base  # moved: the same content
+    _write(tmp_path / "moved.jsonl", b'{"prompt": "b"}\n', time.time() + 5)  # edited in place, same size
+    assert hashing.fingerprint(_Section(data=str(tmp_path / "moved.jsonl"))) != base
+    # Mappings by content, not key order; sequences in order.
+    assert hashing.fingerprint({"a": 1, "b": [1, 2]}) == hashing.fingerprint({"b": [1, 2], "a": 1})
+    assert hashing.fingerprint({"a": 1, "b": [1, 2]}) != hashing.fingerprint({"a": 1, "b": [2, 1]})
+    assert hashing.fingerprint("x", 1) != hashing.fingerprint(1, "x")
