@@ -34,17 +34,28 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the tests' sizes (they import each other by module name)
 
 from evaluation.metrics import bootstrap_ci  # noqa: E402
-from tests.test_alol_vs_nll import SIZES, paired_differences  # noqa: E402
+from test_alol_loss import SIZES as SAME_ROWS_SIZES  # noqa: E402
+from test_alol_vs_nll import SIZES, paired_differences  # noqa: E402
 
 
-def main() -> int:
+# --smoke: every stage at toy size (seconds each), so CI runs the bench's code path (tests/test_benches.py).
+SMOKE = ["data.builtin_train_prompts=120", "data.builtin_eval_prompts=12", "reference.train.steps=10",
+         "train.steps=4", "eval.max_prompts=12", "eval.bootstrap_samples=100", "generation.max_new_tokens=8"]
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--storage", default=None, help="where the runs go (default: a temporary folder)")
-    args = p.parse_args()
+    p.add_argument("--same-rows", action="store_true",
+                   help="the sizes of tests/test_alol_loss.py: nll with A-LoL's sampler and step budget")
+    p.add_argument("--smoke", action="store_true", help="toy sizes on top (the bench's code path, no figure)")
+    args = p.parse_args(argv)
+    sizes = (SAME_ROWS_SIZES if args.same_rows else SIZES) + (SMOKE if args.smoke else [])
 
     from alol_ray.cli import main as alol
 
@@ -52,7 +63,7 @@ def main() -> int:
     rows = []
     for seed in args.seeds:
         start = time.time()
-        argv = ["compare", f"storage={storage}", f"name=s{seed}", f"data.builtin_seed={seed}", "ray.num_cpus=2", *SIZES]
+        argv = ["compare", f"storage={storage}", f"name=s{seed}", f"data.builtin_seed={seed}", "ray.num_cpus=2", *sizes]
         if alol(argv) != 0:
             print(f"seed {seed}: alol compare failed", file=sys.stderr)
             return 1

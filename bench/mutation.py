@@ -4,6 +4,7 @@
     python bench/mutation.py                    # every module (one mutmut run per group below)
     python bench/mutation.py --group losses     # one group
     python bench/mutation.py --keep             # keep the temporary folders (mutmut results/show work there)
+    python bench/mutation.py --group metrics --functions 'evaluation.metrics.x_win_outcomes*'   # one function
 
 mutmut (>= 3.8) rewrites each function of a module into many mutants (an operator, a constant, a
 comparison or an argument changed) and runs the tests that reach that function against each one; a mutant
@@ -47,6 +48,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import fnmatch
 import functools
 import json
 import os
@@ -56,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,13 +73,24 @@ PRELOAD = ("numpy", "torch", "torch.testing", "torch.distributed.tensor", "trans
 
 @dataclass(frozen=True)
 class Group:
-    """Modules mutated together and the unit tests run against them."""
+    """Modules mutated together and the unit tests run against them. ``functions``: mutmut's mutant-name globs
+    (``evaluation.report.x_hierarchical_ci*``) when only some functions of the modules are this group's
+    subject (empty: every function); ``preload``: modules the group's tests import, for the fork server."""
 
     name: str
     modules: tuple[str, ...]
     tests: tuple[str, ...]
+    functions: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()
 
 
+def _functions(module: str, *names: str) -> tuple[str, ...]:
+    """mutmut's mutant-name globs for top-level functions (``name``) and methods (``Class.method``) of a module."""
+    dotted = module[:-3].replace("/", ".")
+    return tuple(f"{dotted}.x{'ǁ' + n.replace('.', 'ǁ') if '.' in n else '_' + n}*" for n in names)
+
+
+_TABLES = ("pandas", "pyarrow", "pyarrow.parquet", "pyarrow.fs")
 GROUPS = (
     Group("losses", ("alol_ray/losses.py",), ("tests/test_losses.py",)),
     Group("baselines", ("baselines/dpo.py", "baselines/pro.py", "baselines/gold.py", "baselines/ppo_loss.py"),
@@ -84,10 +98,24 @@ GROUPS = (
     Group("samplers", ("alol_ray/train/samplers.py",), ("tests/test_samplers.py",)),
     Group("metrics", ("evaluation/metrics.py",), ("tests/test_metrics.py",)),
     Group("tokenization", ("alol_ray/tokenization.py",), ("tests/test_tokenization.py",)),
+    # Stage publishing, recovery and manifests; bucket sync; the run lock; content fingerprints.
+    Group("integrity", ("alol_ray/stage.py", "alol_ray/storage.py", "alol_ray/runlock.py", "alol_ray/hashing.py"),
+          ("tests/test_integrity_guards.py",), preload=_TABLES + ("huggingface_hub",)),
+    # Paired and hierarchical intervals, the pairing by prompt, win rates, the evaluation caches' keys.
+    Group("statistics", ("evaluation/report.py", "evaluation/metrics.py", "evaluation/eval_job.py"),
+          ("tests/test_statistics_guards.py", "tests/test_report.py", "tests/test_metrics.py"),
+          functions=_functions("evaluation/report.py", "hierarchical_ci", "paired_hierarchical_ci", "verdict",
+                               "_per_prompt", "by_method", "paired_rows", "with_paired_columns")
+          + _functions("evaluation/metrics.py", "win_outcomes", "bootstrap_ci")
+          + _functions("evaluation/eval_job.py", "_marker_path", "read_cache", "extend_cache", "reference_fingerprint",
+                       "reference_replies", "rewards_cache_path", "reference_rewards"),
+          preload=_TABLES + ("matplotlib", "matplotlib.pyplot", "yaml", "omegaconf")),
 )
 GOALS = {"alol_ray/losses.py": 0.90, "baselines/dpo.py": 0.90, "baselines/pro.py": 0.90, "baselines/gold.py": 0.90,
          "baselines/ppo_loss.py": 0.90, "alol_ray/train/samplers.py": 0.80, "evaluation/metrics.py": 0.80,
-         "alol_ray/tokenization.py": 0.80}
+         "alol_ray/tokenization.py": 0.80, "alol_ray/stage.py": 0.80, "alol_ray/storage.py": 0.80,
+         "alol_ray/runlock.py": 0.80, "alol_ray/hashing.py": 0.80, "evaluation/report.py": 0.80,
+         "evaluation/eval_job.py": 0.80}
 
 
 @dataclass(frozen=True)
@@ -304,7 +332,7 @@ def prepare(group: Group, workdir: Path) -> None:
     (workdir / "tests").mkdir()
     for test in ("tests/conftest.py",) + group.tests:
         shutil.copy2(REPO / test, workdir / test)
-    (workdir / "preload.txt").write_text("\n".join(PRELOAD) + "\n")
+    (workdir / "preload.txt").write_text("\n".join(PRELOAD + group.preload) + "\n")
     listed = lambda items: "[" + ", ".join(f'"{item}"' for item in items) + "]"  # noqa: E731
     config = (
         "\n[tool.mutmut]\n"
@@ -386,11 +414,13 @@ def run_group(group: Group, keep: bool, log) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"alol-mutation-{group.name}-"))
     try:
         prepare(group, workdir)
-        mutmut(workdir, "run", "--max-children", "1", log=log or subprocess.DEVNULL)
+        mutmut(workdir, "run", "--max-children", "1", *group.functions, log=log or subprocess.DEVNULL)
         statuses = {}
         for module in group.modules:
             meta = json.loads((workdir / "mutants" / (module + ".meta")).read_text())
             for name, code in meta["exit_code_by_key"].items():
+                if group.functions and not any(fnmatch.fnmatchcase(name, f) for f in group.functions):
+                    continue  # a function outside the group's subject: not run
                 statuses[name] = STATUS_BY_EXIT_CODE.get(code, f"exit code {code}")
         results = {module: {"total": 0, "killed": 0, "excluded": [], "survivors": [], "stale": []}
                    for module in group.modules}
@@ -424,10 +454,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--group", action="append", choices=[g.name for g in GROUPS],
                         help="run only this group (repeatable); default: all")
+    parser.add_argument("--functions", action="append", metavar="GLOB",
+                        help="mutate only these functions (mutmut mutant-name globs, repeatable, e.g. "
+                        "'evaluation.metrics.x_win_outcomes*'): a quick run of part of a group")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
     parser.add_argument("--log", default=None, help="write mutmut's own output to this file")
     args = parser.parse_args()
     groups = [g for g in GROUPS if not args.group or g.name in args.group]
+    if args.functions:
+        groups = [dataclasses.replace(g, functions=tuple(args.functions)) for g in groups]
     log = open(args.log, "w", buffering=1) if args.log else None
     start = time.monotonic()
     summary = {}

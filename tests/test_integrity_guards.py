@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from alol_ray import hashing, runlock, stage, storage
+from alol_ray.config import path_field
 from alol_ray.runlock import LOCK_FILE, RunBusy, RunLock
 from alol_ray.stage import STAGE_FILE, Unfinished, is_done, publish, read_marker, recover, run_stage, staging_dir
 
@@ -74,7 +75,7 @@ def test_a_rerun_with_another_fingerprint_rebuilds_and_replaces(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no staging or replaced folder left behind
 
 
-def test_a_non_resumable_build_starts_empty_and_a_resumable_one_finds_its_files(tmp_path):
+def test_a_non_resumable_build_starts_empty_and_a_resumable_one_finds_its_files(tmp_path, alol_log):
     folder = tmp_path / "out"
     seen = []
 
@@ -87,6 +88,7 @@ def test_a_non_resumable_build_starts_empty_and_a_resumable_one_finds_its_files(
         (Path(out) / "final.txt").write_text("done")
 
     assert run_stage("train", str(folder), "fp", stop_early, resumable=True) is False
+    assert alol_log[-1] == "[train] not finished: stopped at step 1"
     staging = Path(staging_dir(str(folder), "fp"))
     assert not folder.exists() and (staging / "step-1.ckpt").exists() and not (staging / STAGE_FILE).exists()
     assert not is_done(str(folder), "fp")  # an Unfinished build publishes nothing, and recover leaves it
@@ -288,25 +290,27 @@ def _write_lock(folder: Path, **info) -> None:
 
 @pytest.fixture
 def live_process():
-    """A live process that is not this one, and its real start time."""
+    """A live process that is not this one (its Popen), and its real start time."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         for _ in range(100):
             if runlock._process_start(proc.pid) is not None:
                 break
             time.sleep(0.01)
-        yield proc.pid, runlock._process_start(proc.pid)
+        yield proc, runlock._process_start(proc.pid)
     finally:
         proc.kill()
         proc.wait()
 
 
 def test_a_live_holder_is_busy_but_a_reused_pid_is_not(tmp_path, live_process):
-    pid, started = live_process
+    proc, started = live_process
+    pid = proc.pid
     assert started is not None
     _write_lock(tmp_path, host=socket.gethostname(), pid=pid, start=started)
     with pytest.raises(RunBusy, match=rf"in use by pid {pid} on {socket.gethostname()}"):
         RunLock(str(tmp_path)).acquire()
+    assert proc.poll() is None  # asking whether the holder lives never signals it
     # The same pid, but the lock was written by a process that started earlier: the pid was reused.
     _write_lock(tmp_path, host=socket.gethostname(), pid=pid, start=started - 500)
     with RunLock(str(tmp_path), "alol score"):
@@ -370,12 +374,40 @@ def test_the_lock_is_reentrant_and_release_all_frees_it(tmp_path):
         pass
 
 
-def test_process_start_tells_processes_apart(live_process):
-    pid, started = live_process
+def test_process_start_tells_processes_apart(live_process, monkeypatch):
+    proc, started = live_process
+    pid = proc.pid
     assert started == runlock._process_start(pid) and started >= runlock._process_start(os.getpid())
     assert runlock._process_start(2**22 + 12345) is None
-    assert runlock._alive(pid, started) and runlock._alive(pid, None) and not runlock._alive(pid, started + 5)
+    assert runlock._alive(pid, started) and runlock._alive(pid, None)
+    assert not runlock._alive(pid, started + 1) and not runlock._alive(pid, started - 1)  # one clock tick apart
     assert not runlock._alive(2**22 + 12345, None)
+    assert proc.poll() is None
+
+    def not_yours(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(runlock.os, "kill", not_yours)  # another user's process: it exists
+    assert runlock._alive(pid, None)
+
+
+def test_the_busy_message_names_the_holder():
+    since = 1_700_000_000.0
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    info = {"pid": 42, "host": "node-b", "since": since, "command": "alol train --algo a_lol"}
+    assert runlock._describe(info) == f"pid 42 on node-b since {stamp}: alol train --algo a_lol"
+    epoch = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(0))
+    assert runlock._describe({}) == f"pid None on None since {epoch}: ?"
+
+
+def test_a_lock_that_cannot_be_checked_is_respected_and_a_vanished_one_is_stale(tmp_path):
+    """A same-host lock without a pid cannot be checked: it is held (the safe side). A lock of another host
+    that is gone by the time its age is read is stale."""
+    _write_lock(tmp_path, host=socket.gethostname())
+    with pytest.raises(RunBusy, match="in use by pid None"):
+        RunLock(str(tmp_path)).acquire()
+    lock = RunLock(str(tmp_path / "elsewhere"))
+    assert lock._stale({"host": "node-b"})
 
 
 # ------------------------------------------------------------------------------------------- fingerprints
@@ -444,6 +476,11 @@ def test_identities_name_the_kind_of_content(tmp_path, hash_cache, monkeypatch):
     assert hashing.module_identity("alol_ray.hashing") == hashing.path_identity(hashing.__file__)
     assert hashing.module_identity("alol_ray").startswith("dir:")
     assert hashing.module_identity("no_such_module_here") == "unknown"
+    assert hashing.module_identity("no_such_package.sub") == "unknown" and hashing.module_identity("") == "unknown"
+    assert hashing.module_identity("sys") == "unknown"  # built in: no source file
+    (tmp_path / "namespace_pkg").mkdir()  # a folder without __init__.py: no origin
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert hashing.module_identity("namespace_pkg") == "unknown"
 
 
 def test_file_hashes_are_cached_on_disk_by_file_status(tmp_path, hash_cache):
@@ -464,17 +501,25 @@ def test_file_hashes_are_cached_on_disk_by_file_status(tmp_path, hash_cache):
 
 @dataclasses.dataclass
 class _Section:
-    data: str = dataclasses.field(default="", metadata={"path": "data"})
-    out: str = dataclasses.field(default="", metadata={"path": "output"})
-    model: str = dataclasses.field(default="none", metadata={"path": "model", "keywords": ("none",)})
+    data: str = path_field("", "data")
+    out: str = path_field("", "output")
+    store: str = path_field("", "storage")
+    model: str = path_field("none", "model", "none")
     lr: float = 1e-3
 
 
-def test_fingerprints_follow_content_not_spelling(tmp_path, hash_cache):
+def test_fingerprints_follow_content_not_spelling(tmp_path, hash_cache, monkeypatch):
     data = tmp_path / "rows.jsonl"
     data.write_text('{"prompt": "a"}\n')
-    base = hashing.fingerprint(_Section(data=str(data), out="runs/a"))
-    assert len(base) == 20 and base == hashing.fingerprint(_Section(data=str(data), out="runs/b"))  # outputs: no
+    base = hashing.fingerprint(_Section(data=str(data), out="runs/a", store="runs"))
+    assert len(base) == 20
+    assert base == hashing.fingerprint(_Section(data=str(data), out="runs/b", store="s3://b/runs"))  # where to: no
+    # A keyword is itself, never a path, even when a file of that name happens to exist.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "none").write_text("1")
+    keyword = hashing.fingerprint(_Section(model="none"))
+    _write(tmp_path / "none", b"2", time.time() + 5)
+    assert hashing.fingerprint(_Section(model="none")) == keyword
     assert base != hashing.fingerprint(_Section(data=str(data), lr=2e-3))
     assert hashing.fingerprint(_Section(model="none")) != hashing.fingerprint(_Section(model=str(data)))
     os.rename(data, tmp_path / "moved.jsonl")
@@ -485,3 +530,14 @@ def test_fingerprints_follow_content_not_spelling(tmp_path, hash_cache):
     assert hashing.fingerprint({"a": 1, "b": [1, 2]}) == hashing.fingerprint({"b": [1, 2], "a": 1})
     assert hashing.fingerprint({"a": 1, "b": [1, 2]}) != hashing.fingerprint({"a": 1, "b": [2, 1]})
     assert hashing.fingerprint("x", 1) != hashing.fingerprint(1, "x")
+    assert hashing.fingerprint({"a": 1, "b": 2}) != hashing.fingerprint({"a": 2, "b": 2})
+    assert hashing.fingerprint({1: "a", "b": 2}) == hashing.fingerprint({"b": 2, "1": "a"})  # keys of any type
+
+
+def test_fingerprints_are_stable_across_releases():
+    """Every finished stage of every user's runs is found by its fingerprint: a change to how fingerprints are
+    computed makes every rerun rebuild everything. This value may only change on purpose (and say so)."""
+    import pathlib
+
+    parts = ({"b": [1, 2.5, "x", None, True], "a": {"nested": 1}}, "tag", pathlib.PurePosixPath("/x/y"))
+    assert hashing.fingerprint(*parts) == "c2287501cbb479574971"

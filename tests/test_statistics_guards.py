@@ -223,3 +223,49 @@ def test_a_cache_is_read_only_under_its_fingerprint_and_whole(tmp_path):
 
     os.remove(path)
     assert eval_job.read_cache(path, "fp", ["k"]) is None
+
+
+class _Reply:
+    """What an engine returns per prompt (GenerationOutput's fields that the eval job reads)."""
+
+    def __init__(self, text: str, num_tokens: int, finish_reason: str):
+        self.text, self.num_tokens, self.finish_reason = text, num_tokens, finish_reason
+
+
+def test_reference_replies_are_generated_only_for_what_the_cache_lacks(cfg, tmp_path, monkeypatch, alol_log):
+    """The engine is replaced by a recorder (generation itself is tested in test_generation.py): what matters
+    here is which prompts reach it and what the cache then holds."""
+    asked = []
+
+    def engine(model_path, run_cfg, prompts):
+        asked.append(list(prompts))
+        return [_Reply(f"to {p} at {run_cfg.generation.max_new_tokens}", 3, "eos" if p != "pc" else "length")
+                for p in prompts], "transformers"
+
+    monkeypatch.setattr(eval_job, "generate_replies", engine)
+    model = tmp_path / "pi_ref"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"0")
+    cache = str(tmp_path / "reference_replies.parquet")
+    prompts = pd.DataFrame({C.PROMPT_ID: ["a", "b", "c"], C.PROMPT: ["pa", "pb", "pc"]})
+    n = cfg.generation.max_new_tokens
+    first = eval_job.reference_replies(cfg, str(model), prompts.iloc[[0, 2]].reset_index(drop=True), cache)
+    assert asked == [["pa", "pc"]]
+    assert first[C.RESPONSE].tolist() == [f"to pa at {n}", f"to pc at {n}"]
+    assert first[eval_job.RESPONSE_TOKENS].tolist() == [2, 3]  # EOS is not a reply token; a cut reply has none
+    assert first[eval_job.FINISH_REASON].tolist() == ["eos", "length"]
+    every = eval_job.reference_replies(cfg, str(model), prompts, cache)
+    assert asked[-1] == ["pb"] and every[C.PROMPT_ID].tolist() == ["a", "b", "c"]
+    assert every[C.RESPONSE].tolist() == [f"to {p} at {n}" for p in ("pa", "pb", "pc")]
+    assert len(pd.read_parquet(cache)) == 3
+    again = eval_job.reference_replies(cfg, str(model), prompts.iloc[::-1].reset_index(drop=True), cache)
+    assert len(asked) == 2 and again[C.PROMPT_ID].tolist() == ["c", "b", "a"]  # the caller's order, from the cache
+    assert alol_log[-1] == f"[eval] reference replies from cache ({cache})"
+    renamed = prompts.assign(**{C.PROMPT: ["pa", "pb", "pc changed"]})  # same id, another prompt: another entry
+    eval_job.reference_replies(cfg, str(model), renamed, cache)
+    assert asked[-1] == ["pc changed"]
+    cfg.generation.max_new_tokens = n + 1  # another setting: every reply again, said once
+    stale = eval_job.reference_replies(cfg, str(model), prompts, cache)
+    assert asked[-1] == ["pa", "pb", "pc"] and stale[C.RESPONSE].tolist() == [f"to {p} at {n + 1}" for p in
+                                                                            ("pa", "pb", "pc")]
+    assert any("reference replies are stale" in line for line in alol_log)
