@@ -82,6 +82,9 @@ class Group:
     tests: tuple[str, ...]
     functions: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
+    # mutmut's per-mutant limit is (test time + this) x 30 x 2 CPU seconds: generous where the tests load torch
+    # models, while a mutant that spins (a read loop whose end marker changed) burns all of it.
+    timeout_constant: float = 10.0
 
 
 def _functions(module: str, *names: str) -> tuple[str, ...]:
@@ -100,7 +103,7 @@ GROUPS = (
     Group("tokenization", ("alol_ray/tokenization.py",), ("tests/test_tokenization.py",)),
     # Stage publishing, recovery and manifests; bucket sync; the run lock; content fingerprints.
     Group("integrity", ("alol_ray/stage.py", "alol_ray/storage.py", "alol_ray/runlock.py", "alol_ray/hashing.py"),
-          ("tests/test_integrity_guards.py",), preload=_TABLES + ("huggingface_hub",)),
+          ("tests/test_integrity_guards.py",), preload=_TABLES + ("huggingface_hub",), timeout_constant=2.0),
     # Paired and hierarchical intervals, the pairing by prompt, win rates, the evaluation caches' keys.
     Group("statistics", ("evaluation/report.py", "evaluation/metrics.py", "evaluation/eval_job.py"),
           ("tests/test_statistics_guards.py", "tests/test_report.py", "tests/test_metrics.py"),
@@ -137,6 +140,12 @@ _GOLD = "baselines/gold.py"
 _T = "alol_ray/tokenization.py"
 _S = "alol_ray/train/samplers.py"
 _M = "evaluation/metrics.py"
+_LOCK = "alol_ray/runlock.py"
+_STAGE = "alol_ray/stage.py"
+_H = "alol_ray/hashing.py"
+_KW = 'if kind and value and value not in f.metadata.get("keywords", ()):'
+_SORT = 'return {str(k): plain(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}'
+_BLOB = 'blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)'
 _NAN = 'float("NAN") is nan too (float() reads "nan" in any case)'
 _INT = "torch infers int64 from python ints, the dtype asked for"
 _GOLD_W = "weight = torch.exp(token_logps.clamp(max=0.0)).clamp(min=u, max=1.0)"
@@ -310,6 +319,45 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     Equivalent(_GOLD, 'gold_loss', '"nll/seq_mean": (-lp.sum(-1)).mean().item(),',
                '"nll/seq_mean": (-lp.sum(+1)).mean().item(),',
                "gold_loss checks lp is [B, T]: dim +1 is dim -1"),
+    # integrity
+    *(Equivalent(_STAGE, "publish", 'shutil.rmtree(stale, ignore_errors=True)', f"shutil.rmtree(stale, {after})",
+                 "the folder was just listed by glob: rmtree fails only if another process deletes it meanwhile")
+      for after in ("ignore_errors=None)", ")", "ignore_errors=False)")),
+    *(Equivalent(_STAGE, "recover", 'shutil.rmtree(replaced, ignore_errors=True)', f"shutil.rmtree(replaced, {after}",
+                 "reached only when the folder exists: rmtree fails only if another process deletes it meanwhile")
+      for after in ("ignore_errors=None)", ")", "ignore_errors=False)")),
+    Equivalent(_STAGE, "recover", 'if os.path.exists(replaced) and os.path.exists(folder):',
+               'if os.path.exists(replaced) or os.path.exists(folder):',
+               "the block above leaves no aside folder without the folder: either both exist or the folder does"),
+    *(Equivalent(_H, "file_sha", 'with open(disk, encoding="ascii") as fh:', after,
+                 "the cache entry is a hex digest: every encoding reads it alike")
+      for after in ('with open(disk, encoding=None) as fh:', 'with open(disk, ) as fh:',
+                    'with open(disk, encoding="ASCII") as fh:')),
+    *(Equivalent(_H, "file_sha", 'for chunk in iter(lambda: fh.read(1 << 20), b""):',
+                 f'for chunk in iter(lambda: fh.read({size}), b""):',
+                 "the chunk size changes how the bytes are fed to the hash, not the digest")
+      for size in ("None", "2 << 20")),
+    Equivalent(_LOCK, "RunLock._stale", 'return not _alive(int(info.get("pid", -1)), info.get("start"))',
+               'return not _alive(int(info.get("pid", +1)), info.get("start"))',
+               "kill(-1, 0) and kill(1, 0) both find a process (1 is init, always there): a pid-less lock is held"),
+    Equivalent(_LOCK, "RunLock._stale", 'return time.time() - os.path.getmtime(self.path) > STALE_AFTER_S',
+               'return time.time() - os.path.getmtime(self.path) >= STALE_AFTER_S',
+               "the two differ only at the instant the lock is exactly STALE_AFTER_S old, which no clock reading hits"),
+    Equivalent(_H, "fingerprint", _KW, _KW.replace('get("keywords", ())', 'get("keywords", None)'),
+               "every path field is made by config.path_field, which always sets keywords: the default is never read"),
+    Equivalent(_H, "fingerprint", _KW, _KW.replace('get("keywords", ())', 'get("keywords", )'),
+               "every path field is made by config.path_field, which always sets keywords: the default is never read"),
+    Equivalent(_H, "fingerprint", _SORT, _SORT.replace("str(kv[0])", "str(None)"),
+               "json.dumps(sort_keys=True) orders the keys again: the order built here never reaches the blob"),
+    Equivalent(_H, "fingerprint", _SORT, _SORT.replace("str(kv[0])", "str(kv[1])"),
+               "json.dumps(sort_keys=True) orders the keys again: the order built here never reaches the blob"),
+    *(Equivalent(_H, "fingerprint", _BLOB, _BLOB.replace("sort_keys=True, ", after),
+                 "plain() already orders every mapping's keys and a dataclass's fields come in declaration order: "
+                 "json.dumps finds them sorted") for after in ("sort_keys=None, ", "", "sort_keys=False, ")),
+    *(Equivalent(_H, "hub_revision", 'with open(ref, encoding="utf-8") as fh:', after,
+                 "the ref file is an ASCII commit id: every encoding reads it alike")
+      for after in ('with open(ref, encoding=None) as fh:', 'with open(ref, ) as fh:',
+                    'with open(ref, encoding="UTF-8") as fh:')),
 )
 
 # The exit code mutmut records per mutant (mutants/<module>.meta) -> what the bench counts it as.
@@ -347,7 +395,7 @@ def prepare(group: Group, workdir: Path) -> None:
         "use_git_change_detection = false\n"
         # Wall-clock limit per mutant = (test time + constant) * multiplier: generous, so that a busy machine
         # never turns a slow child into a false "timeout" (which would count as killed).
-        "timeout_constant = 10.0\n"
+        f"timeout_constant = {group.timeout_constant}\n"
         "timeout_multiplier = 30.0\n"
     )
     (workdir / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text() + config)

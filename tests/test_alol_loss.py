@@ -12,11 +12,10 @@ test prompt (a_lol's reply reward minus nll's), as in test_alol_vs_nll. The thre
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from test_alol_vs_nll import SIZES as FILTER_SIZES
-from test_alol_vs_nll import paired_differences
+from test_alol_vs_nll import compare_pair
 
 # The sizes of test_alol_vs_nll, with NLL given A-LoL's sampler and both the same number of steps.
 SIZES = [*FILTER_SIZES, "train.sampler=good_priority", "train.scale_steps_by_positive=false"]
@@ -28,13 +27,4 @@ MIN_MEAN_DIFFERENCE = None
 
 @pytest.mark.e2e
 def test_alol_loss_beats_nll_on_the_same_sampled_rows(tmp_path, monkeypatch):
-    """`alol compare` from a working directory, with the default relative storage, as a user runs it."""
-    from alol_ray.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    assert main(["compare", "name=same_rows", "ray.num_cpus=2", *SIZES]) == 0
-    diff = paired_differences(str(tmp_path / "runs" / "same_rows"))
-    assert len(diff) == 48
-    print(f"a_lol - nll (same rows) over {len(diff)} test prompts: mean {diff.mean():+.3f}, "
-          f"wins {np.mean(diff > 0):.2f}, losses {np.mean(diff < 0):.2f}")
-    assert diff.mean() > MIN_MEAN_DIFFERENCE
+    assert compare_pair(tmp_path, monkeypatch, "same_rows", SIZES).mean() > MIN_MEAN_DIFFERENCE

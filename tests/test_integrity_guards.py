@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -66,13 +67,63 @@ def test_a_build_that_crashed_half_way_is_rebuilt_on_the_rerun(tmp_path):
         assert not folder.exists()
 
 
-def test_a_rerun_with_another_fingerprint_rebuilds_and_replaces(tmp_path):
+def test_a_rerun_with_another_fingerprint_rebuilds_and_replaces(tmp_path, alol_log):
     folder = tmp_path / "out"
-    run_stage("s", str(folder), "fp1", lambda out: (Path(out) / "a.txt").write_text("one") and None)
+
+    def slow(out):
+        time.sleep(0.05)
+        (Path(out) / "a.txt").write_text("one")
+
+    run_stage("s", str(folder), "fp1", slow)
+    assert alol_log[0] == "[s] running ..." and re.fullmatch(r"\[s\] done in 0\.\ds", alol_log[1]), alol_log
+    seconds = read_marker(str(folder))["seconds"]
+    assert 0.04 <= seconds < 5 and seconds == round(seconds, 2)
+    Path(staging_dir(str(folder), "fp-other")).mkdir()  # an attempt at another config, never finished
     assert run_stage("s", str(folder), "fp2", lambda out: (Path(out) / "b.txt").write_text("two") and None)
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no staging or replaced folder left behind
     assert set(_files(folder)) == {"b.txt", STAGE_FILE} and stage.stage_fingerprint(str(folder)) == "fp2"
     assert is_done(str(folder), "fp2") and not is_done(str(folder), "fp1")
-    assert sorted(os.listdir(tmp_path)) == ["out"]  # no staging or replaced folder left behind
+    assert run_stage("s", str(folder), "fp2", slow) is False
+    assert alol_log[-1] == f"[s] up to date ({folder})"
+
+
+def test_a_crash_between_publishs_renames_leaves_nothing_behind_once_recovered(tmp_path):
+    """The process dies (os._exit, as kill -9) after the old output went aside and before the new one came in;
+    a stale aside folder of an older crash is in the way too. Recovery puts the new output in place and
+    leaves no folder behind."""
+    folder = tmp_path / "out"
+    staging = Path(staging_dir(str(folder), "fp"))
+    for path, text in ((folder, "old"), (staging, "new"), (tmp_path / ".out.replaced", "older")):
+        path.mkdir()
+        (path / "a.txt").write_text(text)
+    pid = os.fork()
+    if pid == 0:  # the child publishes with the fault armed and dies at it
+        os.environ.pop("ALOL_FAULTS_DIR", None)
+        os.environ["ALOL_FAULTS"] = "publish=out"
+        try:
+            publish(str(staging), str(folder), "fp")
+        finally:
+            os._exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 1, "the fault did not fire while publishing"
+    assert not folder.exists() and (tmp_path / ".out.replaced" / "a.txt").read_text() == "old"
+    assert is_done(str(folder), "fp") and (folder / "a.txt").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_folder_names_are_taken_as_given(tmp_path):
+    """A trailing slash is not part of the name; a trailing X or space is."""
+    for name in ("modelX", "model "):
+        folder = tmp_path / name
+        assert staging_dir(str(folder) + "/", "fp") == str(tmp_path / f".{name}.staging-fp")
+        run_stage("s", str(folder) + "/", "fp", lambda out: (Path(out) / "w.bin").write_text("w") and None)
+        assert is_done(str(folder) + "/", "fp") and sorted(os.listdir(tmp_path))[-1] == name
+        run_stage("s", str(folder) + "/", "fp2", lambda out: (Path(out) / "w.bin").write_text("v") and None)
+        assert (folder / "w.bin").read_text() == "v" and not (tmp_path / f".{name}.replaced").exists()
+        (tmp_path / f".{name}.replaced").mkdir()
+        recover(str(folder) + "/")
+        assert not (tmp_path / f".{name}.replaced").exists()
+        stage.discard(str(folder) + "/")
+        assert not folder.exists()
 
 
 def test_a_non_resumable_build_starts_empty_and_a_resumable_one_finds_its_files(tmp_path, alol_log):
@@ -96,8 +147,20 @@ def test_a_non_resumable_build_starts_empty_and_a_resumable_one_finds_its_files(
     assert seen == [["step-1.ckpt"]]
     stage.discard(str(folder))
     run_stage("train", str(folder), "fp", stop_early, resumable=True)
-    run_stage("train", str(folder), "fp", look, resumable=False)
+    run_stage("train", str(folder), "fp", look)  # not resumable unless said so
     assert seen[-1] == []
+
+
+def test_discard_forgets_an_output_and_every_attempt_at_it_but_nothing_else(tmp_path):
+    folder = tmp_path / "out"
+    leftovers = [folder, tmp_path / ".out.replaced", Path(staging_dir(str(folder), "fp1")),
+                 Path(staging_dir(str(folder), "fp2"))]
+    kept = [tmp_path / "other", tmp_path / ".other.replaced", Path(staging_dir(str(tmp_path / "other"), "fp1"))]
+    for path in leftovers + kept:
+        path.mkdir()
+        (path / "f.txt").write_text("x")
+    stage.discard(str(folder) + "/")
+    assert [p.exists() for p in leftovers] == [False] * 4 and all(p.exists() for p in kept)
 
 
 def test_every_file_of_the_manifest_is_checked(tmp_path):
@@ -270,6 +333,12 @@ def test_a_mirrored_run_persists_shares_and_removes_through_the_bucket(tmp_path,
     assert (tmp_path / "logs").is_dir()
 
 
+def test_join_makes_one_path_of_folders_and_uris():
+    assert storage.join("s3://bucket/runs/", "/name/", "scored/") == "s3://bucket/runs/name/scored"
+    assert storage.join("file:///abs/runs", "name") == "file:///abs/runs/name"
+    assert storage.join("runs", "name", "scored") == os.path.join("runs", "name", "scored")
+
+
 def test_each_storage_uri_gets_its_own_stable_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path))
     a = storage.local_cache_dir("s3://bucket/runs")
@@ -310,7 +379,8 @@ def test_a_live_holder_is_busy_but_a_reused_pid_is_not(tmp_path, live_process):
     _write_lock(tmp_path, host=socket.gethostname(), pid=pid, start=started)
     with pytest.raises(RunBusy, match=rf"in use by pid {pid} on {socket.gethostname()}"):
         RunLock(str(tmp_path)).acquire()
-    assert proc.poll() is None  # asking whether the holder lives never signals it
+    with pytest.raises(subprocess.TimeoutExpired):  # asking whether the holder lives never signals it
+        proc.wait(timeout=0.5)
     # The same pid, but the lock was written by a process that started earlier: the pid was reused.
     _write_lock(tmp_path, host=socket.gethostname(), pid=pid, start=started - 500)
     with RunLock(str(tmp_path), "alol score"):
@@ -382,7 +452,8 @@ def test_process_start_tells_processes_apart(live_process, monkeypatch):
     assert runlock._alive(pid, started) and runlock._alive(pid, None)
     assert not runlock._alive(pid, started + 1) and not runlock._alive(pid, started - 1)  # one clock tick apart
     assert not runlock._alive(2**22 + 12345, None)
-    assert proc.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):  # alive after all those questions: none of them signalled it
+        proc.wait(timeout=0.5)
 
     def not_yours(pid, sig):
         raise PermissionError(1, "Operation not permitted")
@@ -455,6 +526,13 @@ def test_a_model_folder_edited_in_place_changes_its_hash(tmp_path, hash_cache):
     assert hashing.folder_hash(str(tmp_path / "moved")) == before
 
 
+def test_the_hash_cache_lives_in_the_users_cache_folder_unless_told(tmp_path, monkeypatch):
+    monkeypatch.setenv(hashing.CACHE_ENV, str(tmp_path))
+    assert hashing.cache_dir() == str(tmp_path)
+    monkeypatch.delenv(hashing.CACHE_ENV)
+    assert hashing.cache_dir() == os.path.join(os.path.expanduser("~"), ".cache", "alol-ray")
+
+
 def test_identities_name_the_kind_of_content(tmp_path, hash_cache, monkeypatch):
     folder = _model_folder(tmp_path / "model")
     assert hashing.model_identity(str(folder)) == f"dir:{hashing.folder_hash(str(folder))}"
@@ -487,11 +565,12 @@ def test_file_hashes_are_cached_on_disk_by_file_status(tmp_path, hash_cache):
     data = tmp_path / "data.bin"
     data.write_bytes(b"abc")
     digest = hashing.file_sha(str(data))
+    assert hashing.file_sha(str(data)) == digest  # from memory
     (entry,) = list((hash_cache / "hashes").iterdir())
-    assert entry.read_text() == digest
+    assert entry.read_text() == digest and len(entry.name) == 32
     entry.write_text("f" * 64)  # what the cache says is what a later process believes, while the status holds
     hashing._MEMO.clear()
-    assert hashing.file_sha(str(data)) == "f" * 64
+    assert hashing.file_sha(str(data)) == "f" * 64 == hashing.file_sha(str(data))
     entry.write_text("short")  # a damaged entry is ignored
     hashing._MEMO.clear()
     assert hashing.file_sha(str(data)) == digest
