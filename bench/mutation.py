@@ -337,6 +337,12 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                  f'for chunk in iter(lambda: fh.read({size}), b""):',
                  "the chunk size changes how the bytes are fed to the hash, not the digest")
       for size in ("None", "2 << 20")),
+    *(Equivalent("alol_ray/storage.py", "node_local", 'with open(local + ".lock", "w") as lock:',
+                 f'with open(local + "{name}", "w") as lock:',
+                 "the workers of a node agree on the lock file whatever its name: only that they share it matters")
+      for name in ("XX.lockXX", ".LOCK")),
+    Equivalent("alol_ray/storage.py", "remove_remote", 'with contextlib.suppress(FileNotFoundError, OSError):',
+               'with contextlib.suppress(OSError):', "FileNotFoundError is an OSError"),
     Equivalent(_LOCK, "RunLock._stale", 'return not _alive(int(info.get("pid", -1)), info.get("start"))',
                'return not _alive(int(info.get("pid", +1)), info.get("start"))',
                "kill(-1, 0) and kill(1, 0) both find a process (1 is init, always there): a pid-less lock is held"),

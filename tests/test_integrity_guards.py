@@ -333,8 +333,52 @@ def test_a_mirrored_run_persists_shares_and_removes_through_the_bucket(tmp_path,
     assert (tmp_path / "logs").is_dir()
 
 
+def test_a_run_is_mirrored_from_the_bucket_without_checkpoints_or_other_runs(tmp_path, monkeypatch):
+    from alol_ray.config import load_config
+
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "mirrors"))
+    bucket = tmp_path / "bucket"
+    for rel in ("runs/exp/data/rows.parquet", "runs/exp/train/a/checkpoints/c/w.pt", "runs/other/x.txt"):
+        (bucket / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bucket / rel).write_text(rel)
+    uri = f"{_uri(bucket)}/runs/"  # as typed, with a trailing slash
+    local_cfg = storage.localize(load_config(None, [f"storage={uri}", "name=exp"]))
+    try:
+        assert local_cfg.storage == storage.local_cache_dir(uri) and local_cfg.storage.startswith(str(tmp_path))
+        assert _files(Path(local_cfg.storage)) == {"exp/data/rows.parquet": "runs/exp/data/rows.parquet"}
+        assert storage.mirrored(local_cfg.storage) == f"{_uri(bucket)}/runs"
+        spaced = Path(local_cfg.storage, "exp", "my model")
+        assert storage.mirrored(str(spaced)) == f"{_uri(bucket)}/runs/exp/my model"
+    finally:
+        storage._MIRRORS.clear()
+    work = storage.worker_folder(f"{_uri(bucket)}/runs/exp/train/a")  # a Train worker's logs: no checkpoints
+    assert os.listdir(work) == [] and storage.worker_folder(work) == work == storage.worker_folder(work)
+    assert storage.node_local(f"{_uri(bucket)}/runs/other") == storage.node_local(f"{_uri(bucket)}/runs/other/")
+
+
+def test_removing_a_bucket_copy_that_is_gone_or_not_a_folder_is_no_error(tmp_path):
+    storage._MIRRORS[str(tmp_path / "local")] = _uri(tmp_path / "bucket")
+    try:
+        (tmp_path / "bucket").mkdir()
+        (tmp_path / "bucket" / "a_file").write_text("x")
+        storage.remove_remote(str(tmp_path / "local" / "never_pushed"))
+        storage.remove_remote(str(tmp_path / "local" / "a_file"))
+    finally:
+        storage._MIRRORS.clear()
+
+
+def test_storage_that_pyarrow_cannot_open_is_a_config_error_naming_it():
+    from alol_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^storage 'runs' is not a URI with one of the schemes \['s3', 'gs'"):
+        storage.resolve("runs")
+    with pytest.raises(ConfigError, match=r"^storage 'az://c/runs': pyarrow cannot open it: .*az://"):
+        storage.resolve("az://c/runs")
+
+
 def test_join_makes_one_path_of_folders_and_uris():
     assert storage.join("s3://bucket/runs/", "/name/", "scored/") == "s3://bucket/runs/name/scored"
+    assert storage.join("s3://bucket/runX", "X name ") == "s3://bucket/runX/X name "  # only slashes are trimmed
     assert storage.join("file:///abs/runs", "name") == "file:///abs/runs/name"
     assert storage.join("runs", "name", "scored") == os.path.join("runs", "name", "scored")
 
@@ -344,6 +388,7 @@ def test_each_storage_uri_gets_its_own_stable_cache_folder(tmp_path, monkeypatch
     a = storage.local_cache_dir("s3://bucket/runs")
     assert a == storage.local_cache_dir("s3://bucket/runs/") and a.startswith(str(tmp_path) + os.sep)
     assert a != storage.local_cache_dir("s3://bucket/other") and len(os.path.basename(a)) == 16
+    assert storage.local_cache_dir("s3://bucket/runX") != storage.local_cache_dir("s3://bucket/run")
     monkeypatch.delenv(storage.CACHE_ENV)
     assert storage.local_cache_dir("s3://b").startswith(os.path.join(os.path.expanduser("~"), ".cache", "alol-ray",
                                                                      "runs"))
