@@ -142,6 +142,7 @@ _S = "alol_ray/train/samplers.py"
 _M = "evaluation/metrics.py"
 _LOCK = "alol_ray/runlock.py"
 _STAGE = "alol_ray/stage.py"
+_BEAT = 'self._beat = threading.Thread(target=self._heartbeat, name="alol-run-lock", daemon=True)'
 _H = "alol_ray/hashing.py"
 _KW = 'if kind and value and value not in f.metadata.get("keywords", ()):'
 _SORT = 'return {str(k): plain(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}'
@@ -336,13 +337,35 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     *(Equivalent(_H, "file_sha", 'for chunk in iter(lambda: fh.read(1 << 20), b""):',
                  f'for chunk in iter(lambda: fh.read({size}), b""):',
                  "the chunk size changes how the bytes are fed to the hash, not the digest")
-      for size in ("None", "2 << 20")),
+      for size in ("None", "2 << 20", "1 << 21")),
     *(Equivalent("alol_ray/storage.py", "node_local", 'with open(local + ".lock", "w") as lock:',
                  f'with open(local + "{name}", "w") as lock:',
                  "the workers of a node agree on the lock file whatever its name: only that they share it matters")
       for name in ("XX.lockXX", ".LOCK")),
     Equivalent("alol_ray/storage.py", "remove_remote", 'with contextlib.suppress(FileNotFoundError, OSError):',
                'with contextlib.suppress(OSError):', "FileNotFoundError is an OSError"),
+    Equivalent("alol_ray/storage.py", "sync_dir", 'dst_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)',
+               'dst_fs.create_dir(target.rsplit("/", 1)[0], )', "recursive=True is FileSystem.create_dir's default"),
+    *(Equivalent(_LOCK, function, f'{opener}encoding="utf-8"){tail}', f"{opener}{after}){tail}",
+                 "the lock file is ASCII JSON (json.dump escapes the rest) and /proc's stat is ASCII but for the "
+                 "process name, which is never decoded into the number read: every encoding reads them alike")
+      for function, opener, tail in (("_process_start", 'with open(f"/proc/{pid}/stat", ', " as fh:"),
+                                     ("RunLock._try_create", 'with os.fdopen(fd, "w", ', " as fh:"),
+                                     ("RunLock.acquire", "with open(self.path, ", " as fh:"))
+      for after in ("encoding=None", "", 'encoding="UTF-8"')),
+    Equivalent(_LOCK, "RunLock.acquire", "info = {}  # being written this instant, or left empty by a crash",
+               "info = None  # being written this instant, or left empty by a crash",
+               "info is only read as `if info and ...`: {} and None are both false"),
+    Equivalent(_LOCK, "RunLock.acquire", "if time.time() - os.path.getmtime(self.path) < 5:",
+               "if time.time() - os.path.getmtime(self.path) <= 5:",
+               "the two differ only at the instant the lock is exactly 5 s old, which no clock reading hits"),
+    *(Equivalent(_LOCK, "RunLock.acquire", _BEAT, _BEAT.replace('name="alol-run-lock", ', after),
+                 "the thread's name shows only in debuggers and thread dumps")
+      for after in ("name=None, ", "", 'name="XXalol-run-lockXX", ', 'name="ALOL-RUN-LOCK", ')),
+    Equivalent(_LOCK, "RunLock.__init__", "self._beat: Optional[threading.Thread] = None",
+               'self._beat: Optional[threading.Thread] = ""', "acquire sets it before anything reads it"),
+    Equivalent(_LOCK, "RunLock.release", "depth = _held.get(self.path, 0) - 1", "depth = _held.get(self.path, 1) - 1",
+               "a lock not held gives depth -1 or 0: both are not > 0, and the same release follows"),
     Equivalent(_LOCK, "RunLock._stale", 'return not _alive(int(info.get("pid", -1)), info.get("start"))',
                'return not _alive(int(info.get("pid", +1)), info.get("start"))',
                "kill(-1, 0) and kill(1, 0) both find a process (1 is init, always there): a pid-less lock is held"),

@@ -238,7 +238,7 @@ def _uri(path: Path) -> str:
 
 
 def test_an_edit_that_keeps_the_size_is_pushed_and_pulled(tmp_path):
-    local, remote = tmp_path / "local", tmp_path / "bucket"
+    local, remote = tmp_path / "local", tmp_path / "bucketX"
     local.mkdir()
     (local / "note.txt").write_text("v1")
     (local / "same.txt").write_text("kept")
@@ -260,6 +260,52 @@ def test_an_edit_that_keeps_the_size_is_pushed_and_pulled(tmp_path):
     (remote / "note.txt").write_text("v0")
     os.utime(remote / "note.txt", (1, 1))
     assert storage.pull(_uri(remote), str(mirror)) == [] and (mirror / "note.txt").read_text() == "v2"
+
+
+def test_after_a_push_to_an_object_store_nothing_comes_back(tmp_path):
+    """An object store stamps its own mtime on an upload; the pushed local file takes it, so the next pull
+    finds both copies alike. pyarrow's in-memory filesystem stands in for the store (its clock is fixed)."""
+    import datetime
+
+    import pyarrow.fs as pafs
+
+    store = pafs._MockFileSystem(current_time=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc))
+    local = tmp_path / "run"
+    (local / "sub").mkdir(parents=True)
+    (local / "a.txt").write_text("a")
+    (local / "sub" / "b.txt").write_text("b")
+    disk = pafs.LocalFileSystem()
+    assert storage.sync_dir(disk, str(local), store, "bucket/run") == ["a.txt", "sub/b.txt"]
+    assert os.stat(local / "a.txt").st_mtime == datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc).timestamp()
+    assert storage.sync_dir(store, "bucket/run", disk, str(local)) == []
+    assert storage.sync_dir(disk, str(local), store, "bucket/run") == []
+    mirror = tmp_path / "mirror"
+    assert storage.sync_dir(store, "bucket/run", disk, str(mirror)) == ["a.txt", "sub/b.txt"]
+    assert os.stat(mirror / "sub" / "b.txt").st_mtime == os.stat(local / "sub" / "b.txt").st_mtime
+
+
+def _dies_at(fault: str, sync) -> bool:
+    """Whether ``sync()`` in a child process with ``fault`` armed dies at it (os._exit(1), as kill -9)."""
+    pid = os.fork()
+    if pid == 0:
+        os.environ.pop("ALOL_FAULTS_DIR", None)
+        os.environ["ALOL_FAULTS"] = fault
+        try:
+            sync()
+        finally:
+            os._exit(0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 1
+
+
+def test_the_push_fault_point_is_on_the_way_to_an_object_store_only(tmp_path):
+    import pyarrow.fs as pafs
+
+    (tmp_path / "run" / "sub").mkdir(parents=True)
+    (tmp_path / "run" / "sub" / "b.txt").write_text("b")
+    disk, store = pafs.LocalFileSystem(), pafs._MockFileSystem()
+    assert _dies_at("push=sub/b.txt", lambda: storage.sync_dir(disk, str(tmp_path / "run"), store, "bucket/run"))
+    assert not _dies_at("push=sub/b.txt", lambda: storage.sync_dir(disk, str(tmp_path / "run"), disk,
+                                                                    str(tmp_path / "copy")))
 
 
 def test_a_missing_mtime_always_copies():
@@ -393,6 +439,7 @@ def test_each_storage_uri_gets_its_own_stable_cache_folder(tmp_path, monkeypatch
     assert storage.local_cache_dir("s3://b").startswith(os.path.join(os.path.expanduser("~"), ".cache", "alol-ray",
                                                                      "runs"))
     assert storage.is_uri("GS://b/x") and storage.is_uri("hdfs://n/x") and not storage.is_uri("ftp://h/x")
+    assert storage.is_uri("s3://bucket/odd://name") and not storage.is_uri("runs/odd://name")
 
 
 # ------------------------------------------------------------------------------------------- the run lock
@@ -428,11 +475,22 @@ def test_a_live_holder_is_busy_but_a_reused_pid_is_not(tmp_path, live_process):
         proc.wait(timeout=0.5)
     # The same pid, but the lock was written by a process that started earlier: the pid was reused.
     _write_lock(tmp_path, host=socket.gethostname(), pid=pid, start=started - 500)
-    with RunLock(str(tmp_path), "alol score"):
-        held = json.loads((tmp_path / LOCK_FILE).read_text())
-        assert held["pid"] == os.getpid() and held["command"] == "alol score"
-        assert held["start"] == runlock._process_start(os.getpid()) and held["host"] == socket.gethostname()
+    old_umask = os.umask(0o022)
+    try:
+        with RunLock(str(tmp_path), "alol score") as lock:
+            held = json.loads((tmp_path / LOCK_FILE).read_text())
+            assert held["pid"] == os.getpid() and held["command"] == "alol score"
+            assert held["start"] == runlock._process_start(os.getpid()) and held["host"] == socket.gethostname()
+            assert abs(held["since"] - time.time()) < 60 and os.stat(tmp_path / LOCK_FILE).st_mode & 0o777 == 0o644
+            assert lock._beat.daemon  # the heartbeat never keeps a finished command alive
+    finally:
+        os.umask(old_umask)
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_lock_names_the_command_line_by_default(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/alol", "train", "--algo", "a_lol"])
+    assert RunLock("runs/x").command == "alol train --algo a_lol"
 
 
 def test_another_hosts_lock_is_stale_only_when_its_heartbeat_stopped(tmp_path):
@@ -463,17 +521,26 @@ def test_the_holder_refreshes_its_lock_while_it_runs(tmp_path, monkeypatch):
     assert not lock._beat.is_alive()  # released: the heartbeat stops with it
 
 
-def test_a_corrupt_lock_is_waited_for_while_fresh_and_taken_when_old(tmp_path):
+def test_a_corrupt_lock_is_waited_for_while_fresh_and_taken_when_old(tmp_path, monkeypatch):
+    waits = []
+    monkeypatch.setattr(runlock.time, "sleep", waits.append)  # what acquire waits, without waiting
     (tmp_path / LOCK_FILE).write_text("{not json")
     with pytest.raises(RunBusy, match="could not take the lock"):
         RunLock(str(tmp_path)).acquire()
-    old = time.time() - 10
+    assert waits == [0.5, 0.5, 0.5]  # three looks, half a second apart, then it gives up
+    monkeypatch.undo()
+    old = time.time() - 5.5  # a corrupt lock older than 5 s is a crash's leftover
     os.utime(tmp_path / LOCK_FILE, (old, old))
     with RunLock(str(tmp_path)):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
 
 
 def test_the_lock_is_reentrant_and_release_all_frees_it(tmp_path):
+    RunLock(str(tmp_path / "never")).release()  # releasing a lock never taken is harmless
+    for _ in range(2):  # released, it is taken afresh
+        with RunLock(str(tmp_path)):
+            assert (tmp_path / LOCK_FILE).exists()
+        assert not (tmp_path / LOCK_FILE).exists()
     outer, inner = RunLock(str(tmp_path)), RunLock(str(tmp_path))
     outer.acquire()
     inner.acquire()
@@ -505,6 +572,26 @@ def test_process_start_tells_processes_apart(live_process, monkeypatch):
 
     monkeypatch.setattr(runlock.os, "kill", not_yours)  # another user's process: it exists
     assert runlock._alive(pid, None)
+
+
+def test_process_start_reads_the_right_field_whatever_the_process_name(tmp_path):
+    """/proc/<pid>/stat puts the process name in parentheses, and a name may hold ')' itself. The start time
+    (clock ticks since boot) agrees with psutil's reading of the same process."""
+    import psutil
+
+    odd = tmp_path / "a) b (c"
+    odd.symlink_to(sys.executable)
+    proc = subprocess.Popen([str(odd), "-c", "import time; time.sleep(60)"])
+    try:
+        for _ in range(100):
+            if psutil.Process(proc.pid).name() == odd.name:
+                break
+            time.sleep(0.01)
+        ticks = (psutil.Process(proc.pid).create_time() - psutil.boot_time()) * os.sysconf("SC_CLK_TCK")
+        assert runlock._process_start(proc.pid) == pytest.approx(ticks, abs=2)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_the_busy_message_names_the_holder():
@@ -609,9 +696,13 @@ def test_identities_name_the_kind_of_content(tmp_path, hash_cache, monkeypatch):
 def test_file_hashes_are_cached_on_disk_by_file_status(tmp_path, hash_cache):
     data = tmp_path / "data.bin"
     data.write_bytes(b"abc")
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"xyz")
+    hashing.file_sha(str(other))
+    (entry_other,) = list((hash_cache / "hashes").iterdir())
     digest = hashing.file_sha(str(data))
     assert hashing.file_sha(str(data)) == digest  # from memory
-    (entry,) = list((hash_cache / "hashes").iterdir())
+    (entry,) = [e for e in (hash_cache / "hashes").iterdir() if e != entry_other]
     assert entry.read_text() == digest and len(entry.name) == 32
     entry.write_text("f" * 64)  # what the cache says is what a later process believes, while the status holds
     hashing._MEMO.clear()
