@@ -140,6 +140,12 @@ _GOLD = "baselines/gold.py"
 _T = "alol_ray/tokenization.py"
 _S = "alol_ray/train/samplers.py"
 _M = "evaluation/metrics.py"
+_EVAL = "evaluation/eval_job.py"
+_RR_FP = 'fp = fingerprint("ref-rewards-v1", cfg.reward, stats or {})'
+_RR_EMPTY = ('cached = pd.DataFrame({**{k: pd.Series(dtype=want[k].dtype) for k in key}, '
+             'C.REWARD: pd.Series(dtype=float)})')
+_RR_MERGE = 'rewards = want.merge(cached, on=key, how="left")[C.REWARD].to_numpy(dtype=float, copy=True)'
+_RR_FRESH = 'fresh = np.full(len(todo), np.nan) if known is None else np.asarray(known, dtype=float)[missing]'
 _LOCK = "alol_ray/runlock.py"
 _STAGE = "alol_ray/stage.py"
 _BEAT = 'self._beat = threading.Thread(target=self._heartbeat, name="alol-run-lock", daemon=True)'
@@ -320,6 +326,29 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     Equivalent(_GOLD, 'gold_loss', '"nll/seq_mean": (-lp.sum(-1)).mean().item(),',
                '"nll/seq_mean": (-lp.sum(+1)).mean().item(),',
                "gold_loss checks lp is [B, T]: dim +1 is dim -1"),
+    # statistics
+    *(Equivalent(_EVAL, "reference_rewards", _RR_FP, after,
+                 "the tag only names the cache's format: another spelling gives every cache another fingerprint, "
+                 "read and written alike")
+      for after in (_RR_FP.replace('"ref-rewards-v1"', "None"), _RR_FP.replace('"ref-rewards-v1", ', ""),
+                    _RR_FP.replace("ref-rewards-v1", "XXref-rewards-v1XX"),
+                    _RR_FP.replace("ref-rewards-v1", "REF-REWARDS-V1"))),
+    Equivalent(_EVAL, "reference_rewards", _RR_EMPTY, _RR_EMPTY.replace("C.REWARD: pd.Series(dtype=float)",
+                                                                         "C.REWARD: pd.Series(dtype=None)"),
+               "the empty frame's reward column only meets NaN from the left merge and to_numpy(dtype=float)"),
+    *(Equivalent(_EVAL, "reference_rewards", _RR_MERGE, _RR_MERGE.replace(before, after), reason)
+      for before, after, reason in (
+          ("to_numpy(dtype=float, ", "to_numpy(dtype=None, ", "the reward column is float (written from float arrays)"),
+          ("to_numpy(dtype=float, ", "to_numpy(", "the reward column is float (written from float arrays)"),
+          ("on=key, ", "on=None, ", "the two frames share exactly the key columns: merge's default joins on them"),
+          ("on=key, ", "", "the two frames share exactly the key columns: merge's default joins on them"))),
+    Equivalent(_EVAL, "reference_rewards", "cached = read_cache(cache_path, fp, key)",
+               "cached = read_cache(cache_path, fp, None)",
+               "only missing keys are ever appended: no two rows share a key, so dropping whole-row duplicates is "
+               "the same"),
+    *(Equivalent(_EVAL, "reference_rewards", _RR_FRESH, _RR_FRESH.replace("np.asarray(known, dtype=float)", after),
+                 "known is always a float array (run_eval builds it with np.where over float rewards)")
+      for after in ("np.asarray(known, dtype=None)", "np.asarray(known, )")),
     # integrity
     *(Equivalent(_STAGE, "publish", 'shutil.rmtree(stale, ignore_errors=True)', f"shutil.rmtree(stale, {after})",
                  "the folder was just listed by glob: rmtree fails only if another process deletes it meanwhile")

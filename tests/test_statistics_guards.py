@@ -269,3 +269,28 @@ def test_reference_replies_are_generated_only_for_what_the_cache_lacks(cfg, tmp_
     assert asked[-1] == ["pa", "pb", "pc"] and stale[C.RESPONSE].tolist() == [f"to {p} at {n + 1}" for p in
                                                                             ("pa", "pb", "pc")]
     assert any("reference replies are stale" in line for line in alol_log)
+
+
+def test_reference_rewards_come_from_known_then_the_cache_and_only_new_replies_are_scored(cfg, tmp_path):
+    """Every policy of a comparison is judged against the same reference replies, scored once: given (`known`,
+    when the reference itself is evaluated) or scored, then read from the cache; prompt ids of any type."""
+    from alol_ray.tasks import builtin
+
+    prompts = ["Any tips for gardening on a small budget?", "How do I start running?", "Name a colour."]
+    replies = ["Sure, water the plants in the morning, thank you for asking.", "no", "blue"]
+    true = builtin.total_reward(builtin.score(prompts, replies))
+    examples = pd.DataFrame({C.PROMPT_ID: [10, 11, 12], C.PROMPT: prompts, eval_job.REF_RESPONSE: replies})
+    assert eval_job.rewards_cache_path(str(tmp_path / "reference_replies.parquet")) == \
+        str(tmp_path / "reference_replies_rewards.parquet")
+    cache = eval_job.rewards_cache_path(str(tmp_path / "reference_replies.parquet"))
+    known = np.array([7.0, np.nan, 9.0])  # not the reward: proves where each value came from
+    np.testing.assert_allclose(eval_job.reference_rewards(cfg, examples, cache, known=known),
+                               [7.0, true[1], 9.0], atol=1e-12)  # the unknown one scored
+    assert list(pd.read_parquet(cache).columns) == [C.PROMPT_ID, C.PROMPT, C.RESPONSE, C.REWARD]
+    np.testing.assert_allclose(eval_job.reference_rewards(cfg, examples, cache), [7.0, true[1], 9.0], atol=1e-12)
+    other = examples.assign(**{eval_job.REF_RESPONSE: ["no", "no", "blue"]})  # a new reply to prompt 10
+    np.testing.assert_allclose(eval_job.reference_rewards(cfg, other, cache, known=np.array([5.0, 6.0, 6.0])),
+                               [5.0, true[1], 9.0], atol=1e-12)
+    assert len(pd.read_parquet(cache)) == 4
+    cfg.reward.components[0].weight = 2.0  # another reward: everything scored again
+    np.testing.assert_allclose(eval_job.reference_rewards(cfg, examples, cache), 2 * true, atol=1e-12)
