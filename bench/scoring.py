@@ -21,6 +21,13 @@ Measured 2026-11-23 (2 cores, quiet machine, 1 CPU / 1 thread per arm, Ray worke
     --rows 4096 --repeats 1 (4,095 distinct rows): a 20.98, b 18.58, c 30.19 rows/s -> b/a 0.886, c/a 1.439
 The actor's ~10 s start-up (a fresh process importing torch + transformers) weighs on short runs; in steady
 state the pool ran at ~0.85-0.89 of the loop. Scores agreed exactly in both runs.
+
+Measured again 2026-12-06 after the pool moved to alol_ray.actor_pool.pool_pass (this bench had stopped running:
+it imported the old name), --repeats 1, 2 cores shared with three other sessions (load 15-32, so c, which needs
+both cores, fell below a):
+    --rows 1024: a 7.43, b 6.39, c 4.53 rows/s -> b/a 0.861, c/a 0.610
+    --rows 4096 (4,095 distinct rows): a 7.22, b 7.83, c 5.58 rows/s -> b/a 1.085, c/a 0.772
+Scores agreed exactly in both runs. CI runs this bench at toy size (tests/test_benches.py).
 """
 
 from __future__ import annotations
