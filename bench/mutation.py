@@ -349,6 +349,14 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     *(Equivalent(_EVAL, "reference_rewards", _RR_FRESH, _RR_FRESH.replace("np.asarray(known, dtype=float)", after),
                  "known is always a float array (run_eval builds it with np.where over float rewards)")
       for after in ("np.asarray(known, dtype=None)", "np.asarray(known, )")),
+    Equivalent(_EVAL, "reference_replies", "cached = read_cache(cache_path, fp, key)",
+               "cached = read_cache(cache_path, fp, None)",
+               "only missing keys are ever appended: no two rows share a key, so dropping whole-row duplicates is "
+               "the same"),
+    *(Equivalent(_EVAL, "reference_replies", 'merged = prompts[key].merge(cached, on=key, how="left")',
+                 f'merged = prompts[key].merge(cached, {on}how="left")',
+                 "prompts[key] holds only the key columns, all of them in the cache: merge's default joins on them")
+      for on in ("on=None, ", "")),
     # integrity
     *(Equivalent(_STAGE, "publish", 'shutil.rmtree(stale, ignore_errors=True)', f"shutil.rmtree(stale, {after})",
                  "the folder was just listed by glob: rmtree fails only if another process deletes it meanwhile")

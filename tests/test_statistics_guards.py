@@ -238,6 +238,7 @@ def test_reference_replies_are_generated_only_for_what_the_cache_lacks(cfg, tmp_
     asked = []
 
     def engine(model_path, run_cfg, prompts):
+        assert model_path == str(model), "the reference replies come from another policy"
         asked.append(list(prompts))
         return [_Reply(f"to {p} at {run_cfg.generation.max_new_tokens}", 3, "eos" if p != "pc" else "length")
                 for p in prompts], "transformers"
@@ -258,6 +259,8 @@ def test_reference_replies_are_generated_only_for_what_the_cache_lacks(cfg, tmp_
     assert asked[-1] == ["pb"] and every[C.PROMPT_ID].tolist() == ["a", "b", "c"]
     assert every[C.RESPONSE].tolist() == [f"to {p} at {n}" for p in ("pa", "pb", "pc")]
     assert len(pd.read_parquet(cache)) == 3
+    assert list(pd.read_parquet(cache).columns) == [C.PROMPT_ID, C.PROMPT, C.RESPONSE, eval_job.RESPONSE_TOKENS,
+                                                    eval_job.FINISH_REASON]
     again = eval_job.reference_replies(cfg, str(model), prompts.iloc[::-1].reset_index(drop=True), cache)
     assert len(asked) == 2 and again[C.PROMPT_ID].tolist() == ["c", "b", "a"]  # the caller's order, from the cache
     assert alol_log[-1] == f"[eval] reference replies from cache ({cache})"
@@ -268,10 +271,22 @@ def test_reference_replies_are_generated_only_for_what_the_cache_lacks(cfg, tmp_
     stale = eval_job.reference_replies(cfg, str(model), prompts, cache)
     assert asked[-1] == ["pa", "pb", "pc"] and stale[C.RESPONSE].tolist() == [f"to {p} at {n + 1}" for p in
                                                                             ("pa", "pb", "pc")]
-    assert any("reference replies are stale" in line for line in alol_log)
+    assert "[eval] reference replies are stale (pi_ref or generation settings changed): regenerating" in alol_log
+    # The reference under evaluation hands in its own replies: the missing ones come from them, not the engine.
+    own = prompts.assign(**{C.RESPONSE: ["own a", "own b", "own c"], eval_job.RESPONSE_TOKENS: [1, 2, 3],
+                            eval_job.FINISH_REASON: ["eos", "eos", "length"]})
+    cfg.generation.max_new_tokens = n + 2
+    one = [1]
+    mine = eval_job.reference_replies(cfg, str(model), prompts.iloc[one].reset_index(drop=True), cache,
+                                      own=own.iloc[one].reset_index(drop=True))
+    assert len(asked) == 4 and mine[C.RESPONSE].tolist() == ["own b"] and mine[eval_job.RESPONSE_TOKENS].tolist() == [2]
+    both = eval_job.reference_replies(cfg, str(model), prompts, cache, own=own.assign(**{C.RESPONSE: ["x", "y", "z"]}))
+    assert len(asked) == 4 and both[C.RESPONSE].tolist() == ["x", "own b", "z"]  # b: from the cache
+    assert list(pd.read_parquet(cache).columns) == [C.PROMPT_ID, C.PROMPT, C.RESPONSE, eval_job.RESPONSE_TOKENS,
+                                                    eval_job.FINISH_REASON]
 
 
-def test_reference_rewards_come_from_known_then_the_cache_and_only_new_replies_are_scored(cfg, tmp_path):
+def test_reference_rewards_come_from_known_then_the_cache_and_only_new_replies_are_scored(cfg, tmp_path, alol_log):
     """Every policy of a comparison is judged against the same reference replies, scored once: given (`known`,
     when the reference itself is evaluated) or scored, then read from the cache; prompt ids of any type."""
     from alol_ray.tasks import builtin
@@ -288,6 +303,7 @@ def test_reference_rewards_come_from_known_then_the_cache_and_only_new_replies_a
                                [7.0, true[1], 9.0], atol=1e-12)  # the unknown one scored
     assert list(pd.read_parquet(cache).columns) == [C.PROMPT_ID, C.PROMPT, C.RESPONSE, C.REWARD]
     np.testing.assert_allclose(eval_job.reference_rewards(cfg, examples, cache), [7.0, true[1], 9.0], atol=1e-12)
+    assert alol_log[-1] == f"[eval] rewards of the reference replies from cache ({cache})"
     other = examples.assign(**{eval_job.REF_RESPONSE: ["no", "no", "blue"]})  # a new reply to prompt 10
     np.testing.assert_allclose(eval_job.reference_rewards(cfg, other, cache, known=np.array([5.0, 6.0, 6.0])),
                                [5.0, true[1], 9.0], atol=1e-12)
