@@ -140,6 +140,13 @@ _GOLD = "baselines/gold.py"
 _T = "alol_ray/tokenization.py"
 _S = "alol_ray/train/samplers.py"
 _M = "evaluation/metrics.py"
+_REP = "evaluation/report.py"
+_PH_AS = "a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(np.asarray(b, dtype=np.float64))"
+_PH_NAN = 'return float("nan"), float("nan"), float("nan")'
+_PH_POINT = "point = float((a.mean(axis=0) - b.mean(axis=0)).mean())"
+_PH_TAKE = ("stats.append(np.take_along_axis(diff, rng.integers(0, n_prompts, size=(n, n_prompts)), axis=1)"
+            ".mean(axis=1))")
+_PP = "frames = [pd.read_parquet(r.eval_path, columns=[C.PROMPT_ID, column]).drop_duplicates(C.PROMPT_ID)"
 _EVAL = "evaluation/eval_job.py"
 _RR_FP = 'fp = fingerprint("ref-rewards-v1", cfg.reward, stats or {})'
 _RR_EMPTY = ('cached = pd.DataFrame({**{k: pd.Series(dtype=want[k].dtype) for k in key}, '
@@ -357,6 +364,32 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                  f'merged = prompts[key].merge(cached, {on}how="left")',
                  "prompts[key] holds only the key columns, all of them in the cache: merge's default joins on them")
       for on in ("on=None, ", "")),
+    *(Equivalent(_REP, "paired_hierarchical_ci", _PH_AS, _PH_AS.replace(before, after, 1),
+                 "means, resampling and percentiles give float64 for integer or boolean inputs too")
+      for before, after in (("np.asarray(a, dtype=np.float64)", "np.asarray(a, dtype=None)"),
+                            ("np.asarray(a, dtype=np.float64)", "np.asarray(a, )"),
+                            ("np.asarray(b, dtype=np.float64)", "np.asarray(b, dtype=None)"),
+                            ("np.asarray(b, dtype=np.float64)", "np.asarray(b, )"))),
+    *(Equivalent(_REP, "paired_hierarchical_ci", _PH_NAN, after, _NAN)
+      for after in ('return float("NAN"), float("nan"), float("nan")',
+                    'return float("nan"), float("NAN"), float("nan")',
+                    'return float("nan"), float("nan"), float("NAN")')),
+    *(Equivalent(_REP, "paired_hierarchical_ci", _PH_POINT, _PH_POINT.replace(before, before[0] + ".mean(axis=None)"),
+                 "every seed scores every prompt: the mean over prompts of a difference of seed means is the "
+                 "difference of the grand means")
+      for before in ("a.mean(axis=0)", "b.mean(axis=0)")),
+    Equivalent(_REP, "paired_hierarchical_ci", "diff = (a[rng.integers(0, len(a), size=(n, len(a)))].mean(axis=1)",
+               "diff = (a[rng.integers(len(a), size=(n, len(a)))].mean(axis=1)",
+               "Generator.integers(high) is integers(0, high): the same draws"),
+    Equivalent(_REP, "paired_hierarchical_ci",
+               "- b[rng.integers(0, len(b), size=(n, len(b)))].mean(axis=1))  # [n, prompts]",
+               "- b[rng.integers(len(b), size=(n, len(b)))].mean(axis=1))  # [n, prompts]",
+               "Generator.integers(high) is integers(0, high): the same draws"),
+    Equivalent(_REP, "paired_hierarchical_ci", _PH_TAKE, _PH_TAKE.replace(", axis=1).mean", ", ).mean"),
+               "np.take_along_axis's axis defaults to -1 (numpy >= 2.3), which is axis 1 of the [n, prompts] array"),
+    *(Equivalent(_REP, "_per_prompt", _PP, _PP.replace("columns=[C.PROMPT_ID, column]", after),
+                 "reading every column and then keeping prompt_id and one column gives the same frame")
+      for after in ("columns=None", "")),
     # integrity
     *(Equivalent(_STAGE, "publish", 'shutil.rmtree(stale, ignore_errors=True)', f"shutil.rmtree(stale, {after})",
                  "the folder was just listed by glob: rmtree fails only if another process deletes it meanwhile")

@@ -310,3 +310,47 @@ def test_reference_rewards_come_from_known_then_the_cache_and_only_new_replies_a
     assert len(pd.read_parquet(cache)) == 4
     cfg.reward.components[0].weight = 2.0  # another reward: everything scored again
     np.testing.assert_allclose(eval_job.reference_rewards(cfg, examples, cache), 2 * true, atol=1e-12)
+
+
+def test_intervals_are_reproducible_from_their_inputs_and_seed():
+    """A published interval can be recomputed: the same inputs, resample count and seed give the same numbers
+    (these literals change only with the resampling scheme, on purpose), and the defaults are 2000 resamples,
+    seed 0, in chunks of 250."""
+    a = np.array([[1.0, 2.0, 4.0, 0.5], [2.0, 2.5, 3.0, 1.0]])
+    b = np.array([[0.0, 1.0, 5.0, 0.0]])
+    assert paired_hierarchical_ci(a, b, n_samples=7, seed=3, chunk=3) == pytest.approx(GOLDEN_PAIRED, abs=1e-12)
+    assert hierarchical_ci(list(a), n_samples=7, seed=3) == pytest.approx(GOLDEN_HIERARCHICAL, abs=1e-12)
+    assert paired_hierarchical_ci(a, b) == paired_hierarchical_ci(a, b, 2000, 0, 250)
+    assert hierarchical_ci(list(a)) == hierarchical_ci(list(a), 2000, 0)
+    # One prompt is enough for an interval (the seeds' spread): seeds 1 and 2 against 0.
+    assert paired_hierarchical_ci(a[:, :1], b[:, :1], 50) == (1.5, 1.0, 2.0)
+
+
+GOLDEN_PAIRED = (0.5, -0.053125, 1.253125)
+GOLDEN_HIERARCHICAL = (2.0, 1.421875, 2.640625)
+
+
+def test_paired_rows_use_the_resamples_asked_for_and_keep_their_columns_when_empty(tmp_path):
+    entries = [RunEntry("nll", 0, _eval_file(tmp_path / "n.parquet", ["p", "q", "r"], [1.0, 2.0, 0.0])),
+               RunEntry("a_lol", 0, _eval_file(tmp_path / "a.parquet", ["p", "q", "r"], [2.0, 2.0, 3.0]))]
+    paired = paired_rows(entries, n_bootstrap=300)  # no reference among them: pairs against nll only
+    assert list(zip(paired["method"], paired["versus"])) == [("a_lol", "nll")]
+    want = paired_hierarchical_ci(np.array([[2.0, 2.0, 3.0]]), np.array([[1.0, 2.0, 0.0]]), 300)
+    assert (paired.loc[0, "difference"], paired.loc[0, "lo"], paired.loc[0, "hi"]) == want
+    assert paired_rows(entries[:1]).columns.tolist() == ["method", "versus", "seeds", "versus_seeds", "prompts",
+                                                         "difference", "lo", "hi", "verdict"]
+    assert paired_rows(entries[:1]).empty
+
+
+def test_the_method_table_gains_paired_columns_in_the_order_of_the_baselines(tmp_path):
+    from evaluation.report import with_paired_columns
+
+    entries = [RunEntry("reference", None, _eval_file(tmp_path / "r.parquet", ["p", "q"], [0.0, 0.0])),
+               RunEntry("nll", 0, _eval_file(tmp_path / "n.parquet", ["p", "q"], [1.0, 1.0])),
+               RunEntry("a_lol", 0, _eval_file(tmp_path / "a.parquet", ["p", "q"], [3.0, 2.0]))]
+    paired = paired_rows(entries, n_bootstrap=100)
+    table = with_paired_columns(pd.DataFrame({"method": ["a_lol", "nll", "reference"]}), paired)
+    assert table.columns.tolist() == ["method", "vs_reference", "vs_reference_lo", "vs_reference_hi", "vs_nll",
+                                      "vs_nll_lo", "vs_nll_hi"]
+    assert table["vs_reference"].tolist()[:2] == [2.5, 1.0] and table["vs_nll"].tolist()[0] == 1.5
+    assert np.isnan(table["vs_nll"].tolist()[1]) and np.isnan(table["vs_reference"].tolist()[2])
