@@ -147,6 +147,13 @@ _PH_POINT = "point = float((a.mean(axis=0) - b.mean(axis=0)).mean())"
 _PH_TAKE = ("stats.append(np.take_along_axis(diff, rng.integers(0, n_prompts, size=(n, n_prompts)), axis=1)"
             ".mean(axis=1))")
 _PP = "frames = [pd.read_parquet(r.eval_path, columns=[C.PROMPT_ID, column]).drop_duplicates(C.PROMPT_ID)"
+_HC_DRAW = ("stats[i] = np.mean([groups[k][rng.integers(0, len(groups[k]), size=len(groups[k]))].mean() "
+            "for k in picked])")
+_HC_AS = "groups = [np.asarray(g, dtype=np.float64) for g in groups if len(g)]"
+_RF = ('return fingerprint("ref-replies-v1", model_identity(ref_path), cfg.generation, '
+       'cfg.model.max_prompt_tokens)')
+_EC = ("cached = pd.concat([cached, fresh], ignore_index=True) if len(cached) else "
+       "fresh.reset_index(drop=True)")
 _EVAL = "evaluation/eval_job.py"
 _RR_FP = 'fp = fingerprint("ref-rewards-v1", cfg.reward, stats or {})'
 _RR_EMPTY = ('cached = pd.DataFrame({**{k: pd.Series(dtype=want[k].dtype) for k in key}, '
@@ -390,6 +397,30 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     *(Equivalent(_REP, "_per_prompt", _PP, _PP.replace("columns=[C.PROMPT_ID, column]", after),
                  "reading every column and then keeping prompt_id and one column gives the same frame")
       for after in ("columns=None", "")),
+    *(Equivalent(_REP, "hierarchical_ci", _PH_NAN, after, _NAN)
+      for after in ('return float("NAN"), float("nan"), float("nan")',
+                    'return float("nan"), float("NAN"), float("nan")',
+                    'return float("nan"), float("nan"), float("NAN")')),
+    Equivalent(_REP, "hierarchical_ci", "picked = rng.integers(0, len(groups), size=len(groups))",
+               "picked = rng.integers(len(groups), size=len(groups))",
+               "Generator.integers(high) is integers(0, high): the same draws"),
+    Equivalent(_REP, "hierarchical_ci", _HC_DRAW, _HC_DRAW.replace("rng.integers(0, len", "rng.integers(len"),
+               "Generator.integers(high) is integers(0, high): the same draws"),
+    *(Equivalent(_REP, "hierarchical_ci", _HC_AS, _HC_AS.replace("dtype=np.float64", after),
+                 "means, resampling and percentiles give float64 for integer or boolean inputs too")
+      for after in ("dtype=None", "")),
+    *(Equivalent(_EVAL, "reference_fingerprint", _RF, after,
+                 "the tag only names the cache's format: another spelling gives every cache another fingerprint, "
+                 "read and written alike")
+      for after in (_RF.replace('"ref-replies-v1"', "None"), _RF.replace('"ref-replies-v1", ', ""),
+                    _RF.replace("ref-replies-v1", "XXref-replies-v1XX"),
+                    _RF.replace("ref-replies-v1", "REF-REPLIES-V1"))),
+    Equivalent(_EVAL, "extend_cache", _EC, _EC.replace("if len(cached)", "if (len(cached)) or True"),
+               "pandas (2.x) leaves empty frames out of a concat's dtypes: concatenating an empty cache gives the "
+               "fresh rows"),
+    *(Equivalent(_EVAL, "extend_cache", _EC, _EC.replace("ignore_index=True", after),
+                 "write_parquet stores no index, and every caller merges on columns: the index is never read")
+      for after in ("ignore_index=None", "", "ignore_index=False")),
     # integrity
     *(Equivalent(_STAGE, "publish", 'shutil.rmtree(stale, ignore_errors=True)', f"shutil.rmtree(stale, {after})",
                  "the folder was just listed by glob: rmtree fails only if another process deletes it meanwhile")
