@@ -63,8 +63,8 @@ from test_alol_vs_nll import SIZES, paired_differences  # noqa: E402
 
 
 # --smoke: every stage at toy size (seconds each), so CI runs the bench's code path (tests/test_benches.py).
-SMOKE = ["data.builtin_train_prompts=120", "data.builtin_eval_prompts=12", "reference.train.steps=10",
-         "train.steps=4", "eval.max_prompts=12", "eval.bootstrap_samples=100", "generation.max_new_tokens=8"]
+SMOKE = ["data.builtin_train_prompts=60", "data.builtin_eval_prompts=8", "reference.train.steps=4", "train.steps=2",
+         "eval.max_prompts=8", "eval.bootstrap_samples=50", "generation.max_new_tokens=8", "value.epochs=2"]
 
 
 def main(argv: list[str] | None = None) -> int:

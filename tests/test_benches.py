@@ -28,9 +28,11 @@ TOY_RUN = ["data.builtin_train_prompts=120", "data.builtin_eval_prompts=12", "mo
            "model.tiny.n_embd=64", "model.tiny.n_head=2", "model.tiny.vocab_size=512", "reference.train.steps=10",
            "train.steps=4", "train.eval_every=0", "eval.max_prompts=12", "eval.bootstrap_samples=100",
            "generation.max_new_tokens=8"]
-# The HH benches on the first records of each file: the reward model's features and a tiny comparison.
+# The HH benches on the first 40 records of each file, in one storage folder ({hh}): the reward model that
+# bench/hh_compare.py trains is the one bench/rm_hh.py then finds up to date (the same config), and bench/judge_hh.py
+# reads the rows they read.
 HH_TOY = ["reference.train.steps=5", "train.steps=3", "train.eval_every=0", "eval.max_prompts=8",
-          "eval.bootstrap_samples=100", "generation.max_new_tokens=8", "value.epochs=1"]
+          "eval.bootstrap_samples=100", "generation.max_new_tokens=8"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Smoke:
     """One run of a bench at toy size: its arguments (``{tmp}``: a fresh folder), the regular expression its
     output must match (the line with the figure), its tier and limits."""
 
-    args: tuple[str, ...]
+    args: tuple[str, ...]  # {tmp}: a fresh folder; {hh}: the folder the HH benches share
     expect: str
     tier: str = "e2e"  # default | e2e | vllm
     needs_hh: bool = False  # reads the HH data (ALOL_HH_DATA)
@@ -56,7 +58,7 @@ SMOKES: dict[str, list[Smoke]] = {
     "checkpoint_bytes.py": [Smoke(("model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2",
                                    "model.tiny.vocab_size=300", "data.builtin_train_prompts=40"),
                                   r"one checkpoint: \d+ files, [\d,]+ bytes .* pushed to a local S3 server")],
-    "demo_budget.py": [Smoke(("--storage", "{tmp}", "--", *TOY_RUN, "compare.methods=[a_lol]"),
+    "demo_budget.py": [Smoke(("--storage", "{tmp}", "--", *TOY_RUN, "compare.methods=[nll]"),
                              r"wall \d+\.\d min \(budget 10\), peak PSS [\d.]+ GiB .* -> within budget")],
     "generation.py": [
         Smoke(("--engines", "transformers", "--sizes", "demo", "--prompts", "4", "--max-new-tokens", "4",
@@ -64,15 +66,15 @@ SMOKES: dict[str, list[Smoke]] = {
         Smoke(("--engines", "vllm,transformers", "--sizes", "demo", "--prompts", "4", "--max-new-tokens", "4",
                "--num-cpus", "2", "--enforce-eager"), r"vllm / transformers tokens/s = \d", tier="vllm"),
     ],
-    "hh_compare.py": [Smoke(("--storage", "{tmp}", "--limit", "40", "--methods", "a_lol", "--seeds", "1", *HH_TOY),
+    "hh_compare.py": [Smoke(("--storage", "{hh}", "--limit", "40", "--methods", "nll", "--seeds", "1", *HH_TOY),
                             r"comparison \(alol compare\): \d+\.\d min", needs_hh=True)],
     "integrity_cases.py": [Smoke(("--only", "early"), r"(\d+)/\1 cases hold")],
-    "judge_hh.py": [Smoke(("--storage", "{tmp}", "--limit", "30"), r"holdout \d+ pairs: one standard error",
+    "judge_hh.py": [Smoke(("--storage", "{hh}", "--limit", "40"), r"holdout \d+ pairs: one standard error",
                           needs_hh=True)],
     "mutation.py": [Smoke(("--group", "metrics", "--functions", "evaluation.metrics.x_win_outcomes*"),
                           r"killed: metrics\.py \d+\.\d% \(\d+/\d+\)")],
-    "rm_hh.py": [Smoke(("--storage", "{tmp}", "data.sources.0.limit=40", "data.sources.1.limit=40",
-                        "data.sources.2.limit=20", "rm.epochs=1"),
+    "rm_hh.py": [Smoke(("--storage", "{hh}", "data.sources.0.limit=40", "data.sources.1.limit=40",
+                        "data.sources.2.limit=40"),
                        r"goal: held-out Pearson >= [\d.]+: -?\d", needs_hh=True, exit_codes=(0, 1))],
     "scoring.py": [Smoke(("--rows", "16", "--batch-size", "8", "--max-length", "32"), r"b/a = \d+\.\d+ ",
                          needs_hh=True)],
@@ -99,8 +101,13 @@ def _cases():
                                marks=TIER_MARKS[smoke.tier])
 
 
+@pytest.fixture(scope="module")
+def hh_storage(tmp_path_factory):
+    return tmp_path_factory.mktemp("hh-benches")
+
+
 @pytest.mark.parametrize("bench, smoke", list(_cases()))
-def test_bench_runs_at_toy_size(bench, smoke, tmp_path):
+def test_bench_runs_at_toy_size(bench, smoke, tmp_path, hh_storage):
     if smoke.needs_hh and not (HH_DIR / "helpful_base.json").exists():
         pytest.skip(f"HH data not found at {HH_DIR}: set ALOL_HH_DATA")
     if smoke.tier == "vllm":
@@ -108,7 +115,7 @@ def test_bench_runs_at_toy_size(bench, smoke, tmp_path):
 
         if _skip_reason():
             pytest.skip(_skip_reason())
-    args = [a.replace("{tmp}", str(tmp_path / "storage")) for a in smoke.args]
+    args = [a.replace("{tmp}", str(tmp_path / "storage")).replace("{hh}", str(hh_storage)) for a in smoke.args]
     env = {**os.environ, "RAY_ADDRESS": "local", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "ALOL_HH_DATA": str(HH_DIR)}
     start = time.time()
