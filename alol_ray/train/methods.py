@@ -31,6 +31,7 @@ from alol_ray import columns as C
 from alol_ray.families import PromptFormat
 from alol_ray.losses import REGISTRY, LossInputs, LossParams, get_loss
 from alol_ray.tokenization import PolicyBatch, collate, encode_pair, response_token_logps
+from alol_ray.train.samplers import needs_advantage as sampler_needs_advantage
 
 LAYOUTS = ("single", "pair", "list")
 
@@ -178,6 +179,11 @@ class Method:
     def needs_advantage(self) -> bool:
         """True when the value stage must run first (advantage column or advantage-weighted sampling)."""
         return self.sample_weight == "advantage" or C.ADVANTAGE in self.columns
+
+    def needs_advantage_with(self, sampler: str) -> bool:
+        """``needs_advantage``, or the sampler ``sampler`` (train.sampler) draws by the advantage column (nll with
+        ``good_priority`` trains on A-LoL's rows): the value stage must run first either way."""
+        return self.needs_advantage or sampler_needs_advantage(sampler, self.sample_weight)
 
     @property
     def needs_reference_logps(self) -> bool:
