@@ -234,7 +234,7 @@ def train_config(method: str, sizes: Sizes, steps: int):
     from alol_ray.config import TrainConfig
 
     return TrainConfig(algo=method, steps=steps, batch_size=sizes.batch, lr=sizes.lr, eval_every=0,
-                       checkpoint_every=max(steps, 100), cpus_per_worker=sizes.threads, seed=0)
+                       cpus_per_worker=sizes.threads, seed=0)
 
 
 def drawn_units(table_path: str, method: str, sizes: Sizes, steps: int):
@@ -551,6 +551,23 @@ def startup_parts(run: dict) -> dict[str, float]:
     return {}
 
 
+def padding_share(examples_path: str, batch: int) -> float:
+    """The share of padded positions in the batches a run's examples make (both sides pad every sequence of a
+    batch on the right to its longest): what padding-free batches or packing could save at most."""
+    with open(examples_path) as fh:
+        examples = json.load(fh)
+    if "input_ids" in examples[0]:
+        lengths = [[len(e["input_ids"])] for e in examples]
+    else:
+        lengths = [[len(e["prompt_ids"]) + len(e["chosen_ids"]), len(e["prompt_ids"]) + len(e["rejected_ids"])]
+                   for e in examples]
+    real = padded = 0
+    for start in range(0, len(lengths), batch):
+        seqs = [n for unit in lengths[start:start + batch] for n in unit]
+        real, padded = real + sum(seqs), padded + len(seqs) * max(seqs)
+    return 1.0 - real / padded
+
+
 def geometric_mean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
@@ -678,7 +695,7 @@ def run_kind(config: Config, kind: str, sizes: Sizes, steps: int, work: str, tag
     return trl_run(config, kind, sizes, steps, work, tag, sequential=sequential)
 
 
-def print_config_table(config: Config, sizes: Sizes, figures: dict[str, list[dict]]) -> dict[str, float]:
+def print_config_table(config: Config, sizes: Sizes, figures: dict[str, list[dict]], work: str) -> dict[str, float]:
     """The per-run table of one config; returns alol-ray / TRL step-time ratios."""
     print(f"\n{config.name}: {config.family} of {config.n_params / 1e6:.1f} M parameters, {sizes.batch} pairs or "
           f"replies per step, {sizes.steps - sizes.warmup} timed steps x {len(figures['dpo'])} round(s); "
@@ -699,6 +716,10 @@ def print_config_table(config: Config, sizes: Sizes, figures: dict[str, list[dic
         if parts:
             shown = ", ".join(f"{k} {statistics.mean(r['startup_parts'][k] for r in figures[kind]):.1f} s" for k in parts)
             print(f"  start-up of {kind}: {shown}")
+    shares = {kind: padding_share(os.path.join(work, "runs-trl", f"{config.name}-{kind}-r0", "examples.json"),
+                                  sizes.batch) for kind in ("trl_dpo", "trl_sft")}
+    print(f"  padding: {shares['trl_dpo']:.0%} of the positions of a DPO batch, {shares['trl_sft']:.0%} of an SFT "
+          "batch, on both sides (the most that padding-free batches or packing could save)")
     ratios = {kind: medians[kind] / medians[PAIRS[kind]] for kind in ALOL_KINDS}
     ratios["dpo_vs_ref"] = medians["dpo"] / medians["trl_dpo_ref"]
     tokens = {k: statistics.mean(r["tokens_s"] for r in figures[k]) for k in RUN_KINDS}
@@ -781,7 +802,7 @@ def main(argv=None) -> int:
 
     ratios = {}
     for config in configs:
-        ratios[config.name] = print_config_table(config, sizes, figures[config.name])
+        ratios[config.name] = print_config_table(config, sizes, figures[config.name], work)
         ours, theirs = losses[(config.name, "dpo")], losses[(config.name, "trl_dpo")]
         n = min(len(ours), len(theirs))
         print(f"DPO loss per step, same batches: alol-ray {', '.join(f'{x:.4f}' for x in ours[:n])}\n"
@@ -798,8 +819,9 @@ def main(argv=None) -> int:
 
     if args.job_steps:
         config = configs[0]
-        print(f"\nwhole DPO job at {args.job_steps} steps on {config.name} (alol-ray: checkpoints every 100 steps "
-              "with optimizer state; TRL: its default data order, no checkpoint before step 500):", flush=True)
+        print(f"\nwhole DPO job at {args.job_steps} steps on {config.name} (alol-ray: its default checkpoints, every "
+              "100 steps with the optimizer state; TRL: its own shuffled data order, no checkpoint, as its default "
+              "saves every 500 steps):", flush=True)
         jobs = {}
         for kind in ("dpo", "trl_dpo"):
             run = run_kind(config, kind, sizes, args.job_steps, work, "job", sequential=False)
