@@ -35,8 +35,10 @@ exporting it, stopping Ray; TRL: ``save_model``). It also checks the losses on o
 IPO, and NLL, which alol-ray sums over a reply's tokens where TRL averages over all completion tokens of the
 batch, so alol-ray's = TRL's x tokens / replies) and prints both sides' DPO loss per step.
 
-The last line reads ``alol-ray / trl step time: dpo = X, nll = Y, a_lol_vs_sft = Z``: the geometric means over
-the configurations of alol-ray's median step time over TRL's (DPO against TRL with precompute).
+Ratios are taken per round between the two runs of a pair (they ran one after the other) and averaged
+geometrically over rounds and configurations. The last line reads ``alol-ray / trl step time: dpo = X, nll = Y,
+a_lol_vs_sft = Z``: alol-ray's median step time over TRL's (DPO against TRL with precompute); the CPU-time ratios
+printed beside them move far less with the machine's other load.
 """
 
 from __future__ import annotations
@@ -77,9 +79,9 @@ class Sizes:
     batch: int = 4  # pairs (DPO) or replies per optimizer step
     max_prompt: int = 64
     max_response: int = 32
-    warmup: int = 3  # steps left out of the step-time medians
-    steps: int = 15  # optimizer steps per run (warm-up included)
-    rounds: int = 2
+    warmup: int = 2  # steps left out of the step-time medians
+    steps: int = 12  # optimizer steps per run (warm-up included)
+    rounds: int = 3
     threads: int = 2
     lr: float = 5e-5
     beta: float = 0.1
@@ -386,14 +388,16 @@ def write_alol_config(path: str, config: Config, sizes: Sizes, steps: int) -> No
         fh.write(text)
 
 
-class PeakRSS:
-    """Peak resident memory of a process and all its descendants, sampled every ``every`` seconds."""
+class ProcessTree:
+    """A process and all its descendants, sampled every ``every`` seconds: peak resident memory (the largest
+    process, and all together) and the CPU seconds they have used (user + system), with the time of each sample."""
 
     def __init__(self, pid: int, every: float = 0.2):
         import psutil
 
         self.root = psutil.Process(pid)
         self.largest = self.total = 0
+        self.cpu: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._every = every
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -407,22 +411,25 @@ class PeakRSS:
                 procs = [self.root] + self.root.children(recursive=True)
             except psutil.Error:
                 break
-            sizes = []
+            sizes, cpu = [], 0.0
             for p in procs:
                 with contextlib.suppress(psutil.Error):
-                    sizes.append(p.memory_info().rss)
+                    with p.oneshot():
+                        sizes.append(p.memory_info().rss)
+                        times = p.cpu_times()
+                        cpu += times.user + times.system
             if sizes:
                 self.largest, self.total = max(self.largest, max(sizes)), max(self.total, sum(sizes))
+                self.cpu.append((time.time(), cpu))
             self._stop.wait(self._every)
 
-    def stop(self) -> tuple[int, int]:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        return self.largest, self.total
 
 
 def run_process(cmd: list[str], cwd: str, log_path: str, threads: int) -> dict:
-    """Run ``cmd`` to its end with its output in ``log_path``; wall times and peak RSS."""
+    """Run ``cmd`` to its end with its output in ``log_path``; wall times, peak RSS, CPU seconds over time."""
     import psutil
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
@@ -430,7 +437,7 @@ def run_process(cmd: list[str], cwd: str, log_path: str, threads: int) -> dict:
     with open(log_path, "w") as log:
         start = time.time()
         proc = psutil.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        peak = PeakRSS(proc.pid)
+        tree = ProcessTree(proc.pid)
         try:
             rc = proc.wait()
         except BaseException:  # Ctrl-C: `alol train` stops its local Ray on SIGINT; wait for it
@@ -438,12 +445,12 @@ def run_process(cmd: list[str], cwd: str, log_path: str, threads: int) -> dict:
             proc.wait(timeout=60)
             raise
         end = time.time()
-    largest, total = peak.stop()
+    tree.stop()
     if rc != 0:
         with open(log_path) as fh:
             tail = "".join(fh.readlines()[-15:])
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {rc}); the end of {log_path}:\n{tail}")
-    return {"start": start, "end": end, "rss_largest": largest, "rss_total": total}
+    return {"start": start, "end": end, "rss_largest": tree.largest, "rss_total": tree.total, "cpu": tree.cpu}
 
 
 def alol_run(config: Config, kind: str, sizes: Sizes, steps: int, work: str, tag: str) -> dict:
@@ -520,11 +527,25 @@ def step_times(run: dict) -> list[float]:
     return [ends[0] - run["step_begin"][0]] + [b - a for a, b in zip(ends, ends[1:])]
 
 
+def cpu_per_step(run: dict, warmup: int) -> float:
+    """CPU seconds all the run's processes used per timed step (from the end of the warm-up to the end of the last
+    step, interpolated between samples): unlike wall time, hardly moved by other jobs on the machine."""
+    import numpy as np
+
+    if len(run["cpu"]) < 2:
+        return float("nan")
+    t, cpu = np.array(run["cpu"]).T
+    begin = run["step_end"][warmup - 1] if warmup else run["first_step_begin"]
+    end = run["step_end"][-1]
+    return float(np.interp(end, t, cpu) - np.interp(begin, t, cpu)) / (len(run["step_end"]) - warmup)
+
+
 def summarize(run: dict, warmup: int) -> dict:
     times = step_times(run)[warmup:]
     tokens = run["tokens"][warmup:]
     return {
         "ms_step": 1e3 * statistics.median(times),
+        "cpu_ms_step": 1e3 * cpu_per_step(run, warmup),
         "ms_compute": 1e3 * statistics.median(run["compute"][warmup:]),
         "tokens_s": sum(tokens) / sum(times),
         "rss_largest_mb": run["rss_largest"] / 2**20,
@@ -695,22 +716,27 @@ def run_kind(config: Config, kind: str, sizes: Sizes, steps: int, work: str, tag
     return trl_run(config, kind, sizes, steps, work, tag, sequential=sequential)
 
 
+def round_ratios(figures: dict[str, list[dict]], key: str) -> dict[str, list[float]]:
+    """alol-ray's figure over TRL's, per round: the two runs of a pair ran one after the other, so a change of
+    the machine's load hits a round's pair alike more often than two rounds."""
+    pairs = dict(PAIRS, dpo_vs_ref="trl_dpo_ref")
+    return {name: [a[key] / b[key] for a, b in zip(figures[name.split("_vs")[0]], figures[trl])]
+            for name, trl in pairs.items()}
+
+
 def print_config_table(config: Config, sizes: Sizes, figures: dict[str, list[dict]], work: str) -> dict[str, float]:
-    """The per-run table of one config; returns alol-ray / TRL step-time ratios."""
+    """The per-run table of one config; returns alol-ray / TRL ratios (geometric means over the rounds)."""
     print(f"\n{config.name}: {config.family} of {config.n_params / 1e6:.1f} M parameters, {sizes.batch} pairs or "
-          f"replies per step, {sizes.steps - sizes.warmup} timed steps x {len(figures['dpo'])} round(s); "
-          "ms/step and start-up, steps, finish are medians and means over the rounds")
-    print(f"{'run':<13}{'ms/step':>9}{'compute':>9}{'tokens/s':>10}{'RSS MiB':>9}{'(all)':>8}"
+          f"replies per step, {sizes.steps - sizes.warmup} timed steps x {len(figures['dpo'])} round(s); means over "
+          "the rounds (ms/step: median step of a run; CPU ms: CPU time of all the run's processes per step)")
+    print(f"{'run':<13}{'ms/step':>9}{'CPU ms':>8}{'compute':>9}{'tokens/s':>10}{'RSS MiB':>9}{'(all)':>8}"
           f"{'job s':>8}{'start-up':>10}{'steps':>8}{'finish':>8}")
-    medians = {}
     for kind in RUN_KINDS:
-        runs = figures[kind]
-        pooled = [t for r in runs for t in r["step_times"]]
-        medians[kind] = statistics.median(pooled)
-        mean = {k: statistics.mean(r[k] for r in runs) for k in runs[0] if k != "step_times"}
-        print(f"{kind:<13}{1e3 * medians[kind]:>9.0f}{mean['ms_compute']:>9.0f}{mean['tokens_s']:>10.0f}"
-              f"{mean['rss_largest_mb']:>9.0f}{mean['rss_total_mb']:>8.0f}{mean['job_s']:>8.1f}"
-              f"{mean['startup_s']:>10.1f}{mean['steps_s']:>8.1f}{mean['finish_s']:>8.1f}")
+        mean = {k: statistics.mean(r[k] for r in figures[kind]) for k in figures[kind][0]
+                if k not in ("step_times", "startup_parts")}
+        print(f"{kind:<13}{mean['ms_step']:>9.0f}{mean['cpu_ms_step']:>8.0f}{mean['ms_compute']:>9.0f}"
+              f"{mean['tokens_s']:>10.0f}{mean['rss_largest_mb']:>9.0f}{mean['rss_total_mb']:>8.0f}"
+              f"{mean['job_s']:>8.1f}{mean['startup_s']:>10.1f}{mean['steps_s']:>8.1f}{mean['finish_s']:>8.1f}")
     for kind in ("dpo", "trl_dpo", "trl_dpo_ref"):
         parts = figures[kind][0]["startup_parts"]
         if parts:
@@ -720,12 +746,17 @@ def print_config_table(config: Config, sizes: Sizes, figures: dict[str, list[dic
                                   sizes.batch) for kind in ("trl_dpo", "trl_sft")}
     print(f"  padding: {shares['trl_dpo']:.0%} of the positions of a DPO batch, {shares['trl_sft']:.0%} of an SFT "
           "batch, on both sides (the most that padding-free batches or packing could save)")
-    ratios = {kind: medians[kind] / medians[PAIRS[kind]] for kind in ALOL_KINDS}
-    ratios["dpo_vs_ref"] = medians["dpo"] / medians["trl_dpo_ref"]
-    tokens = {k: statistics.mean(r["tokens_s"] for r in figures[k]) for k in RUN_KINDS}
-    print(f"alol-ray / TRL step time: dpo {ratios['dpo']:.3f} (vs TRL without precompute "
-          f"{ratios['dpo_vs_ref']:.3f}), nll {ratios['nll']:.3f}, a_lol / sft {ratios['a_lol']:.3f} "
-          f"(per token: {tokens['trl_sft'] / tokens['a_lol']:.3f})")
+    wall, cpu = round_ratios(figures, "ms_step"), round_ratios(figures, "cpu_ms_step")
+    per_token = round_ratios({k: [{"t": 1 / f["tokens_s"]} for f in v] for k, v in figures.items()}, "t")
+    ratios = {name: geometric_mean(values) for name, values in wall.items()}
+    ratios.update({f"{name}/cpu": geometric_mean(values) for name, values in cpu.items()})
+    ratios["a_lol/per_token"] = geometric_mean(per_token["a_lol"])
+    for label, values in (("step time", wall), ("CPU time per step", cpu)):
+        print(f"  alol-ray / TRL {label} by round: " + "; ".join(
+            f"{name} {', '.join(f'{v:.3f}' for v in vals)}" for name, vals in values.items()))
+    print(f"alol-ray / TRL step time: dpo {ratios['dpo']:.3f} (vs TRL without precompute {ratios['dpo_vs_ref']:.3f}), "
+          f"nll {ratios['nll']:.3f}, a_lol / sft {ratios['a_lol']:.3f} (per token {ratios['a_lol/per_token']:.3f}); "
+          f"CPU time: dpo {ratios['dpo/cpu']:.3f}, nll {ratios['nll/cpu']:.3f}, a_lol / sft {ratios['a_lol/cpu']:.3f}")
     return ratios
 
 
@@ -832,11 +863,14 @@ def main(argv=None) -> int:
                   f"{j['rss_total_mb']:.0f})", flush=True)
         print(f"  alol-ray / TRL whole job: {jobs['dpo']['job_s'] / jobs['trl_dpo']['job_s']:.3f}")
 
-    final = {k: geometric_mean([ratios[c.name][k] for c in configs]) for k in ALOL_KINDS}
+    final = {k: geometric_mean([ratios[c.name][k] for c in configs]) for k in list(ALOL_KINDS) + ["dpo/cpu", "nll/cpu",
+                                                                                                  "a_lol/cpu"]}
     with open(os.path.join(work, "results.json"), "w") as fh:
         json.dump({"sizes": asdict(sizes), "load_at_start": load, "gaps": gaps, "ratios": ratios, "final": final,
                    "figures": figures}, fh, indent=1)
     print(f"\nload average now {os.getloadavg()[0]:.1f}; results in {os.path.join(work, 'results.json')}")
+    print(f"alol-ray / trl CPU time per step: dpo = {final['dpo/cpu']:.3f}, nll = {final['nll/cpu']:.3f}, "
+          f"a_lol_vs_sft = {final['a_lol/cpu']:.3f}")
     print(f"alol-ray / trl step time: dpo = {final['dpo']:.3f}, nll = {final['nll']:.3f}, "
           f"a_lol_vs_sft = {final['a_lol']:.3f}")
     return 0
