@@ -109,8 +109,10 @@ def collate_units(frame, units: list[np.ndarray], tokenizer, *, max_prompt_token
     rows = np.concatenate(units)
     group = np.concatenate([np.full(len(u), g) for g, u in enumerate(units)])
     position = np.concatenate([np.arange(len(u)) for u in units])
-    prompts = frame[C.PROMPT].to_numpy()[rows]
-    responses = frame[C.RESPONSE].to_numpy()[rows]
+    # Only the batch's rows: to_numpy() of a (pandas 3) string column converts the whole column, which made
+    # every micro-batch cost O(table rows): ~40 ms more per step on a 43k-row table (bench/vs_trl.py).
+    prompts = frame[C.PROMPT].array[rows]
+    responses = frame[C.RESPONSE].array[rows]
     pairs = [encode_pair(tokenizer, p, r, max_prompt_tokens, max_response_tokens, fmt)
              for p, r in zip(prompts, responses)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
