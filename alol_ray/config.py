@@ -21,14 +21,19 @@ import math
 import os
 import re
 import string
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
+from alol_ray.alol_config import ALoLConfig
 from alol_ray.atomic import write_text
 from alol_ray.errors import ConfigError
 from alol_ray.locations import check_readable, check_writable_folder, os_error_line
 from alol_ray.tracking import BACKENDS as TRACKING_BACKENDS
 from alol_ray.tracking import check_installed
+from baselines.dpo_config import DPO_LOSS_TYPES, DPOConfig  # noqa: F401  (DPO_LOSS_TYPES: its checks' home)
+from baselines.gold_config import GOLDConfig
+from baselines.ppo_config import PPOConfig
+from baselines.pro_config import PROConfig
 
 SPLITS = ("train", "val", "test")
 JOB_STORAGE_ENV = "ALOL_JOB_STORAGE"  # where a Ray job's relative `storage` goes (default ~/alol-runs)
@@ -38,6 +43,12 @@ def path_field(default: str, kind: str, *keywords: str):
     """A config field that names a path. ``kind``: storage | output (written) | data | model (read; also a
     hub id); ``keywords`` are values with a meaning of their own (``builtin``, ``reference``, ``minilm``)."""
     return field(default=default, metadata={"path": kind, "keywords": keywords})
+
+
+def runtime_field(default: Any = MISSING, *, default_factory: Any = MISSING):
+    """A config field that changes how a stage runs (resources, retries, logging), never what it computes: it
+    enters no fingerprint (``hashing.fingerprint`` leaves it out), so a rerun that changes only it resumes."""
+    return field(default=default, default_factory=default_factory, metadata={"runtime": True})
 
 # ---------------------------------------------------------------------------------------------------
 # data
@@ -322,10 +333,10 @@ class RewardConfig:
 class ActorPoolConfig:
     """A Ray Data actor pool (`ActorPoolStrategy(min_size, max_size)`) and its per-actor resources."""
 
-    min_actors: int = 1
-    max_actors: int = 2
-    batch_size: int = 64
-    num_cpus: float = 1.0  # per actor; fractional allowed
+    min_actors: int = runtime_field(1)
+    max_actors: int = runtime_field(2)
+    batch_size: int = runtime_field(64)  # rows per call: scores do not depend on it (the score caches ignore it)
+    num_cpus: float = runtime_field(1.0)  # per actor; fractional allowed
     num_gpus: float = 0.0  # per actor; fractional allowed
     bf16: bool = True  # bf16 on GPU (ignored on CPU)
 
@@ -393,83 +404,10 @@ class ValueConfig:
 
 
 @dataclass
-class ALoLConfig:
-    """Knobs of the A-LoL family losses (alol_ray.losses)."""
-
-    clip: bool = True  # clamp the importance weight to [1 - clip_eps, 1 + clip_eps]; false: unclamped
-    # the paper's HHA runs: 0.9 -> [0.1, 1.9]; 0 with clip: the weight is exactly 1 (the reference code's
-    # eps 0 means no clamp at all: clip: false here)
-    clip_eps: float = 0.9
-    kl_beta: float = 0.1  # a_lol_kl: beta * (log pi_theta(y|x) - log pi_ref(y|x))
-    r_gold_u: float = 0.1  # r_gold: lower bound u of the per-token weight max(u, pi_theta(y_t))
-
-    def __post_init__(self) -> None:
-        if not self.clip_eps >= 0:
-            raise ConfigError(f"train.alol.clip_eps must be >= 0, got {self.clip_eps}")
-        if not self.kl_beta >= 0:
-            raise ConfigError(f"train.alol.kl_beta must be >= 0, got {self.kl_beta}")
-        if not 0.0 <= self.r_gold_u <= 1.0:
-            raise ConfigError(f"train.alol.r_gold_u must be in [0, 1], got {self.r_gold_u}")
-
-
-DPO_LOSS_TYPES = ("sigmoid", "ipo")  # baselines.dpo.LOSS_TYPES (config imports no torch)
-
-
-@dataclass
-class DPOConfig:
-    """DPO (baselines.dpo)."""
-
-    beta: float = 0.1  # the implicit reward's temperature; IPO's tau for loss_type ipo
-    reference_free: bool = False  # drop the reference term (then the table needs no reference log-probs)
-    # sigmoid: DPO's -log sigmoid(beta * margin); ipo: IPO's (margin / |y| - 1 / (2 beta))^2, as TRL computes it
-    loss_type: str = "sigmoid"
-
-    def __post_init__(self) -> None:
-        if not self.beta > 0:
-            raise ConfigError(f"train.dpo.beta must be > 0, got {self.beta}")
-        if self.loss_type not in DPO_LOSS_TYPES:
-            raise ConfigError(f"train.dpo.loss_type must be one of {list(DPO_LOSS_TYPES)}, got '{self.loss_type}'")
-
-
-@dataclass
-class PROConfig:
-    """PRO (baselines.pro)."""
-
-    sft_weight: float = 0.05  # times (n-1)^2 * NLL of the best response
-
-    def __post_init__(self) -> None:
-        if not self.sft_weight >= 0:
-            raise ConfigError(f"train.pro.sft_weight must be >= 0, got {self.sft_weight}")
-
-
-GOLD_REWARDS = ("delta", "s", "p")
-
-
-@dataclass
-class GOLDConfig:
-    """GOLD (baselines.gold, Pang & He 2021)."""
-
-    u: float = 0.1  # per-token weight max(u, pi~(y_t)) from the stale copy
-    sync_every: int = 20  # updates between re-syncs of the stale copy
-    reward: str = "s"  # per-token reward from p_MLE (= pi_ref): delta | s (p) | p (log p - b)
-    lower_bound_b: float = -60.0  # GOLD-p: b, the lower bound of log p_MLE
-    truncation_c: float = 0.1  # GOLD-s/-p: each per-token reward is truncated below at c
-    horizon: Optional[int] = 5  # return over this many future tokens (null = to the end)
-
-    def __post_init__(self) -> None:
-        if self.reward not in GOLD_REWARDS:
-            raise ConfigError(f"train.gold.reward must be one of {list(GOLD_REWARDS)}, got '{self.reward}'")
-        if not 0.0 <= self.u <= 1.0:
-            raise ConfigError(f"train.gold.u must be in [0, 1], got {self.u}")
-        if self.sync_every < 1:
-            raise ConfigError(f"train.gold.sync_every must be >= 1, got {self.sync_every}")
-        if self.horizon is not None and self.horizon < 0:
-            raise ConfigError(f"train.gold.horizon must be >= 0 or null, got {self.horizon}")
-
-
-@dataclass
 class TrainConfig:
-    """One training run (any offline algorithm) on the scored table; per-method knobs in their sections."""
+    """One training run (any offline algorithm) on the scored table. Each method's knobs are its own section,
+    defined next to the method (``alol_ray/alol_config.py``, ``baselines/{dpo,pro,gold}_config.py``); a run's
+    fingerprint holds the keys below and only its own method's knobs (``train.trainer.identity``)."""
 
     algo: str = "a_lol"  # a method: nll, wbc, r_gold, r_lol, a_lol, a_lol_ref_free, a_lol_seq, a_lol_kl, dpo, pro, gold, ppo
     sampler: str = "auto"  # auto | good_priority | good_random | uniform
@@ -485,24 +423,24 @@ class TrainConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
-    alol: ALoLConfig = field(default_factory=ALoLConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
+    alol: ALoLConfig = field(default_factory=ALoLConfig)  # the A-LoL family (alol_ray.losses)
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # dpo, dpo_ref_free
     pro: PROConfig = field(default_factory=PROConfig)
-    gold: GOLDConfig = field(default_factory=GOLDConfig)
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
+    gold: GOLDConfig = field(default_factory=GOLDConfig)  # gold, gold_delta, gold_s, gold_p
+    num_workers: int = runtime_field(1)  # data-parallel workers: 2 x batch 4 trains as 1 x batch 8
+    cpus_per_worker: float = runtime_field(1.0)
     use_gpu: bool = False
     checkpoint_every: int = 100
     eval_every: int = 100  # 0 = no evaluation (the last checkpoint is exported); scaled like steps
     eval_prompts: int = 64  # val prompts generated at each eval for model selection
     eval_at_start: bool = False  # also evaluate the starting policy (it can then be the one selected)
     keep_checkpoints: int = 2  # checkpoints kept besides the latest: the best by val reward
-    log_every: int = 10  # steps between ray.train.report calls (metrics.jsonl gets every step)
+    log_every: int = runtime_field(10)  # steps between ray.train.report calls (metrics.jsonl gets every step)
     optimizer: str = "adamw"  # adamw | sgd | paged_adamw_32bit (bitsandbytes, GPU; the paper's QLoRA runs)
     momentum: float = 0.0  # sgd only
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
     disable_dropout: bool = True  # no dropout: the step-0 importance ratio is exactly 1, ratios are not noise
-    max_failures: int = 1  # worker-group restarts from the latest checkpoint before the run fails
+    max_failures: int = runtime_field(1)  # worker-group restarts from the latest checkpoint before the run fails
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -543,9 +481,9 @@ class GenerationConfig:
     """Sampling settings shared by the vLLM and transformers engines."""
 
     engine: str = "auto"  # auto (vllm wherever its build runs, CPU or GPU, else transformers) | vllm | transformers
-    num_engines: int = 1  # Ray actors, each with its own copy of the policy; prompts are split across them
+    num_engines: int = runtime_field(1)  # Ray actors, each with its own copy of the policy; prompts are split across them
     tensor_parallel_size: int = 1  # vllm: GPUs one engine shards the model over (one placement group each)
-    cpus_per_engine: float = 1.0  # per actor (also its torch threads, at least 1)
+    cpus_per_engine: float = runtime_field(1.0)  # per actor (also its torch threads, at least 1)
     gpus_per_engine: float = 0.0  # per actor; vllm: 0 = tensor_parallel_size; transformers: > 0 runs on GPU
     batch_size: int = 32  # transformers: prompts per generate call (vLLM batches continuously itself)
     max_new_tokens: int = 48  # prompt tokens are cut so that prompt + new tokens fit the model's positions
@@ -714,71 +652,6 @@ class ServeConfig:
 
 
 @dataclass
-class PPOConfig:
-    """The online PPO baseline (`alol train --algo ppo`, baselines/ppo.py); defaults follow TRL 0.7.1 as the
-    A-LoL paper ran it. Resources: train.num_workers / use_gpu and ``cpus_per_worker`` for the update,
-    generation.* (and ``generation_cpus``) for the rollout Generator, reference_cpus / reference_gpus for the
-    frozen pi_ref actor. All of them must fit the cluster at once: a local Ray that cannot hold them is an
-    error before any work starts (a cluster may autoscale, so there it is only logged)."""
-
-    iterations: int = 100  # rollout -> update rounds
-    rollout_size: int = 16  # prompts sampled and answered per iteration (TRL batch_size)
-    mini_batch_size: int = 4  # rollouts per optimizer step, over all workers
-    ppo_epochs: int = 4  # passes over each rollout
-    # mini-batches per optimizer step (gradients averaged): the reference PPO run (TRL 0.7.1, batch 16, mini-batch
-    # 4, gradient accumulation 4) takes one step per epoch, 4 per iteration
-    grad_accum: int = 4
-    lr: float = 1.41e-5  # AdamW (TRL default); tiny CPU policies want ~1e-4
-    init_kl_coef: float = 0.2
-    adaptive_kl: bool = True  # Ziegler et al. controller; false = fixed init_kl_coef
-    target_kl: float = 6.0
-    kl_horizon: float = 10000.0
-    cliprange: float = 0.2  # policy ratio clip
-    cliprange_value: float = 0.2  # value prediction clip around the rollout's values
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten: bool = True  # whiten advantages over the rollout (all workers)
-    score_scaling: bool = True  # divide scores by their running std (TRL use_score_scaling)
-    score_norm: bool = True  # also subtract the running mean (TRL use_score_norm)
-    temperature: float = 1.0  # rollout sampling
-    top_p: float = 0.95
-    max_new_tokens: int = 128
-    eval_every: int = 10  # iterations between greedy val-reward evaluations (+ the last); 0 = never
-    eval_at_start: bool = True  # also evaluate the starting policy (the curve's first point; not exportable)
-    checkpoint_every: int = 10  # iterations between checkpoints (evaluated iterations always checkpoint)
-    reference_cpus: float = 1.0  # the frozen pi_ref actor that scores rollouts
-    reference_gpus: float = 0.0
-    cpus_per_worker: Optional[float] = None  # CPUs per PPO train worker; None = train.cpus_per_worker
-    generation_cpus: Optional[float] = None  # CPUs per rollout Generator engine; None = generation.cpus_per_engine
-    reward_service: bool = False  # score rollouts through the Ray Serve deployment (serve.*) instead of in-process
-
-    def __post_init__(self) -> None:
-        if min(self.iterations, self.rollout_size, self.mini_batch_size, self.ppo_epochs, self.max_new_tokens) < 1:
-            raise ConfigError("ppo.iterations, rollout_size, mini_batch_size, ppo_epochs, max_new_tokens must be >= 1")
-        if self.rollout_size % self.mini_batch_size:
-            raise ConfigError(f"ppo.rollout_size ({self.rollout_size}) must be a multiple of ppo.mini_batch_size "
-                              f"({self.mini_batch_size})")
-        if self.grad_accum < 1 or (self.rollout_size // self.mini_batch_size) % self.grad_accum:
-            raise ConfigError(f"ppo.grad_accum ({self.grad_accum}) must divide the mini-batches per epoch "
-                              f"(ppo.rollout_size / ppo.mini_batch_size = {self.rollout_size // self.mini_batch_size})")
-        if self.init_kl_coef < 0 or self.target_kl <= 0 or self.kl_horizon <= 0:
-            raise ConfigError("ppo.init_kl_coef must be >= 0, ppo.target_kl and ppo.kl_horizon > 0")
-        if not 0 < self.cliprange < 1 or self.cliprange_value <= 0 or self.vf_coef < 0:
-            raise ConfigError("ppo.cliprange must be in (0, 1), ppo.cliprange_value > 0, ppo.vf_coef >= 0")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ConfigError("ppo.gamma and ppo.lam must be in [0, 1]")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("ppo.temperature must be > 0 (rollouts are sampled) and ppo.top_p in (0, 1]")
-        if self.eval_every < 0 or self.checkpoint_every < 1 or self.lr <= 0:
-            raise ConfigError("ppo.eval_every must be >= 0, ppo.checkpoint_every >= 1, ppo.lr > 0")
-        if self.reference_cpus < 0 or self.reference_gpus < 0:
-            raise ConfigError("ppo.reference_cpus and ppo.reference_gpus must be >= 0")
-        if any(v is not None and v <= 0 for v in (self.cpus_per_worker, self.generation_cpus)):
-            raise ConfigError("ppo.cpus_per_worker and ppo.generation_cpus must be > 0 (or null)")
-
-
-@dataclass
 class CompareConfig:
     """`alol compare`: methods x seeds on one scored table, judged by one evaluation job."""
 
@@ -875,8 +748,8 @@ class RunConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = runtime_field(default_factory=RayConfig)
+    tracking: TrackingConfig = runtime_field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         if not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name:

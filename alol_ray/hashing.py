@@ -37,16 +37,18 @@ def fingerprint(*parts: Any) -> str:
 
     A config field declared as a path (``config.path_field``) enters by what it names, not by its
     spelling: a data file or model folder by its content (``model_identity``), so an edited file changes
-    the fingerprint and a moved one does not; where outputs go (storage, output) does not enter at all.
+    the fingerprint and a moved one does not; where outputs go (storage, output) and runtime-only fields
+    (``config.runtime_field``: resources, retries, logging) do not enter at all.
     """
 
     def plain(x: Any) -> Any:
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
             out = {}
             for f in dataclasses.fields(x):
-                value, kind = getattr(x, f.name), f.metadata.get("path")
-                if kind in ("storage", "output"):
-                    continue
+                kind = f.metadata.get("path")
+                if kind in ("storage", "output") or f.metadata.get("runtime"):
+                    continue  # where outputs go, and how a stage runs (config.runtime_field), change no result
+                value = getattr(x, f.name)
                 if kind and value and value not in f.metadata.get("keywords", ()):
                     value = model_identity(value)
                 out[f.name] = plain(value)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
@@ -82,26 +82,32 @@ class LossSpec:
     """A registered loss: the function, the optional ``LossInputs`` fields it reads, and which column the
     training sampler draws rows in proportion to ("good_priority" in the reference): ``advantage`` -> p
     proportional to A+ (rows with A <= 0 never drawn; steps scaled by the positive fraction), ``reward`` ->
-    p proportional to R, ``none`` -> uniform."""
+    p proportional to R, ``none`` -> uniform. ``knobs``: the ``LossParams`` fields it reads (a run's
+    fingerprint holds only these)."""
 
     name: str
     fn: LossFn
     requires: frozenset
     sample_weight: str
+    knobs: tuple[str, ...] = ()
 
 
 REGISTRY: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, *, requires: tuple[str, ...] = (), sample_weight: str = "none"):
+def register_loss(name: str, *, requires: tuple[str, ...] = (), sample_weight: str = "none",
+                  knobs: tuple[str, ...] = ()):
     """Decorator: register a loss under ``name`` with what it needs (duplicate names are an error)."""
     if sample_weight not in ("advantage", "reward", "none"):
         raise ValueError(f"loss {name!r}: sample_weight must be advantage, reward or none")
+    unknown = set(knobs) - {f.name for f in fields(LossParams)}
+    if unknown:
+        raise ValueError(f"loss {name!r}: knobs {sorted(unknown)} are not LossParams fields")
 
     def wrap(fn: LossFn) -> LossFn:
         if name in REGISTRY:
             raise ValueError(f"loss {name!r} is registered twice")
-        REGISTRY[name] = LossSpec(name, fn, frozenset(requires), sample_weight)
+        REGISTRY[name] = LossSpec(name, fn, frozenset(requires), sample_weight, tuple(knobs))
         return fn
 
     return wrap
@@ -238,7 +244,7 @@ def wbc(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str,
     return _finish(reward * -lp.sum(-1), lp, inputs)
 
 
-@register_loss("r_gold", requires=("reward",), sample_weight="reward")
+@register_loss("r_gold", requires=("reward",), sample_weight="reward", knobs=("gold_u",))
 def r_gold(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """LoL-RL's reward-GOLD: per example ``R * sum_t [max(u, pi(y_t))]sg * NLL_t``.
 
@@ -254,7 +260,7 @@ def r_gold(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[s
     return _finish(per_example, lp, inputs, **{"gold_weight/mean": token_weight[inputs.mask > 0]})
 
 
-@register_loss("r_lol", requires=("reward", "ref_logps"), sample_weight="reward")
+@register_loss("r_lol", requires=("reward", "ref_logps"), sample_weight="reward", knobs=("clip", "clip_eps"))
 def r_lol(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """Reward-LoL: per example ``R * [clip(rho, 1 - eps, 1 + eps)]sg * NLL_seq``, rho = pi_theta(y|x)/pi_ref(y|x)."""
     _check(inputs, "r_lol")
@@ -266,7 +272,7 @@ def r_lol(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[st
     return _finish(per_example, lp, inputs, **_weight_metrics(weight, clipped))
 
 
-@register_loss("a_lol", requires=("advantage", "ref_logps"), sample_weight="advantage")
+@register_loss("a_lol", requires=("advantage", "ref_logps"), sample_weight="advantage", knobs=("clip", "clip_eps"))
 def a_lol(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """A-LoL (Baheti et al. 2024): per example ``A+ * [clip(rho, 1 - eps, 1 + eps)]sg * NLL_seq``.
 
@@ -296,7 +302,7 @@ def a_lol_ref_free(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor
     return _finish(adv * -lp.sum(-1), lp, inputs)
 
 
-@register_loss("a_lol_seq", requires=("advantage", "ref_logps"), sample_weight="advantage")
+@register_loss("a_lol_seq", requires=("advantage", "ref_logps"), sample_weight="advantage", knobs=("clip", "clip_eps"))
 def a_lol_seq(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """A-LoL seq.: per example ``A+ * sum_t [clip(rho_t, 1 - eps, 1 + eps)]sg * NLL_t``.
 
@@ -312,7 +318,7 @@ def a_lol_seq(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dic
     return _finish(per_example, lp, inputs, **metrics)
 
 
-@register_loss("a_lol_kl", requires=("advantage", "ref_logps"), sample_weight="advantage")
+@register_loss("a_lol_kl", requires=("advantage", "ref_logps"), sample_weight="advantage", knobs=("kl_beta",))
 def a_lol_kl(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """A-LoL with a KL penalty instead of a ratio: ``A+ * NLL_seq + beta * (log pi_theta(y|x) - log pi_ref(y|x))``.
 

@@ -24,22 +24,12 @@ from alol_ray import columns as C
 from alol_ray.atomic import read_json
 from alol_ray.config import RunConfig, save_config
 from alol_ray.errors import ConfigError, UserError
-from alol_ray.families import prompt_identity
-from alol_ray.hashing import file_sha, fingerprint, model_identity
+from alol_ray.hashing import file_sha, fingerprint
 from alol_ray.preflight import check_run
 from alol_ray.runs import GREEDY, SAMPLED, RunPaths
-from alol_ray.stage import Unfinished, discard, intact, read_marker, run_stage
+from alol_ray.stage import Unfinished, discard, intact, read_marker, run_stage, stage_fingerprint
 
 log = logging.getLogger("alol")
-
-# TrainConfig fields that change how a run is executed, not what it trains: a rerun that changes only
-# them resumes the same run.
-RUNTIME_TRAIN_FIELDS = ("max_failures", "log_every", "num_workers", "cpus_per_worker")
-
-
-def train_identity(tc) -> dict:
-    return {k: v for k, v in dataclasses.asdict(tc).items() if k not in RUNTIME_TRAIN_FIELDS}
-
 
 class Pipeline:
     """Stages of one run (``cfg.storage``/``cfg.name``), each built at most once per pipeline object."""
@@ -180,20 +170,28 @@ class Pipeline:
         tc = self.cfg.reference.train
         if tc.eval_every > 0:
             self.require_split("val", f"reference.train.eval_every={tc.eval_every} (model selection by val reward)")
+        # lazy: alol_ray.registry, alol_ray.train.trainer, alol_ray.scoring.reward (torch, transformers, numpy)
+        # (alol_ray.pipeline imports without them)
+        from alol_ray.registry import get_method
+        from alol_ray.scoring.reward import Reward
+        from alol_ray.train import trainer
+
         table, start = self.rows(), self.base_policy()
-        evaluation = (self.cfg.generation, self.cfg.reward) if tc.eval_every > 0 else None
-        fp = fingerprint("reference-v2", tc.algo, train_identity(tc), self.cfg.model, evaluation,
-                         model_identity(start), file_sha(table))
+        # The reward's config only: pi_ref's val selection cannot depend on statistics of a table scored with pi_ref.
+        fp = fingerprint("reference-v3", trainer.identity(self.cfg, tc, get_method(tc.algo), init=start, table=table,
+                                                          reward=Reward(self.cfg.reward)))
         return self._train_stage("reference", tc, table=table, init=start, fp=fp)
 
     # ------------------------------------------------------------------------------------------- scoring
 
-    def reward_stats(self) -> dict:
-        """The scored table's statistics of standardised reward components ({} when none needs them)."""
+    def reward(self):
+        """The run's reward (``scoring.reward.Reward``), resolved once per published scored table: the components
+        and the table's statistics of the standardised ones. Every stage that scores new replies receives it."""
         # lazy: alol_ray.scoring.table (pandas, pyarrow) (alol_ray.pipeline imports without them)
-        from alol_ray.scoring.table import reward_stats
+        from alol_ray.scoring.table import resolve_reward
 
-        return reward_stats(self.cfg.reward, self.paths.scored)
+        return self._once(("reward", stage_fingerprint(self.paths.scored)),
+                          lambda: resolve_reward(self.cfg.reward, self.paths.scored))
 
     def scored(self, reference: Optional[bool] = None) -> str:
         """The scored table <run>/scored/table.parquet: rewards and, unless ``scoring.reference`` is off,
@@ -225,22 +223,21 @@ class Pipeline:
 
     def _value(self) -> str:
         # lazy: alol_ray.value.fit (torch, pandas) (alol_ray.pipeline imports without them)
-        from alol_ray.value.fit import TABLE_FILE, build_value
+        from alol_ray.value import fit as value
 
         self.require_split("val", "the value head (A-LoL's V(x), fit on pi_ref's replies to val prompts)")
-        ref_path, scored = self.reference(), self.scored()
+        ref_path, scored, reward = self.reference(), self.scored(), self.reward()
         c = self.cfg
-        fp = fingerprint("value-v2", c.value, c.generation, c.reward, c.scoring.reward_pool, c.model.max_prompt_tokens,
-                         c.model.dtype, c.seed, model_identity(ref_path), file_sha(scored), *prompt_identity(c))
+        fp = fingerprint("value-v3", value.identity(c, reference=ref_path, table=scored, reward=reward))
 
         def build(out: str) -> dict:
-            result = build_value(c, ref_path, scored, out, reward_stats=self.reward_stats())
+            result = value.build_value(c, ref_path, scored, out, reward=reward)
             fit, adv = result["fit"], result["advantages"]["advantage/train"]
             return {"mse/holdout": fit["mse/holdout"], "mse/holdout_predict_mean": fit["mse/holdout_predict_mean"],
                     "best_epoch": fit["best_epoch"], "advantage/positive_fraction": adv["positive_fraction"]}
 
         run_stage("value", self.paths.value, fp, build)
-        return os.path.join(self.paths.value, TABLE_FILE)
+        return os.path.join(self.paths.value, value.TABLE_FILE)
 
     # ------------------------------------------------------------------------------------- reward model
 
@@ -268,8 +265,9 @@ class Pipeline:
         reward). Its inputs come from the pipeline (value table when the method needs advantages, else the
         scored table; pi_ref as the start) unless ``table`` / ``init`` are given. An interrupted run resumes;
         ``stop_at_step`` ends this call after that step's checkpoint without publishing (a rerun continues)."""
-        # lazy: alol_ray.registry (torch, transformers) (alol_ray.pipeline imports without them)
+        # lazy: alol_ray.registry, alol_ray.train.trainer (torch, transformers) (alol_ray.pipeline imports without them)
         from alol_ray.registry import get_method
+        from alol_ray.train import trainer
 
         method = method or self.cfg.train.algo
         tc = dataclasses.replace(self.cfg.train, algo=method, seed=self.cfg.train.seed if seed is None else seed)
@@ -290,13 +288,10 @@ class Pipeline:
             init = {"reference": self.reference, "base": self.base_policy}.get(tc.init_from, lambda: tc.init_from)()
         if m.online:
             table = table or self.rows()
-            inputs = (model_identity(self.reference()), file_sha(table))
         else:
             table = table or (self.value() if with_advantage else self.scored())
-            inputs = (file_sha(table),)
-        c = self.cfg
-        fp = fingerprint("train-v2", method, train_identity(tc), c.ppo if m.online else None, c.model, c.generation,
-                         c.reward, model_identity(init), *inputs)
+        fp = fingerprint("train-v3", trainer.identity(self.cfg, tc, m, init=init, table=table, reward=self.reward(),
+                                                      reference=self.reference() if m.online else None))
         best = self._train_stage(method, tc, table=table, init=init, fp=fp, stop_at_step=stop_at_step)
         if not stop_at_step:
             self._made[key] = best
@@ -317,7 +312,7 @@ class Pipeline:
                                    stop_at_step=stop_at_step)
             else:
                 out = fit(self.cfg, method=m, train_cfg=tc, table=table, policy_path=init, work_dir=work,
-                          stop_at_step=stop_at_step, reward_stats=self.reward_stats())
+                          stop_at_step=stop_at_step, reward=self.reward())
             if isinstance(out, Unfinished):
                 return out
             return {"algo": tc.algo, "steps": out.total_steps, "best_step": out.best_step,
@@ -377,13 +372,13 @@ class Pipeline:
         ref_path = self.reference() if (model_path is None or self.cfg.eval.win_rate) else None
         model_path = model_path or ref_path
         folder = out or self.paths.eval(method, seed, decoding)
-        fp = fingerprint("eval-v2", model_identity(model_path), c.generation, c.reward, c.model.max_prompt_tokens,
-                         c.eval.bootstrap_samples, c.eval.bootstrap_seed, c.eval.win_rate, split,
-                         prompts.to_dict("list"), model_identity(ref_path) if ref_path else None, *prompt_identity(c))
+        reward = self.reward()
+        fp = fingerprint("eval-v3", eval_job.identity(c, model_path=model_path, ref_path=ref_path, split=split,
+                                                      prompts=prompts, reward=reward))
 
         def build(staging: str) -> dict:
             result = eval_job.run_eval(c, prompts=prompts, model_path=model_path, method=method, seed=seed,
-                                       split=split, ref_path=ref_path, stats_dir=self.paths.scored, out_dir=staging,
+                                       split=split, ref_path=ref_path, reward=reward, out_dir=staging,
                                        ref_cache=ref_cache or self.paths.reference_replies(decoding))
             log.info(result.table)
             return {"method": method, "seed": seed}

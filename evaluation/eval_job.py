@@ -1,7 +1,7 @@
 """The evaluation job: one policy, one set of prompts -> replies, rewards, metrics.
 
     result = run_eval(cfg, prompts=frame, model_path="runs/builtin/train/a_lol-s0/best", method="a_lol", seed=0,
-                      split="test", ref_path=..., ref_cache=..., stats_dir=..., out_dir=...)
+                      split="test", ref_path=..., ref_cache=..., reward=pipeline.reward(), out_dir=...)
     print(result.table)
 
 1. prompts: given by the caller (the pipeline takes one row per prompt_id of the split, in order);
@@ -32,8 +32,7 @@ from alol_ray.families import prompt_format, prompt_identity
 from alol_ray.generation import Generator
 from alol_ray.hashing import file_sha, fingerprint, model_identity
 from alol_ray.ray_utils import init_ray
-from alol_ray.scoring.reward import run_scorer
-from alol_ray.scoring.table import reward_stats
+from alol_ray.scoring.reward import Reward
 from evaluation.metrics import format_table, summarize, win_outcomes
 
 log = logging.getLogger("alol")
@@ -60,10 +59,24 @@ class EvalResult:
     table: str
 
 
-def score_replies(cfg: RunConfig, prompts: list[str], responses: list[str],
-                  stats: Optional[dict] = None) -> dict[str, np.ndarray]:
+def identity(cfg: RunConfig, *, model_path: str, ref_path: Optional[str], split: str, prompts: pd.DataFrame,
+             reward: Reward) -> dict:
+    """Everything one evaluation reads (the eval stage's fingerprint): the policy (and pi_ref, for the win rate)
+    by content, the prompts, their decoding (``generation.*``, ``model.max_prompt_tokens``, the prompt format),
+    the run's ``reward`` (components and the scored table's statistics) at the reward pool's precision, and the
+    statistics' settings (``eval.bootstrap_*``, ``eval.win_rate``)."""
+    ev = cfg.eval
+    return {"model": model_identity(model_path), "generation": cfg.generation, "reward": reward.identity(),
+            "reward_pool": cfg.scoring.reward_pool, "max_prompt_tokens": cfg.model.max_prompt_tokens,
+            "eval": {"bootstrap_samples": ev.bootstrap_samples, "bootstrap_seed": ev.bootstrap_seed,
+                     "win_rate": ev.win_rate},
+            "split": split, "prompts": prompts.to_dict("list"),
+            "reference": model_identity(ref_path) if ref_path else None, "prompt": prompt_identity(cfg)}
+
+
+def score_replies(cfg: RunConfig, prompts: list[str], responses: list[str], reward: Reward) -> dict[str, np.ndarray]:
     """``reward`` and ``reward/<name>`` (plus ``reward_raw/<name>`` for transformed components) per reply."""
-    return run_scorer(cfg.reward, pool=cfg.scoring.reward_pool, stats=stats).rewards(list(prompts), list(responses))
+    return reward.scorer(pool=cfg.scoring.reward_pool).rewards(list(prompts), list(responses))
 
 
 def generate_replies(model_path: str, cfg: RunConfig, prompts: list[str]):
@@ -168,7 +181,8 @@ def reference_rewards(cfg: RunConfig, examples: pd.DataFrame, cache_path: str, s
         unknown = np.isnan(fresh)
         if unknown.any():
             part = todo[unknown]
-            fresh[unknown] = score_replies(cfg, part[C.PROMPT].tolist(), part[C.RESPONSE].tolist(), stats)[C.REWARD]
+            fresh[unknown] = score_replies(cfg, part[C.PROMPT].tolist(), part[C.RESPONSE].tolist(),
+                                           Reward(cfg.reward, stats or {}))[C.REWARD]
         rewards[missing] = fresh
         extend_cache(cache_path, fp, cached, todo.assign(**{C.REWARD: fresh}))
     else:
@@ -178,19 +192,19 @@ def reference_rewards(cfg: RunConfig, examples: pd.DataFrame, cache_path: str, s
 
 def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: str, seed: int, split: str,
              out_dir: str, ref_path: Optional[str] = None, ref_cache: Optional[str] = None,
-             stats_dir: Optional[str] = None) -> EvalResult:
+             reward: Optional[Reward] = None) -> EvalResult:
     """Evaluate ``model_path`` on ``prompts`` (prompt_id, prompt) and write the results into ``out_dir``.
     With ``ref_path`` and ``eval.win_rate``, the reference policy's replies (cached in ``ref_cache``) are
-    scored too and the win rate is reported. ``stats_dir``: the scored table's folder, for standardised
-    reward components."""
-    stats = reward_stats(cfg.reward, stats_dir) if stats_dir else {}
+    scored too and the win rate is reported. ``reward``: the run's reward with the scored table's statistics
+    (default: ``cfg.reward`` without any)."""
+    reward = reward or Reward(cfg.reward)
     init_ray(cfg.ray)
     outputs, engine = generate_replies(model_path, cfg, prompts[C.PROMPT].tolist())
     examples = prompts.assign(**_reply_columns(outputs))
     examples[RESPONSE_WORDS] = [len(t.split()) for t in examples[C.RESPONSE]]
 
     log.info(f"[eval] scoring {len(examples)} replies")
-    for col, values in score_replies(cfg, examples[C.PROMPT].tolist(), examples[C.RESPONSE].tolist(), stats).items():
+    for col, values in score_replies(cfg, examples[C.PROMPT].tolist(), examples[C.RESPONSE].tolist(), reward).items():
         examples[col] = values
     ref_rewards = None
     if ref_path is not None and cfg.eval.win_rate:
@@ -201,7 +215,7 @@ def run_eval(cfg: RunConfig, *, prompts: pd.DataFrame, model_path: str, method: 
         if is_ref:  # its own rewards, where its reply is the cached one (the cache may hold an earlier reply)
             same = (examples[REF_RESPONSE] == examples[C.RESPONSE]).to_numpy()
             known = np.where(same, examples[C.REWARD].to_numpy(dtype=float), np.nan)
-        ref_rewards = reference_rewards(cfg, examples, rewards_cache_path(ref_cache), stats, known=known)
+        ref_rewards = reference_rewards(cfg, examples, rewards_cache_path(ref_cache), reward.stats, known=known)
         examples[REF_REWARD] = ref_rewards
         examples[WIN] = win_outcomes(examples[C.REWARD].to_numpy(), ref_rewards)
 

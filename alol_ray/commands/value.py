@@ -14,8 +14,7 @@ import os
 from alol_ray.cli import add_config_arguments
 from alol_ray.config import local_file, resolve_path
 from alol_ray.errors import UserError
-from alol_ray.families import prompt_identity
-from alol_ray.hashing import file_sha, fingerprint, model_identity
+from alol_ray.hashing import fingerprint
 from alol_ray.stage import run_stage
 
 USES_RUN = True
@@ -31,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, session) -> int:
     # lazy: alol_ray.value.fit (torch, pandas) (alol_ray.commands.value imports without them)
-    from alol_ray.value.fit import FIT_REPORT, TABLE_FILE, build_value
+    from alol_ray.scoring.reward import Reward
+    from alol_ray.value.fit import FIT_REPORT, TABLE_FILE, build_value, identity
 
     cfg, pipeline = session.cfg, session.pipeline
     if bool(args.table) != bool(args.ref):
@@ -39,9 +39,10 @@ def run(args: argparse.Namespace, session) -> int:
     if args.table:
         table, ref = local_file(args.table, "--table"), resolve_path(args.ref, "model", "--ref")
         out_dir = resolve_path(args.out, "output", "--out") if args.out else pipeline.paths.value
-        fp = fingerprint("value-standalone-v1", cfg.value, cfg.generation, cfg.reward, cfg.model.max_prompt_tokens,
-                         cfg.seed, model_identity(ref), file_sha(table), *prompt_identity(cfg))
-        run_stage("value", out_dir, fp, lambda out: {"fit": build_value(cfg, ref, table, out)["fit"]["mse/holdout"]})
+        reward = Reward(cfg.reward)  # a table from elsewhere: standardised components need params.mean/std
+        fp = fingerprint("value-standalone-v2", identity(cfg, reference=ref, table=table, reward=reward))
+        run_stage("value", out_dir, fp,
+                  lambda out: {"fit": build_value(cfg, ref, table, out, reward=reward)["fit"]["mse/holdout"]})
         path = os.path.join(out_dir, TABLE_FILE)
     else:
         path = pipeline.value()

@@ -298,6 +298,24 @@ def combine(components: list[RewardComponentConfig], raw: dict[str, np.ndarray],
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Reward:
+    """The run's reward, resolved once (``scoring.table.resolve_reward``): its components and the scored table's
+    (mean, std) of those standardised without fixed params. Every stage that scores new replies (value targets,
+    val-reward selection, evaluation) receives this one object: it makes their scorer, and its ``identity`` enters
+    their fingerprints, so a table rebuilt with other statistics makes them run again."""
+
+    config: Any  # RewardConfig
+    stats: dict = dataclasses.field(default_factory=dict)  # component name -> (mean, std)
+
+    def scorer(self, pool=None) -> "RewardScorer":
+        """An in-process scorer of this reward (``run_scorer``); ``pool``: the resources it may use."""
+        return run_scorer(self.config, pool=pool, stats=self.stats)
+
+    def identity(self) -> dict:
+        return {"reward": self.config, "stats": {name: list(ms) for name, ms in sorted(self.stats.items())}}
+
+
 def run_scorer(reward_cfg, *, pool=None, stats: Optional[dict] = None) -> "RewardScorer":
     """The run's reward (every component of ``reward_cfg``, weights and transforms) as one in-process scorer.
     ``pool``: the resources it may use (GPU, bf16, threads); ``stats``: the scored table's statistics for

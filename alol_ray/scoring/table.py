@@ -53,7 +53,7 @@ from alol_ray.errors import ConfigError, UserError
 from alol_ray.families import TEXT, PromptFormat, prompt_format
 from alol_ray.hashing import model_identity, module_identity
 from alol_ray.scoring.reference import ReferenceScorer
-from alol_ray.scoring.reward import RewardScorer, check_components, combine, raw_column, scorer_params
+from alol_ray.scoring.reward import Reward, RewardScorer, check_components, combine, raw_column, scorer_params
 
 log = logging.getLogger("alol")
 
@@ -426,6 +426,11 @@ def reward_stats(reward_cfg, scored_dir: str) -> dict[str, tuple[float, float]]:
                         f"there is no scored table to take them from ({scored_dir}): run `alol score` first, "
                         "or give the components params.mean and params.std")
     return {n: (stats[n]["mean"], stats[n]["std"]) for n in need}
+
+
+def resolve_reward(reward_cfg, scored_dir: str) -> Reward:
+    """The run's reward with the statistics of the scored table in ``scored_dir`` (see ``reward_stats``)."""
+    return Reward(reward_cfg, reward_stats(reward_cfg, scored_dir))
 
 
 def stage_identity(cfg: RunConfig, ref_path: Optional[str]) -> dict:

@@ -163,6 +163,9 @@ class Method:
     sample_weight: str = "none"  # advantage | reward | none
     compute: ComputeFn | None = None  # (model, batch, params, state) -> (mean loss over units, metrics)
     make_params: Callable[[Any], Any] = lambda tc: None  # TrainConfig -> loss hyper-parameters
+    # TrainConfig -> what of its own config section the method reads (its part of a run's fingerprint); None:
+    # the params ``make_params`` builds, which is all ``compute`` and the hooks receive of the section
+    reads: Callable[[Any], Any] | None = None
     make_state: Callable[[Any, Any], Any] | None = None  # (model, TrainConfig) -> state, once per run
     after_step: Callable[[Any, Any, int], None] | None = None  # (state, model, step) after each update
     online: bool = False
@@ -176,6 +179,11 @@ class Method:
         if (self.fit_online is None) == self.online or (self.compute is None) != self.online:
             raise ValueError(f"method {self.name}: an online method has fit_online and no compute; "
                              "an offline one has compute")
+
+    def identity(self, train_cfg) -> Any:
+        """Exactly the method's own knobs as ``train_cfg`` sets them: a run's fingerprint holds these and no
+        other method's section, so ``train.dpo.beta`` retrains dpo and nothing else."""
+        return self.reads(train_cfg) if self.reads is not None else self.make_params(train_cfg)
 
     @property
     def needs_advantage(self) -> bool:
@@ -209,9 +217,21 @@ def register(method: Method) -> Method:
 _FIELD_COLUMNS = {"ref_logps": C.REF_TOKEN_LOGPS, "reward": C.REWARD, "advantage": C.ADVANTAGE}
 
 
-def loss_params(train_cfg) -> LossParams:
-    a = train_cfg.alol
-    return LossParams(clip_eps=a.clip_eps, clip=a.clip, gold_u=a.r_gold_u, kl_beta=a.kl_beta)
+# LossParams field -> its key in train.alol (alol_ray.alol_config.ALoLConfig)
+_KNOB_KEYS = {"clip": "clip", "clip_eps": "clip_eps", "gold_u": "r_gold_u", "kl_beta": "kl_beta"}
+
+
+def loss_params(loss_name: str) -> Callable[[Any], LossParams]:
+    """TrainConfig -> the ``LossParams`` of one A-LoL-family loss: the knobs it declares (``register_loss(knobs=)``)
+    from ``train.alol``, the rest at their defaults (it does not read them), so that its runs' fingerprints do not
+    change with another loss's knob."""
+    knobs = REGISTRY[loss_name].knobs
+
+    def make(train_cfg) -> LossParams:
+        return LossParams(**{k: getattr(train_cfg.alol, _KNOB_KEYS[k]) for k in knobs})
+
+    make.__name__ = f"{loss_name}_params"
+    return make
 
 
 def _offline_single(loss_name: str) -> ComputeFn:
@@ -236,5 +256,5 @@ def register_alol_family() -> None:
             columns=tuple(_FIELD_COLUMNS[f] for f in sorted(spec.requires) if f in _FIELD_COLUMNS),
             sample_weight=spec.sample_weight,
             compute=_offline_single(name),
-            make_params=loss_params,
+            make_params=loss_params(name),
         ))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -30,8 +30,10 @@ from alol_ray import ray_compat, storage, tracking
 from alol_ray.atomic import write_json
 from alol_ray.errors import DataError, RowProblem, UserError
 from alol_ray.families import prompt_format
+from alol_ray.hashing import file_sha, model_identity
 from alol_ray.models import adapter_base
 from alol_ray.ray_utils import init_ray
+from alol_ray.scoring.reward import Reward
 from alol_ray.stage import Unfinished
 from alol_ray.train.checkpoint import MODEL_DIR, STATE_FILE, export_policy
 from alol_ray.train.loop import LoopSpec, train_loop_per_worker
@@ -44,6 +46,36 @@ log = logging.getLogger("alol")
 SUMMARY_FILE = "summary.json"
 BEST_DIR = "best"
 CHECKPOINTS_DIR = "checkpoints"  # the Ray Train run's name inside the work folder
+
+
+def shared_settings(tc) -> dict:
+    """The keys of ``train.*`` (or ``reference.train.*``) that a run of any method reads -- its loop, sampler,
+    optimizer, step budget, selection -- without the runtime-only ones and without the methods' own sections
+    (``Method.identity`` says what of its own a method reads). Runtime-only keys (``config.runtime_field``:
+    workers, logging, retries) are left out: a rerun that changes only them resumes."""
+    return {f.name: getattr(tc, f.name) for f in fields(tc)
+            if not f.metadata.get("runtime") and not is_dataclass(getattr(tc, f.name))}
+
+
+def identity(cfg, tc, method: Method, *, init: str, table: str, reward: Reward,
+             reference: Optional[str] = None) -> dict:
+    """What a training run of ``method`` reads (the train and reference stages' fingerprint): the shared
+    ``train.*`` keys, the method's own knobs, PPO's section for the online method, the policy's settings
+    (``model``: how it is loaded, tokenised, adapted), generation and the run's ``reward`` where the run generates
+    (val-reward selection, rollouts), and its inputs by content: the starting policy, the table (or rows), pi_ref
+    (online)."""
+    evaluates = method.online or tc.eval_every > 0  # the loop scores val replies only then
+    return {
+        "method": method.name,
+        "train": shared_settings(tc),
+        "knobs": method.identity(tc),
+        "ppo": cfg.ppo if method.online else None,
+        "model": cfg.model,
+        "evaluation": (cfg.generation, reward.identity()) if evaluates else None,
+        "init": model_identity(init),
+        "table": file_sha(table),
+        "reference": model_identity(reference) if reference else None,
+    }
 
 
 @dataclass
@@ -209,10 +241,10 @@ def finish(outcome: TrainOutcome, work_dir: str, stopped_at: int) -> TrainOutcom
 
 
 def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: str, stop_at_step: int = 0,
-        reward_stats: Optional[dict] = None) -> TrainOutcome | Unfinished:
+        reward: Optional[Reward] = None) -> TrainOutcome | Unfinished:
     """Train ``method`` on the scored ``table`` (parquet path or DataFrame) from ``policy_path`` in
-    ``work_dir`` (see the module docs); resumes what an interrupted call left there. ``reward_stats``: the
-    scored table's statistics for standardised reward components (val-reward selection)."""
+    ``work_dir`` (see the module docs); resumes what an interrupted call left there. ``reward``: the run's
+    reward with the scored table's statistics (val-reward selection; default: ``cfg.reward`` without any)."""
     # lazy: pandas, ray (alol_ray.train.trainer imports without them)
     import pandas as pd
     import ray
@@ -230,8 +262,9 @@ def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: st
 
     track = tracking.prepare(cfg, tracking.job_name(work_dir), work_dir=work_dir, train_cfg=tc)  # before any worker
     init_ray(cfg.ray)
-    spec = LoopSpec(method=method, train=tc, model=cfg.model, generation=cfg.generation, reward=cfg.reward,
-                    reward_stats=dict(reward_stats or {}),
+    reward = reward or Reward(cfg.reward)
+    spec = LoopSpec(method=method, train=tc, model=cfg.model, generation=cfg.generation, reward=reward.config,
+                    reward_stats=dict(reward.stats),
                     policy_path=storage.shared(policy_path), data_ref=ray.put((data.frame, data.units, data.sampler)),
                     total_steps=data.total_steps, eval_every=data.eval_every, val_prompts=prompts,
                     run_dir=run_folder(work_dir), stop_at_step=stop_at_step, tracking=track,

@@ -35,10 +35,11 @@ from alol_ray import columns as C
 from alol_ray import faults
 from alol_ray.atomic import write_json, write_parquet
 from alol_ray.errors import UserError
-from alol_ray.families import PromptFormat, check_chat_template, prompt_format
+from alol_ray.families import PromptFormat, check_chat_template, prompt_format, prompt_identity
 from alol_ray.generation import generate
 from alol_ray.ray_utils import init_ray
-from alol_ray.scoring.reward import run_scorer
+from alol_ray.hashing import file_sha, model_identity
+from alol_ray.scoring.reward import Reward
 from alol_ray.tokenization import prompt_batch
 from alol_ray.value.head import ValueHead, ValueHeadConfig, save_head
 
@@ -351,13 +352,27 @@ def plot_advantages(frame: pd.DataFrame, path: str) -> str:
 # ------------------------------------------------------------------------------------------ the stage
 
 
-def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_stats: Optional[dict] = None,
+def identity(cfg, *, reference: str, table: str, reward: Reward) -> dict:
+    """Everything the value stage reads (its fingerprint): ``value.*``; pi_ref's greedy replies to the val prompts
+    (``generation.*``, ``model.max_prompt_tokens``, the prompt format) scored by the run's ``reward`` (components and
+    the table's statistics) at the reward pool's precision; pi_ref loaded as training loads the policy
+    (``model.dtype``, ``model.lora``: 4-bit, and ``lora.enabled`` picks the weight dtype; ``trust_remote_code``);
+    the seed; pi_ref and the scored table by content."""
+    m = cfg.model
+    return {"value": cfg.value, "generation": cfg.generation, "reward": reward.identity(),
+            "reward_pool": cfg.scoring.reward_pool, "prompt": prompt_identity(cfg), "seed": cfg.seed,
+            "model": {"max_prompt_tokens": m.max_prompt_tokens, "dtype": m.dtype, "lora": m.lora,
+                      "trust_remote_code": m.trust_remote_code},
+            "reference": model_identity(reference), "table": file_sha(table)}
+
+
+def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward: Reward,
                 show_progress: bool = True) -> dict:
     """The value stage: fit the head on pi_ref's val generations, write the value table into ``out_dir``.
 
     cfg: RunConfig (value, model, generation, reward, scoring sections and seed are used).
     ref_path: pi_ref (HF folder or hub id). table_path: the scored table (parquet, with ``reward``).
-    reward_stats: the scored table's statistics for standardised reward components (targets on its scale).
+    reward: the run's reward, with the scored table's statistics (targets on its scale).
     Returns the fit and advantage figures (also written as JSON).
     """
     # lazy: alol_ray.models (transformers) (alol_ray.value.fit imports without them)
@@ -378,7 +393,7 @@ def build_value(cfg, ref_path: str, table_path: str, out_dir: str, *, reward_sta
     gen = cfg.generation
     log.info(f"[value] pi_ref answers {len(val_prompts)} val prompts (greedy, {gen.max_new_tokens} new tokens)")
     replies = generate_greedy(ref_path, val_prompts, cfg)
-    scorer = run_scorer(cfg.reward, pool=cfg.scoring.reward_pool, stats=reward_stats)
+    scorer = reward.scorer(pool=cfg.scoring.reward_pool)
     targets = np.asarray(scorer.rewards(val_prompts, replies)[C.REWARD], dtype=np.float64)
     if not np.all(np.isfinite(targets)):
         raise UserError(f"the reward of {int((~np.isfinite(targets)).sum())} of pi_ref's val replies is not finite; "
