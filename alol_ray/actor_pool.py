@@ -63,4 +63,6 @@ def pool_pass(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorP
 
 def actor_kwargs(pool: ActorPoolConfig) -> dict:
     """Constructor arguments every pooled scorer takes from its pool's resources."""
-    return {"use_gpu": pool.num_gpus > 0, "bf16": pool.bf16, "num_threads": max(1, int(pool.num_cpus))}
+    # bf16 only means something on a GPU (the scorers ignore it on CPU): read only then, as the fingerprints do
+    return {"use_gpu": pool.num_gpus > 0, "bf16": pool.num_gpus > 0 and pool.bf16,
+            "num_threads": max(1, int(pool.num_cpus))}

@@ -218,6 +218,12 @@ class PolicyConfig:
             return self.dtype
         return "bfloat16" if self.lora.enabled and on_gpu else "float32"
 
+    def frozen_copy(self) -> "PolicyConfig":
+        """What loading a frozen copy of the policy reads (``models.load_frozen_policy``: dtype, LoRA's ``enabled``
+        and ``load_in_4bit``, trust_remote_code), the rest at defaults: the section a pi_ref actor is sent."""
+        return PolicyConfig(dtype=self.dtype, trust_remote_code=self.trust_remote_code,
+                            lora=LoraConfig(enabled=self.lora.enabled, load_in_4bit=self.lora.load_in_4bit))
+
     def load_identity(self, on_gpu: bool) -> dict:
         """How the policy and pi_ref are loaded (part of the reference scores' cache key)."""
         return {"dtype": self.weight_dtype(on_gpu), "4bit": bool(self.lora.load_in_4bit)}
@@ -353,11 +359,11 @@ class ScoringConfig:
 
     reward_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)
     reference_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)
-    sort_by_length: bool = True  # bucket rows by length so batches waste little padding
-    batches_per_block: int = 4  # rows reach actors in blocks of this many batches; a finished block is
+    sort_by_length: bool = runtime_field(True)  # bucket rows by length so batches waste little padding
+    batches_per_block: int = runtime_field(4)  # rows reach actors in blocks of this many batches; a finished block is
     #                             cached at once, so it is also how much an interrupted run can lose
     reference: bool = True  # also compute ref_logp / ref_token_logps (needs pi_ref); `alol score --no-reference`
-    pass_retries: int = 2  # a pass whose actor is lost for good restarts on the rows not cached yet
+    pass_retries: int = runtime_field(2)  # a pass whose actor is lost for good restarts on the rows not cached yet
     # Rows that carry a reward are also scored by reward.components on a sample of this many, and the two are
     # compared (correlation in scoring.json): do the value targets and evaluations measure what the data's
     # rewards measure? 0 = off.

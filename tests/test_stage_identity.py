@@ -16,6 +16,7 @@ content). That is how the evaluation used to read the scored table's reward stat
 from __future__ import annotations
 
 import builtins
+import copy
 import os
 from dataclasses import fields, is_dataclass
 
@@ -30,6 +31,9 @@ TOY = [
     "model.tiny.n_positions=96", "model.max_prompt_tokens=32", "model.max_response_tokens=16",
     "value.epochs=1", "eval.max_prompts=4", "eval.bootstrap_samples=20", "generation.max_new_tokens=4",
     "scoring.agreement_rows=0",
+    # a standardised component: the value targets and the evaluation need the scored table's statistics
+    "reward.components=[{name: builtin, kind: builtin_task}, {name: words, kind: length, transform: standardise, "
+    "weight: 0.0}]", "reward.rescore=true",
 ]
 
 
@@ -94,7 +98,7 @@ def _recording_class(cls: type) -> type:
             reads = state.get("_reads")
             if reads is not None and reads.active:
                 reads.keys.update(_leaves(self, state["_path"]))
-            return _plain(self).__reduce_ex__(protocol)
+            return copy.copy, (_plain(self),)  # unpickles as the plain config (copy.copy: any stdlib callable)
 
         _CLASSES[cls] = type(f"Recording{cls.__name__}", (cls,),
                              {"__getattribute__": __getattribute__, "__reduce_ex__": __reduce_ex__})

@@ -323,7 +323,8 @@ def run_scorer(reward_cfg, *, pool=None, stats: Optional[dict] = None) -> "Rewar
     targets, val-reward selection, evaluation, PPO rollouts, the Serve deployment) builds it here."""
     kwargs = {}
     if pool is not None:
-        kwargs = {"use_gpu": pool.num_gpus > 0, "bf16": pool.bf16, "num_threads": max(1, int(pool.num_cpus))}
+        kwargs = {"use_gpu": pool.num_gpus > 0, "bf16": pool.num_gpus > 0 and pool.bf16,  # bf16: GPU only
+                  "num_threads": max(1, int(pool.num_cpus))}
     return RewardScorer(component_dicts(list(reward_cfg.components)), stats=stats, **kwargs)
 
 

@@ -304,7 +304,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
             _run_with_retries(lambda: todo_rows[~todo_rows[C.ROW_KEY].isin(done_ref)], ReferenceScorer,
                               {"model_path": storage.shared(ref_path), "max_prompt_tokens": mp,
                                "max_response_tokens": mr,
-                               "model_cfg": cfg.model, "prompt_format": fmt, **actor_kwargs(rpool)},
+                               "model_cfg": cfg.model.frozen_copy(), "prompt_format": fmt, **actor_kwargs(rpool)},
                               rpool, scoring, write_ref, "reference", cfg.ray)
         else:
             log.info(f"[score] reference: all {len(unique_all)} unique rows cached")
@@ -442,4 +442,8 @@ def stage_identity(cfg: RunConfig, ref_path: Optional[str]) -> dict:
         "rescore": cfg.reward.rescore,
         "train_transform": cfg.reward.train_transform,
         "reference": reference_scorer_key(ref_path, cfg.model, rpool, prompt_format(cfg)) if ref_path else None,
+        # not in the score caches' keys: they change no score (pi_ref's code is trusted or not; the agreement report)
+        "trust_remote_code": cfg.model.trust_remote_code if ref_path else None,
+        "agreement": (cfg.scoring.agreement_rows, cfg.scoring.agreement_warn_below),
+        "reward_precision": _precision(cfg.scoring.reward_pool),  # the reward actors are started with it
     }
