@@ -83,14 +83,13 @@ def test_losses_read_only_the_knobs_they_declare():
 
 # -- the user's view: one comparison, one knob changed -------------------------------------------------
 
+# pi_ref is given (the tiny policy of conftest): no reference training job; each method is one short Ray Train job
 TOY = [
     "name=knobs", "ray.num_cpus=2", "compare.methods=[nll,a_lol,dpo]", "compare.seeds=1",
     "data.builtin_train_prompts=120", "data.builtin_eval_prompts=16",
-    "model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2", "model.tiny.vocab_size=300",
-    "model.tiny.n_positions=96", "model.max_prompt_tokens=32", "model.max_response_tokens=24",
-    "reference.train.steps=4", "train.steps=2", "train.eval_every=0", "train.checkpoint_every=2",
+    "model.max_prompt_tokens=32", "model.max_response_tokens=24",
+    "train.steps=2", "train.eval_every=0", "train.checkpoint_every=2", "train.cpus_per_worker=2",
     "value.epochs=1", "eval.max_prompts=4", "eval.bootstrap_samples=20", "generation.max_new_tokens=6",
-    "train.cpus_per_worker=2", "reference.train.cpus_per_worker=2",
 ]
 
 
@@ -99,17 +98,19 @@ def stage_lines(out: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"\[((?:train|eval) [\w-]+)\] (up to date|running)", out)}
 
 
-def test_changing_one_methods_knob_retrains_and_reevaluates_that_method_only(tmp_path, monkeypatch, capsys):
+def test_changing_one_methods_knob_retrains_and_reevaluates_that_method_only(tmp_path, monkeypatch, capsys,
+                                                                            tiny_policy_dir):
     """`alol compare` with nll, a_lol and dpo, then again with `train.dpo.beta` changed (and the runtime-only
     `train.log_every`): dpo trains and is evaluated again; nll, a_lol and pi_ref are up to date."""
     from alol_ray.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["compare", *TOY]) == 0
+    args = ["compare", *TOY, f"reference.path={tiny_policy_dir}"]
+    assert main(args) == 0
     first = stage_lines(capsys.readouterr().out)
     assert {first[f"{kind} {m}-s0"] for kind in ("train", "eval") for m in ("nll", "a_lol", "dpo")} == {"running"}
 
-    assert main(["compare", *TOY, "train.dpo.beta=0.3", "train.log_every=1"]) == 0
+    assert main([*args, "train.dpo.beta=0.3", "train.log_every=1"]) == 0
     second = stage_lines(capsys.readouterr().out)
     assert second["train dpo-s0"] == "running" and second["eval dpo-s0"] == "running", second
     for stage in ("train nll-s0", "train a_lol-s0", "eval nll-s0", "eval a_lol-s0", "eval reference-s0"):
