@@ -98,6 +98,7 @@ def stage_lines(out: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"\[((?:train|eval) [\w-]+)\] (up to date|running)", out)}
 
 
+@pytest.mark.timeout(1800)  # two comparisons, four Ray Train jobs: 660 s measured with 30 processes on 2 cores
 def test_changing_one_methods_knob_retrains_and_reevaluates_that_method_only(tmp_path, monkeypatch, capsys,
                                                                             tiny_policy_dir):
     """`alol compare` with nll, a_lol and dpo, then again with `train.dpo.beta` changed (and the runtime-only
