@@ -34,7 +34,9 @@ log = logging.getLogger("alol")
 
 # TrainConfig fields that change how a run is executed, not what it trains: a rerun that changes only
 # them resumes the same run.
-RUNTIME_TRAIN_FIELDS = ("max_failures", "log_every", "num_workers", "cpus_per_worker")
+# gradient_checkpointing recomputes the same activations (equal losses and gradients, tests/test_fsdp.py), so a
+# run that needs it to fit may resume with it; strategy and precision change the checkpoint or the numbers.
+RUNTIME_TRAIN_FIELDS = ("max_failures", "log_every", "num_workers", "cpus_per_worker", "gradient_checkpointing")
 
 
 def train_identity(tc) -> dict:

@@ -1,0 +1,179 @@
+"""The sharded strategy (train.strategy=fsdp) against the replicated one (ddp), on CPU with gloo.
+
+Default tier: two processes (torch.multiprocessing, no Ray: the strategies are plain torch) train a tiny Llama
+from the same start on the same global batches with the real nll and a_lol losses, once under DDP and once
+under ``Sharded``; the mean loss at every step and the final weights must agree (FSDP reduce-scatters the same
+average DDP all-reduces; only float summation order differs, ~1e-7 here). A deliberately wrong sharding -- one
+decoder layer's unit never reduce-scatters its gradient -- must fail the same comparison, so the comparison
+can tell. Gradient checkpointing on and off must give equal losses and gradients (1e-6) under both strategies.
+
+e2e tier (tests marked e2e below): the same through Ray Train and ``alol train`` (two workers), sharded
+checkpoints, resume after --stop-at-step and after a killed worker, ``best/`` loadable by transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+from alol_ray.losses import LossInputs, LossParams, get_loss
+
+WORLD = 2
+STEPS = 3
+LOCAL_BATCH = 2
+SEQ = 12
+VOCAB = 96
+TOLERANCE = 1e-5  # per-step mean loss (relative) and final weights (absolute); AdamW moves weights ~1e-2 per step
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32))
+
+
+def batches(rank: int):
+    """This rank's slice of each step's global batch: ids, per-token reference log-probs, advantages."""
+    g = torch.Generator().manual_seed(7)
+    for _ in range(STEPS):
+        ids = torch.randint(0, VOCAB, (WORLD * LOCAL_BATCH, SEQ), generator=g)
+        ref = -4.0 - torch.rand(WORLD * LOCAL_BATCH, SEQ - 1, generator=g)
+        adv = torch.rand(WORLD * LOCAL_BATCH, generator=g) - 0.2
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        yield ids[rows], ref[rows], adv[rows]
+
+
+def method_loss(model, loss_name: str, ids, ref, adv):
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    logps = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    inputs = LossInputs(logps=logps, mask=torch.ones_like(logps), ref_logps=ref, advantage=adv)
+    return get_loss(loss_name)(inputs, LossParams())[0]
+
+
+class SkipsOneLayersReduction:
+    """A wrong sharding: layer 0's unit never reduce-scatters, so its shards get no averaged gradient."""
+
+    @staticmethod
+    def wrap(strategy, model, device):
+        wrapped = strategy.wrap(model, device)
+        strategy.units[0].set_requires_gradient_sync(False)
+        return wrapped
+
+
+def _train_one(how: str, loss_name: str, checkpointing: bool, rank: int) -> dict:
+    """One run: per-step mean losses and grad norms, the first step's full gradients, the final full weights."""
+    import torch.distributed as dist
+
+    from alol_ray.train.fsdp import Sharded
+    from alol_ray.train.memory import checkpoint_activations, precision_policy
+
+    device = torch.device("cpu")
+    model = tiny_llama()
+    attention_calls = []  # layer 0's attention runs once per forward, and again in backward when recomputed
+    model.model.layers[0].self_attn.register_forward_hook(lambda *_: attention_calls.append(1))
+    if how == "ddp":  # what Replicated.wrap gets from ray.train.torch.prepare_model on CPU
+        if checkpointing:
+            checkpoint_activations(model)
+        model = torch.nn.parallel.DistributedDataParallel(model)
+        clip = lambda params: float(torch.nn.utils.clip_grad_norm_(params, 1.0))  # noqa: E731
+    else:
+        strategy = Sharded(WORLD, precision_policy("fp32", on_gpu=False), gradient_checkpointing=checkpointing)
+        model = SkipsOneLayersReduction.wrap(strategy, model, device) if how == "wrong" else strategy.wrap(model, device)
+        clip = lambda params: strategy.clip_grad_norm(model, params, 1.0)  # noqa: E731
+    names = [n.removeprefix("module.") for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    losses, grad_norms, first_grads = [], [], None
+    for ids, ref, adv in batches(rank):
+        loss = method_loss(model, loss_name, ids, ref, adv)
+        loss.backward()
+        if first_grads is None:  # sharded gradients are DTensors: gathered whole for the comparison
+            first_grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+                           for n, p in zip(names, params) if p.grad is not None}
+        grad_norms.append(clip(params))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        mean = loss.detach().clone()
+        dist.all_reduce(mean)
+        losses.append(float(mean) / WORLD)
+    if how == "ddp":
+        weights = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+    else:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {"losses": losses, "grad_norms": grad_norms, "grads": first_grads, "weights": weights,
+            "attention_calls": len(attention_calls)}
+
+
+def _train_all(rank: int, port: int, runs: list[tuple], out: str) -> None:
+    """Every run, one after the other, in one process group (the processes start once: they cost seconds each)."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    results = {key: _train_one(*key, rank) for key in runs}
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+RUNS = [("ddp", "nll", False), ("fsdp", "nll", False), ("wrong", "nll", False), ("ddp", "a_lol", False),
+        ("fsdp", "a_lol", False), ("ddp", "nll", True), ("fsdp", "nll", True)]
+
+
+def differences(a: dict, b: dict) -> tuple[float, float]:
+    """(largest relative difference of the per-step losses, largest absolute difference of the weights)."""
+    loss = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a["losses"], b["losses"], strict=True))
+    assert a["weights"].keys() == b["weights"].keys()
+    weights = max(float((a["weights"][k] - b["weights"][k]).abs().max()) for k in a["weights"])
+    return loss, weights
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path_factory.mktemp("fsdp") / "runs.pt")
+    mp.spawn(_train_all, args=(port, RUNS, out), nprocs=WORLD)
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("loss_name", ["nll", "a_lol"])
+def test_sharded_steps_equal_replicated_steps(runs, loss_name):
+    """Same loss at every step, same grad norm, same final weights (within 1e-5), while the weights moved
+    by far more than that."""
+    ddp, fsdp = runs[("ddp", loss_name, False)], runs[("fsdp", loss_name, False)]
+    loss_diff, weight_diff = differences(ddp, fsdp)
+    assert loss_diff < TOLERANCE and weight_diff < TOLERANCE, (loss_diff, weight_diff)
+    assert fsdp["grad_norms"] == pytest.approx(ddp["grad_norms"], rel=TOLERANCE)
+    start = tiny_llama().state_dict()
+    assert max(float((ddp["weights"][k] - start[k]).abs().max()) for k in start) > 1e-2
+
+
+def test_a_sharding_that_skips_a_layers_reduction_fails_the_comparison(runs):
+    """The comparison above can tell: with layer 0's gradient never reduce-scattered the weights drift apart
+    by orders of magnitude more than the tolerance (the losses of later steps too)."""
+    loss_diff, weight_diff = differences(runs[("ddp", "nll", False)], runs[("wrong", "nll", False)])
+    assert weight_diff > 100 * TOLERANCE, weight_diff
+    assert loss_diff > TOLERANCE, loss_diff
+
+
+@pytest.mark.parametrize("how", ["ddp", "fsdp"])
+def test_gradient_checkpointing_changes_neither_losses_nor_gradients(runs, how):
+    """Recomputing each decoder layer's activations in backward gives the same loss at every step and the same
+    gradients (every parameter's, at step 1) within 1e-6."""
+    off, on = runs[(how, "nll", False)], runs[(how, "nll", True)]
+    assert (off["attention_calls"], on["attention_calls"]) == (STEPS, 2 * STEPS)  # it did recompute
+    assert on["losses"] == pytest.approx(off["losses"], rel=1e-6, abs=0)
+    assert on["grads"].keys() == off["grads"].keys() and len(on["grads"]) == len(list(tiny_llama().parameters()))
+    assert max(float((on["grads"][k] - off["grads"][k]).abs().max()) for k in on["grads"]) < 1e-6
