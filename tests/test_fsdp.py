@@ -177,3 +177,98 @@ def test_gradient_checkpointing_changes_neither_losses_nor_gradients(runs, how):
     assert on["losses"] == pytest.approx(off["losses"], rel=1e-6, abs=0)
     assert on["grads"].keys() == off["grads"].keys() and len(on["grads"]) == len(list(tiny_llama().parameters()))
     assert max(float((on["grads"][k] - off["grads"][k]).abs().max()) for k in on["grads"]) < 1e-6
+
+
+# ------------------------------------------------------------------ e2e: through Ray Train and `alol train`
+
+
+@pytest.fixture(scope="module")
+def train_setup(ray_local, tmp_path_factory, builtin_rows, tiny_policy_dir):
+    """test_train.py's scored table and tiny GPT-2 (tied embeddings: the root unit holds both ends)."""
+    import shutil
+
+    from test_train_methods import build_scored_table
+
+    root = tmp_path_factory.mktemp("fsdp_train")
+    build_scored_table(builtin_rows, tiny_policy_dir).to_parquet(root / "scored.parquet")
+    shutil.copytree(tiny_policy_dir, root / "policy")
+    return {"root": root, "table": str(root / "scored.parquet"), "policy": str(root / "policy")}
+
+
+def _alol_train(setup, *argv):
+    from conftest import in_dir
+    from test_train import COMMON
+
+    return in_dir(setup["root"], ["train", "--seed", "0", "--table", "scored.parquet", "--init", "policy",
+                                  "storage=runs", "train.num_workers=2", "train.eval_every=2", *COMMON, *argv])
+
+
+@pytest.fixture(scope="module")
+def ddp_and_fsdp(train_setup):
+    """a_lol, 2 workers x 4 steps, eval + checkpoint every 2 (momentum SGD, as test_train.py): DDP straight;
+    FSDP stopped at step 2, then rerun, its last worker killed at step 3 (Ray restarts the group from the
+    sharded step-2 checkpoint)."""
+    from conftest import armed
+
+    assert _alol_train(train_setup, "name=ddp", "train.strategy=ddp") == 0
+    assert _alol_train(train_setup, "name=fsdp", "train.strategy=fsdp", "--stop-at-step", "2") == 0
+    with armed("train.step=3"):
+        assert _alol_train(train_setup, "name=fsdp", "train.strategy=fsdp", "train.max_failures=1") == 0
+        fired = os.listdir(os.environ["ALOL_FAULTS_DIR"])
+    runs = train_setup["root"] / "runs"
+    return {"ddp": str(runs / "ddp" / "train" / "a_lol-s0"), "fsdp": str(runs / "fsdp" / "train" / "a_lol-s0"),
+            "fired": fired}
+
+
+@pytest.mark.e2e
+def test_alol_train_fsdp_equals_ddp_after_a_stop_and_a_killed_worker(ddp_and_fsdp):
+    """Per-step losses and grad norms equal DDP's, and so do the final weights (1e-5), although the FSDP run
+    was stopped at step 2 and lost a worker at step 3: it resumed twice from sharded checkpoints, in which Ray
+    Train merged both ranks' optimizer shards."""
+    from test_train import final_weights, max_diff
+
+    from alol_ray.atomic import read_jsonl
+
+    assert any(name.startswith("train.step") for name in ddp_and_fsdp["fired"])
+    ddp, fsdp = (read_jsonl(os.path.join(ddp_and_fsdp[k], "metrics.jsonl")) for k in ("ddp", "fsdp"))
+    assert [m["train/step"] for m in fsdp] == [1, 2, 3, 4]
+    for a, b in zip(ddp, fsdp, strict=True):
+        for key in ("loss/policy", "train/grad_norm", "is_weight/mean"):
+            assert b[key] == pytest.approx(a[key], rel=TOLERANCE), (a["train/step"], key)
+    assert max_diff(final_weights(ddp_and_fsdp["fsdp"]), final_weights(ddp_and_fsdp["ddp"])) < TOLERANCE
+    shards = os.path.join(ddp_and_fsdp["fsdp"], "checkpoints", "checkpoint-0000002", "optimizer")
+    assert sorted(os.listdir(shards)) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+
+@pytest.mark.e2e
+def test_fsdp_best_is_one_hf_folder_that_transformers_loads(ddp_and_fsdp):
+    """best/ of the FSDP run: the same val rewards as DDP's (rank 0 generated with the gathered weights), and a
+    plain HF folder (full weights, tied embeddings intact) that loads and generates."""
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alol_ray.atomic import read_jsonl
+
+    val = {k: read_jsonl(os.path.join(ddp_and_fsdp[k], "val.jsonl")) for k in ("ddp", "fsdp")}
+    assert [v["val/reward"] for v in val["fsdp"]] == pytest.approx([v["val/reward"] for v in val["ddp"]], abs=1e-5)
+    best = os.path.join(ddp_and_fsdp["fsdp"], "best")
+    ddp_best = load_file(os.path.join(ddp_and_fsdp["ddp"], "best", "model.safetensors"))
+    fsdp_best = load_file(os.path.join(best, "model.safetensors"))
+    assert fsdp_best.keys() == ddp_best.keys()
+    model, tok = AutoModelForCausalLM.from_pretrained(best), AutoTokenizer.from_pretrained(best)
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    out = model.generate(**tok(["### Human: Any tips for cooking? ### Assistant:"], return_tensors="pt"),
+                         max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > 0
+
+
+@pytest.mark.e2e
+def test_nll_under_fsdp_equals_ddp_through_ray_train(train_setup):
+    from alol_ray.atomic import read_jsonl
+
+    for strategy in ("ddp", "fsdp"):
+        assert _alol_train(train_setup, f"name=nll-{strategy}", "--algo", "nll", f"train.strategy={strategy}",
+                           "train.eval_every=0", "train.optimizer=adamw", "train.lr=0.001") == 0
+    ddp, fsdp = (read_jsonl(str(train_setup["root"] / "runs" / f"nll-{s}" / "train" / "nll-s0" / "metrics.jsonl"))
+                 for s in ("ddp", "fsdp"))
+    assert [m["loss/policy"] for m in fsdp] == pytest.approx([m["loss/policy"] for m in ddp], rel=TOLERANCE)
