@@ -179,6 +179,58 @@ def test_gradient_checkpointing_changes_neither_losses_nor_gradients(runs, how):
     assert max(float((on["grads"][k] - off["grads"][k]).abs().max()) for k in on["grads"]) < 1e-6
 
 
+
+def test_precision_policies_state_their_dtypes_and_bf16_autocast_runs_on_cpu():
+    """params / compute / reduce dtypes per policy; auto is bf16-mixed on GPU only; under bf16-mixed the
+    replicated strategy's forward computes in bf16 on CPU while the weights stay fp32."""
+    from alol_ray.config import TrainConfig
+    from alol_ray.train.memory import precision_policy
+    from alol_ray.train.strategy import make_strategy
+
+    f32, bf16 = torch.float32, torch.bfloat16
+    table = {name: (p.params, p.compute, p.reduce) for name in ("fp32", "bf16-mixed", "bf16")
+             for p in [precision_policy(name, on_gpu=False)]}
+    assert table == {"fp32": (None, f32, f32), "bf16-mixed": (None, bf16, f32), "bf16": (bf16, bf16, bf16)}
+    assert precision_policy("auto", on_gpu=True).name == "bf16-mixed"
+    assert precision_policy("auto", on_gpu=True, bf16_on_gpu=False).name == "fp32"
+    assert precision_policy("auto", on_gpu=False).name == "fp32"
+    strategy = make_strategy(TrainConfig(precision="bf16-mixed"), 1)
+    layer = torch.nn.Linear(8, 8)
+    with strategy.autocast(torch.device("cpu")):
+        out = layer(torch.randn(2, 8))
+    assert out.dtype == bf16 and layer.weight.dtype == f32
+    with make_strategy(TrainConfig(precision="fp32"), 1).autocast(torch.device("cpu")):
+        assert layer(torch.randn(2, 8)).dtype == f32
+
+
+def test_strategy_keys_are_checked_and_fsdp_refuses_4bit_weights():
+    from alol_ray.config import TrainConfig
+    from alol_ray.errors import ConfigError
+    from alol_ray.train.fsdp import Sharded
+    from alol_ray.train.strategy import Replicated, make_strategy
+
+    with pytest.raises(ConfigError, match="train.strategy must be ddp or fsdp, got 'zero3'"):
+        TrainConfig(strategy="zero3")
+    with pytest.raises(ConfigError, match="train.precision must be"):
+        TrainConfig(precision="fp16")
+    assert isinstance(make_strategy(TrainConfig(strategy="fsdp"), 2), Sharded)
+    assert isinstance(make_strategy(TrainConfig(), 2), Replicated)
+    with pytest.raises(ConfigError, match="cannot shard 4-bit"):
+        make_strategy(TrainConfig(strategy="fsdp"), 2, load_in_4bit=True)
+
+
+def test_strategy_and_precision_enter_the_training_fingerprint_but_checkpointing_does_not():
+    """A run resumes with gradient checkpointing switched on (same results); another strategy or precision is
+    another run (another checkpoint layout, other numbers)."""
+    from alol_ray.config import TrainConfig
+    from alol_ray.pipeline import train_identity
+
+    base = train_identity(TrainConfig())
+    assert train_identity(TrainConfig(gradient_checkpointing=True)) == base
+    assert train_identity(TrainConfig(strategy="fsdp")) != base
+    assert train_identity(TrainConfig(precision="bf16")) != base
+
+
 # ------------------------------------------------------------------ e2e: through Ray Train and `alol train`
 
 
