@@ -122,6 +122,7 @@ class Sharded:
 @contextlib.contextmanager
 def _gathered(model):
     """All FSDP units unsharded, and kept so through any number of forward passes (generation), then resharded."""
+    # lazy: torch.distributed.fsdp pulls in the distributed stack (alol_ray.train.fsdp imports without it)
     from torch.distributed.fsdp import FSDPModule
 
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
