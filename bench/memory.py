@@ -6,9 +6,9 @@ gradient checkpointing off vs on (train.gradient_checkpointing), with the step t
    the step: the bytes of the parameters, gradients and optimizer state that rank holds (its shards under
    FSDP; DDP's gradient buckets, a second gradient-sized buffer, are not counted). Goal: FSDP <= 0.6x DDP.
 2. Activations: one process, the same model, a batch of --batch sequences of --seq tokens (default 512),
-   forward + backward with and without gradient checkpointing. Measured: the peak growth of the process's
-   resident memory during the forward + backward (sampled every millisecond), minus the gradients it
-   allocates. Goal: checkpointing <= 0.5x.
+   forward + backward with and without gradient checkpointing. Counted: the bytes the forward pass keeps for
+   backward (every saved tensor's storage once, weights excluded, plus each decoder layer's input), which is
+   the activation memory at its peak, at the end of the forward pass. Goal: checkpointing <= 0.5x.
 
     PYTHONPATH=. python bench/memory.py                    # the issue's sizes (a few minutes on 2 busy cores)
 
@@ -23,7 +23,6 @@ import os
 import socket
 import sys
 import tempfile
-import threading
 import time
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -110,28 +109,35 @@ def sharding(args) -> list[dict]:
         return torch.load(out)
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def saved_for_backward(model, ids) -> tuple[int, float]:
+    """(bytes the forward pass keeps for backward, excluding the weights; forward + backward seconds).
 
+    Counted exactly, storage by storage: every tensor autograd saves outside a checkpointed region (inside one,
+    torch.utils.checkpoint saves nothing and recomputes), plus each decoder layer's input, which a checkpointed
+    layer keeps to recompute from."""
+    from alol_ray.families import decoder_layers
 
-def peak_growth(fn) -> tuple[int, float]:
-    """(peak resident-memory growth while ``fn`` runs, sampled every ms; its wall time)."""
-    base, peak, done = rss_bytes(), [0], threading.Event()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
 
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes() - base)
-            time.sleep(0.001)
+    def keep(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    def pack(t):
+        keep(t)
+        return t
+
+    hooks = [layer.register_forward_pre_hook(lambda _m, args, kwargs: keep(args[0] if args else kwargs["hidden_states"]),
+                                             with_kwargs=True) for layer in decoder_layers(model)]
     t0 = time.perf_counter()
-    fn()
-    elapsed = time.perf_counter() - t0
-    done.set()
-    sampler.join()
-    return max(peak[0], rss_bytes() - base), elapsed
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(input_ids=ids, labels=ids).loss
+    for hook in hooks:
+        hook.remove()
+    loss.backward()
+    return sum(kept.values()), time.perf_counter() - t0
 
 
 def activations(args) -> dict[str, dict]:
@@ -139,16 +145,15 @@ def activations(args) -> dict[str, dict]:
 
     torch.set_num_threads(args.threads)
     results = {}
-    for checkpointing in (False, True, False):  # off twice: the first run warms the allocator up
+    for checkpointing in (False, True):
         model = build_model(args)
         model.config.use_cache = False
         if checkpointing:
             checkpoint_activations(model)
         model.train()
         ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
-        grads = sum(p.numel() * p.element_size() for p in model.parameters())
-        growth, elapsed = peak_growth(lambda: model(input_ids=ids, labels=ids).loss.backward())
-        results["on" if checkpointing else "off"] = {"activations": max(growth - grads, 0), "step_s": elapsed}
+        kept, elapsed = saved_for_backward(model, ids)
+        results["on" if checkpointing else "off"] = {"activations": kept, "step_s": elapsed}
         del model
     return results
 
@@ -164,10 +169,18 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parts", default="sharding,activations", help="which measurements to run")
     args = parser.parse_args(argv)
-    mib = 1 / 2**20
 
-    ranks = sharding(args)
+    if "sharding" in args.parts:
+        report_sharding(args, sharding(args))
+    if "activations" in args.parts:
+        report_activations(args, activations(args))
+    return 0
+
+
+def report_sharding(args, ranks) -> None:
+    mib = 1 / 2**20
     n = ranks[0]["ddp"]["n_params"]
     print(f"model: Llama, {n / 1e6:.1f} M parameters, 2 workers (gloo, CPU), AdamW, fp32")
     print(f"{'strategy':<9}{'rank':>5}{'params MiB':>12}{'grads MiB':>11}{'optimizer MiB':>15}{'total MiB':>11}"
@@ -185,14 +198,15 @@ def main(argv=None) -> int:
     print(f"params+grads+optimizer per worker: fsdp / ddp = {shard_ratio:.2f} (goal <= 0.6); "
           f"step time fsdp / ddp = {step_ratio:.2f}")
 
-    act = activations(args)
+
+def report_activations(args, act) -> None:
+    mib = 1 / 2**20
     print(f"activations, batch {args.batch} x {args.seq} tokens: checkpointing off {act['off']['activations'] * mib:.1f}"
           f" MiB in {act['off']['step_s']:.2f} s, on {act['on']['activations'] * mib:.1f} MiB in "
           f"{act['on']['step_s']:.2f} s")
     act_ratio = act["on"]["activations"] / max(act["off"]["activations"], 1)
     print(f"activation memory: checkpointing on / off = {act_ratio:.2f} (goal <= 0.5); "
           f"forward+backward time on / off = {act['on']['step_s'] / act['off']['step_s']:.2f}")
-    return 0
 
 
 if __name__ == "__main__":
