@@ -96,6 +96,7 @@ class Sharded:
         # Collective: every rank sends its shards, rank 0 receives the full tensors (on CPU).
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if dist.get_rank() == 0:
+            _drop_tied_copies(model, full)
             model_dir = os.path.join(folder, ckpt.MODEL_DIR)
             model.save_pretrained(model_dir, state_dict=full, safe_serialization=True)
             tokenizer.save_pretrained(model_dir)
@@ -117,6 +118,17 @@ class Sharded:
         state = {"optimizer": get_optimizer_state_dict(model, optimizer)}  # this rank's shards, to fill in
         dcp.load(state, checkpoint_id=shards)
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+def _drop_tied_copies(model, state: dict) -> None:
+    """Gathered tensors no longer share storage, so save_pretrained would write a tied weight twice (GPT-2's
+    lm_head.weight beside transformer.wte.weight): keep the first name of each parameter, as an unsharded save does."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    for aliases in names.values():
+        for alias in aliases[1:]:
+            state.pop(alias, None)
 
 
 @contextlib.contextmanager
