@@ -65,7 +65,7 @@ class SkipsOneLayersReduction:
         return wrapped
 
 
-def _train_one(how: str, loss_name: str, checkpointing: bool, rank: int) -> dict:
+def _train_one(how: str, loss_name: str, checkpointing: bool, rank: int, lora: bool = False) -> dict:
     """One run: per-step mean losses and grad norms, the first step's full gradients, the final full weights."""
     import torch.distributed as dist
 
@@ -76,6 +76,13 @@ def _train_one(how: str, loss_name: str, checkpointing: bool, rank: int) -> dict
     model = tiny_llama()
     attention_calls = []  # layer 0's attention runs once per forward, and again in backward when recomputed
     model.model.layers[0].self_attn.register_forward_hook(lambda *_: attention_calls.append(1))
+    if lora:  # adapters on every linear layer of the decoder layers, the base frozen (build_policy's way)
+        import peft
+
+        from alol_ray.families import lora_target_modules
+
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_modules(model),
+                                                           task_type="CAUSAL_LM", init_lora_weights="gaussian"))
     if how == "ddp":  # what Replicated.wrap gets from ray.train.torch.prepare_model on CPU
         if checkpointing:
             checkpoint_activations(model)
@@ -118,14 +125,15 @@ def _train_all(rank: int, port: int, runs: list[tuple], out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
-    results = {key: _train_one(*key, rank) for key in runs}
+    results = {key: _train_one(*key[:3], rank, lora=key[3:] == ("lora",)) for key in runs}
     if rank == 0:
         torch.save(results, out)
     dist.destroy_process_group()
 
 
 RUNS = [("ddp", "nll", False), ("fsdp", "nll", False), ("wrong", "nll", False), ("ddp", "a_lol", False),
-        ("fsdp", "a_lol", False), ("ddp", "nll", True), ("fsdp", "nll", True)]
+        ("fsdp", "a_lol", False), ("ddp", "nll", True), ("fsdp", "nll", True), ("ddp", "a_lol", False, "lora"),
+        ("fsdp", "a_lol", False, "lora")]
 
 
 def differences(a: dict, b: dict) -> tuple[float, float]:
@@ -158,6 +166,19 @@ def test_sharded_steps_equal_replicated_steps(runs, loss_name):
     assert fsdp["grad_norms"] == pytest.approx(ddp["grad_norms"], rel=TOLERANCE)
     start = tiny_llama().state_dict()
     assert max(float((ddp["weights"][k] - start[k]).abs().max()) for k in start) > 1e-2
+
+
+def test_lora_composes_with_sharding(runs):
+    """LoRA adapters on the sharded layers: the same steps as under DDP; only the adapters moved."""
+    ddp, fsdp = runs[("ddp", "a_lol", False, "lora")], runs[("fsdp", "a_lol", False, "lora")]
+    loss_diff, weight_diff = differences(ddp, fsdp)
+    assert loss_diff < TOLERANCE and weight_diff < TOLERANCE, (loss_diff, weight_diff)
+    start = {f"base_model.model.{k}".replace(".weight", ".base_layer.weight") if "proj" in k else f"base_model.model.{k}": v
+             for k, v in tiny_llama().state_dict().items()}
+    assert set(start) <= set(fsdp["weights"])  # every base weight is compared
+    moved = {k for k in start if not torch.equal(fsdp["weights"][k], start[k])}
+    assert not moved, moved
+    assert any("lora_" in k for k in fsdp["grads"]) and all("lora_" in k for k in fsdp["grads"])
 
 
 def test_a_sharding_that_skips_a_layers_reduction_fails_the_comparison(runs):
