@@ -892,6 +892,9 @@ class RunConfig:
             raise ConfigError("storage is empty: give a folder (e.g. runs) or a bucket URI")
         check_reward_scales(self.reward)
         check_chat_markers(self)
+        if self.train.strategy == "fsdp" and self.model.lora.load_in_4bit:
+            raise ConfigError("train.strategy=fsdp cannot shard 4-bit (QLoRA) weights: use train.strategy=ddp with "
+                              "model.lora.load_in_4bit, or LoRA on bf16 weights with fsdp")
 
 
 def check_chat_markers(cfg: "RunConfig") -> None:

@@ -225,7 +225,7 @@ def test_precision_policies_state_their_dtypes_and_bf16_autocast_runs_on_cpu():
 
 
 def test_strategy_keys_are_checked_and_fsdp_refuses_4bit_weights():
-    from alol_ray.config import TrainConfig
+    from alol_ray.config import TrainConfig, load_config
     from alol_ray.errors import ConfigError
     from alol_ray.train.fsdp import Sharded
     from alol_ray.train.strategy import Replicated, make_strategy
@@ -238,6 +238,8 @@ def test_strategy_keys_are_checked_and_fsdp_refuses_4bit_weights():
     assert isinstance(make_strategy(TrainConfig(), 2), Replicated)
     with pytest.raises(ConfigError, match="cannot shard 4-bit"):
         make_strategy(TrainConfig(strategy="fsdp"), 2, load_in_4bit=True)
+    with pytest.raises(ConfigError, match="cannot shard 4-bit"):  # before any work, from the config alone
+        load_config(None, ["train.strategy=fsdp", "model.lora.enabled=true", "model.lora.load_in_4bit=true"])
 
 
 def test_strategy_and_precision_enter_the_training_fingerprint_but_checkpointing_does_not():
