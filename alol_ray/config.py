@@ -444,7 +444,11 @@ class TrainConfig:
     log_every: int = runtime_field(10)  # steps between ray.train.report calls (metrics.jsonl gets every step)
     optimizer: str = "adamw"  # adamw | sgd | paged_adamw_32bit (bitsandbytes, GPU; the paper's QLoRA runs)
     momentum: float = 0.0  # sgd only
-    bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    bf16: bool = True  # bf16 autocast on GPU (ignored on CPU): what train.precision=auto does on GPU
+    strategy: str = "ddp"  # ddp (every worker holds the whole model) | fsdp (FSDP2: params, grads, optimizer sharded)
+    precision: str = "auto"  # auto (bf16-mixed on GPU with train.bf16, else fp32) | fp32 | bf16 | bf16-mixed
+    # recompute each decoder layer's activations in backward (same results: a run may resume with it switched on)
+    gradient_checkpointing: bool = runtime_field(False)
     disable_dropout: bool = True  # no dropout: the step-0 importance ratio is exactly 1, ratios are not noise
     max_failures: int = runtime_field(1)  # worker-group restarts from the latest checkpoint before the run fails
     seed: int = 0
@@ -480,6 +484,10 @@ class TrainConfig:
             raise ConfigError("train.eval_every > 0 needs train.eval_prompts >= 1 (val prompts to select by)")
         if self.max_failures < -1:
             raise ConfigError(f"train.max_failures must be >= 0 (or -1 = unlimited), got {self.max_failures}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.strategy must be ddp or fsdp, got '{self.strategy}'")
+        if self.precision not in ("auto", "fp32", "bf16", "bf16-mixed"):
+            raise ConfigError(f"train.precision must be auto, fp32, bf16 or bf16-mixed, got '{self.precision}'")
 
 
 @dataclass
@@ -764,6 +772,9 @@ class RunConfig:
             raise ConfigError("storage is empty: give a folder (e.g. runs) or a bucket URI")
         check_reward_scales(self.reward)
         check_chat_markers(self)
+        if self.train.strategy == "fsdp" and self.model.lora.load_in_4bit:
+            raise ConfigError("train.strategy=fsdp cannot shard 4-bit (QLoRA) weights: use train.strategy=ddp with "
+                              "model.lora.load_in_4bit, or LoRA on bf16 weights with fsdp")
 
 
 def check_chat_markers(cfg: "RunConfig") -> None:

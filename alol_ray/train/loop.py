@@ -147,12 +147,15 @@ def train_loop_per_worker(config: dict) -> None:
                                        or step == spec.stop_at_step)
         if evaluate or save:
             report: dict[str, float] = {"train/step": step}
+            if evaluate:
+                with strategy.unsharded(model):  # every rank: FSDP gathers the weights rank 0 generates with
+                    if rank == 0 and reward_fn is not None:
+                        val, _ = evaluate_policy(model, tokenizer, spec.val_prompts, reward_fn,
+                                                 max_prompt_tokens=pc.max_prompt_tokens,
+                                                 max_new_tokens=spec.generation.max_new_tokens,
+                                                 stop=list(spec.generation.stop),
+                                                 batch_size=spec.generation.batch_size, fmt=spec.prompt_format)
             if evaluate and rank == 0 and reward_fn is not None:
-                val, _ = evaluate_policy(model, tokenizer, spec.val_prompts, reward_fn,
-                                         max_prompt_tokens=pc.max_prompt_tokens,
-                                         max_new_tokens=spec.generation.max_new_tokens,
-                                         stop=list(spec.generation.stop), batch_size=spec.generation.batch_size,
-                                         fmt=spec.prompt_format)
                 report.update(val)
                 if state["best_val_reward"] is None or val["val/reward"] > state["best_val_reward"]:
                     state.update(best_val_reward=val["val/reward"], best_step=step)

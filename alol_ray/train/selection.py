@@ -41,7 +41,10 @@ def greedy_replies(model, tokenizer, prompts: list[str], *, max_prompt_tokens: i
                 out = unwrapped.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
                                          eos_token_id=ends,
-                                         use_cache=True)  # training turns the cache off in the model config
+                                         use_cache=True,  # training turns the cache off in the model config
+                                         # FSDP: rank 0 generates alone, with the weights gathered for it
+                                         # (transformers would otherwise wait for every rank at each token)
+                                         synced_gpus=False)
             for ids in out[:, width:].tolist():
                 end = next((i for i, token in enumerate(ids) if token in ends), None)
                 if end is not None:

@@ -14,6 +14,12 @@ step, log); the strategy owns everything that depends on how the weights live on
     load_optimizer(folder, model, optimizer)
                                           -> restore the optimizer from a checkpoint (the weights are loaded
                                              when the policy is built, before ``wrap``)
+    unsharded(model)                      -> context, entered on every rank, in which rank 0 may run the model
+                                             alone (evaluation's generation)
+
+Two strategies, chosen by ``train.strategy``: ``ddp`` (``Replicated``, below) and ``fsdp`` (``Sharded``, in
+``alol_ray.train.fsdp``). Both apply ``train.precision`` and ``train.gradient_checkpointing``
+(``alol_ray.train.memory``).
 
 A checkpoint's layout is documented in ``alol_ray.train.checkpoint``; whatever a strategy writes, the
 checkpoint's ``model/`` folder stays loadable by ``build_policy`` and ``checkpoint.export_policy``.
@@ -26,7 +32,10 @@ from typing import Any, ContextManager, Optional, Protocol
 
 import torch
 
+from alol_ray.errors import ConfigError
 from alol_ray.train import checkpoint as ckpt
+from alol_ray.train.fsdp import Sharded
+from alol_ray.train.memory import PrecisionPolicy, checkpoint_activations, precision_policy
 
 
 class Strategy(Protocol):
@@ -45,6 +54,8 @@ class Strategy(Protocol):
 
     def load_optimizer(self, folder: str, model, optimizer) -> None: ...
 
+    def unsharded(self, model: torch.nn.Module) -> ContextManager: ...
+
 
 class Replicated:
     """Every worker holds the whole policy; gradients are all-reduced by DDP (Ray Train's ``prepare_model``)
@@ -53,15 +64,21 @@ class Replicated:
     name = "ddp"
     writes_on_every_rank = False
 
-    def __init__(self, world_size: int, *, move_to_device: bool = True, bf16_autocast: bool = False):
+    def __init__(self, world_size: int, precision: PrecisionPolicy, *, move_to_device: bool = True,
+                 gradient_checkpointing: bool = False):
         self.world_size = world_size
+        self.precision = precision
         self.move_to_device = move_to_device  # False for 4-bit weights: placed when loaded, they cannot move
-        self.bf16_autocast = bf16_autocast  # train.bf16 on CUDA
+        self.gradient_checkpointing = gradient_checkpointing
 
     def wrap(self, model, device):
         # lazy: ray (alol_ray.train.strategy imports without it)
         import ray.train.torch
 
+        if self.precision.params is not None:
+            model.to(self.precision.params)  # bf16: DDP then all-reduces bf16 gradients
+        if self.gradient_checkpointing:
+            checkpoint_activations(model)
         return ray.train.torch.prepare_model(model, move_to_device=self.move_to_device)
 
     def accumulate(self, model, last: bool) -> ContextManager:
@@ -71,7 +88,8 @@ class Replicated:
         return model.no_sync()
 
     def autocast(self, device) -> ContextManager:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast and device.type == "cuda")
+        # bf16-mixed: fp32 weights and gradients (reduced in fp32), bf16 matmuls; on CPU too.
+        return torch.autocast(device.type, dtype=self.precision.compute, enabled=self.precision.mixed)
 
     def clip_grad_norm(self, model, params, max_norm: float) -> float:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -83,7 +101,18 @@ class Replicated:
     def load_optimizer(self, folder: str, model, optimizer) -> None:
         ckpt.load_optimizer(folder, optimizer)
 
+    def unsharded(self, model) -> ContextManager:
+        return contextlib.nullcontext(model)  # every worker holds the whole model
+
 
 def make_strategy(tc, world_size: int, *, load_in_4bit: bool = False) -> Strategy:
-    """The strategy a training job's config asks for (``tc``: TrainConfig)."""
-    return Replicated(world_size, move_to_device=not load_in_4bit, bf16_autocast=bool(tc.bf16))
+    """The strategy a training job's config asks for (``tc``: TrainConfig): ``train.strategy``, with
+    ``train.precision`` and ``train.gradient_checkpointing``."""
+    precision = precision_policy(tc.precision, on_gpu=tc.use_gpu, bf16_on_gpu=tc.bf16)
+    if tc.strategy == "fsdp":
+        if load_in_4bit:
+            raise ConfigError("train.strategy=fsdp cannot shard 4-bit (QLoRA) weights: use train.strategy=ddp "
+                              "with model.lora.load_in_4bit, or LoRA on bf16 weights with fsdp")
+        return Sharded(world_size, precision, gradient_checkpointing=tc.gradient_checkpointing)
+    return Replicated(world_size, precision, move_to_device=not load_in_4bit,
+                      gradient_checkpointing=tc.gradient_checkpointing)
