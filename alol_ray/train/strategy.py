@@ -59,6 +59,10 @@ class Replicated:
         self.bf16_autocast = bf16_autocast  # train.bf16 on CUDA
 
     def wrap(self, model, device):
+        if self.world_size == 1:  # nothing to replicate: placed on the device as prepare_model would, no Ray needed
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            return model.to(device) if self.move_to_device else model
         # lazy: ray (alol_ray.train.strategy imports without it)
         import ray.train.torch
 
