@@ -7,7 +7,7 @@
     <checkpoint>/trainer_state.json step, sampler identity, best val reward so far, total steps
 
 No scheduler or RNG state is stored because neither has any: the learning rate is a pure function of the
-step (``loop.learning_rate``), the sampler draws from ``(seed, step)`` and the torch RNG (dropout, if
+step (``worker_loop.learning_rate``), the sampler draws from ``(seed, step)`` and the torch RNG (dropout, if
 enabled) is re-seeded from ``(seed, step, rank)`` at every step. Resuming at step s therefore continues
 exactly as the uninterrupted run would.
 """
