@@ -219,7 +219,8 @@ class RewardModelHooks(Hooks):
                 totals[k] = totals.get(k, 0.0) + v / steps
         report = {"epoch": epoch + 1, **totals}
         if self.held is not None and w.lead:
-            report.update(self.evaluate_holdout(w))
+            # A metric undefined on this slice (constant labels, no pair) is left out: step metrics are finite.
+            report.update({k: v for k, v in self.evaluate_holdout(w).items() if np.isfinite(v)})
         return report
 
     def progress(self, w: Worker, epoch: int, metrics: dict[str, float]) -> str:
