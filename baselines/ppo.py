@@ -1,7 +1,8 @@
 """PPO, the online baseline: rollouts from the current policy, scored, and a clipped policy + value update,
 as ONE Ray Train job (``TorchTrainer``) per run.
 
-Each iteration, read top to bottom in ``ppo_loop_per_worker``:
+Each iteration, read top to bottom in ``PPOHooks.train_step`` (one step of the worker-loop skeleton,
+``alol_ray.train.worker_loop``, which owns resume, cadence, logging, checkpoints and selection):
 
     1. rank 0 samples ``ppo.rollout_size`` train prompts and the Generator actors (alol_ray.generation; vLLM
        wherever it is installed, GPU or CPU build, else transformers) answer them with the current policy
@@ -34,7 +35,6 @@ Run layout (as the offline trainer): ``<run>/train/ppo-s<seed>/{metrics.jsonl, v
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -48,7 +48,6 @@ import torch
 
 from alol_ray import columns as C
 from alol_ray import ray_compat, storage, tracking
-from alol_ray.atomic import append_jsonl, truncate_jsonl
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.generation import Generator
 from alol_ray.families import prompt_format, response_end_id
@@ -60,16 +59,8 @@ from alol_ray.scoring.reward import run_scorer
 from alol_ray.tokenization import PolicyBatch, collate, response_token_logps
 from alol_ray.train.methods import Method, register
 from alol_ray.train.selection import evaluate_policy
-from alol_ray.train.worker import (
-    NOT_EVALUATED,
-    SELECTION_METRIC,
-    all_reduce_sum,
-    broadcast,
-    mean_over_workers,
-    record_step,
-    report_checkpoint,
-    say,
-)
+from alol_ray.train.worker import all_reduce_sum, broadcast, mean_over_workers
+from alol_ray.train.worker_loop import Hooks, LoopSpec, LRSchedule, Worker
 from baselines import ppo_loss as P
 
 log = logging.getLogger("alol")
@@ -99,6 +90,11 @@ class PolicyWithValueHead:
                 super().__init__()
                 self.policy = policy
                 self.value_head = head
+
+            def save_pretrained(self, folder: str, **kwargs) -> None:
+                """A checkpoint's model/ is the policy alone (build_policy and export_policy load it); the value
+                head is saved beside it (``PPOHooks.save_extra``)."""
+                self.policy.save_pretrained(folder, **kwargs)
 
             def forward(self, batch, with_entropy: bool = False):
                 """(token log-probs [B, R], values [B, R], entropy [B, R] or None) at the response positions:
@@ -153,22 +149,6 @@ class ReferencePolicy:
 
 
 # ------------------------------------------------------------------------------------------- spec
-
-
-@dataclass
-class PPOSpec:
-    """Everything a worker needs, shipped once through ``train_loop_config``."""
-
-    cfg: Any  # RunConfig (ppo, train, model, generation, reward, serve sections)
-    train: Any  # TrainConfig (seed, resources, grad clip, eval prompts)
-    policy_path: str  # starting weights
-    ref_path: str  # frozen pi_ref (KL penalty)
-    train_prompts: list[str]
-    val_prompts: list[str] = field(default_factory=list)
-    run_dir: Optional[str] = None
-    reward_stats: dict = field(default_factory=dict)  # standardised reward components' (mean, std)
-    stop_at_step: int = 0  # > 0: end after the checkpoint at that iteration (the run is not finished)
-    tracking: Optional[tracking.TrackingSpec] = None  # rank 0 sends metrics.jsonl / val.jsonl lines to its backends
 
 
 def rollout_generation_config(cfg):
@@ -238,7 +218,7 @@ def rollout_weights(policy) -> dict:
 class _Rollouts:
     """Rank 0's role actors: Generator, ReferencePolicy and the reward (in-process or Ray Serve)."""
 
-    def __init__(self, spec: PPOSpec, weights: dict):
+    def __init__(self, spec: "PPOHooks", weights: dict):
         # lazy: ray, alol_ray.models (transformers) (baselines.ppo imports without them)
         import ray
 
@@ -318,184 +298,164 @@ def _pad(rows: list[np.ndarray], width: int):
 # ------------------------------------------------------------------------------------- the loop
 
 
-def ppo_loop_per_worker(config: dict) -> None:
-    # lazy: ray, safetensors, alol_ray.train.checkpoint/policy (transformers) (baselines.ppo imports without them)
-    import ray
-    import ray.train
-    import ray.train.torch
-    from safetensors.torch import load_file, save_file
+@dataclass
+class PPOHooks(Hooks):
+    """PPO's part of the worker-loop skeleton (``alol_ray.train.worker_loop``): one step is one iteration
+    (rollout, advantages, PPO epochs, KL controller, weights to the engines). Shipped to the workers with
+    the run's ``LoopSpec`` (see ``loop_spec``)."""
 
-    from alol_ray.train import checkpoint as ckpt
-    from alol_ray.train.policy import build_policy, make_optimizer
+    cfg: Any  # RunConfig (ppo, model, generation, reward, serve, scoring sections)
+    train: Any  # TrainConfig of the update (``ppo_train_config``)
+    policy_path: str  # starting weights
+    ref_path: str  # frozen pi_ref (KL penalty)
+    train_prompts: list[str]
+    val_prompts: list[str] = field(default_factory=list)
+    reward_stats: dict = field(default_factory=dict)  # standardised reward components' (mean, std)
 
-    spec: PPOSpec = config["spec"]
-    cfg, tc, pc = spec.cfg, spec.train, spec.cfg.ppo
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
-    reduce = all_reduce_sum(world)
+    def build(self, w: Worker, model_dir):
+        # lazy: safetensors, alol_ray.train.policy (transformers) (baselines.ppo imports without them)
+        from safetensors.torch import load_file
 
-    # Resume from this run's latest checkpoint (policy, value head, optimizer, KL coefficient, score stats).
-    resumed = ray.train.get_checkpoint()
-    state: dict = {"step": 0, "best_val_reward": None, "best_step": None}
-    with resumed.as_directory() if resumed else contextlib.nullcontext() as resume_dir:
-        model_dir = os.path.join(resume_dir, ckpt.MODEL_DIR) if resume_dir else None
-        policy, tokenizer = build_policy(cfg.model, tc, spec.policy_path, model_dir, device)
+        from alol_ray.train.policy import build_policy
+
+        policy, tokenizer = build_policy(self.cfg.model, self.train, self.policy_path, model_dir, w.device)
         policy.config.use_cache = False
         head = None
-        if resume_dir:
+        if model_dir:  # the value head is saved beside the checkpoint's model/ (save_extra)
             head = _value_head_module(policy.config.hidden_size)
-            head.load_state_dict(load_file(os.path.join(resume_dir, VALUE_HEAD_FILE)))
-        module = PolicyWithValueHead.build(policy, head)
-        model = ray.train.torch.prepare_model(module)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(trainable, tc, lr=pc.lr)
-        if resume_dir:
-            state = ckpt.read_state(resume_dir)
-            ckpt.load_optimizer(resume_dir, optimizer)
-    inner = ckpt.unwrap(model)
-    saved = state.get(PPO_STATE_KEY, {})
-    kl_ctl = (P.AdaptiveKLController(pc.init_kl_coef, pc.target_kl, pc.kl_horizon) if pc.adaptive_kl
-              else P.FixedKLController(pc.init_kl_coef))
-    kl_ctl.value = saved.get("kl_coef", kl_ctl.value)
-    moments = P.RunningMoments(**saved["score_moments"]) if saved.get("score_moments") else P.RunningMoments()
-    start = state["step"]
-    if resumed and rank == 0:
-        say(f"[train] ppo: resuming from the checkpoint at iteration {start}/{pc.iterations}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            head.load_state_dict(load_file(os.path.join(os.path.dirname(model_dir), VALUE_HEAD_FILE)))
+        return PolicyWithValueHead.build(policy, head), tokenizer
 
-    lead = rank == 0
-    logs = storage.worker_folder(spec.run_dir) if spec.run_dir and lead else None
-    metrics_path = os.path.join(logs, "metrics.jsonl") if logs else None
-    val_path = os.path.join(logs, "val.jsonl") if logs else None
-    rollouts = None
-    if lead:
-        for path in (metrics_path, val_path):
-            truncate_jsonl(path, start)
-        rollouts = _Rollouts(spec, rollout_weights(inner.policy))
-    tracker = tracking.start(spec.tracking if lead else None, first_step=start + 1 if resumed else 0)
-    reward_fn = None
-    if lead and pc.eval_every > 0 and spec.val_prompts:
-        reward_fn = run_scorer(cfg.reward, stats=spec.reward_stats).rewards
-    per_worker = pc.rollout_size // world
-    mini_per_worker = pc.mini_batch_size // world
-    use_autocast = device.type == "cuda" and tc.bf16
+    def make_optimizer(self, w: Worker, trainable):
+        # lazy: alol_ray.train.policy (transformers) (baselines.ppo imports without it)
+        from alol_ray.train.policy import make_optimizer
 
-    try:
-        for it in range(start, pc.iterations + 1):
-            # 1. Evaluate (greedy val reward) and checkpoint the policy as it is after `it` iterations.
-            fresh = it > start or (it == 0 and not resumed)
-            evaluate = fresh and pc.eval_every > 0 and (
-                (it > 0 and (it % pc.eval_every == 0 or it == pc.iterations)) or (it == 0 and pc.eval_at_start))
-            save = fresh and it > 0 and (it % pc.checkpoint_every == 0 or it == pc.iterations or evaluate
-                                         or it == spec.stop_at_step)
-            report: dict[str, float] = {"train/step": it}
-            if evaluate and lead and reward_fn is not None:
-                val, _ = evaluate_policy(inner.policy, tokenizer, spec.val_prompts, reward_fn,
-                                         max_prompt_tokens=cfg.model.max_prompt_tokens,
-                                         max_new_tokens=cfg.generation.max_new_tokens, stop=list(cfg.generation.stop),
-                                         batch_size=cfg.generation.batch_size, fmt=prompt_format(cfg))
-                inner.policy.config.use_cache = False
-                report.update(val)
-                if it > 0 and (state["best_val_reward"] is None or val["val/reward"] > state["best_val_reward"]):
-                    state.update(best_val_reward=val["val/reward"], best_step=it)
-                if val_path:
-                    append_jsonl(val_path, report)
-                tracker.log(report, step=it)
-            report[SELECTION_METRIC] = report.get("val/reward", NOT_EVALUATED) if it > 0 else NOT_EVALUATED
-            if save:
-                state.update(step=it, total_steps=pc.iterations, method=METHOD,
-                             **{PPO_STATE_KEY: {"kl_coef": kl_ctl.value, "score_moments": moments.state_dict()}})
+        return make_optimizer(trainable, self.train, lr=self.cfg.ppo.lr)
 
-                def write(tmp: str) -> None:
-                    ckpt.save_checkpoint(tmp, inner.policy, tokenizer, optimizer, state)
-                    save_file({k: v.detach().cpu().contiguous() for k, v in inner.value_head.state_dict().items()},
-                              os.path.join(tmp, VALUE_HEAD_FILE))
+    def restore(self, w: Worker, state: dict, folder: str) -> None:
+        self.saved = state.get(PPO_STATE_KEY, {})  # the KL coefficient and the score moments
 
-                report_checkpoint(report, f"checkpoint-{it:07d}", write if lead else None)
-                if logs:
-                    storage.push_back(logs, spec.run_dir)  # the logs up to this checkpoint, next to it
-            elif evaluate:
-                ray.train.report(report)
-            if it == pc.iterations or it == spec.stop_at_step > 0:
-                break
-            t_iter = time.perf_counter()
+    def start(self, w: Worker) -> None:
+        pc, saved = self.cfg.ppo, getattr(self, "saved", {})
+        self.kl_ctl = (P.AdaptiveKLController(pc.init_kl_coef, pc.target_kl, pc.kl_horizon) if pc.adaptive_kl
+                       else P.FixedKLController(pc.init_kl_coef))
+        self.kl_ctl.value = saved.get("kl_coef", self.kl_ctl.value)
+        self.moments = P.RunningMoments(**saved["score_moments"]) if saved.get("score_moments") else P.RunningMoments()
+        self.inner = w.model.module if hasattr(w.model, "module") else w.model  # inside DDP
+        self.reduce = all_reduce_sum(w.world)
+        tok = w.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.rollouts = _Rollouts(self, rollout_weights(self.inner.policy)) if w.lead else None
+        self.reward_fn = None
+        if w.lead and pc.eval_every > 0 and self.val_prompts:
+            self.reward_fn = run_scorer(self.cfg.reward, stats=self.reward_stats).rewards
 
-            # 2. Rollout (rank 0): sample prompts, generate, score, reference log-probs; shared with all workers.
-            rollout = None
-            if lead:
-                prompts = sample_prompts(spec.train_prompts, pc.rollout_size, tc.seed, it)
-                rollout = rollouts.collect(prompts, tokenizer, iteration=it)
-                raw = torch.as_tensor(rollout["scores"], dtype=torch.float32)
-                rollout["scaled"] = P.scale_scores(raw, moments if pc.score_scaling else None, pc.score_norm).tolist()
-            rollout = broadcast(rollout, rank, world)
-            mine = slice(rank * per_worker, (rank + 1) * per_worker)
-            batch = collate(rollout["pairs"][mine], pad_id).to(device)
-            mask = batch.response_mask
-            ref_logps = _pad(rollout["ref_logps"][mine], mask.shape[1]).to(device)
-            scores = torch.as_tensor(rollout["scaled"][mine], dtype=torch.float32, device=device)
+    def evaluate(self, w: Worker, step: int):
+        if self.reward_fn is None:
+            return None
+        cfg = self.cfg
+        val, _ = evaluate_policy(self.inner.policy, w.tokenizer, self.val_prompts, self.reward_fn,
+                                 max_prompt_tokens=cfg.model.max_prompt_tokens,
+                                 max_new_tokens=cfg.generation.max_new_tokens, stop=list(cfg.generation.stop),
+                                 batch_size=cfg.generation.batch_size, fmt=prompt_format(cfg))
+        self.inner.policy.config.use_cache = False
+        return val
 
-            # 3. pi_old log-probs and values of this worker's shard; KL-penalised rewards; GAE; whitening.
-            model.eval()
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-                old_logps, old_values, entropy = model(batch, with_entropy=True)
-            model.train()
-            rewards, kl = P.kl_penalty_rewards(old_logps, ref_logps, mask, scores, kl_ctl.value)
-            advantages, returns = P.gae(rewards, old_values, mask, pc.gamma, pc.lam)
-            if pc.whiten:
-                advantages = P.masked_whiten(advantages, mask, all_reduce=reduce)
+    def state(self, w: Worker) -> dict:
+        return {PPO_STATE_KEY: {"kl_coef": self.kl_ctl.value, "score_moments": self.moments.state_dict()}}
 
-            # 4. PPO epochs over mini-batches of this shard (DDP averages the gradients over workers).
-            stats = ppo_epochs(model, optimizer, trainable, batch, old_logps, old_values, advantages, returns, pc,
-                               grad_clip=tc.grad_clip, mini_batch=mini_per_worker, seed=(tc.seed, it, rank),
-                               use_autocast=use_autocast)
+    def save_extra(self, w: Worker, folder: str) -> None:
+        # lazy: safetensors (baselines.ppo imports without it)
+        from safetensors.torch import save_file
 
-            # 5. KL controller on the rollout's mean sequence KL (all workers); new weights to the Generator.
-            seq_kl = torch.stack([kl.sum(), torch.tensor(float(kl.shape[0]), device=kl.device)])
-            seq_kl = reduce(seq_kl) if reduce else seq_kl
-            mean_kl = float(seq_kl[0] / seq_kl[1])
-            kl_coef = kl_ctl.value
-            kl_ctl.update(mean_kl, pc.rollout_size)
+        head = self.inner.value_head.state_dict()
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, os.path.join(folder, VALUE_HEAD_FILE))
+
+    def train_step(self, w: Worker, it: int, lr: float) -> dict[str, float]:
+        pc, tc, device, reduce, kl_ctl = self.cfg.ppo, self.train, w.device, self.reduce, self.kl_ctl
+
+        # 1. Rollout (rank 0): sample prompts, generate, score, reference log-probs; shared with all workers.
+        rollout = None
+        if w.lead:
+            prompts = sample_prompts(self.train_prompts, pc.rollout_size, tc.seed, it)
+            rollout = self.rollouts.collect(prompts, w.tokenizer, iteration=it)
+            raw = torch.as_tensor(rollout["scores"], dtype=torch.float32)
+            rollout["scaled"] = P.scale_scores(raw, self.moments if pc.score_scaling else None, pc.score_norm).tolist()
+        rollout = broadcast(rollout, w.rank, w.world)
+        per_worker = pc.rollout_size // w.world
+        mine = slice(w.rank * per_worker, (w.rank + 1) * per_worker)
+        batch = collate(rollout["pairs"][mine], self.pad_id).to(device)
+        mask = batch.response_mask
+        ref_logps = _pad(rollout["ref_logps"][mine], mask.shape[1]).to(device)
+        scores = torch.as_tensor(rollout["scaled"][mine], dtype=torch.float32, device=device)
+
+        # 2. pi_old log-probs and values of this worker's shard; KL-penalised rewards; GAE; whitening.
+        w.model.eval()
+        with torch.no_grad(), w.strategy.autocast(device):
+            old_logps, old_values, entropy = w.model(batch, with_entropy=True)
+        w.model.train()
+        rewards, kl = P.kl_penalty_rewards(old_logps, ref_logps, mask, scores, kl_ctl.value)
+        advantages, returns = P.gae(rewards, old_values, mask, pc.gamma, pc.lam)
+        if pc.whiten:
+            advantages = P.masked_whiten(advantages, mask, all_reduce=reduce)
+
+        # 3. PPO epochs over mini-batches of this shard (DDP averages the gradients over workers).
+        stats = ppo_epochs(w.model, w.optimizer, w.trainable, batch, old_logps, old_values, advantages, returns, pc,
+                           grad_clip=tc.grad_clip, mini_batch=pc.mini_batch_size // w.world,
+                           seed=(tc.seed, it, w.rank), strategy=w.strategy)
+
+        # 4. KL controller on the rollout's mean sequence KL (all workers); new weights to the Generator.
+        seq_kl = torch.stack([kl.sum(), torch.tensor(float(kl.shape[0]), device=kl.device)])
+        seq_kl = reduce(seq_kl) if reduce else seq_kl
+        mean_kl = float(seq_kl[0] / seq_kl[1])
+        kl_coef = kl_ctl.value
+        kl_ctl.update(mean_kl, pc.rollout_size)
+        stats.update({
+            "objective/kl": mean_kl, "objective/kl_coef": kl_coef,
+            "objective/entropy": float(P.masked_mean(entropy, mask, reduce)),
+            "returns/mean": float(P.masked_mean(returns, mask, reduce)),
+            "values/mean": float(P.masked_mean(old_values, mask, reduce)),
+        })
+        stats = mean_over_workers(stats, w.world, device)
+        if w.lead:
+            t_sync = time.perf_counter()
+            self.rollouts.update_weights(rollout_weights(self.inner.policy))
+            lengths = [len(r) for _, r in rollout["pairs"]]
             stats.update({
-                "objective/kl": mean_kl, "objective/kl_coef": kl_coef,
-                "objective/entropy": float(P.masked_mean(entropy, mask, reduce)),
-                "returns/mean": float(P.masked_mean(returns, mask, reduce)),
-                "values/mean": float(P.masked_mean(old_values, mask, reduce)),
+                "reward/mean": float(np.mean(rollout["scores"])),
+                "reward/std": float(np.std(rollout["scores"])),
+                "reward/scaled_mean": float(np.mean(rollout["scaled"])),
+                **{k: float(np.mean(v)) for k, v in rollout["components"].items()},  # reward/<component>
+                "response/tokens_mean": float(np.mean(lengths)),
+                "response/eos_frac": float(np.mean([f == "eos" for f in rollout["finish"]])),
+                "time/generate_s": rollout["time/generate_s"], "time/rollout_s": rollout["time/rollout_s"],
+                "rollout/weights_version": rollout["rollout/weights_version"],
+                "time/sync_s": time.perf_counter() - t_sync,
             })
-            stats = mean_over_workers(stats, world, device)
-            if lead:
-                t_sync = time.perf_counter()
-                rollouts.update_weights(rollout_weights(inner.policy))
-                lengths = [len(r) for _, r in rollout["pairs"]]
-                stats.update({
-                    "reward/mean": float(np.mean(rollout["scores"])),
-                    "reward/std": float(np.std(rollout["scores"])),
-                    "reward/scaled_mean": float(np.mean(rollout["scaled"])),
-                    **{k: float(np.mean(v)) for k, v in rollout["components"].items()},  # reward/<component>
-                    "response/tokens_mean": float(np.mean(lengths)),
-                    "response/eos_frac": float(np.mean([f == "eos" for f in rollout["finish"]])),
-                    "time/generate_s": rollout["time/generate_s"], "time/rollout_s": rollout["time/rollout_s"],
-                    "rollout/weights_version": rollout["rollout/weights_version"],
-                    "time/sync_s": time.perf_counter() - t_sync,
-                })
-            stats.update({"train/step": it + 1, "train/lr": pc.lr, "time/iteration_s": time.perf_counter() - t_iter,
-                          "time/wall": time.time()})
-            record_step(stats, it + 1, metrics_path, tracker, report=(it + 1) % tc.log_every == 0)
-        tracker.close()
-        if logs:
-            storage.push_back(logs, spec.run_dir)
-    finally:
-        if rollouts is not None:
-            rollouts.shutdown()
+        return stats
+
+    def close(self, w: Worker) -> None:
+        if getattr(self, "rollouts", None) is not None:
+            self.rollouts.shutdown()
+
+
+def loop_spec(cfg, tc, *, stop_at_step: int = 0, run_dir: Optional[str] = None, track=None) -> LoopSpec:
+    """The skeleton's settings of a PPO run: ppo.* cadence and learning rate (constant), train.* resources
+    (``tc``: ``ppo_train_config``)."""
+    pc = cfg.ppo
+    return LoopSpec(name=METHOD, total_steps=pc.iterations, schedule=LRSchedule(lr=pc.lr), parallel=tc,
+                    eval_every=pc.eval_every, eval_at_start=pc.eval_at_start, checkpoint_every=pc.checkpoint_every,
+                    log_every=tc.log_every, seed=tc.seed, cpus_per_worker=tc.cpus_per_worker,
+                    load_in_4bit=cfg.model.lora.load_in_4bit, stop_at_step=stop_at_step, run_dir=run_dir,
+                    tracking=track, unit="iteration")
 
 
 def ppo_epochs(model, optimizer, trainable, batch, old_logps, old_values, advantages, returns, pc, *,
-               grad_clip: float, mini_batch: int, seed: tuple, use_autocast: bool = False) -> dict[str, float]:
+               grad_clip: float, mini_batch: int, seed: tuple, strategy) -> dict[str, float]:
     """``pc.ppo_epochs`` shuffled passes over one rollout shard in mini-batches of ``mini_batch`` rollouts, with
     one optimizer step per ``pc.grad_accum`` mini-batches (their gradients averaged, as TRL's gradient
-    accumulation does); returns the mean of every mini-batch's metrics and ``ppo/optimizer_steps``."""
+    accumulation does); returns the mean of every mini-batch's metrics and ``ppo/optimizer_steps``. The
+    parallel ``strategy`` (alol_ray.train.strategy) gives the gradient-sync and autocast contexts and clips."""
     n = len(batch)
     sums: dict[str, float] = {}
     minis = steps = 0
@@ -508,17 +468,16 @@ def ppo_epochs(model, optimizer, trainable, batch, old_logps, old_values, advant
             sub = _select(batch, idx)
             rows = (idx, slice(0, sub.response_mask.shape[1]))  # the mini-batch is trimmed to its longest response
             step_now = (k + 1) % pc.grad_accum == 0 or k == len(starts) - 1
-            # DDP all-reduces gradients once per optimizer step, on its last mini-batch.
-            sync = contextlib.nullcontext() if step_now or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+            # Gradients are synchronised once per optimizer step, on its last mini-batch.
+            with strategy.accumulate(model, step_now):
+                with strategy.autocast(batch.input_ids.device):
                     logps, values, _ = model(sub)
                 loss, metrics = P.ppo_loss(logps, old_logps[rows], values, old_values[rows], advantages[rows],
                                            returns[rows], sub.response_mask, cliprange=pc.cliprange,
                                            cliprange_value=pc.cliprange_value, vf_coef=pc.vf_coef)
                 (loss / pc.grad_accum).backward()
             if step_now:
-                metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+                metrics["train/grad_norm"] = float(strategy.clip_grad_norm(model, trainable, max_norm))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 steps += 1
@@ -580,12 +539,11 @@ def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_
     ray = init_ray(cfg.ray)
     check_resources(cfg, tc, ray.cluster_resources(), local=is_local_ray(cfg.ray))
     # Paths every node can open (a bucket run's folders by their URIs; see alol_ray.storage).
-    spec = PPOSpec(cfg=cfg, train=tc, policy_path=storage.shared(policy_path), ref_path=storage.shared(ref_path),
-                   train_prompts=prompts, val_prompts=val, run_dir=run_folder(work_dir),
-                   reward_stats=dict(reward_stats or {}),
-                   stop_at_step=stop_at_step,
-                   tracking=tracking.prepare(cfg, tracking.job_name(work_dir), work_dir=work_dir, train_cfg=tc))
-    result = ray_compat.fit(build_trainer(spec, tc, work_dir, loop_fn=ppo_loop_per_worker))
+    track = tracking.prepare(cfg, tracking.job_name(work_dir), work_dir=work_dir, train_cfg=tc)
+    loop = loop_spec(cfg, tc, stop_at_step=stop_at_step, run_dir=run_folder(work_dir), track=track)
+    hooks = PPOHooks(cfg=cfg, train=tc, policy_path=storage.shared(policy_path), ref_path=storage.shared(ref_path),
+                     train_prompts=prompts, val_prompts=val, reward_stats=dict(reward_stats or {}))
+    result = ray_compat.fit(build_trainer(loop, hooks, tc, work_dir))
     fetch_logs(work_dir)
     state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)
     outcome = TrainOutcome(run_dir=work_dir, export_dir=os.path.join(work_dir, "best"), total_steps=pc.iterations,

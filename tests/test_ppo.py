@@ -74,8 +74,10 @@ def test_ppo_epochs_on_rollouts_of_different_lengths(tiny_policy_dir, builtin_ro
     finite, and a positive advantage on one reply raises its log-prob."""
     from alol_ray.models import load_policy
     from baselines import ppo_loss as P
+    from alol_ray.train.strategy import Replicated
     from baselines.ppo import PolicyWithValueHead, ppo_epochs
 
+    one = Replicated(world_size=1)
     model, tok = load_policy(tiny_policy_dir)
     pairs = pairs_of(tok, builtin_rows, 4)
     pairs = [(p, r[:n] + [tok.eos_token_id]) for (p, r), n in zip(pairs, (3, 9, 5, 14))]
@@ -92,7 +94,7 @@ def test_ppo_epochs_on_rollouts_of_different_lengths(tiny_policy_dir, builtin_ro
     opt = torch.optim.AdamW(trainable, lr=1e-3)
     head_before = module.value_head.weight.detach().clone()
     stats = ppo_epochs(module, opt, trainable, batch, old_logps, old_values, adv, ret, pc, grad_clip=1.0,
-                       mini_batch=2, seed=(0, 0, 0))
+                       mini_batch=2, seed=(0, 0, 0), strategy=one)
     assert all(math.isfinite(v) for v in stats.values())
     assert stats["loss/value"] > 0 and stats["ppo/approx_kl"] >= 0
     assert not torch.equal(module.value_head.weight, head_before)
@@ -104,7 +106,7 @@ def test_ppo_epochs_on_rollouts_of_different_lengths(tiny_policy_dir, builtin_ro
     for accum, steps in ((1, 8), (2, 4), (4, 2)):
         pc = dataclasses.replace(RunConfig().ppo, ppo_epochs=2, mini_batch_size=1, rollout_size=4, grad_accum=accum)
         stats = ppo_epochs(module, opt, trainable, batch, old_logps, old_values, adv, ret, pc, grad_clip=1.0,
-                           mini_batch=1, seed=(0, 0, 0))
+                           mini_batch=1, seed=(0, 0, 0), strategy=one)
         assert stats["ppo/optimizer_steps"] == steps, accum
 
 

@@ -295,7 +295,7 @@ def test_a_crashed_rm_run_resumes_from_its_last_epoch(alol_cli, regression_run):
     _train(alol_cli, cwd, "resume", REGRESSION + ["rm.max_failures=0"], env=faults, expect=1)
     assert not os.path.exists(os.path.join(cwd, "runs", "resume", "rm", "model"))  # nothing half-done published
     out, summary, proc = _train(alol_cli, cwd, "resume", REGRESSION + ["rm.max_failures=0"], env=faults)
-    assert re.search(r"resuming from the checkpoint after epoch [12]\b", proc.stdout + proc.stderr)
+    assert re.search(r"resuming from the checkpoint at epoch [12]/6\b", proc.stdout + proc.stderr)
     assert summary["final_metrics"]["epoch"] == 6
     a, b = load_file(os.path.join(out, "model.safetensors")), load_file(os.path.join(straight, "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -19,10 +19,10 @@ from alol_ray import columns as C
 from alol_ray.config import RunConfig, TrainConfig
 from alol_ray.errors import ConfigError, DataError, UserError
 from alol_ray.losses import LOSSES, REQUIRES
-from alol_ray.train.loop import learning_rate
 from alol_ray.train.policy import build_policy
 from alol_ray.registry import get_method, load_builtin_methods
 from alol_ray.train.methods import collate_units, training_units
+from alol_ray.train.worker_loop import learning_rate
 
 MAX_PROMPT, MAX_RESPONSE = 96, 48
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 
 from alol_ray import columns as C
-from alol_ray import faults, ray_compat, storage, tracking
+from alol_ray import ray_compat, storage, tracking
 from alol_ray.atomic import write_json
-from alol_ray.config import RewardModelConfig, RunConfig
+from alol_ray.config import RewardModelConfig, RunConfig, TrainConfig
 from alol_ray.errors import UserError
 from alol_ray.hashing import fingerprint, model_identity
 from alol_ray.ray_utils import init_ray
@@ -40,14 +40,12 @@ from alol_ray.rm.backbone import (
 )
 from alol_ray.rm.embed import cached_features, run_pass
 from alol_ray.rm.metrics import evaluate_slice, format_report, pairwise_accuracy, pearson, spearman
-from alol_ray.train.worker import report_checkpoint, say, step_seed
+from alol_ray.train.worker import SELECTION_METRIC
+from alol_ray.train.worker_loop import Hooks, LoopSpec, LRSchedule, Worker, train_loop_per_worker
 
 log = logging.getLogger("alol")
 
 TRAIN_DIR = ".train"  # the Ray Train run inside the output folder while it trains
-TRAINABLE_FILE = "trainable.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "train_state.json"
 # Fields that choose resources or where the output goes, not what is learned.
 RESOURCE_FIELDS = ("num_workers", "cpus_per_worker", "use_gpu", "max_failures", "embed_pool", "output")
 
@@ -116,122 +114,128 @@ def _features_key(cfg: RunConfig, backbone_path: str) -> str:
 # ------------------------------------------------------------------------------------- the worker loop
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """One Ray Train worker: shard of each global batch -> loss by name -> DDP step; report per epoch.
+@dataclass
+class RewardModelHooks(Hooks):
+    """The reward model's part of the worker-loop skeleton (``alol_ray.train.worker_loop``): one step is one
+    epoch over the examples, each worker taking its slice of every global batch, the loss by name.
 
     Head mode trains pooler + classifier on cached encoder features; full mode runs the classifier on
-    tokenized text (the encoder frozen or not). Checkpoints hold the trainable weights, the optimizer
-    and the epoch, so a restarted worker group resumes at the next epoch.
+    tokenized text (the encoder frozen or not). A checkpoint's model/ holds the trainable weights (the head's
+    state dict, or the whole classifier as an HF folder), so a restarted worker group resumes at the next epoch.
     """
-    # lazy: ray, torch, safetensors, tqdm, alol_ray.rm.losses (torch) (alol_ray.rm.train imports without them)
-    import ray
-    import ray.train
-    import ray.train.torch
-    import torch
-    from safetensors.torch import load_file, save_file
-    from tqdm import tqdm
 
-    from alol_ray.rm.losses import LOSSES
+    rm: Any  # RewardModelConfig (loss, template, lengths, optimizer, batch, seed)
+    mode: str  # "head" (cached features) | "full" (text through the classifier)
+    backbone: str  # resolved backbone folder
+    pooling: str  # resolved pooling
+    data: Any  # ObjectRef of the training payload (features or texts, targets)
+    holdout: Any = None  # ObjectRef of the held-out slice, or None
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    data, holdout = ray.get(config["data"]), ray.get(config["holdout"]) if config["holdout"] is not None else None
-    model, tok, _ = load_reward_model(config["backbone"], config["pooling"], revision=config["revision"],
-                                      trust_remote_code=config["trust_remote_code"], seed=config["seed"])
-    head_mode = config["mode"] == "head"
-    module = make_head(model) if head_mode else model
-    if not head_mode and config["freeze_encoder"]:
-        for p in model.base_model.parameters():  # no cached features for this architecture: freeze in place
-            p.requires_grad_(False)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    def build(self, w: Worker, model_dir):
+        # lazy: ray, alol_ray.rm.losses (torch), alol_ray.train.checkpoint (transformers)
+        # (alol_ray.rm.train imports without them)
+        import ray
 
-    start_epoch = 0
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as folder:
-            module.load_state_dict(load_file(os.path.join(folder, TRAINABLE_FILE)))
-            optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE), weights_only=True))
-            with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as fh:
-                start_epoch = json.load(fh)["epoch"]
-        if rank == 0:
-            say(f"[rm] resuming from the checkpoint after epoch {start_epoch}")
-    module = ray.train.torch.prepare_model(module)  # DDP across workers (gradients averaged), device placement
-    device = ray.train.torch.get_device()
-    bare = getattr(module, "module", module)
-    loss_fn = LOSSES[config["loss"]]
+        from alol_ray.rm.losses import LOSSES
+        from alol_ray.train.checkpoint import load_weights
 
-    def rewards(rows: np.ndarray, source: dict) -> torch.Tensor:
-        """The model's output for rows (positions into `source`): from features or from text."""
-        if head_mode:
-            return module(torch.as_tensor(source["X"][rows], device=device))
-        enc = encode(tok, config["template"], [source["prompts"][i] for i in rows],
-                     [source["responses"][i] for i in rows], config["max_length"], config["truncation_side"])
-        return module(**enc.to(device)).logits.squeeze(-1)
+        rm = self.rm
+        self.payload = ray.get(self.data)
+        self.held = ray.get(self.holdout) if self.holdout is not None else None
+        self.loss_fn = LOSSES[rm.loss]
+        model, self.tok, _ = load_reward_model(self.backbone, self.pooling, revision=rm.revision,
+                                               trust_remote_code=rm.trust_remote_code, seed=rm.seed)
+        module = make_head(model) if self.mode == "head" else model
+        if self.mode == "full" and rm.freeze_encoder:
+            for p in model.base_model.parameters():  # no cached features for this architecture: freeze in place
+                p.requires_grad_(False)
+        if model_dir:
+            load_weights(module, model_dir)
+        return module, None if self.mode == "head" else self.tok
 
-    def evaluate_holdout() -> dict[str, float]:
-        module.eval()
+    def make_optimizer(self, w: Worker, trainable):
+        # lazy: torch (alol_ray.rm.train imports without it)
+        import torch
+
+        return torch.optim.AdamW(trainable, lr=self.rm.lr, weight_decay=self.rm.weight_decay)
+
+    def rewards(self, w: Worker, rows: np.ndarray, source: dict):
+        """The model's output for rows (positions into ``source``): from features or from text."""
+        # lazy: torch (alol_ray.rm.train imports without it)
+        import torch
+
+        if self.mode == "head":
+            return w.model(torch.as_tensor(source["X"][rows], device=w.device))
+        rm = self.rm
+        enc = encode(self.tok, rm.template, [source["prompts"][i] for i in rows],
+                     [source["responses"][i] for i in rows], rm.max_length, rm.truncation_side)
+        return w.model(**enc.to(w.device)).logits.squeeze(-1)
+
+    def evaluate_holdout(self, w: Worker) -> dict[str, float]:
+        # lazy: torch (alol_ray.rm.train imports without it)
+        import torch
+
+        held = self.held
+        w.model.eval()
         with torch.no_grad():
-            scores = np.concatenate([rewards(np.arange(i, min(i + 256, holdout["n"])), holdout).cpu().numpy()
-                                     for i in range(0, holdout["n"], 256)])
-        module.train()
-        frame = pd.DataFrame({C.PROMPT_ID: holdout["pid"], C.RANK: holdout["rank"]})
+            scores = np.concatenate([self.rewards(w, np.arange(i, min(i + 256, held["n"])), held).cpu().numpy()
+                                     for i in range(0, held["n"], 256)])
+        w.model.train()
+        frame = pd.DataFrame({C.PROMPT_ID: held["pid"], C.RANK: held["rank"]})
         out = {"holdout/pairwise_acc": pairwise_accuracy(frame, scores)[0]}
-        labelled = ~np.isnan(holdout["reward"])
+        labelled = ~np.isnan(held["reward"])
         if labelled.sum() > 1:
-            out["holdout/pearson"] = pearson(scores[labelled], holdout["reward"][labelled])
-            out["holdout/spearman"] = spearman(scores[labelled], holdout["reward"][labelled])
+            out["holdout/pearson"] = pearson(scores[labelled], held["reward"][labelled])
+            out["holdout/spearman"] = spearman(scores[labelled], held["reward"][labelled])
         return out
 
-    def save_and_report(epoch: int, metrics: dict[str, float], suffix: str = "") -> None:
-        def save(folder: str) -> None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in bare.state_dict().items()},
-                      os.path.join(folder, TRAINABLE_FILE))
-            torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
-            write_json(os.path.join(folder, STATE_FILE), {"epoch": epoch})
+    def train_step(self, w: Worker, epoch: int, lr: float) -> dict[str, float]:
+        # lazy: torch, tqdm (alol_ray.rm.train imports without them)
+        import torch
+        from tqdm import tqdm
 
-        # One copy of the weights from rank 0; every worker still reports (Ray Train requires it).
-        report_checkpoint(metrics, f"epoch-{epoch:04d}{suffix}", save if rank == 0 else None)
-
-    tracker = tracking.start(config.get("tracking") if rank == 0 else None,
-                             first_step=start_epoch + 1 if restored is not None else 0)
-    n_examples = len(data["pairs"]) if config["loss"] == "pairwise" else data["n"]
-    batch, per_worker = config["batch_size"], config["batch_size"] // world
-    steps = max(n_examples // batch, 1)  # the last incomplete global batch is dropped (reshuffled each epoch)
-    module.train()
-    for epoch in range(start_epoch, config["epochs"]):
-        # Dropout noise per (seed, epoch, worker): a resumed run draws what an uninterrupted one would.
-        torch.manual_seed(step_seed(config["seed"], epoch, rank))
+        rm, data = self.rm, self.payload
+        n_examples = len(data["pairs"]) if rm.loss == "pairwise" else data["n"]
+        batch, per_worker = rm.batch_size, rm.batch_size // w.world
+        steps = max(n_examples // batch, 1)  # the last incomplete global batch is dropped (reshuffled each epoch)
         # The same permutation on every worker; worker r takes its slice of each global batch.
-        perm = np.random.default_rng(config["seed"] + epoch).permutation(n_examples)
+        perm = np.random.default_rng(rm.seed + epoch).permutation(n_examples)
         totals: dict[str, float] = {}
-        for step in tqdm(range(steps), desc=f"rm epoch {epoch + 1}", disable=rank != 0 or head_mode, mininterval=5):
-            mine = perm[step * batch: (step + 1) * batch][rank * per_worker: (rank + 1) * per_worker]
-            if config["loss"] == "pairwise":
-                chosen, rejected = data["pairs"][mine, 0], data["pairs"][mine, 1]
-                scores = rewards(np.concatenate([chosen, rejected]), data)
-                loss, metrics = loss_fn(scores[: len(mine)], scores[len(mine):])
-            else:
-                loss, metrics = loss_fn(rewards(mine, data), torch.as_tensor(data["y"][mine], device=device))
-            optimizer.zero_grad(set_to_none=True)
+        for step in tqdm(range(steps), desc=f"rm epoch {epoch + 1}", disable=not w.lead or self.mode == "head",
+                         mininterval=5):
+            mine = perm[step * batch: (step + 1) * batch][w.rank * per_worker: (w.rank + 1) * per_worker]
+            with w.strategy.autocast(w.device):
+                if rm.loss == "pairwise":
+                    chosen, rejected = data["pairs"][mine, 0], data["pairs"][mine, 1]
+                    scores = self.rewards(w, np.concatenate([chosen, rejected]), data)
+                    loss, metrics = self.loss_fn(scores[: len(mine)], scores[len(mine):])
+                else:
+                    y = torch.as_tensor(data["y"][mine], device=w.device)
+                    loss, metrics = self.loss_fn(self.rewards(w, mine, data), y)
             loss.backward()
-            if config["grad_clip"] > 0:  # keeps one noisy batch from throwing the head far off
-                torch.nn.utils.clip_grad_norm_(params, config["grad_clip"])
-            optimizer.step()
+            # grad_clip keeps one noisy batch from throwing the head far off (0: the norm is only measured)
+            metrics["train/grad_norm"] = w.apply_gradients(rm.grad_clip)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / steps
         report = {"epoch": epoch + 1, **totals}
-        if holdout is not None and rank == 0:
-            report.update(evaluate_holdout())
-        if rank == 0:
-            say("[rm] " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
-        tracker.log(report, step=epoch + 1)
-        save_and_report(epoch + 1, report)
-        if rank == world - 1:
-            faults.hit("rm.epoch", epoch + 1)  # tests: a worker lost after a checkpoint
-    tracker.close()
-    if start_epoch >= config["epochs"]:  # restored after the last epoch: report it again so fit() returns it
-        save_and_report(start_epoch, {"epoch": start_epoch}, suffix="-restored")
+        if self.held is not None and w.lead:
+            # A metric undefined on this slice (constant labels, no pair) is left out: step metrics are finite.
+            report.update({k: v for k, v in self.evaluate_holdout(w).items() if np.isfinite(v)})
+        return report
+
+    def progress(self, w: Worker, epoch: int, metrics: dict[str, float]) -> str:
+        shown = {k: v for k, v in metrics.items() if not k.startswith(("time/", "train/"))}
+        return "[rm] " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+
+
+def loop_spec(rm: RewardModelConfig, track=None) -> LoopSpec:
+    """The skeleton's settings of a reward-model run: rm.epochs steps of one epoch, a checkpoint after each,
+    a constant learning rate, DDP over ``rm.num_workers`` (no autocast)."""
+    parallel = TrainConfig(num_workers=rm.num_workers, cpus_per_worker=rm.cpus_per_worker, use_gpu=rm.use_gpu,
+                           bf16=False)
+    return LoopSpec(name="reward model", total_steps=rm.epochs, schedule=LRSchedule(lr=rm.lr), parallel=parallel,
+                    checkpoint_every=1, seed=rm.seed, cpus_per_worker=rm.cpus_per_worker, tracking=track,
+                    unit="epoch", tag="[rm]", fault_point="rm.epoch")
 
 
 # --------------------------------------------------------------------------------------- orchestration
@@ -256,13 +260,14 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
     staging folder) resumes from the last epoch; it is removed once the model is saved. Frozen-encoder
     features are cached in ``cache_dir``.
     """
-    # lazy: ray, torch, safetensors (alol_ray.rm.train imports without them)
+    # lazy: ray, torch, alol_ray.train.checkpoint (transformers) (alol_ray.rm.train imports without them)
     import ray
     import torch
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
-    from safetensors.torch import load_file
+
+    from alol_ray.train.checkpoint import MODEL_DIR, load_weights
 
     rm = cfg.rm
     start = time.time()
@@ -303,20 +308,14 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
         holdout = {**_payload(h, eval_features.get("holdout")), "pid": h[C.PROMPT_ID].to_numpy(),
                    "rank": h[C.RANK].to_numpy(),
                    "reward": h[C.REWARD].to_numpy(dtype=np.float64) if C.REWARD in h else np.full(len(h), np.nan)}
-    loop_config = {
-        "mode": "head" if head_mode else "full", "backbone": backbone, "pooling": pooling, "revision": rm.revision,
-        "trust_remote_code": rm.trust_remote_code, "freeze_encoder": rm.freeze_encoder, "loss": rm.loss,
-        "template": rm.template, "max_length": rm.max_length, "truncation_side": rm.truncation_side,
-        "lr": rm.lr, "weight_decay": rm.weight_decay, "grad_clip": rm.grad_clip, "epochs": rm.epochs,
-        "batch_size": rm.batch_size, "seed": rm.seed,
-        "data": ray.put(data), "holdout": ray.put(holdout) if holdout is not None else None,
-        "tracking": tracking.prepare(cfg, f"rm-s{rm.seed}", work_dir=out_dir, job_type="rm"),
-    }
+    hooks = RewardModelHooks(rm=rm, mode="head" if head_mode else "full", backbone=backbone, pooling=pooling,
+                             data=ray.put(data), holdout=ray.put(holdout) if holdout is not None else None)
+    loop = loop_spec(rm, track=tracking.prepare(cfg, f"rm-s{rm.seed}", work_dir=out_dir, job_type="rm"))
     train_dir = os.path.join(out_dir, TRAIN_DIR)
     storage_path, filesystem = storage.train_storage(train_dir)  # a bucket run: the bucket itself
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"loop": loop, "hooks": hooks},
         scaling_config=ScalingConfig(num_workers=rm.num_workers, use_gpu=rm.use_gpu,
                                      resources_per_worker={"CPU": rm.cpus_per_worker}),
         # Same folder for the same config (the stage's staging folder): a rerun resumes from the last epoch.
@@ -333,7 +332,7 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
     # The trained weights go back into the full classifier, which is saved as a standard HF folder.
     trained = make_head(model) if head_mode else model
     with result.checkpoint.as_directory() as folder:
-        trained.load_state_dict(load_file(os.path.join(folder, TRAINABLE_FILE)))
+        load_weights(trained, os.path.join(folder, MODEL_DIR))
     if rm.loss == "regression":
         fold_target_scale(model, targets["mean"], targets["std"])
     shutil.rmtree(train_dir, ignore_errors=True)  # done: the checkpoints were only there to resume
@@ -359,7 +358,8 @@ def train_reward_model(cfg: RunConfig, rows_path: str, out_dir: str, *, cache_di
         report[name] = evaluate_slice(part, scores)
     summary = {"slices": report, "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.time() - start, 1), "mode": "head" if head_mode else "full",
-               "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+               "final_metrics": {k: v for k, v in (result.metrics or {}).items()
+                                 if isinstance(v, (int, float)) and k != SELECTION_METRIC},
                "config": dataclasses.asdict(rm)}
     write_json(os.path.join(out_dir, EVAL_FILE), summary)
     log.info("[rm] evaluation (" + os.path.join(out_dir, EVAL_FILE) + ")\n" + format_report(report))

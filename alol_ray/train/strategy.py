@@ -72,13 +72,17 @@ class Replicated:
         self.gradient_checkpointing = gradient_checkpointing
 
     def wrap(self, model, device):
-        # lazy: ray (alol_ray.train.strategy imports without it)
-        import ray.train.torch
-
         if self.precision.params is not None:
             model.to(self.precision.params)  # bf16: DDP then all-reduces bf16 gradients
         if self.gradient_checkpointing:
             checkpoint_activations(model)
+        if self.world_size == 1:  # nothing to replicate: placed on the device as prepare_model would, no Ray needed
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            return model.to(device) if self.move_to_device else model
+        # lazy: ray (alol_ray.train.strategy imports without it)
+        import ray.train.torch
+
         return ray.train.torch.prepare_model(model, move_to_device=self.move_to_device)
 
     def accumulate(self, model, last: bool) -> ContextManager:

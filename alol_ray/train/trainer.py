@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -36,10 +36,11 @@ from alol_ray.ray_utils import init_ray
 from alol_ray.scoring.reward import Reward
 from alol_ray.stage import Unfinished
 from alol_ray.train.checkpoint import MODEL_DIR, STATE_FILE, export_policy
-from alol_ray.train.loop import LoopSpec, train_loop_per_worker
+from alol_ray.train.loop import OfflineHooks, loop_spec
 from alol_ray.train.methods import Method, training_units
 from alol_ray.train.samplers import make_sampler, needs_advantage, positive_fraction, resolve_sampler, scaled_steps
 from alol_ray.train.worker import NOT_EVALUATED, SELECTION_METRIC
+from alol_ray.train.worker_loop import LoopSpec, train_loop_per_worker
 
 log = logging.getLogger("alol")
 
@@ -171,11 +172,11 @@ def fetch_logs(work_dir: str) -> None:
         storage.pull(uri, work_dir, checkpoints=False)
 
 
-def build_trainer(spec: Any, tc, work_dir: str, loop_fn: Optional[Callable] = None):
-    """The ``TorchTrainer``: resources from config, gloo on CPU / NCCL on GPU, score-based retention, the
-    run stored in ``work_dir``/checkpoints, or in the bucket when ``work_dir`` mirrors one (every worker
-    writes there and a rerun restores from there, whichever node the driver runs on). ``loop_fn`` defaults
-    to the offline ``train_loop_per_worker`` (PPO passes its own loop)."""
+def build_trainer(loop: LoopSpec, hooks, tc, work_dir: str):
+    """The ``TorchTrainer`` of the worker-loop skeleton with a method's ``hooks`` (offline or PPO): resources
+    from config, gloo on CPU / NCCL on GPU, score-based retention, the run stored in ``work_dir``/checkpoints,
+    or in the bucket when ``work_dir`` mirrors one (every worker writes there and a rerun restores from there,
+    whichever node the driver runs on)."""
     # lazy: ray (alol_ray.train.trainer imports without it)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -185,8 +186,8 @@ def build_trainer(spec: Any, tc, work_dir: str, loop_fn: Optional[Callable] = No
     if tc.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
-        loop_fn or train_loop_per_worker,
-        train_loop_config={"spec": spec},
+        train_loop_per_worker,
+        train_loop_config={"loop": loop, "hooks": hooks},
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -263,13 +264,13 @@ def fit(cfg, *, method: Method, train_cfg, table, policy_path: str, work_dir: st
     track = tracking.prepare(cfg, tracking.job_name(work_dir), work_dir=work_dir, train_cfg=tc)  # before any worker
     init_ray(cfg.ray)
     reward = reward or Reward(cfg.reward)
-    spec = LoopSpec(method=method, train=tc, model=cfg.model, generation=cfg.generation, reward=reward.config,
-                    reward_stats=dict(reward.stats),
-                    policy_path=storage.shared(policy_path), data_ref=ray.put((data.frame, data.units, data.sampler)),
-                    total_steps=data.total_steps, eval_every=data.eval_every, val_prompts=prompts,
-                    run_dir=run_folder(work_dir), stop_at_step=stop_at_step, tracking=track,
-                    prompt_format=prompt_format(cfg))
-    result = ray_compat.fit(build_trainer(spec, tc, work_dir))
+    loop = loop_spec(method, tc, cfg.model, total_steps=data.total_steps, eval_every=data.eval_every,
+                     stop_at_step=stop_at_step, run_dir=run_folder(work_dir), track=track)
+    hooks = OfflineHooks(method=method, train=tc, model=cfg.model, generation=cfg.generation, reward=reward.config,
+                         reward_stats=dict(reward.stats), policy_path=storage.shared(policy_path),
+                         data_ref=ray.put((data.frame, data.units, data.sampler)), val_prompts=prompts,
+                         prompt_format=prompt_format(cfg))
+    result = ray_compat.fit(build_trainer(loop, hooks, tc, work_dir))
     fetch_logs(work_dir)
     state, metrics, path = export_best(result, work_dir, policy_path, cfg.model)
     outcome = TrainOutcome(run_dir=work_dir, export_dir=os.path.join(work_dir, BEST_DIR), total_steps=data.total_steps,
