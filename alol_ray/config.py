@@ -412,16 +412,23 @@ class ALoLConfig:
             raise ConfigError(f"train.alol.r_gold_u must be in [0, 1], got {self.r_gold_u}")
 
 
+DPO_LOSS_TYPES = ("sigmoid", "ipo")  # baselines.dpo.LOSS_TYPES (config imports no torch)
+
+
 @dataclass
 class DPOConfig:
     """DPO (baselines.dpo)."""
 
-    beta: float = 0.1
+    beta: float = 0.1  # the implicit reward's temperature; IPO's tau for loss_type ipo
     reference_free: bool = False  # drop the reference term (then the table needs no reference log-probs)
+    # sigmoid: DPO's -log sigmoid(beta * margin); ipo: IPO's (margin / |y| - 1 / (2 beta))^2, as TRL computes it
+    loss_type: str = "sigmoid"
 
     def __post_init__(self) -> None:
         if not self.beta > 0:
             raise ConfigError(f"train.dpo.beta must be > 0, got {self.beta}")
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise ConfigError(f"train.dpo.loss_type must be one of {list(DPO_LOSS_TYPES)}, got '{self.loss_type}'")
 
 
 @dataclass

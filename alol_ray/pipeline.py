@@ -276,9 +276,12 @@ class Pipeline:
         m = get_method(method)
         if table is None:
             self.require_layout(m)
+        # The value table when the method's loss reads advantages or its sampler draws by them (nll with
+        # train.sampler=good_priority trains on A-LoL's rows), else the scored table.
+        with_advantage = m.needs_advantage_with(tc.sampler)
         if table is None and tc.eval_every > 0:
             self.require_split("val", f"train.eval_every={tc.eval_every} (model selection by val reward)")
-        if table is None and m.needs_advantage:
+        if table is None and with_advantage:
             self.require_split("val", f"{method} (its advantages need the value head, fit on val prompts)")
         key = ("train", method, tc.seed, table, init)
         if key in self._made and not stop_at_step:
@@ -289,7 +292,7 @@ class Pipeline:
             table = table or self.rows()
             inputs = (model_identity(self.reference()), file_sha(table))
         else:
-            table = table or (self.value() if m.needs_advantage else self.scored())
+            table = table or (self.value() if with_advantage else self.scored())
             inputs = (file_sha(table),)
         c = self.cfg
         fp = fingerprint("train-v2", method, train_identity(tc), c.ppo if m.online else None, c.model, c.generation,

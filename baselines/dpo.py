@@ -6,6 +6,15 @@ Eq. 7 of the paper:
 
 Sequence log-probs are sums over the response tokens including the appended EOS, padding excluded (as in
 LoL-RL's DPO baseline, beta = 0.1). ``reference_free`` drops the reference term (pi_ref uniform).
+
+``loss_type="ipo"`` is IPO (Azar et al., AISTATS 2024, arXiv 2310.12036), Eq. 17 with beta as its tau:
+
+    L_IPO = E[ ( h - 1 / (2 * beta) )^2 ],
+    h = (log pi(y_w|x) - log pi_ref(y_w|x)) / |y_w| - (log pi(y_l|x) - log pi_ref(y_l|x)) / |y_l|
+
+with each log-ratio divided by its response's token count |y| (EOS included): the normalisation TRL's
+``DPOTrainer(loss_type="ipo")`` uses, which its authors confirmed with IPO's authors; without it the
+squared loss grows with the response length.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from alol_ray.losses import compute_dtype, sequence_logps
+
+LOSS_TYPES = ("sigmoid", "ipo")
 
 
 def _reference_sequence_logps(ref: torch.Tensor, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -32,8 +43,9 @@ def dpo_loss(
     ref_rejected_logps: torch.Tensor | None,
     beta: float = 0.1,
     reference_free: bool = False,
+    loss_type: str = "sigmoid",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Batch-mean DPO loss and its metrics.
+    """Batch-mean DPO (or IPO) loss and its metrics.
 
     Args:
         chosen_logps: [B, Tw] policy per-token log-probs of the preferred response y_w (grad flows).
@@ -45,6 +57,8 @@ def dpo_loss(
         ref_rejected_logps: same for y_l.
         beta: temperature of the implicit reward beta * log(pi / pi_ref).
         reference_free: use 0 for the reference log-ratio.
+        loss_type: "sigmoid" (DPO, Eq. 7) or "ipo" (IPO, Eq. 17 on token-count-normalised log-ratios, see the
+            module docstring).
 
     Returns:
         (loss, metrics): metrics "loss/policy", "reward/chosen", "reward/rejected", "reward/margin" (batch
@@ -62,8 +76,16 @@ def dpo_loss(
         ref_chosen = _reference_sequence_logps(ref_chosen_logps, chosen_mask, policy_chosen)
         ref_rejected = _reference_sequence_logps(ref_rejected_logps, rejected_mask, policy_rejected)
 
-    logits = beta * ((policy_chosen - policy_rejected) - (ref_chosen - ref_rejected))
-    loss = -F.logsigmoid(logits).mean()
+    if loss_type == "sigmoid":
+        logits = beta * ((policy_chosen - policy_rejected) - (ref_chosen - ref_rejected))
+        loss = -F.logsigmoid(logits).mean()
+    elif loss_type == "ipo":
+        chosen_tokens = chosen_mask.sum(dim=-1).clamp(min=1.0).to(policy_chosen.dtype)
+        rejected_tokens = rejected_mask.sum(dim=-1).clamp(min=1.0).to(policy_rejected.dtype)
+        h = (policy_chosen - ref_chosen) / chosen_tokens - (policy_rejected - ref_rejected) / rejected_tokens
+        loss = ((h - 1.0 / (2.0 * beta)) ** 2).mean()
+    else:
+        raise ValueError(f"dpo_loss: loss_type must be one of {list(LOSS_TYPES)}, got {loss_type!r}")
 
     with torch.no_grad():
         reward_chosen = beta * (policy_chosen - ref_chosen)

@@ -5,7 +5,8 @@ a name it does not know):
 
     dpo           pair  (rank 0, rank k) of a prompt; -log sigmoid(beta * margin), reference log-probs from
                         the scored table's ``ref_token_logps`` (no reference forward pass);
-                        ``train.dpo.beta``, ``train.dpo.reference_free``
+                        ``train.dpo.beta``, ``train.dpo.reference_free``, ``train.dpo.loss_type``
+                        (sigmoid = DPO, ipo = IPO)
     dpo_ref_free  pair  DPO with the reference term set to 0 (needs no reference column)
     pro           list  all rows of a prompt in rank order; listwise PRO loss with reward-difference
                         temperatures plus ``train.pro.sft_weight`` * (n-1)^2 * NLL of the best row; the
@@ -46,12 +47,14 @@ from baselines.pro import pro_loss
 class DPOParams:
     beta: float = 0.1
     reference_free: bool = False
+    loss_type: str = "sigmoid"
 
 
 def _dpo_params(reference_free: Optional[bool]):
     def make(tc) -> DPOParams:
         return DPOParams(beta=tc.dpo.beta,
-                         reference_free=tc.dpo.reference_free if reference_free is None else reference_free)
+                         reference_free=tc.dpo.reference_free if reference_free is None else reference_free,
+                         loss_type=tc.dpo.loss_type)
 
     return make
 
@@ -75,7 +78,7 @@ def dpo_compute(model, batch: TrainBatch, params: DPOParams, state=None):
         raise ValueError("dpo needs the scored table's ref_token_logps (or train.dpo_reference_free=true)")
     return dpo_loss(logps[chosen], mask[chosen], logps[rejected], mask[rejected],
                     None if ref is None else ref[chosen], None if ref is None else ref[rejected],
-                    beta=params.beta, reference_free=params.reference_free)
+                    beta=params.beta, reference_free=params.reference_free, loss_type=params.loss_type)
 
 
 # ----------------------------------------------------------------------------------------------- PRO

@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("ALOL_HH_DATA", str(REPO.parent / "shared" / "data" / "hh")))
     parser.add_argument("--storage", default=str(REPO / "runs"))
     parser.add_argument("--finetune", type=int, default=0, metavar="EPOCHS", help="also fine-tune the whole encoder")
+    parser.add_argument("--limit", type=int, help="read only the first N records of each HH file (a quick run)")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.data_dir):
         print(f"error: HH data folder not found: {args.data_dir} (set --data-dir or ALOL_HH_DATA)", file=sys.stderr)
@@ -188,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     from alol_ray.rm.train import split_holdout
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    cfg = load_config(str(REPO / "configs" / "rm_hh.yaml"), [f"storage={args.storage}"] + [
-        f"data.sources.{i}.path={os.path.join(args.data_dir, name + '.json')}" for i, name in enumerate(FILES)])
+    sources = [f"data.sources.{i}.path={os.path.join(args.data_dir, name + '.json')}" for i, name in enumerate(FILES)]
+    if args.limit:
+        sources += [f"data.sources.{i}.limit={args.limit}" for i in range(len(FILES))]
+    cfg = load_config(str(REPO / "configs" / "rm_hh.yaml"), [f"storage={args.storage}"] + sources)
     train, slices = split_holdout(pd.read_parquet(Pipeline(cfg).rows()), cfg.rm)
     frame = pd.concat([train.assign(part="train"), slices["holdout"].assign(part="holdout"),
                        slices["val"].assign(part="val")], ignore_index=True)

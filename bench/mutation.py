@@ -4,6 +4,7 @@
     python bench/mutation.py                    # every module (one mutmut run per group below)
     python bench/mutation.py --group losses     # one group
     python bench/mutation.py --keep             # keep the temporary folders (mutmut results/show work there)
+    python bench/mutation.py --group metrics --functions 'evaluation.metrics.x_win_outcomes*'   # one function
 
 mutmut (>= 3.8) rewrites each function of a module into many mutants (an operator, a constant, a
 comparison or an argument changed) and runs the tests that reach that function against each one; a mutant
@@ -47,6 +48,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import fnmatch
 import functools
 import json
 import os
@@ -56,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,13 +73,27 @@ PRELOAD = ("numpy", "torch", "torch.testing", "torch.distributed.tensor", "trans
 
 @dataclass(frozen=True)
 class Group:
-    """Modules mutated together and the unit tests run against them."""
+    """Modules mutated together and the unit tests run against them. ``functions``: mutmut's mutant-name globs
+    (``evaluation.report.x_hierarchical_ci*``) when only some functions of the modules are this group's
+    subject (empty: every function); ``preload``: modules the group's tests import, for the fork server."""
 
     name: str
     modules: tuple[str, ...]
     tests: tuple[str, ...]
+    functions: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()
+    # mutmut's per-mutant limit is (test time + this) x 30 x 2 CPU seconds: generous where the tests load torch
+    # models, while a mutant that spins (a read loop whose end marker changed) burns all of it.
+    timeout_constant: float = 10.0
 
 
+def _functions(module: str, *names: str) -> tuple[str, ...]:
+    """mutmut's mutant-name globs for top-level functions (``name``) and methods (``Class.method``) of a module."""
+    dotted = module[:-3].replace("/", ".")
+    return tuple(f"{dotted}.x{'ǁ' + n.replace('.', 'ǁ') if '.' in n else '_' + n}*" for n in names)
+
+
+_TABLES = ("pandas", "pyarrow", "pyarrow.parquet", "pyarrow.fs")
 GROUPS = (
     Group("losses", ("alol_ray/losses.py",), ("tests/test_losses.py",)),
     Group("baselines", ("baselines/dpo.py", "baselines/pro.py", "baselines/gold.py", "baselines/ppo_loss.py"),
@@ -84,10 +101,24 @@ GROUPS = (
     Group("samplers", ("alol_ray/train/samplers.py",), ("tests/test_samplers.py",)),
     Group("metrics", ("evaluation/metrics.py",), ("tests/test_metrics.py",)),
     Group("tokenization", ("alol_ray/tokenization.py",), ("tests/test_tokenization.py",)),
+    # Stage publishing, recovery and manifests; bucket sync; the run lock; content fingerprints.
+    Group("integrity", ("alol_ray/stage.py", "alol_ray/storage.py", "alol_ray/runlock.py", "alol_ray/hashing.py"),
+          ("tests/test_integrity_guards.py",), preload=_TABLES + ("huggingface_hub",), timeout_constant=2.0),
+    # Paired and hierarchical intervals, the pairing by prompt, win rates, the evaluation caches' keys.
+    Group("statistics", ("evaluation/report.py", "evaluation/metrics.py", "evaluation/eval_job.py"),
+          ("tests/test_statistics_guards.py", "tests/test_report.py", "tests/test_metrics.py"),
+          functions=_functions("evaluation/report.py", "hierarchical_ci", "paired_hierarchical_ci", "verdict",
+                               "_per_prompt", "by_method", "paired_rows", "with_paired_columns")
+          + _functions("evaluation/metrics.py", "win_outcomes", "bootstrap_ci")
+          + _functions("evaluation/eval_job.py", "_marker_path", "read_cache", "extend_cache", "reference_fingerprint",
+                       "reference_replies", "rewards_cache_path", "reference_rewards"),
+          preload=_TABLES + ("matplotlib", "matplotlib.pyplot", "yaml", "omegaconf")),
 )
 GOALS = {"alol_ray/losses.py": 0.90, "baselines/dpo.py": 0.90, "baselines/pro.py": 0.90, "baselines/gold.py": 0.90,
          "baselines/ppo_loss.py": 0.90, "alol_ray/train/samplers.py": 0.80, "evaluation/metrics.py": 0.80,
-         "alol_ray/tokenization.py": 0.80}
+         "alol_ray/tokenization.py": 0.80, "alol_ray/stage.py": 0.80, "alol_ray/storage.py": 0.80,
+         "alol_ray/runlock.py": 0.80, "alol_ray/hashing.py": 0.80, "evaluation/report.py": 0.80,
+         "evaluation/eval_job.py": 0.80}
 
 
 @dataclass(frozen=True)
@@ -109,6 +140,33 @@ _GOLD = "baselines/gold.py"
 _T = "alol_ray/tokenization.py"
 _S = "alol_ray/train/samplers.py"
 _M = "evaluation/metrics.py"
+_REP = "evaluation/report.py"
+_PH_AS = "a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(np.asarray(b, dtype=np.float64))"
+_PH_NAN = 'return float("nan"), float("nan"), float("nan")'
+_PH_POINT = "point = float((a.mean(axis=0) - b.mean(axis=0)).mean())"
+_PH_TAKE = ("stats.append(np.take_along_axis(diff, rng.integers(0, n_prompts, size=(n, n_prompts)), axis=1)"
+            ".mean(axis=1))")
+_PP = "frames = [pd.read_parquet(r.eval_path, columns=[C.PROMPT_ID, column]).drop_duplicates(C.PROMPT_ID)"
+_HC_DRAW = ("stats[i] = np.mean([groups[k][rng.integers(0, len(groups[k]), size=len(groups[k]))].mean() "
+            "for k in picked])")
+_HC_AS = "groups = [np.asarray(g, dtype=np.float64) for g in groups if len(g)]"
+_RF = ('return fingerprint("ref-replies-v1", model_identity(ref_path), cfg.generation, '
+       'cfg.model.max_prompt_tokens)')
+_EC = ("cached = pd.concat([cached, fresh], ignore_index=True) if len(cached) else "
+       "fresh.reset_index(drop=True)")
+_EVAL = "evaluation/eval_job.py"
+_RR_FP = 'fp = fingerprint("ref-rewards-v1", cfg.reward, stats or {})'
+_RR_EMPTY = ('cached = pd.DataFrame({**{k: pd.Series(dtype=want[k].dtype) for k in key}, '
+             'C.REWARD: pd.Series(dtype=float)})')
+_RR_MERGE = 'rewards = want.merge(cached, on=key, how="left")[C.REWARD].to_numpy(dtype=float, copy=True)'
+_RR_FRESH = 'fresh = np.full(len(todo), np.nan) if known is None else np.asarray(known, dtype=float)[missing]'
+_LOCK = "alol_ray/runlock.py"
+_STAGE = "alol_ray/stage.py"
+_BEAT = 'self._beat = threading.Thread(target=self._heartbeat, name="alol-run-lock", daemon=True)'
+_H = "alol_ray/hashing.py"
+_KW = 'if kind and value and value not in f.metadata.get("keywords", ()):'
+_SORT = 'return {str(k): plain(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}'
+_BLOB = 'blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)'
 _NAN = 'float("NAN") is nan too (float() reads "nan" in any case)'
 _INT = "torch infers int64 from python ints, the dtype asked for"
 _GOLD_W = "weight = torch.exp(token_logps.clamp(max=0.0)).clamp(min=u, max=1.0)"
@@ -282,6 +340,154 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     Equivalent(_GOLD, 'gold_loss', '"nll/seq_mean": (-lp.sum(-1)).mean().item(),',
                '"nll/seq_mean": (-lp.sum(+1)).mean().item(),',
                "gold_loss checks lp is [B, T]: dim +1 is dim -1"),
+    # statistics
+    *(Equivalent(_EVAL, "reference_rewards", _RR_FP, after,
+                 "the tag only names the cache's format: another spelling gives every cache another fingerprint, "
+                 "read and written alike")
+      for after in (_RR_FP.replace('"ref-rewards-v1"', "None"), _RR_FP.replace('"ref-rewards-v1", ', ""),
+                    _RR_FP.replace("ref-rewards-v1", "XXref-rewards-v1XX"),
+                    _RR_FP.replace("ref-rewards-v1", "REF-REWARDS-V1"))),
+    Equivalent(_EVAL, "reference_rewards", _RR_EMPTY, _RR_EMPTY.replace("C.REWARD: pd.Series(dtype=float)",
+                                                                         "C.REWARD: pd.Series(dtype=None)"),
+               "the empty frame's reward column only meets NaN from the left merge and to_numpy(dtype=float)"),
+    *(Equivalent(_EVAL, "reference_rewards", _RR_MERGE, _RR_MERGE.replace(before, after), reason)
+      for before, after, reason in (
+          ("to_numpy(dtype=float, ", "to_numpy(dtype=None, ", "the reward column is float (written from float arrays)"),
+          ("to_numpy(dtype=float, ", "to_numpy(", "the reward column is float (written from float arrays)"),
+          ("on=key, ", "on=None, ", "the two frames share exactly the key columns: merge's default joins on them"),
+          ("on=key, ", "", "the two frames share exactly the key columns: merge's default joins on them"))),
+    Equivalent(_EVAL, "reference_rewards", "cached = read_cache(cache_path, fp, key)",
+               "cached = read_cache(cache_path, fp, None)",
+               "only missing keys are ever appended: no two rows share a key, so dropping whole-row duplicates is "
+               "the same"),
+    *(Equivalent(_EVAL, "reference_rewards", _RR_FRESH, _RR_FRESH.replace("np.asarray(known, dtype=float)", after),
+                 "known is always a float array (run_eval builds it with np.where over float rewards)")
+      for after in ("np.asarray(known, dtype=None)", "np.asarray(known, )")),
+    Equivalent(_EVAL, "reference_replies", "cached = read_cache(cache_path, fp, key)",
+               "cached = read_cache(cache_path, fp, None)",
+               "only missing keys are ever appended: no two rows share a key, so dropping whole-row duplicates is "
+               "the same"),
+    *(Equivalent(_EVAL, "reference_replies", 'merged = prompts[key].merge(cached, on=key, how="left")',
+                 f'merged = prompts[key].merge(cached, {on}how="left")',
+                 "prompts[key] holds only the key columns, all of them in the cache: merge's default joins on them")
+      for on in ("on=None, ", "")),
+    *(Equivalent(_REP, "paired_hierarchical_ci", _PH_AS, _PH_AS.replace(before, after, 1),
+                 "means, resampling and percentiles give float64 for integer or boolean inputs too")
+      for before, after in (("np.asarray(a, dtype=np.float64)", "np.asarray(a, dtype=None)"),
+                            ("np.asarray(a, dtype=np.float64)", "np.asarray(a, )"),
+                            ("np.asarray(b, dtype=np.float64)", "np.asarray(b, dtype=None)"),
+                            ("np.asarray(b, dtype=np.float64)", "np.asarray(b, )"))),
+    *(Equivalent(_REP, "paired_hierarchical_ci", _PH_NAN, after, _NAN)
+      for after in ('return float("NAN"), float("nan"), float("nan")',
+                    'return float("nan"), float("NAN"), float("nan")',
+                    'return float("nan"), float("nan"), float("NAN")')),
+    *(Equivalent(_REP, "paired_hierarchical_ci", _PH_POINT, _PH_POINT.replace(before, before[0] + ".mean(axis=None)"),
+                 "every seed scores every prompt: the mean over prompts of a difference of seed means is the "
+                 "difference of the grand means")
+      for before in ("a.mean(axis=0)", "b.mean(axis=0)")),
+    Equivalent(_REP, "paired_hierarchical_ci", "diff = (a[rng.integers(0, len(a), size=(n, len(a)))].mean(axis=1)",
+               "diff = (a[rng.integers(len(a), size=(n, len(a)))].mean(axis=1)",
+               "Generator.integers(high) is integers(0, high): the same draws"),
+    Equivalent(_REP, "paired_hierarchical_ci",
+               "- b[rng.integers(0, len(b), size=(n, len(b)))].mean(axis=1))  # [n, prompts]",
+               "- b[rng.integers(len(b), size=(n, len(b)))].mean(axis=1))  # [n, prompts]",
+               "Generator.integers(high) is integers(0, high): the same draws"),
+    Equivalent(_REP, "paired_hierarchical_ci", _PH_TAKE, _PH_TAKE.replace(", axis=1).mean", ", ).mean"),
+               "np.take_along_axis's axis defaults to -1 (numpy >= 2.3), which is axis 1 of the [n, prompts] array"),
+    *(Equivalent(_REP, "_per_prompt", _PP, _PP.replace("columns=[C.PROMPT_ID, column]", after),
+                 "reading every column and then keeping prompt_id and one column gives the same frame")
+      for after in ("columns=None", "")),
+    *(Equivalent(_REP, "hierarchical_ci", _PH_NAN, after, _NAN)
+      for after in ('return float("NAN"), float("nan"), float("nan")',
+                    'return float("nan"), float("NAN"), float("nan")',
+                    'return float("nan"), float("nan"), float("NAN")')),
+    Equivalent(_REP, "hierarchical_ci", "picked = rng.integers(0, len(groups), size=len(groups))",
+               "picked = rng.integers(len(groups), size=len(groups))",
+               "Generator.integers(high) is integers(0, high): the same draws"),
+    Equivalent(_REP, "hierarchical_ci", _HC_DRAW, _HC_DRAW.replace("rng.integers(0, len", "rng.integers(len"),
+               "Generator.integers(high) is integers(0, high): the same draws"),
+    *(Equivalent(_REP, "hierarchical_ci", _HC_AS, _HC_AS.replace("dtype=np.float64", after),
+                 "means, resampling and percentiles give float64 for integer or boolean inputs too")
+      for after in ("dtype=None", "")),
+    *(Equivalent(_EVAL, "reference_fingerprint", _RF, after,
+                 "the tag only names the cache's format: another spelling gives every cache another fingerprint, "
+                 "read and written alike")
+      for after in (_RF.replace('"ref-replies-v1"', "None"), _RF.replace('"ref-replies-v1", ', ""),
+                    _RF.replace("ref-replies-v1", "XXref-replies-v1XX"),
+                    _RF.replace("ref-replies-v1", "REF-REPLIES-V1"))),
+    Equivalent(_EVAL, "extend_cache", _EC, _EC.replace("if len(cached)", "if (len(cached)) or True"),
+               "pandas (2.x) leaves empty frames out of a concat's dtypes: concatenating an empty cache gives the "
+               "fresh rows"),
+    *(Equivalent(_EVAL, "extend_cache", _EC, _EC.replace("ignore_index=True", after),
+                 "write_parquet stores no index, and every caller merges on columns: the index is never read")
+      for after in ("ignore_index=None", "", "ignore_index=False")),
+    # integrity
+    *(Equivalent(_STAGE, "publish", 'shutil.rmtree(stale, ignore_errors=True)', f"shutil.rmtree(stale, {after})",
+                 "the folder was just listed by glob: rmtree fails only if another process deletes it meanwhile")
+      for after in ("ignore_errors=None)", ")", "ignore_errors=False)")),
+    *(Equivalent(_STAGE, "recover", 'shutil.rmtree(replaced, ignore_errors=True)', f"shutil.rmtree(replaced, {after}",
+                 "reached only when the folder exists: rmtree fails only if another process deletes it meanwhile")
+      for after in ("ignore_errors=None)", ")", "ignore_errors=False)")),
+    Equivalent(_STAGE, "recover", 'if os.path.exists(replaced) and os.path.exists(folder):',
+               'if os.path.exists(replaced) or os.path.exists(folder):',
+               "the block above leaves no aside folder without the folder: either both exist or the folder does"),
+    *(Equivalent(_H, "file_sha", 'with open(disk, encoding="ascii") as fh:', after,
+                 "the cache entry is a hex digest: every encoding reads it alike")
+      for after in ('with open(disk, encoding=None) as fh:', 'with open(disk, ) as fh:',
+                    'with open(disk, encoding="ASCII") as fh:')),
+    *(Equivalent(_H, "file_sha", 'for chunk in iter(lambda: fh.read(1 << 20), b""):',
+                 f'for chunk in iter(lambda: fh.read({size}), b""):',
+                 "the chunk size changes how the bytes are fed to the hash, not the digest")
+      for size in ("None", "2 << 20", "1 << 21")),
+    *(Equivalent("alol_ray/storage.py", "node_local", 'with open(local + ".lock", "w") as lock:',
+                 f'with open(local + "{name}", "w") as lock:',
+                 "the workers of a node agree on the lock file whatever its name: only that they share it matters")
+      for name in ("XX.lockXX", ".LOCK")),
+    Equivalent("alol_ray/storage.py", "remove_remote", 'with contextlib.suppress(FileNotFoundError, OSError):',
+               'with contextlib.suppress(OSError):', "FileNotFoundError is an OSError"),
+    Equivalent("alol_ray/storage.py", "sync_dir", 'dst_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)',
+               'dst_fs.create_dir(target.rsplit("/", 1)[0], )', "recursive=True is FileSystem.create_dir's default"),
+    *(Equivalent(_LOCK, function, f'{opener}encoding="utf-8"){tail}', f"{opener}{after}){tail}",
+                 "the lock file is ASCII JSON (json.dump escapes the rest) and /proc's stat is ASCII but for the "
+                 "process name, which is never decoded into the number read: every encoding reads them alike")
+      for function, opener, tail in (("_process_start", 'with open(f"/proc/{pid}/stat", ', " as fh:"),
+                                     ("RunLock._try_create", 'with os.fdopen(fd, "w", ', " as fh:"),
+                                     ("RunLock.acquire", "with open(self.path, ", " as fh:"))
+      for after in ("encoding=None", "", 'encoding="UTF-8"')),
+    Equivalent(_LOCK, "RunLock.acquire", "info = {}  # being written this instant, or left empty by a crash",
+               "info = None  # being written this instant, or left empty by a crash",
+               "info is only read as `if info and ...`: {} and None are both false"),
+    Equivalent(_LOCK, "RunLock.acquire", "if time.time() - os.path.getmtime(self.path) < 5:",
+               "if time.time() - os.path.getmtime(self.path) <= 5:",
+               "the two differ only at the instant the lock is exactly 5 s old, which no clock reading hits"),
+    *(Equivalent(_LOCK, "RunLock.acquire", _BEAT, _BEAT.replace('name="alol-run-lock", ', after),
+                 "the thread's name shows only in debuggers and thread dumps")
+      for after in ("name=None, ", "", 'name="XXalol-run-lockXX", ', 'name="ALOL-RUN-LOCK", ')),
+    Equivalent(_LOCK, "RunLock.__init__", "self._beat: Optional[threading.Thread] = None",
+               'self._beat: Optional[threading.Thread] = ""', "acquire sets it before anything reads it"),
+    Equivalent(_LOCK, "RunLock.release", "depth = _held.get(self.path, 0) - 1", "depth = _held.get(self.path, 1) - 1",
+               "a lock not held gives depth -1 or 0: both are not > 0, and the same release follows"),
+    Equivalent(_LOCK, "RunLock._stale", 'return not _alive(int(info.get("pid", -1)), info.get("start"))',
+               'return not _alive(int(info.get("pid", +1)), info.get("start"))',
+               "kill(-1, 0) and kill(1, 0) both find a process (1 is init, always there): a pid-less lock is held"),
+    Equivalent(_LOCK, "RunLock._stale", 'return time.time() - os.path.getmtime(self.path) > STALE_AFTER_S',
+               'return time.time() - os.path.getmtime(self.path) >= STALE_AFTER_S',
+               "the two differ only at the instant the lock is exactly STALE_AFTER_S old, which no clock reading hits"),
+    Equivalent(_H, "fingerprint", _KW, _KW.replace('get("keywords", ())', 'get("keywords", None)'),
+               "every path field is made by config.path_field, which always sets keywords: the default is never read"),
+    Equivalent(_H, "fingerprint", _KW, _KW.replace('get("keywords", ())', 'get("keywords", )'),
+               "every path field is made by config.path_field, which always sets keywords: the default is never read"),
+    Equivalent(_H, "fingerprint", _SORT, _SORT.replace("str(kv[0])", "str(None)"),
+               "json.dumps(sort_keys=True) orders the keys again: the order built here never reaches the blob"),
+    Equivalent(_H, "fingerprint", _SORT, _SORT.replace("str(kv[0])", "str(kv[1])"),
+               "json.dumps(sort_keys=True) orders the keys again: the order built here never reaches the blob"),
+    *(Equivalent(_H, "fingerprint", _BLOB, _BLOB.replace("sort_keys=True, ", after),
+                 "plain() already orders every mapping's keys and a dataclass's fields come in declaration order: "
+                 "json.dumps finds them sorted") for after in ("sort_keys=None, ", "", "sort_keys=False, ")),
+    *(Equivalent(_H, "hub_revision", 'with open(ref, encoding="utf-8") as fh:', after,
+                 "the ref file is an ASCII commit id: every encoding reads it alike")
+      for after in ('with open(ref, encoding=None) as fh:', 'with open(ref, ) as fh:',
+                    'with open(ref, encoding="UTF-8") as fh:')),
 )
 
 # The exit code mutmut records per mutant (mutants/<module>.meta) -> what the bench counts it as.
@@ -304,7 +510,7 @@ def prepare(group: Group, workdir: Path) -> None:
     (workdir / "tests").mkdir()
     for test in ("tests/conftest.py",) + group.tests:
         shutil.copy2(REPO / test, workdir / test)
-    (workdir / "preload.txt").write_text("\n".join(PRELOAD) + "\n")
+    (workdir / "preload.txt").write_text("\n".join(PRELOAD + group.preload) + "\n")
     listed = lambda items: "[" + ", ".join(f'"{item}"' for item in items) + "]"  # noqa: E731
     config = (
         "\n[tool.mutmut]\n"
@@ -319,7 +525,7 @@ def prepare(group: Group, workdir: Path) -> None:
         "use_git_change_detection = false\n"
         # Wall-clock limit per mutant = (test time + constant) * multiplier: generous, so that a busy machine
         # never turns a slow child into a false "timeout" (which would count as killed).
-        "timeout_constant = 10.0\n"
+        f"timeout_constant = {group.timeout_constant}\n"
         "timeout_multiplier = 30.0\n"
     )
     (workdir / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text() + config)
@@ -386,11 +592,13 @@ def run_group(group: Group, keep: bool, log) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"alol-mutation-{group.name}-"))
     try:
         prepare(group, workdir)
-        mutmut(workdir, "run", "--max-children", "1", log=log or subprocess.DEVNULL)
+        mutmut(workdir, "run", "--max-children", "1", *group.functions, log=log or subprocess.DEVNULL)
         statuses = {}
         for module in group.modules:
             meta = json.loads((workdir / "mutants" / (module + ".meta")).read_text())
             for name, code in meta["exit_code_by_key"].items():
+                if group.functions and not any(fnmatch.fnmatchcase(name, f) for f in group.functions):
+                    continue  # a function outside the group's subject: not run
                 statuses[name] = STATUS_BY_EXIT_CODE.get(code, f"exit code {code}")
         results = {module: {"total": 0, "killed": 0, "excluded": [], "survivors": [], "stale": []}
                    for module in group.modules}
@@ -424,10 +632,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--group", action="append", choices=[g.name for g in GROUPS],
                         help="run only this group (repeatable); default: all")
+    parser.add_argument("--functions", action="append", metavar="GLOB",
+                        help="mutate only these functions (mutmut mutant-name globs, repeatable, e.g. "
+                        "'evaluation.metrics.x_win_outcomes*'): a quick run of part of a group")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
     parser.add_argument("--log", default=None, help="write mutmut's own output to this file")
     args = parser.parse_args()
     groups = [g for g in GROUPS if not args.group or g.name in args.group]
+    if args.functions:
+        groups = [dataclasses.replace(g, functions=tuple(args.functions)) for g in groups]
     log = open(args.log, "w", buffering=1) if args.log else None
     start = time.monotonic()
     summary = {}

@@ -1,7 +1,7 @@
 """What does scoring on a Ray actor pool cost over a plain loop? (same HF reward model, same rows)
 
 (a) a plain single-process loop: RewardScorer called on length-sorted batches, in this process;
-(b) the Ray Data actor pool of `alol score` (alol_ray.scoring.table.run_pool) with 1 actor;
+(b) the Ray Data actor pool of `alol score` (alol_ray.actor_pool.pool_pass) with 1 actor;
 (c) the same pool with 2 actors.
 
 Every arm is timed end to end: building the scorer (model load) plus scoring every row; for (b) and (c)
@@ -21,6 +21,13 @@ Measured 2026-11-23 (2 cores, quiet machine, 1 CPU / 1 thread per arm, Ray worke
     --rows 4096 --repeats 1 (4,095 distinct rows): a 20.98, b 18.58, c 30.19 rows/s -> b/a 0.886, c/a 1.439
 The actor's ~10 s start-up (a fresh process importing torch + transformers) weighs on short runs; in steady
 state the pool ran at ~0.85-0.89 of the loop. Scores agreed exactly in both runs.
+
+Measured again 2026-12-06 after the pool moved to alol_ray.actor_pool.pool_pass (this bench had stopped running:
+it imported the old name), --repeats 1, 2 cores shared with three other sessions (load 15-32, so c, which needs
+both cores, fell below a):
+    --rows 1024: a 7.43, b 6.39, c 4.53 rows/s -> b/a 0.861, c/a 0.610
+    --rows 4096 (4,095 distinct rows): a 7.22, b 7.83, c 5.58 rows/s -> b/a 1.085, c/a 0.772
+Scores agreed exactly in both runs. CI runs this bench at toy size (tests/test_benches.py).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from alol_ray.config import ActorPoolConfig, DataConfig, RewardComponentConfig, 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=16)
@@ -54,8 +61,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--worker-niceness", type=int, default=None,
                    help="nice value of Ray's worker processes (Ray's default: 15). On a machine that other "
                    "programs keep busy, niced actors get a fraction of a core; 0 compares like with like")
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "hh" / "helpful_base.json"))
-    return p.parse_args()
+    hh = os.environ.get("ALOL_HH_DATA", str(REPO.parent / "shared" / "data" / "hh"))
+    p.add_argument("--data", default=os.path.join(hh, "helpful_base.json"),
+                   help="HH rows, hh_pro format (default: helpful_base.json in $ALOL_HH_DATA or ../shared/data/hh)")
+    return p.parse_args(argv)
 
 
 def minilm_classifier(out_dir: str) -> str:
@@ -73,13 +82,14 @@ def minilm_classifier(out_dir: str) -> str:
     return out_dir
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     import ray
 
+    from alol_ray.actor_pool import pool_pass
     from alol_ray.data.loaders import load_rows
     from alol_ray.scoring.reward import RewardScorer, raw_column
-    from alol_ray.scoring.table import row_keys, run_pool
+    from alol_ray.scoring.table import row_keys
 
     tmp = tempfile.mkdtemp(prefix="bench-scoring-")
     model = args.model or minilm_classifier(os.path.join(tmp, "rm"))
@@ -116,10 +126,10 @@ def main() -> None:
     def ray_pool(actors: int) -> pd.DataFrame:
         pool = ActorPoolConfig(min_actors=actors, max_actors=actors, batch_size=args.batch_size, num_cpus=args.cpus)
         got: list[pd.DataFrame] = []
-        run_pool(rows, RewardScorer, {"components": [dataclasses.asdict(comp)], "raw_only": True,
-                                      "num_threads": threads},
-                 pool, sort_by_length=True, batches_per_block=args.batches_per_block, on_output=got.append,
-                 desc=f"{actors} actor(s)")
+        pool_pass(rows, RewardScorer, {"components": [dataclasses.asdict(comp)], "raw_only": True,
+                                       "num_threads": threads},
+                  pool, sort_by_length=True, batches_per_block=args.batches_per_block, on_output=got.append,
+                  desc=f"{actors} actor(s)")
         return pd.concat(got)
 
     arms = {"a": plain_loop, "b": lambda: ray_pool(1), "c": lambda: ray_pool(2)}

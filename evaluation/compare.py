@@ -73,13 +73,13 @@ def run_compare(pipeline: Pipeline, *, command: str) -> tuple[str, str]:
     pipeline.eval_prompts()
     for m in methods:
         pipeline.require_layout(get_method(m))
-    if cfg.train.eval_every > 0 or any(get_method(m).needs_advantage for m in methods):
+    if cfg.train.eval_every > 0 or any(get_method(m).needs_advantage_with(cfg.train.sampler) for m in methods):
         pipeline.require_split("val", "model selection and the value head")
 
     # Shared stages, once for all runs (the same table and pi_ref make the comparison fair).
     pipeline.reference()
     table = pipeline.scored()
-    if any(get_method(m).needs_advantage for m in methods):
+    if any(get_method(m).needs_advantage_with(cfg.train.sampler) for m in methods):
         table = pipeline.value()
     entries = [RunEntry(method=REFERENCE, seed=None, decoding=d,
                         eval_path=os.path.join(pipeline.evaluate(REFERENCE, 0, decoding=d), EXAMPLES_FILE))

@@ -36,23 +36,28 @@ SIZES = [
 MIN_MEAN_DIFFERENCE = 0.1
 
 
-def paired_differences(run_dir: str) -> np.ndarray:
-    """a_lol's minus nll's reward per test prompt, aligned on prompt_id."""
+def paired_differences(run_dir: str, a: str = "a_lol", b: str = "nll") -> np.ndarray:
+    """``a``'s minus ``b``'s reward per test prompt (seed 0; ``reference``: pi_ref), aligned on prompt_id."""
     frames = {m: pd.read_parquet(os.path.join(run_dir, "eval", f"{m}-s0", "examples.parquet"),
                                  columns=[C.PROMPT_ID, C.REWARD]).set_index(C.PROMPT_ID)[C.REWARD]
-              for m in ("a_lol", "nll")}
-    assert frames["a_lol"].index.equals(frames["nll"].index), "the two evaluations saw different prompts"
-    return (frames["a_lol"] - frames["nll"]).to_numpy()
+              for m in (a, b)}
+    assert frames[a].index.equals(frames[b].index), "the two evaluations saw different prompts"
+    return (frames[a] - frames[b]).to_numpy()
 
 
-def test_alol_beats_nll_on_the_same_prompts(tmp_path, monkeypatch):
-    """`alol compare` from a working directory, with the default relative storage, as a user runs it."""
+def compare_pair(tmp_path, monkeypatch, name: str, sizes: list[str]) -> np.ndarray:
+    """`alol compare` from a working directory, with the default relative storage, as a user runs it; the paired
+    differences over the 48 test prompts, printed."""
     from alol_ray.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["compare", "name=pair", "ray.num_cpus=2", *SIZES]) == 0
-    diff = paired_differences(str(tmp_path / "runs" / "pair"))
+    assert main(["compare", f"name={name}", "ray.num_cpus=2", *sizes]) == 0
+    diff = paired_differences(str(tmp_path / "runs" / name))
     assert len(diff) == 48
-    print(f"a_lol - nll over {len(diff)} test prompts: mean {diff.mean():+.3f}, "
+    print(f"a_lol - nll over {len(diff)} test prompts ({name}): mean {diff.mean():+.3f}, "
           f"wins {np.mean(diff > 0):.2f}, losses {np.mean(diff < 0):.2f}")
-    assert diff.mean() > MIN_MEAN_DIFFERENCE
+    return diff
+
+
+def test_alol_beats_nll_on_the_same_prompts(tmp_path, monkeypatch):
+    assert compare_pair(tmp_path, monkeypatch, "pair", SIZES).mean() > MIN_MEAN_DIFFERENCE

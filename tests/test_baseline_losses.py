@@ -145,6 +145,40 @@ def test_dpo_without_references_is_refused_exactly():
         dpo_loss(**ex)
 
 
+def test_ipo_worked_example():
+    """loss_type="ipo", beta = 0.5 (IPO's tau): h = chosen log-ratio / |y_w| - rejected log-ratio / |y_l|.
+        chosen   log-ratios (-3 - -3.5, -0.5 - -1.0) = (0.5, 0.5), tokens (2, 1: pair 1's pad is not counted)
+                 -> (0.25, 0.5)
+        rejected log-ratios (-4 - -3, -2 - -1.5) = (-1.0, -0.5), tokens (2, 2) -> (-0.5, -0.25)
+        h = (0.75, 0.75); 1 / (2 beta) = 1 -> loss = mean((0.75 - 1)^2) = 0.0625
+    (counting pair 1's pad would give h_1 = 0.5 and loss (0.0625 + 0.25) / 2 = 0.15625).
+    d loss / d h_i = 2 (h_i - 1) / B = -0.25; d h / d chosen_t = 1 / |y_w|, d h / d rejected_t = -1 / |y_l|:
+        chosen grads [[-0.125, -0.125], [-0.25, 0]], rejected grads [[0.125, 0.125], [0.125, 0.125]].
+    References summed [B] give the same loss (the token count comes from the masks)."""
+    ex = dpo_example(pad=float("nan"))
+    loss, metrics = dpo_loss(**ex, beta=0.5, loss_type="ipo")
+    close(loss, 0.0625)
+    close(metrics["loss/policy"], 0.0625)
+    grad_w, grad_l = torch.autograd.grad(loss, [ex["chosen_logps"], ex["rejected_logps"]])
+    close(grad_w, [[-0.125, -0.125], [-0.25, 0.0]])
+    close(grad_l, [[0.125, 0.125], [0.125, 0.125]])
+    ex["ref_chosen_logps"], ex["ref_rejected_logps"] = t([-3.5, -1.0]), t([-3.0, -1.5])
+    close(dpo_loss(**ex, beta=0.5, loss_type="ipo")[0], 0.0625)
+
+
+def test_dpo_loss_types_are_the_config_choices():
+    """The loss knows exactly the loss types the config section accepts; anything else is refused by both."""
+    from alol_ray.config import DPO_LOSS_TYPES, DPOConfig
+    from alol_ray.errors import ConfigError
+    from baselines.dpo import LOSS_TYPES
+
+    assert LOSS_TYPES == DPO_LOSS_TYPES == ("sigmoid", "ipo")
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        dpo_loss(**dpo_example(), loss_type="hinge")
+    with pytest.raises(ConfigError, match=r"train.dpo.loss_type must be one of \['sigmoid', 'ipo'\], got 'hinge'"):
+        DPOConfig(loss_type="hinge")
+
+
 def test_dpo_float64_references_do_not_upcast_a_float32_policy():
     """References in float64 (per token [B, T] or summed [B]) are cast to the policy's float32: the loss is
     float32 and equals the float64 worked example's."""

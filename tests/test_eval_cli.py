@@ -157,5 +157,11 @@ def test_sampled_decoding_is_a_second_evaluation(ray_local, tiny_policy_dir, tmp
     assert (a[C.RESPONSE] != b[C.RESPONSE]).any()  # an untrained policy sampled at temperature 1 strays from greedy
     cache = tmp_path / "dec" / "cache"
     assert (cache / "reference_replies.parquet").exists() and (cache / "reference_replies_sampled.parquet").exists()
+    # Each cache holds the reference's replies of its own decoding (the win rate of a sampled policy is against
+    # sampled reference replies), and the reference judged against itself meets its own replies.
+    for decoded, name in ((a, "reference_replies.parquet"), (b, "reference_replies_sampled.parquet")):
+        cached = pd.read_parquet(cache / name).set_index(C.PROMPT_ID)[C.RESPONSE]
+        assert cached.loc[decoded[C.PROMPT_ID]].tolist() == decoded[C.RESPONSE].tolist(), name
+        assert (decoded[eval_job.REF_RESPONSE] == decoded[C.RESPONSE]).all(), name
     with pytest.raises(ConfigError, match="eval.sample_top_p"):
         Pipeline(load_config(None, [f"storage={tmp_path}", "name=dec2", *RUN_ARGS])).decoding_config("sampled")

@@ -135,3 +135,35 @@ def test_throughput_counts_step_time_only():
     rate, step_s = step_throughput(steps)
     assert rate == pytest.approx(1000.0) and step_s == pytest.approx(0.2)
     assert np.isnan(step_throughput([{"train/tokens": 5.0}])[0])
+
+
+def _pixels(png: str, colour: str) -> int:
+    """How many pixels of the image are drawn in ``colour`` (matplotlib's default cycle: C0, C1, ...)."""
+    import matplotlib.colors
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)[..., :3]
+    return int((np.abs(image - np.array(matplotlib.colors.to_rgb(colour))).max(axis=-1) < 0.02).sum())
+
+
+def test_the_plots_draw_every_method(tmp_path):
+    """Not only a file of some size: the val-reward plot has a line for each method's curve (a legend sample
+    alone is a few dozen pixels, a curve hundreds) and the reward plot a mean marker per method."""
+    from evaluation.report import plot_reward_distributions, plot_val_curves
+
+    entries = []
+    for i, method in enumerate(("a_lol", "nll")):
+        train_dir = tmp_path / method
+        train_dir.mkdir()
+        (train_dir / "val.jsonl").write_text("\n".join(json.dumps({"train/step": s, "val/reward": (i + 1) * s / 100})
+                                                       for s in (0, 50, 100)))
+        entries.append(RunEntry(method, 0, _eval_file(tmp_path / f"{method}.parquet", [1.0, 2.0 + i, 3.0],
+                                                      ["a", "b", "c"]), train_dir=str(train_dir)))
+    curves = plot_val_curves(entries, str(tmp_path / "val.png"))
+    assert _pixels(curves, "C0") > 300 and _pixels(curves, "C1") > 300 and _pixels(curves, "C2") == 0
+    one = plot_val_curves(entries[:1], str(tmp_path / "one.png"))
+    assert _pixels(one, "C0") > 300 and _pixels(one, "C1") == 0
+    dist = plot_reward_distributions(entries, str(tmp_path / "dist.png"))
+    means = _pixels(dist, "C2")  # the mean triangles
+    assert means > 20 and abs(_pixels(plot_reward_distributions(entries[:1], str(tmp_path / "d1.png")), "C2") * 2
+                              - means) < means / 2

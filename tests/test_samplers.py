@@ -233,3 +233,17 @@ def test_integer_weights_are_float64_and_draws_are_int64():
     assert ints.weights.dtype == np.float64 and ints.digest() == floats.digest()
     assert ints.global_batch(0).dtype == np.int64
     assert Sampler("s", [1, 1], batch_size=3, seed=0, replacement=True).global_batch(0).dtype == np.int64
+
+
+def test_which_samplers_draw_by_the_advantage():
+    """The value stage must run before a method whose sampler draws by advantage, whatever its loss reads: nll
+    with good_priority trains on A-LoL's rows (tests/test_alol_loss.py)."""
+    from alol_ray.train.samplers import needs_advantage
+
+    assert needs_advantage("good_priority", "none") and needs_advantage("good_priority", "advantage")
+    assert not needs_advantage("good_priority", "reward")  # wbc / r_gold / r_lol draw by reward
+    assert needs_advantage("good_random", "none") and needs_advantage("good_random", "reward")
+    assert not needs_advantage("uniform", "advantage") and not needs_advantage("auto", "none")
+    assert needs_advantage("auto", "advantage") and not needs_advantage("auto", "reward")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        needs_advantage("nope", "none")

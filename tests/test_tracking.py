@@ -346,3 +346,23 @@ def test_a_backend_that_cannot_start_is_one_line_and_one_that_fails_later_does_n
     assert capsys.readouterr().err.count("[tracking] broken: could not log step 1 (ConnectionError") == 1
     logdir = os.path.join(spec.dir, "tensorboard", "trk", "a_lol-s0")
     assert tensorboard_scalars(logdir)["loss/policy"] == [(1, 1.0), (2, 0.5)]  # the other backend got every step
+
+
+def test_record_step_sends_every_step_at_its_own_step_number(tmp_path):
+    """What the offline loop and PPO call once per optimizer step, outside Ray Train (``report=False``): each
+    step's line goes to metrics.jsonl and to the tracker at that step, every step, and a non-finite value stops
+    the run before anything of that step is written. The slow tier checks the same through a real ``fit``."""
+    from alol_ray.train.worker import record_step
+
+    spec = tracking.prepare(_config(tmp_path, "tracking.backends=[tensorboard]"), "a_lol-s0")
+    metrics_path = str(tmp_path / "metrics.jsonl")
+    lines = [{"loss/policy": 1.0 / s, "train/step": s, "train/lr": 1e-3} for s in range(1, 6)]
+    with tracking.start(spec) as tracker:
+        for line in lines:
+            record_step(dict(line), line["train/step"], metrics_path, tracker, report=False)
+        with pytest.raises(FloatingPointError, match="non-finite metrics at step 6"):
+            record_step({"loss/policy": float("nan"), "train/step": 6}, 6, metrics_path, tracker, report=False)
+    assert read_jsonl(metrics_path) == lines
+    scalars = tensorboard_scalars(os.path.join(spec.dir, "tensorboard", "trk", "a_lol-s0"))
+    assert scalars["loss/policy"] == [(s, pytest.approx(1.0 / s)) for s in range(1, 6)]
+    assert scalars["train/step"] == [(s, float(s)) for s in range(1, 6)]

@@ -29,6 +29,7 @@ from alol_ray.train import checkpoint as ckpt
 from alol_ray.train.methods import Method, collate_units
 from alol_ray.train.policy import build_policy, make_optimizer
 from alol_ray.train.selection import evaluate_policy
+from alol_ray.train.strategy import make_strategy
 from alol_ray.train.worker import (
     NOT_EVALUATED,
     SELECTION_METRIC,
@@ -108,14 +109,14 @@ def train_loop_per_worker(config: dict) -> None:
         check_chat_template(tokenizer, spec.prompt_format, spec.policy_path)
         if rank == 0 and not resume_dir:
             say(f"[train] {method.name}: {describe(model, tokenizer).summary()}")
-        # To the worker's device (4-bit weights are placed when loaded and cannot move); DDP if world > 1.
-        model = ray.train.torch.prepare_model(model, move_to_device=not pc.lora.load_in_4bit)
+        strategy = make_strategy(tc, world, load_in_4bit=pc.lora.load_in_4bit)
+        model = strategy.wrap(model, device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(trainable, tc)
         if resume_dir:
             state = ckpt.read_state(resume_dir)
             sampler.check_state(state["sampler"])
-            ckpt.load_optimizer(resume_dir, optimizer)
+            strategy.load_optimizer(resume_dir, model, optimizer)
     start = state["step"]
     if resumed and rank == 0:
         say(f"[train] {method.name}: resuming from the checkpoint at step {start}/{total}")
@@ -130,7 +131,6 @@ def train_loop_per_worker(config: dict) -> None:
     reward_fn = None
     if rank == 0 and spec.eval_every > 0 and spec.val_prompts:
         reward_fn = run_scorer(spec.reward, stats=spec.reward_stats).rewards
-    use_autocast = device.type == "cuda" and tc.bf16
     model.train()
 
     for step in range(start, total + 1):
@@ -164,8 +164,11 @@ def train_loop_per_worker(config: dict) -> None:
             report[SELECTION_METRIC] = report.get("val/reward", NOT_EVALUATED)
             if save:
                 state.update(step=step, total_steps=total, method=method.name, sampler=sampler.state_dict())
-                # One copy of the weights from rank 0; DDP keeps every worker's identical.
-                write = (lambda tmp: ckpt.save_checkpoint(tmp, model, tokenizer, optimizer, state)) if rank == 0 else None
+                # Replicated: one copy of the weights from rank 0 (DDP keeps every worker's identical).
+                writes = rank == 0 or strategy.writes_on_every_rank
+                if not writes:  # a strategy's save may gather from every rank, the writers' and the others'
+                    strategy.save(None, model, tokenizer, optimizer, state)
+                write = (lambda tmp: strategy.save(tmp, model, tokenizer, optimizer, state)) if writes else None
                 report_checkpoint(report, f"checkpoint-{step:07d}", write)
                 if logs:
                     storage.push_back(logs, spec.run_dir)  # the logs up to this checkpoint, next to it
@@ -187,10 +190,9 @@ def train_loop_per_worker(config: dict) -> None:
                                   max_prompt_tokens=pc.max_prompt_tokens, max_response_tokens=pc.max_response_tokens,
                                   columns=method.columns, fmt=spec.prompt_format).to(device)
             last = i == len(micro_batches) - 1
-            # DDP all-reduces gradients once per optimizer step, on the last micro-batch.
-            sync = contextlib.nullcontext() if last or world == 1 else model.no_sync()
-            with sync:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+            # Gradients are synchronised once per optimizer step, on the last micro-batch.
+            with strategy.accumulate(model, last):
+                with strategy.autocast(device):
                     loss, metrics = method.compute(model, batch, params, method_state)
                 (loss / tc.grad_accum).backward()  # mean over micro-batches = mean over this worker's slice
             for key, value in metrics.items():
@@ -199,7 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         # 4. Clip (the norm is logged either way), 5. step.
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+        grad_norm = strategy.clip_grad_norm(model, trainable, max_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if method.after_step:

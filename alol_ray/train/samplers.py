@@ -37,6 +37,13 @@ def resolve_sampler(name: str, sample_weight: str) -> str:
     return name
 
 
+def needs_advantage(name: str, sample_weight: str) -> bool:
+    """True when the sampler ``name`` (for a method with ``sample_weight``) draws by the advantage column:
+    ``good_random``, and ``good_priority`` unless the method is weighted by reward (then it draws by reward)."""
+    name = resolve_sampler(name, sample_weight)
+    return name == "good_random" or (name == "good_priority" and sample_weight != "reward")
+
+
 def positive_fraction(advantage: np.ndarray) -> float:
     """Fraction of units with A > 0: the paper scales the step budget of the A-LoL family by it."""
     advantage = np.asarray(advantage, dtype=np.float64)

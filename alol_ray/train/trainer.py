@@ -36,7 +36,7 @@ from alol_ray.stage import Unfinished
 from alol_ray.train.checkpoint import MODEL_DIR, STATE_FILE, export_policy
 from alol_ray.train.loop import LoopSpec, train_loop_per_worker
 from alol_ray.train.methods import Method, training_units
-from alol_ray.train.samplers import make_sampler, positive_fraction, resolve_sampler, scaled_steps
+from alol_ray.train.samplers import make_sampler, needs_advantage, positive_fraction, resolve_sampler, scaled_steps
 from alol_ray.train.worker import NOT_EVALUATED, SELECTION_METRIC
 
 log = logging.getLogger("alol")
@@ -69,7 +69,7 @@ def prepare_data(table, method: Method, tc, *, source: str = "scored table") -> 
     fraction for advantage-weighted methods when ``scale_steps_by_positive``)."""
     sampler_name = resolve_sampler(tc.sampler, method.sample_weight)
     needed = set(method.columns)
-    if sampler_name in ("good_random",) or (sampler_name == "good_priority" and method.sample_weight != "reward"):
+    if needs_advantage(tc.sampler, method.sample_weight):
         needed.add(C.ADVANTAGE)
     if sampler_name == "good_priority" and method.sample_weight == "reward":
         needed.add(C.REWARD)
