@@ -52,7 +52,10 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(unique) / total if total else 0.0
 
 
-DISTINCT_BLOCK = 100  # replies per block of distinct/<n>@<k>: the same k for every prompt set of every report
+# Replies per block of distinct/<n>@<k>: the same k for every prompt set of every report. Small enough that the
+# smallest published prompt set (16 prompts, docs/results/hh_smollm2/prompt_file) has a value; a block of 16 replies
+# of ~30 words is ~500 words, enough for distinct-1..3 to tell a collapsed policy from a varied one.
+DISTINCT_BLOCK = 16
 
 
 def distinct_n_per_block(texts: Sequence[str], n: int, block: int = DISTINCT_BLOCK) -> float:
@@ -114,7 +117,7 @@ def summarize(
 
     ``rewards``: column -> per-prompt values; ``total_key`` is the total reward, the other keys its
     components (``reward/<name>``). Returns metric keys ``reward/mean``, ``reward/<name>`` (means),
-    ``distinct/1..3``, ``distinct/1..3@100`` (per DISTINCT_BLOCK replies), ``repeat/share`` and
+    ``distinct/1..3``, ``distinct/1..3@16`` (per DISTINCT_BLOCK replies), ``repeat/share`` and
     ``repeat/top_share`` (``repetition``), ``length/words``, ``length/tokens``, ``win_rate/reference`` (when
     ``ref_rewards``) and ``eval/prompts``; intervals for the reward means and the win rate.
     """

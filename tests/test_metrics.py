@@ -39,7 +39,7 @@ def test_three_example_corpus_by_hand():
     length/words = (3 + 4 + 2) / 3 = 3;  length/tokens = (4 + 6 + 3) / 3 = 13/3
     reward/mean = (2 + 1 + 0.5) / 3 = 7/6;  reward/polite = (1 + 0.5 + 0) / 3 = 0.5
     win vs reference: 2 > 1 win (1), 1 = 1 tie (1/2), 0.5 < 1.5 loss (0)             -> 1.5/3 = 0.5
-    distinct-n per 100 replies: 3 replies make no block of 100                          -> nan
+    distinct-n per 16 replies: 3 replies make no block of 16                          -> nan
     repetition: three different replies -> none repeats (0), the most common is one of 3 -> 1/3
     """
     metrics, ci = summarize({"reward": REWARD, "reward/polite": POLITE}, RESPONSES, TOKENS, REF_REWARD,
@@ -87,7 +87,7 @@ def test_distinct_per_block_by_hand():
 
 def test_distinct_per_block_compares_sets_of_different_sizes():
     """One policy's replies, drawn alike, in a set of 100 and in a set of 400: corpus distinct-1 falls with the
-    size (more repeats of the same words); per block of 100 it is the same measure on both."""
+    size (more repeats of the same words); per block of DISTINCT_BLOCK it is the same measure on both."""
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(300)]
     replies = [" ".join(rng.choice(words, size=8)) for _ in range(400)]

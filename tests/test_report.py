@@ -68,7 +68,7 @@ def test_method_table_and_report(tmp_path, monkeypatch):
     reference = table.iloc[1]
     assert alol["repeat/share"] == 0.0 and alol["repeat/top_share"] == pytest.approx(1 / 3)
     assert reference["repeat/share"] == pytest.approx(2 / 3) and reference["repeat/top_share"] == pytest.approx(2 / 3)
-    assert np.isnan(alol["distinct/1@100"])  # 3 replies: no block of 100
+    assert np.isnan(alol["distinct/1@16"])  # 3 replies: no block of 16
 
     cfg = load_config(None, ["name=t", f"storage={tmp_path / 'runs'}"])
     report, printed = write_report(str(tmp_path), entries, command=f"alol compare --seeds 2 storage={tmp_path}/runs",
