@@ -140,16 +140,24 @@ class LoadLog:
         self._thread.join()
 
 
-def load_summary(path: str) -> Optional[str]:
-    """The load samples of ``path`` in one phrase: their count, mean and range."""
+def load_summary(path: str, every: float = 30.0) -> Optional[str]:
+    """The load samples of ``path`` in one phrase: their count, mean and range, and the bench's wall time over all
+    its invocations (the spans between consecutive samples at most 1.5 x ``every`` apart: a gap is time between
+    two invocations)."""
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as fh:
-        loads = [json.loads(line)["load1"] for line in fh if line.strip()]
-    if not loads:
+        samples = [json.loads(line) for line in fh if line.strip()]
+    if not samples:
         return None
-    return (f"1-minute load average sampled every 30 s while the bench ran ({len(loads)} samples): mean "
-            f"{sum(loads) / len(loads):.1f}, from {min(loads):.1f} to {max(loads):.1f}, on {os.cpu_count()} cores")
+    loads = [s["load1"] for s in samples]
+    times = [s["time"] for s in samples]
+    spans = [b - a for a, b in zip(times, times[1:])]
+    ran = sum(d for d in spans if d <= 1.5 * every)
+    invocations = 1 + sum(d > 1.5 * every for d in spans)
+    return (f"1-minute load average sampled every {every:.0f} s while the bench ran ({len(loads)} samples, "
+            f"{ran / 60:.0f} min of wall time over {invocations} invocation(s)): mean {sum(loads) / len(loads):.1f}, "
+            f"from {min(loads):.1f} to {max(loads):.1f}, on {os.cpu_count()} cores")
 
 
 def paired_summary(report_dirs: dict[str, str]) -> list[str]:
@@ -268,6 +276,8 @@ def publish(args, command: str, timings: dict[str, float], report: str, file_rep
     sets = {"test split": os.path.join(run_root, "report"),
             "prompt file": os.path.join(os.path.dirname(file_report), "report")}
     notes = [
+        "- (the minutes above are this invocation's: stages a previous invocation built were up to date and skipped; "
+        "the time each stage took is in the list below)",
         *([f"- load: {load}"] if load else []),
         f"- data: {selection['train']['rows']} training rows ({selection['train']['prompts']} prompts: "
         + ", ".join(f"{n} of {f}" for f, n in selection["train"]["by_file"].items())
@@ -285,6 +295,13 @@ def publish(args, command: str, timings: dict[str, float], report: str, file_rep
     body = hh_compare.copy_report(file_report, dest)
     with open(os.path.join(dest, "README.md"), "w", encoding="utf-8") as fh:
         fh.write(f"<!-- written by bench/hh_smollm2.py --publish (see ../README.md for the command) -->\n\n{body}")
+    # The HH folder as the README tells users to place it (data/hh), not where this machine keeps it.
+    where = os.path.abspath(args.data_dir)
+    for readme in (os.path.join(args.publish, "README.md"), os.path.join(dest, "README.md")):
+        with open(readme, encoding="utf-8") as fh:
+            text = fh.read()
+        with open(readme, "w", encoding="utf-8") as fh:
+            fh.write(text.replace(where, "data/hh"))
     print(f"published the prompt file's report to {dest}")
 
 
