@@ -202,6 +202,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--methods", help="comma-separated methods (default: the config's compare.methods)")
     parser.add_argument("--seeds", type=int, help="seeds per method (default: the config's compare.seeds)")
     parser.add_argument("--publish", metavar="DIR", help="copy the reports here (e.g. docs/results/hh_smollm2)")
+    parser.add_argument("--note", action="append", default=[], metavar="TEXT",
+                        help="a line for the published head (repeatable): what was cut and why, say")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"overrides of {CONFIG.relative_to(REPO)}")
     args = parser.parse_args(argv)
     for what, path in (("HH data folder", args.data_dir), ("model", args.model)):
@@ -279,6 +281,7 @@ def publish(args, command: str, timings: dict[str, float], report: str, file_rep
         "- (the minutes above are this invocation's: stages a previous invocation built were up to date and skipped; "
         "the time each stage took is in the list below)",
         *([f"- load: {load}"] if load else []),
+        *(f"- {note}" for note in args.note),
         f"- data: {selection['train']['rows']} training rows ({selection['train']['prompts']} prompts: "
         + ", ".join(f"{n} of {f}" for f, n in selection["train"]["by_file"].items())
         + f"), {selection['val']['prompts']} val prompts (sampled_dev), {selection['test']['prompts']} test prompts "
