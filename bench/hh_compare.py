@@ -28,6 +28,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -55,6 +56,8 @@ def stage_times(run_root: str) -> list[str]:
             kind = "pi_ref training" if rel[1].startswith("reference-") else f"training {rel[1].rsplit('-s', 1)[0]}"
         elif rel[0] == "eval":
             kind = "evaluation (sampled)" if rel[1] == "sampled" else "evaluation (greedy)"
+        elif rel[0] == "prompts":  # alol eval --prompts FILE: <file stem>-<sha>/[sampled/]<method>-s<seed>
+            kind = f"evaluation on {rel[1].rsplit('-', 1)[0]} ({'sampled' if rel[2] == 'sampled' else 'greedy'})"
         else:
             kind = rel[0]
         kinds.setdefault(kind, []).append(float(marker["seconds"]))
@@ -137,10 +140,9 @@ def data_dir_shown(text: str, data_dir: str) -> str:
     return text.replace(where + os.sep, os.path.relpath(where, REPO) + "/")
 
 
-def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_dir: str = "",
-            data_dir: str = "") -> None:
-    """Copy the report and its plots to ``dest``, headed by how they were made; the data folder ``data_dir``
-    is shown relative to the repository."""
+def copy_report(report: str, dest: str, data_dir: str = "") -> str:
+    """Copy the report's plots and tables (its report/ folder) to ``dest``/report, the data folder ``data_dir``
+    shown relative to the repository; returns the text of report.md, shown the same way."""
     src_root = os.path.dirname(report)
     os.makedirs(os.path.join(dest, "report"), exist_ok=True)
     for name in os.listdir(os.path.join(src_root, "report")):
@@ -151,10 +153,19 @@ def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_
         else:
             shutil.copy2(src, out)
     with open(report, encoding="utf-8") as fh:
-        body = data_dir_shown(fh.read(), data_dir) if data_dir else fh.read()
+        return data_dir_shown(fh.read(), data_dir) if data_dir else fh.read()
+
+
+def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_dir: str = "",
+            data_dir: str = "", notes: Sequence[str] = (), claims: bool = True, script: str = "hh_compare.py") -> None:
+    """Copy the report and its plots to ``dest``, headed by how they were made (``notes``: more lines for that
+    head, after the timings; ``claims``: the paper's claim checked on the report's tables); the data folder
+    ``data_dir`` is shown relative to the repository."""
+    src_root = os.path.dirname(report)
+    body = copy_report(report, dest, data_dir)
     judge = judge_lines(rm_dir) if rm_dir else []
     head = [
-        "<!-- written by bench/hh_compare.py --publish; rerun the command below to reproduce -->",
+        f"<!-- written by bench/{script} --publish; rerun the command below to reproduce -->",
         "",
         "How this report was made:",
         "",
@@ -165,12 +176,13 @@ def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d')}",
         *(f"- {part}: {seconds / 60:.1f} min wall" for part, seconds in timings.items()),
+        *notes,
         "",
         "Time per stage (the wall time each stage recorded when it was built; a resumed run adds up its parts):",
         "",
         *stage_times(src_root),
         "",
-        *claim_lines(os.path.join(src_root, "report")),
+        *(claim_lines(os.path.join(src_root, "report")) if claims else []),
         "",
         *(["The judge: the evaluation reward model, on prompts it never saw (the 10% holdout, the same prompts "
            "as the test split) and on sampled_dev (labelled by another reward model):", "", *judge, ""]
@@ -179,6 +191,16 @@ def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_
     with open(os.path.join(dest, "README.md"), "w", encoding="utf-8") as fh:
         fh.write("\n".join(head) + "\n" + body)
     print(f"published to {dest}")
+
+
+def judge(storage: str, data: list[str]) -> str:
+    """The evaluation reward model of configs/rm_hh.yaml (``alol rm train``) on the HH files ``data`` (the
+    overrides of ``data_overrides``), trained into ``storage`` unless it is there with the same fingerprint;
+    returns its folder."""
+    from alol_ray.config import load_config
+    from alol_ray.pipeline import Pipeline
+
+    return Pipeline(load_config(str(REPO / "configs" / "rm_hh.yaml"), [f"storage={storage}", *data])).reward_model()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from alol_ray import logs
     from alol_ray.commands.demo import load_sized
-    from alol_ray.config import load_config
     from alol_ray.pipeline import Pipeline
     from evaluation.compare import run_compare
 
@@ -209,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     t = time.time()
     data = data_overrides(args.data_dir, args.limit)
-    rm_cfg = load_config(str(REPO / "configs" / "rm_hh.yaml"), [f"storage={args.storage}", *data])
-    rm_dir = Pipeline(rm_cfg).reward_model()
+    rm_dir = judge(args.storage, data)
     timings["reward model (alol rm train; cached when up to date)"] = time.time() - t
 
     t = time.time()

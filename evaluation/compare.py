@@ -15,7 +15,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -140,11 +140,12 @@ def trained_policies(paths: RunPaths) -> list[tuple[str, int]]:
 
 
 def run_prompt_eval(pipeline: Pipeline, prompts_file: str, prompts: pd.DataFrame, *, command: str,
-                    methods: Optional[list[str]] = None) -> tuple[str, str]:
+                    methods: Optional[list[str]] = None, notes: Sequence[str] = ()) -> tuple[str, str]:
     """Judge the run's policies on the prompt set ``prompts`` (prompt_id, prompt) read from ``prompts_file``
     (``alol eval --prompts``): every finished training run (``methods``: only these) and pi_ref as published,
     nothing trained. Each is one eval stage in <run>/prompts/<file stem>-<sha256[:10]>/<method>-s<seed>/, so a
-    rerun on the same file content skips it, and the report goes beside them. Returns (report path, table)."""
+    rerun on the same file content skips it, and the report goes beside them, with ``notes`` (sentences about the
+    prompt set) among its notes. Returns (report path, table)."""
     cfg, paths = pipeline.cfg, pipeline.paths
     runs = trained_policies(paths)
     train_root = os.path.join(paths.root, "train")
@@ -184,6 +185,6 @@ def run_prompt_eval(pipeline: Pipeline, prompts_file: str, prompts: pd.DataFrame
     notes = [(f"Prompts: {name} ({len(prompts)} distinct prompts, sha256 {sha[:10]}), not the run's own splits: "
               "every policy and the reference answer the same prompts."),
              ("Policies: the run's finished training runs as published (train/<method>-s<seed>/best) and its "
-              "reference policy; nothing was trained for this report.")]
+              "reference policy; nothing was trained for this report."), *notes]
     return write_report(folder, entries, command=command, cfg=cfg, notes=notes, n_bootstrap=cfg.eval.bootstrap_samples,
                         heading=f"alol-ray evaluation on {name}")

@@ -5,7 +5,11 @@ Every method is judged by these same functions on the same prompts (see ``eval_j
 - reward: the mean over prompts of the total reward and of each component, each with a percentile
   bootstrap 95% interval over prompts;
 - distinct-n (Li et al., 2016): unique n-grams / total n-grams over the whole corpus of replies, on
-  lower-cased whitespace tokens, n-grams never crossing two replies;
+  lower-cased whitespace tokens, n-grams never crossing two replies; corpus distinct-n falls as the corpus grows,
+  so ``distinct/<n>@<k>`` also gives it per fixed number of replies (the mean over blocks of k replies), which
+  compares across prompt sets of different sizes;
+- repetition: the share of replies that repeat another reply of the set word for word, the share of the most
+  common reply, and the most common replies themselves (the mark of a policy that collapsed onto a few strings);
 - length: mean words (whitespace tokens) and mean tokens per reply;
 - win rate against the reference policy's replies to the same prompts, by reward: a win counts 1,
   a tie 1/2, a loss 0.
@@ -48,6 +52,45 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(unique) / total if total else 0.0
 
 
+# Replies per block of distinct/<n>@<k>: the same k for every prompt set of every report. Small enough that the
+# smallest published prompt set (16 prompts, docs/results/hh_smollm2/prompt_file) has a value; a block of 16 replies
+# of ~30 words is ~500 words, enough for distinct-1..3 to tell a collapsed policy from a varied one.
+DISTINCT_BLOCK = 16
+
+
+def distinct_n_per_block(texts: Sequence[str], n: int, block: int = DISTINCT_BLOCK) -> float:
+    """distinct-n per ``block`` replies: the replies in their given order cut into consecutive blocks of
+    ``block`` (a last, shorter block is left out), distinct-n of each block, their mean. NaN when there are
+    fewer than ``block`` replies: a smaller corpus is not comparable (its distinct-n is higher by its size alone)."""
+    if block < 1:
+        raise ValueError(f"distinct_n_per_block: block must be >= 1, got {block}")
+    blocks = [texts[i:i + block] for i in range(0, len(texts) - block + 1, block)]
+    return float(np.mean([distinct_n(b, n) for b in blocks])) if blocks else float("nan")
+
+
+def reply_key(text: str) -> str:
+    """What makes two replies the same string: lower-cased, whitespace runs as one space, ends stripped."""
+    return " ".join(whitespace_tokens(text))
+
+
+def repetition(texts: Sequence[str], top: int = 3) -> tuple[float, float, list[tuple[str, int]]]:
+    """(share of replies equal to another reply of the set, share of the most common reply, the ``top`` most
+    common replies that occur more than once as (text, count), most common first, ties in first-seen order).
+    Replies are compared by ``reply_key``; each is shown as its first occurrence, whitespace runs as one space.
+    An empty reply is the string "". NaN shares for no replies."""
+    if not len(texts):
+        return float("nan"), float("nan"), []
+    counts: dict[str, int] = {}
+    shown: dict[str, str] = {}
+    for text in texts:
+        key = reply_key(text)
+        counts[key] = counts.get(key, 0) + 1
+        shown.setdefault(key, " ".join(text.split()))
+    repeated = sum(c for c in counts.values() if c > 1)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])  # stable: first seen first among equals
+    return repeated / len(texts), ranked[0][1] / len(texts), [(shown[k], c) for k, c in ranked[:top] if c > 1]
+
+
 def word_counts(texts: Sequence[str]) -> np.ndarray:
     return np.asarray([len(t.split()) for t in texts], dtype=np.int64)
 
@@ -74,8 +117,9 @@ def summarize(
 
     ``rewards``: column -> per-prompt values; ``total_key`` is the total reward, the other keys its
     components (``reward/<name>``). Returns metric keys ``reward/mean``, ``reward/<name>`` (means),
-    ``distinct/1..3``, ``length/words``, ``length/tokens``, ``win_rate/reference`` (when ``ref_rewards``)
-    and ``eval/prompts``; intervals for the reward means and the win rate.
+    ``distinct/1..3``, ``distinct/1..3@16`` (per DISTINCT_BLOCK replies), ``repeat/share`` and
+    ``repeat/top_share`` (``repetition``), ``length/words``, ``length/tokens``, ``win_rate/reference`` (when
+    ``ref_rewards``) and ``eval/prompts``; intervals for the reward means and the win rate.
     """
     metrics: dict[str, float] = {}
     ci: dict[str, list[float]] = {}
@@ -90,6 +134,9 @@ def summarize(
         mean_with_ci(key, rewards[key])
     for n in (1, 2, 3):
         metrics[f"distinct/{n}"] = distinct_n(responses, n)
+    for n in (1, 2, 3):
+        metrics[f"distinct/{n}@{DISTINCT_BLOCK}"] = distinct_n_per_block(responses, n)
+    metrics["repeat/share"], metrics["repeat/top_share"], _ = repetition(responses)
     metrics["length/words"] = float(word_counts(responses).mean()) if len(responses) else float("nan")
     metrics["length/tokens"] = float(np.mean(response_tokens)) if len(response_tokens) else float("nan")
     if ref_rewards is not None:

@@ -22,7 +22,7 @@ from alol_ray import columns as C
 from alol_ray.atomic import write_text
 from alol_ray.config import non_defaults, portable, portable_path, to_yaml
 from alol_ray.runs import GREEDY, SAMPLED
-from evaluation.metrics import distinct_n
+from evaluation.metrics import DISTINCT_BLOCK, distinct_n, distinct_n_per_block, repetition
 
 REFERENCE = "reference"
 
@@ -188,6 +188,12 @@ def method_rows(entries: list[RunEntry], n_bootstrap: int = 2000) -> pd.DataFram
             row["win_rate"], row["win_rate/ci"] = mean, (lo, hi)
         for n in (1, 2, 3):
             row[f"distinct/{n}"] = float(np.mean([_distinct(f[C.RESPONSE].tolist(), n) for f in frames]))
+        for n in (1, 2, 3):
+            row[f"distinct/{n}@{DISTINCT_BLOCK}"] = float(np.mean([distinct_n_per_block(f[C.RESPONSE].tolist(), n)
+                                                                 for f in frames]))
+        repeats = [repetition(f[C.RESPONSE].tolist()) for f in frames]
+        row["repeat/share"] = float(np.mean([r[0] for r in repeats]))
+        row["repeat/top_share"] = float(np.mean([r[1] for r in repeats]))
         row["length/words"] = float(np.mean([f[C.RESPONSE].str.split().str.len().mean() for f in frames]))
         if all("response_tokens" in f for f in frames):
             row["length/tokens"] = float(np.mean([f["response_tokens"].mean() for f in frames]))
@@ -263,6 +269,34 @@ def _markdown_table(table: pd.DataFrame) -> str:
                   "-" if pd.isna(r["tokens_per_s"]) else f"{r['tokens_per_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _share(value: float) -> str:
+    return "-" if pd.isna(value) else f"{value:.0%}"
+
+
+def repetition_markdown(table: pd.DataFrame, entries: list[RunEntry], top: int = 3, max_chars: int = 60) -> list[str]:
+    """Diversity and repetition per method, as a markdown table: distinct-n per DISTINCT_BLOCK replies (the same
+    count for every prompt set, so sets of different sizes compare), the share of replies that repeat another
+    reply word for word, the share of the most common reply (means over seeds), and the ``top`` most common
+    repeated replies of the method's first seed with their counts."""
+    first: dict[str, RunEntry] = {}
+    for e in sorted(entries, key=lambda e: (e.seed is not None, e.seed or 0)):
+        first.setdefault(e.method, e)
+    lines = [f"| method | distinct-1 / 2 / 3 per {DISTINCT_BLOCK} replies | replies that repeat another | share of the "
+             "most common reply | most common repeated replies (first seed: count) |", "|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        per_block = [r.get(f"distinct/{n}@{DISTINCT_BLOCK}") for n in (1, 2, 3)]
+        shown = "-" if any(pd.isna(v) for v in per_block) else " / ".join(f"{v:.3f}" for v in per_block)
+        texts = pd.read_parquet(first[r["method"]].eval_path, columns=[C.RESPONSE])[C.RESPONSE].tolist()
+        common = []
+        for text, count in repetition(texts, top)[2]:
+            text = text if len(text) <= max_chars else text[:max_chars] + "..."
+            common.append(f"\"{text}\": {count}" if text else f"(empty): {count}")
+        cells = [r["method"], shown, _share(r["repeat/share"]), _share(r["repeat/top_share"]),
+                 "; ".join(common).replace("|", "\\|") or "none"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def with_paired_columns(table: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
@@ -480,6 +514,14 @@ def write_report(run_root: str, entries: list[RunEntry], *, command: str, cfg, s
     text += [f"- {n}" for n in notes]
     if sampled_table is not None:
         text += ["", f"### {decoding_title(SAMPLED, cfg)}", "", _markdown_table(sampled_table), ""]
+    text += ["", "## Diversity and repetition", "",
+             f"distinct-n per {DISTINCT_BLOCK} replies: the replies (in prompt order) cut into blocks of "
+             f"{DISTINCT_BLOCK}, distinct-n of each, their mean (- with fewer than {DISTINCT_BLOCK} replies); corpus",
+             "distinct-n (the tables above) falls as the corpus grows, this one compares across prompt sets. Two replies",
+             "are the same when they match word for word (case and spacing aside).", "",
+             f"**{decoding_title(GREEDY, cfg)}**", ""] + repetition_markdown(table, greedy)
+    if sampled_table is not None:
+        text += ["", f"**{decoding_title(SAMPLED, cfg)}**", ""] + repetition_markdown(sampled_table, sampled)
     text += ["", "## Paired differences", "",
              "Mean per-prompt difference in test reward against the reference policy and against NLL, on the same",
              "prompts, with a 95% paired hierarchical bootstrap interval (each method's seeds resampled, then the",

@@ -118,6 +118,9 @@ def test_every_finished_policy_is_evaluated_on_the_file_and_reported(first_eval)
     assert "--prompts bench.jsonl" in report and str(cwd) not in report
     assert os.path.exists(os.path.join(folder, "report", "reward_dist.png"))
     assert f"report: {os.path.join(folder, 'report.md')}" in stdout and "win vs ref" in stdout
+    # It says how it read the file; the run's rows were never built, so there is no overlap to warn about.
+    assert "[eval] bench.jsonl: format rows (detected from its first record), 5 distinct prompts" in stdout
+    assert "warning" not in stdout
     # Nothing was built for it: pi_ref is the published one, the run's data never loaded.
     assert stage.stage_fingerprint(paths.train("reference", 0)) == "f" * 20 and not os.path.exists(paths.data)
     assert "[train " not in stdout
@@ -133,6 +136,58 @@ def test_the_same_file_again_reuses_every_evaluation(first_eval, capsys):
     assert "running ..." not in out and "[eval nll-s0] up to date" in out
     assert [os.path.getmtime(m) for m in markers] == before
     assert "nll" in out and "report: " in out
+
+
+def test_the_run_folder_is_a_config(first_eval, capsys):
+    """`--config runs/ev`: the config the run saved (absolute paths), typed from another working directory; the
+    same evaluations, so nothing runs again. A folder that is no run is one error line."""
+    cwd, *_ = first_eval
+    capsys.readouterr()
+    assert in_dir(cwd / "runs", ["eval", "--config", "ev", "--prompts", "../bench.jsonl"]) == 0
+    out = capsys.readouterr().out
+    assert "[eval nll-s0] up to date" in out and "[eval reference-s0] up to date" in out
+    assert in_dir(cwd, ["eval", "--config", "runs/ev/train", "--prompts", "bench.jsonl"]) == 2
+    assert "--config runs/ev/train: a folder without a config.yaml, so not a run folder" in capsys.readouterr().err
+
+
+def test_a_config_whose_paths_are_not_here_names_the_runs_own_config(first_eval, capsys):
+    """The config a run was made with, typed where its relative data paths do not resolve (the issue's
+    `--config configs/hh_tiny_cpu.yaml` from another folder): the error names the run's saved config."""
+    cwd, *_ = first_eval
+    for name in ("ev", "never_ran"):
+        (cwd / "moved.yaml").write_text(f"name: {name}\nstorage: runs\ndata:\n  sources:\n"
+                                        "    - {path: data/gone.jsonl}\n", encoding="utf-8")
+        assert in_dir(cwd, ["eval", "--config", "moved.yaml", "--prompts", "bench.jsonl"]) == 2
+        err = capsys.readouterr().err
+        assert "data.sources.0.path: 'data/gone.jsonl' is not a file or folder" in err
+        hint = ("The run runs/ev keeps the config it ran with (runs/ev/config.yaml, absolute paths): "
+                "`alol eval --config runs/ev ...`")
+        assert (hint in err) == (name == "ev"), err
+
+
+def test_prompts_the_run_trained_or_selected_on_are_counted_and_named(tmp_path, capsys):
+    """A prompt file that holds 2 of the run's train prompts (one with its spacing changed), 1 val prompt and 1 test
+    prompt: a warning with the counts, as soon as the file is read (here the run has no policy yet, so it stops
+    after); the format given with --prompts-format is said to be given."""
+    from alol_ray.config import load_config
+    from alol_ray.pipeline import Pipeline
+
+    run = ["storage=runs", "name=ov", "data.builtin_train_prompts=60", "data.builtin_eval_prompts=20"]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        rows = pd.read_parquet(Pipeline(load_config(None, run)).rows())  # the run's rows stage
+    finally:
+        os.chdir(cwd)
+    first = {split: list(rows.loc[rows[C.SPLIT] == split, C.PROMPT].unique()) for split in ("train", "val", "test")}
+    respaced = first["train"][1].replace(" ", "  ")
+    write_prompts(tmp_path / "mixed.jsonl", [first["train"][0], respaced, first["val"][0], first["test"][0]])
+    assert in_dir(tmp_path, ["eval", *run, "--prompts", "mixed.jsonl", "--prompts-format", "rows"]) == 2
+    captured = capsys.readouterr()
+    assert "[eval] mixed.jsonl: format rows (--prompts-format), 4 distinct prompts" in captured.out
+    assert ("[eval] warning: 2 of the 4 prompts of mixed.jsonl are among the run's train prompts and 1 among its "
+            "val prompts: not held out") in captured.out
+    assert "has no trained policy" in captured.err
 
 
 def test_an_edited_file_gets_its_own_folder(first_eval, test_prompts, capsys):

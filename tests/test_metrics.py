@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from evaluation.metrics import (
+    DISTINCT_BLOCK,
     bootstrap_ci,
     distinct_n,
+    distinct_n_per_block,
     format_table,
+    repetition,
     summarize,
     whitespace_tokens,
     win_outcomes,
@@ -36,17 +39,20 @@ def test_three_example_corpus_by_hand():
     length/words = (3 + 4 + 2) / 3 = 3;  length/tokens = (4 + 6 + 3) / 3 = 13/3
     reward/mean = (2 + 1 + 0.5) / 3 = 7/6;  reward/polite = (1 + 0.5 + 0) / 3 = 0.5
     win vs reference: 2 > 1 win (1), 1 = 1 tie (1/2), 0.5 < 1.5 loss (0)             -> 1.5/3 = 0.5
+    distinct-n per 16 replies: 3 replies make no block of 16                          -> nan
+    repetition: three different replies -> none repeats (0), the most common is one of 3 -> 1/3
     """
     metrics, ci = summarize({"reward": REWARD, "reward/polite": POLITE}, RESPONSES, TOKENS, REF_REWARD,
                             n_bootstrap=200, seed=0)
     expected = {
         "reward/mean": 7 / 6, "reward/polite": 0.5, "distinct/1": 7 / 9, "distinct/2": 5 / 6,
         "distinct/3": 1.0, "length/words": 3.0, "length/tokens": 13 / 3, "win_rate/reference": 0.5,
-        "eval/prompts": 3.0,
+        "eval/prompts": 3.0, "repeat/share": 0.0, "repeat/top_share": 1 / 3,
+        **{f"distinct/{n}@{DISTINCT_BLOCK}": math.nan for n in (1, 2, 3)},
     }
     assert metrics.keys() == expected.keys()
     for key, value in expected.items():
-        assert metrics[key] == pytest.approx(value, abs=1e-12), key
+        assert metrics[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
     assert set(ci) == {"reward/mean", "reward/polite", "win_rate/reference"}
     for key, (lo, hi) in ci.items():
         assert lo <= metrics[key] <= hi
@@ -58,6 +64,54 @@ def test_distinct_edge_cases():
     assert distinct_n(["Yes YES yes"], 1) == pytest.approx(1 / 3)  # case folded
     # n-grams never span two replies: "a b" + "c" has one bigram, not two.
     assert distinct_n(["a b", "c"], 2) == 1.0
+
+
+def test_distinct_per_block_by_hand():
+    """Replies [a b] [a c] [a b] [d], in this order.
+
+    blocks of 2: [a b][a c] -> unigrams a b a c, unique 3 of 4 = 0.75; [a b][d] -> a b d, 3 of 3 = 1.0
+                 distinct-1 = (0.75 + 1.0) / 2 = 0.875 (the whole corpus: 4 unique of 7 = 0.571)
+                 distinct-2: block 1 (a b) (a c) = 2 of 2; block 2 (a b) = 1 of 1 -> 1.0
+    blocks of 3: [a b][a c][a b], the 4th reply left out -> a b a c a b, 3 unique of 6 = 0.5
+    blocks of 5: none -> nan
+    """
+    texts = ["a b", "a c", "a b", "d"]
+    assert distinct_n_per_block(texts, 1, block=2) == pytest.approx(0.875, abs=1e-12)
+    assert distinct_n_per_block(texts, 2, block=2) == pytest.approx(1.0, abs=1e-12)
+    assert distinct_n_per_block(texts, 1, block=3) == pytest.approx(0.5, abs=1e-12)
+    assert math.isnan(distinct_n_per_block(texts, 1, block=5))
+    assert distinct_n_per_block(texts, 1, block=4) == pytest.approx(distinct_n(texts, 1), abs=1e-12)
+    with pytest.raises(ValueError):
+        distinct_n_per_block(texts, 1, block=0)
+
+
+def test_distinct_per_block_compares_sets_of_different_sizes():
+    """One policy's replies, drawn alike, in a set of 100 and in a set of 400: corpus distinct-1 falls with the
+    size (more repeats of the same words); per block of DISTINCT_BLOCK it is the same measure on both."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    replies = [" ".join(rng.choice(words, size=8)) for _ in range(400)]
+    small, large = replies[:100], replies
+    assert distinct_n(large, 1) < 0.8 * distinct_n(small, 1)
+    assert distinct_n_per_block(large, 1) == pytest.approx(distinct_n_per_block(small, 1), rel=0.05)
+
+
+def test_repetition_by_hand():
+    """Replies compared lower-cased, spacing aside: "I'm sorry." x3 (one in capitals with a double space), "" x2
+    (one only blanks), "Sure!" and "Paris." once each: 7 replies.
+
+    repeated: 3 + 2 = 5 of 7; the most common: 3 of 7; the top list: "I'm sorry." (as first seen) 3, then "" 2;
+    the singletons are not listed (they repeat nothing).
+    """
+    texts = ["I'm sorry.", "i'm  SORRY.", "Sure!", "", "Paris.", "   ", "I'm sorry."]
+    share, top_share, top = repetition(texts)
+    assert share == pytest.approx(5 / 7, abs=1e-12) and top_share == pytest.approx(3 / 7, abs=1e-12)
+    assert top == [("I'm sorry.", 3), ("", 2)]
+    assert repetition(texts, top=1)[2] == [("I'm sorry.", 3)]
+    assert repetition(["b", "a", "a", "b"]) == (1.0, 0.5, [("b", 2), ("a", 2)])  # a tie: first seen first
+    assert repetition(["x", "y"]) == (0.0, 0.5, [])
+    empty = repetition([])
+    assert math.isnan(empty[0]) and math.isnan(empty[1]) and empty[2] == []
 
 
 def test_win_outcomes_ties_count_half():
@@ -121,6 +175,8 @@ def test_summarize_of_an_empty_evaluation_is_nan_and_quiet():
     for key in ("reward/mean", "reward/polite", "length/words", "length/tokens"):
         assert math.isnan(metrics[key]), key
     assert [metrics[f"distinct/{n}"] for n in (1, 2, 3)] == [0.0, 0.0, 0.0]
+    for key in ("repeat/share", "repeat/top_share", *(f"distinct/{n}@{DISTINCT_BLOCK}" for n in (1, 2, 3))):
+        assert math.isnan(metrics[key]), key
     assert metrics["eval/prompts"] == 0.0
     assert all(math.isnan(v) for v in ci["reward/mean"] + ci["reward/polite"])
 

@@ -64,6 +64,11 @@ def test_method_table_and_report(tmp_path, monkeypatch):
     assert alol["train_seconds"] == pytest.approx(4.0)
     # distinct-1 averaged over seeds: seed 0 has 4 unique of 6 words, seed 1 has 3 of 3
     assert alol["distinct/1"] == pytest.approx((4 / 6 + 1.0) / 2)
+    # repetition, averaged over seeds: a_lol repeats nothing; the reference says "a b" twice of 3
+    reference = table.iloc[1]
+    assert alol["repeat/share"] == 0.0 and alol["repeat/top_share"] == pytest.approx(1 / 3)
+    assert reference["repeat/share"] == pytest.approx(2 / 3) and reference["repeat/top_share"] == pytest.approx(2 / 3)
+    assert np.isnan(alol["distinct/1@16"])  # 3 replies: no block of 16
 
     cfg = load_config(None, ["name=t", f"storage={tmp_path / 'runs'}"])
     report, printed = write_report(str(tmp_path), entries, command=f"alol compare --seeds 2 storage={tmp_path}/runs",
@@ -72,6 +77,10 @@ def test_method_table_and_report(tmp_path, monkeypatch):
     assert "| a_lol | 2 |" in text and "name: t" in text
     # paired: a_lol vs the reference on the same 3 prompts, seed means (2, 2.5, 1.5) - 1 = +1.0
     assert "| a_lol | reference | +1.000 (" in text and "## Sample replies" in text
+    # the diversity section: per-block distinct-n needs 100 replies; the reference's repeated reply, with its count
+    assert "## Diversity and repetition" in text
+    assert "| a_lol | - | 0% | 33% | none |" in text
+    assert '| reference | - | 67% | 67% | "a b": 2 |' in text
     paired = pd.read_csv(tmp_path / "report" / "paired.csv")
     assert paired.loc[0, "difference"] == pytest.approx(1.0)
     assert pd.read_csv(tmp_path / "report" / "methods.csv").set_index("method").loc["a_lol", "vs_reference"] == \

@@ -9,17 +9,26 @@ pi_ref; nothing is trained) on the distinct prompts of FILE, read like a data so
 parquet, any data format; records need only a prompt), with the same eval job, win rate against pi_ref's
 replies and report as ``alol compare``: ``<run>/prompts/<file stem>-<sha256[:10]>/`` (one eval folder per
 policy, report.md, report/methods.csv). The same file content reuses finished evaluations; an edited file
-gets a new folder.
+gets a new folder. It says which format it read the file in, and warns when prompts of the file are among the
+run's train or val prompts (by text, from the run's rows when they were built).
+
+``--config`` takes a run folder too (``alol eval --config runs/hh_tiny_cpu --prompts FILE``): the config the run
+saved (``config.yaml``, absolute paths), whose data paths hold wherever the command is typed. A config file whose
+paths do not resolve from the working directory says where the run's own config is.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
+from alol_ray import columns as C
 from alol_ray.cli import add_config_arguments
-from alol_ray.config import ChatTemplateConfig, SourceConfig, local_file, resolve_path
-from alol_ray.errors import UserError
+from alol_ray.config import ChatTemplateConfig, SourceConfig, load_config, local_file, resolve_path
+from alol_ray.errors import ConfigError, UserError
+
+log = logging.getLogger("alol")
 
 USES_RUN = True
 
@@ -44,6 +53,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="format of the --prompts file (default: detected from its first record)")
     parser.add_argument("--methods", help="with --prompts: evaluate only these trained methods, comma-separated "
                         "(the reference policy is always evaluated)")
+
+
+RUN_CONFIG = "config.yaml"  # what every command saves into the run folder (alol_ray.runs.RunPaths.config)
+
+
+def load(args: argparse.Namespace):
+    """The config: ``--config`` (a YAML file, or a run folder: the config.yaml the run saved) with the overrides.
+    A run folder is the run evaluated, wherever it lies now (its storage and name follow the folder)."""
+    overrides = list(args.overrides or [])
+    if args.config and os.path.isdir(args.config):
+        saved = os.path.join(args.config, RUN_CONFIG)
+        if not os.path.isfile(saved):
+            raise ConfigError(f"--config {args.config}: a folder without a {RUN_CONFIG}, so not a run folder (give a "
+                              f"config file, or the run's folder, e.g. runs/<name>)")
+        run_dir = os.path.abspath(args.config)
+        where = [f"storage={os.path.dirname(run_dir)}", f"name={os.path.basename(run_dir)}"]
+        return load_config(saved, where + overrides)
+    try:
+        return load_config(args.config, overrides)
+    except ConfigError as err:
+        saved = saved_run_config(args.config, overrides)
+        if saved is None:
+            raise
+        run_dir = os.path.dirname(saved)
+        raise ConfigError(f"{err}. The run {run_dir} keeps the config it ran with ({saved}, absolute paths): "
+                          f"`alol eval --config {run_dir} ...`") from None
+
+
+def saved_run_config(path: str | None, overrides: list[str]) -> str | None:
+    """The config.yaml saved in the run that ``path`` + ``overrides`` name (storage/name), as typed from the
+    working directory; None when that run has none or the config names no run."""
+    try:
+        cfg = load_config(path, overrides, resolve=False)
+    except ConfigError:
+        return None
+    if "://" in cfg.storage:
+        return None
+    saved = os.path.join(os.path.expanduser(cfg.storage), cfg.name, RUN_CONFIG)
+    return os.path.relpath(saved) if os.path.isfile(saved) else None
 
 
 def run(args: argparse.Namespace, session) -> int:
@@ -72,7 +120,7 @@ def run(args: argparse.Namespace, session) -> int:
 def run_prompts(args: argparse.Namespace, session) -> int:
     """``--prompts FILE``: the file is read and checked before the run is touched (a bad one writes nothing)."""
     # lazy: alol_ray.data.loaders (pandas) (alol_ray.commands.eval imports without it)
-    from alol_ray.data.loaders import load_prompts
+    from alol_ray.data.loaders import read_prompts
 
     given = (("--model", args.model), ("--split", args.split), ("--method", args.method), ("--seed", args.seed),
              ("--out", args.out))
@@ -84,14 +132,25 @@ def run_prompts(args: argparse.Namespace, session) -> int:
     # Dialogue formats render their prompts as the run's data did, so the policies see what they were trained on.
     sources = [s for s in session.cfg.data.sources if s.format != "builtin"]
     template = sources[0].template if sources else ChatTemplateConfig()
-    prompts = load_prompts(SourceConfig(path=path, format=args.prompts_format, template=template))
+    prompts, fmt = read_prompts(SourceConfig(path=path, format=args.prompts_format, template=template))
     if args.max_prompts is not None:
         prompts = prompts.head(args.max_prompts)
+    name = os.path.basename(path)
+    how = "detected from its first record" if args.prompts_format == "auto" else "--prompts-format"
+    log.info(f"[eval] {name}: format {fmt} ({how}), {len(prompts)} distinct prompts")
+    # lazy: evaluation.prompt_sets (pandas) (alol_ray.commands.eval imports without it)
+    from evaluation.prompt_sets import overlap_note, split_overlap
+
+    overlap = split_overlap(session.pipeline.paths.rows, prompts[C.PROMPT])
+    notes = [overlap_note(name, len(prompts), overlap)] if overlap else []
+    for note in notes:
+        log.warning(f"[eval] warning: {note}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     # lazy: evaluation.compare (torch), after the file is read and checked (a bad file is refused in seconds)
     from evaluation.compare import run_prompt_eval
 
-    report, table = run_prompt_eval(session.pipeline, path, prompts, command=session.command, methods=methods)
+    report, table = run_prompt_eval(session.pipeline, path, prompts, command=session.command, methods=methods,
+                                    notes=notes)
     print()
     print(table)
     print(f"\nreport: {report}")

@@ -203,6 +203,12 @@ def load_prompts(src: SourceConfig) -> pd.DataFrame:
     (``alol eval --prompts``). Records need only a prompt (responses are not read); ids are the records'
     ``prompt_id`` or the prompt's hash, as ``load_source`` gives them. Strict: DataError listing file:line:
     field for every bad record, UserError for a source without a single prompt."""
+    return read_prompts(src)[0]
+
+
+def read_prompts(src: SourceConfig) -> tuple[pd.DataFrame, str]:
+    """``load_prompts``'s frame and the format it read the source in (``src.format``, or the one detected from
+    the first record when that is ``auto``)."""
     shown = os.path.basename(os.path.normpath(src.path))
     fmt = src.format
     detected = fmt in ("auto", "")
@@ -237,7 +243,7 @@ def load_prompts(src: SourceConfig) -> pd.DataFrame:
         raise DataError(problems, hint="fix them (every prompt of the file is evaluated)")
     if not texts:
         raise UserError(f"{shown}: no prompts (the file holds no records)")
-    return pd.DataFrame({C.PROMPT_ID: list(texts.values()), C.PROMPT: list(texts)})
+    return pd.DataFrame({C.PROMPT_ID: list(texts.values()), C.PROMPT: list(texts)}), fmt
 
 
 def _holdout(frame: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
