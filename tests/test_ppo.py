@@ -74,10 +74,11 @@ def test_ppo_epochs_on_rollouts_of_different_lengths(tiny_policy_dir, builtin_ro
     finite, and a positive advantage on one reply raises its log-prob."""
     from alol_ray.models import load_policy
     from baselines import ppo_loss as P
+    from alol_ray.train.memory import precision_policy
     from alol_ray.train.strategy import Replicated
     from baselines.ppo import PolicyWithValueHead, ppo_epochs
 
-    one = Replicated(world_size=1)
+    one = Replicated(world_size=1, precision=precision_policy("fp32", on_gpu=False))
     model, tok = load_policy(tiny_policy_dir)
     pairs = pairs_of(tok, builtin_rows, 4)
     pairs = [(p, r[:n] + [tok.eos_token_id]) for (p, r), n in zip(pairs, (3, 9, 5, 14))]
