@@ -193,6 +193,17 @@ def publish(report: str, dest: str, command: str, timings: dict[str, float], rm_
     print(f"published to {dest}")
 
 
+def print_outcome(table: str, reports: dict[str, str], timings: dict[str, float]) -> None:
+    """The comparison table, where its reports are, and the minutes each part took."""
+    print()
+    print(table)
+    print()
+    for name, path in reports.items():
+        print(f"{name}: {path}")
+    for part, seconds in timings.items():
+        print(f"{part}: {seconds / 60:.1f} min")
+
+
 def judge(storage: str, data: list[str]) -> str:
     """The evaluation reward model of configs/rm_hh.yaml (``alol rm train``) on the HH files ``data`` (the
     overrides of ``data_overrides``), trained into ``storage`` unless it is there with the same fingerprint;
@@ -242,11 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_sized(str(REPO / "configs" / "hh_tiny_cpu.yaml"), base, args.overrides)
     report, table = run_compare(Pipeline(cfg), command=command)
     timings["comparison (alol compare)"] = time.time() - t
-    print()
-    print(table)
-    print(f"\nreport: {report}")
-    for part, seconds in timings.items():
-        print(f"{part}: {seconds / 60:.1f} min")
+    print_outcome(table, {"report": report}, timings)
     if args.publish:
         publish(report, args.publish, command, timings, rm_dir, args.data_dir)
     return 0

@@ -260,11 +260,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     file_reports = sorted(Path(pipeline.paths.root, "prompts").glob("prompts-*/report.md"),
                           key=lambda p: p.stat().st_mtime)
     file_report = str(file_reports[-1])
-    print()
-    print(table)
-    print(f"\nreport: {report}\nthe prompt file's report: {file_report}")
-    for part, seconds in timings.items():
-        print(f"{part}: {seconds / 60:.1f} min")
+    hh_compare.print_outcome(table, {"report": report, "the prompt file's report": file_report}, timings)
     if args.publish:
         publish(args, command, timings, report, file_report, rm_dir, built["summary"])
     return 0
