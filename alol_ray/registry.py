@@ -83,7 +83,7 @@ def load_builtin_methods() -> dict:
 def load_plugin(name: str) -> dict:
     """Import ``alol_ray/methods/<name>.py`` (registering its method) and return the registry."""
     package = importlib.import_module(PLUGINS)
-    package.__path__ = pkgutil.extend_path(list(package.__path__), PLUGINS)  # folders put on sys.path after its import
+    package.__path__ = plugin_folders()  # folders put on sys.path after its import too
     importlib.import_module(f"{PLUGINS}.{name}")
     # lazy: torch comes with the methods (the names above are known without it)
     from alol_ray.train.methods import METHODS

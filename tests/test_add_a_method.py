@@ -1,7 +1,8 @@
 """docs/architecture.md, "How to add ... A training method", followed to the letter for a toy method: one new module
 at the path the doc names (under a folder on PYTHONPATH, as a user outside the repository writes it), no other
 file edited. The method is then known to the config checks, `alol train --help` and the method list, has a
-fingerprint, and trains two steps through the real offline loop (Ray Train) on a tiny model.
+fingerprint, computes its loss on a real batch of a tiny model, is found by a fresh process the way a Ray worker
+finds it, and (slow tier) trains two steps through the real offline loop (Ray Train).
 
 Fails when the doc's recipe stops being enough (a list to edit, a second file) or names another path."""
 
@@ -96,34 +97,79 @@ def test_the_new_module_is_known_to_the_config_checks_and_the_help(plugin_folder
     assert NAME in " ".join(help_text.split())
 
 
-def test_the_new_method_has_a_fingerprint_and_trains_through_the_offline_loop(plugin_folder, builtin_rows,
-                                                                            tiny_policy_dir, tmp_path):
-    import ray
+def test_the_new_method_has_a_fingerprint_and_computes_its_loss_on_a_real_batch(plugin_folder, builtin_rows,
+                                                                              tiny_policy_dir, tmp_path):
+    import numpy as np
+    import torch
 
     from alol_ray.registry import get_method
     from alol_ray.scoring.reward import Reward
-    from alol_ray.train.trainer import fit, identity
+    from alol_ray.tokenization import response_token_logps
+    from alol_ray.train.methods import collate_units
+    from alol_ray.train.policy import build_policy
+    from alol_ray.train.trainer import identity
 
     method = get_method(NAME)
     assert (method.layout, method.columns, method.sample_weight) == ("single", (C.REWARD,), "reward")
+    cfg = load_config(None, [f"train.algo={NAME}", "model.max_prompt_tokens=64", "model.max_response_tokens=32"])
+    table = tmp_path / "table.parquet"
+    builtin_rows[builtin_rows[C.SPLIT] == "train"].head(8).to_parquet(table)
+    fp = identity(cfg, cfg.train, method, init=tiny_policy_dir, table=str(table), reward=Reward(cfg.reward))
+    assert fp["method"] == NAME and fp["knobs"] == {"weighting": "reward"}
+
+    model, tok = build_policy(model_cfg=cfg.model, train_cfg=cfg.train, policy_path=tiny_policy_dir,
+                              checkpoint_model_dir=None, device=torch.device("cpu"))
+    frame = builtin_rows[builtin_rows[C.SPLIT] == "train"].head(4).reset_index(drop=True)
+    batch = collate_units(frame, [np.array([i]) for i in range(4)], tok, max_prompt_tokens=64,
+                          max_response_tokens=32, columns=method.columns)
+    loss, metrics = method.compute(model, batch, method.make_params(cfg.train), None)
+    with torch.no_grad():  # by hand: -mean_i(max(r_i, 0) * mean_t log pi)
+        logps = response_token_logps(model, batch.policy)
+        mask = batch.policy.response_mask.float()
+        expected = -(frame[C.REWARD].clip(lower=0).to_numpy() * ((logps * mask).sum(-1) / mask.sum(-1)).numpy()).mean()
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_fresh_process_unpickles_the_new_method(plugin_folder, tmp_path):
+    """What a Ray Train worker does with the method it is sent: unpickle it (cloudpickle, as Ray does), importing
+    its module by name from PYTHONPATH, without the driver's sys.path."""
+    import cloudpickle
+
+    from alol_ray.registry import get_method
+
+    blob = cloudpickle.dumps(get_method(NAME))
+    code = "import sys, cloudpickle; m = cloudpickle.loads(sys.stdin.buffer.read()); print(m.name, m.compute.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": os.environ["PYTHONPATH"]}).stdout.decode()
+    assert out.split() == [NAME, f"alol_ray.methods.{NAME}"]
+
+
+@pytest.mark.slow
+def test_the_new_method_trains_through_the_offline_loop(plugin_folder, builtin_rows, tiny_policy_dir, tmp_path):
+    """Two steps of Ray Train (a worker group: ~25 s unloaded, so in the slow tier)."""
+    import ray
+
+    from alol_ray.registry import get_method
+    from alol_ray.train.trainer import fit
+
     cfg = load_config(None, [f"train.algo={NAME}", "train.steps=2", "train.batch_size=4", "train.eval_every=0",
                              "train.sampler=uniform", "train.optimizer=sgd", "train.lr=0.05", "train.log_every=1",
                              "train.checkpoint_every=2", "train.scale_steps_by_positive=false",
                              "model.max_prompt_tokens=64", "model.max_response_tokens=32"])
     table = tmp_path / "table.parquet"
     builtin_rows[builtin_rows[C.SPLIT].isin(["train", "val"])].head(40).to_parquet(table)
-    fp = identity(cfg, cfg.train, method, init=tiny_policy_dir, table=str(table), reward=Reward(cfg.reward))
-    assert fp["method"] == NAME and fp["knobs"] == {"weighting": "reward"}
-
     ray.shutdown()  # a Ray whose workers see PYTHONPATH (the new module's folder)
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.environ["PYTHONPATH"]}})
     try:
-        outcome = fit(cfg, method=method, train_cfg=cfg.train, table=str(table), policy_path=tiny_policy_dir,
-                      work_dir=str(tmp_path / "run"))
+        outcome = fit(cfg, method=get_method(NAME), train_cfg=cfg.train, table=str(table),
+                      policy_path=tiny_policy_dir, work_dir=str(tmp_path / "run"))
     finally:
         ray.shutdown()
     assert outcome.total_steps == 2
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    losses = [r["loss"] for r in rows if "loss" in r]  # the metrics its compute returns
     assert len(losses) == 2 and all(loss == loss and loss > 0 for loss in losses), rows

@@ -5,6 +5,6 @@ its method is first used. A folder ``alol_ray/methods/`` under any entry of ``sy
 modules too, so a method of one's own needs no edit of alol-ray (docs/architecture.md, "How to add ...").
 """
 
-import pkgutil
+from alol_ray.registry import plugin_folders
 
-__path__ = pkgutil.extend_path(__path__, __name__)
+__path__ = plugin_folders()  # this folder first, then those under sys.path (a Ray worker's PYTHONPATH included)
