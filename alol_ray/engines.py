@@ -120,6 +120,14 @@ def get_engine(name: str) -> Engine:
     return ENGINES[name]
 
 
+def generation_identity(gen_cfg) -> Any:
+    """What generated replies depend on, for fingerprints: the ``generation`` section, plus what the named engine
+    adds (``Engine.identity``). The built-in engines add nothing (their settings are ``generation.*``), nor does
+    ``auto``: the section itself comes back, so fingerprints made before this table stay valid."""
+    extra = ENGINES[gen_cfg.engine].identity(gen_cfg) if gen_cfg.engine in ENGINES else {}
+    return {"generation": gen_cfg, "engine": extra} if extra else gen_cfg
+
+
 def auto_engines() -> list[Engine]:
     return [e for e in ENGINES.values() if e.in_auto]
 

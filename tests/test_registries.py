@@ -164,3 +164,26 @@ def test_the_registries_module_is_light():
             "print(sorted(m for m in ('torch', 'ray', 'vllm', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_engines_identity_enters_the_generation_fingerprints(echo_engine):
+    """What an engine adds to the identity of its replies reaches the fingerprints of the stages that generate
+    (eval, pi_ref's cached replies, value, train); the built-in engines and auto add nothing, so the fingerprints
+    of existing runs stay what they were (the section itself, as before the table)."""
+    import dataclasses
+
+    from alol_ray.config import RunConfig
+    from alol_ray.engines import ENGINES, generation_identity
+    from alol_ray.hashing import fingerprint
+    from evaluation.eval_job import reference_fingerprint
+
+    for name in ("auto", "vllm", "transformers", "echo"):
+        gen_cfg = GenerationConfig(engine=name)
+        assert generation_identity(gen_cfg) is gen_cfg
+    cfg = RunConfig()
+    cfg.generation = GenerationConfig(engine="echo")
+    before = reference_fingerprint(cfg, "ref")
+    assert before == fingerprint("ref-replies-v1", model_identity("ref"), cfg.generation, cfg.model.max_prompt_tokens)
+    ENGINES["echo"] = dataclasses.replace(echo_engine, identity=lambda gen_cfg: {"echo_version": 2})
+    assert generation_identity(cfg.generation) == {"generation": cfg.generation, "engine": {"echo_version": 2}}
+    assert reference_fingerprint(cfg, "ref") != before
