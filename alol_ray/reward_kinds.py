@@ -18,11 +18,11 @@ without torch); functions and classes are imported where a component is scored.
 
 from __future__ import annotations
 
-import pkgutil
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from alol_ray.engines import resolve  # noqa: F401  (one "module:attribute" loader for both tables)
 from alol_ray.errors import ConfigError
 from alol_ray.hashing import model_identity, module_identity
 
@@ -63,11 +63,6 @@ class RewardKind:
 
 def function_module(ref: Any) -> str:
     return ref.partition(":")[0] if isinstance(ref, str) else ref.__module__
-
-
-def resolve(ref: Any) -> Any:
-    """An entry's class or function from its "module:attribute" string (imported now), or ``ref`` itself."""
-    return pkgutil.resolve_name(ref) if isinstance(ref, str) else ref
 
 
 REWARD_KINDS: dict[str, RewardKind] = {}
