@@ -26,8 +26,10 @@ from typing import Any, Optional
 
 from alol_ray.alol_config import ALoLConfig
 from alol_ray.atomic import write_text
+from alol_ray.engines import engine_choices, say_choices
 from alol_ray.errors import ConfigError
 from alol_ray.locations import check_readable, check_writable_folder, os_error_line
+from alol_ray.reward_kinds import REWARD_KINDS
 from alol_ray.tracking import BACKENDS as TRACKING_BACKENDS
 from alol_ray.tracking import check_installed
 from baselines.dpo_config import DPO_LOSS_TYPES, DPOConfig  # noqa: F401  (DPO_LOSS_TYPES: its checks' home)
@@ -255,7 +257,6 @@ class TurnsConfig:
                                   f"got {getattr(self, name)!r}")
 
 
-REWARD_KINDS = ("hf_classifier", "python", "builtin_task", "length", "distinct", "tfidf")
 TRANSFORMS = ("raw", "sigmoid", "standardise")
 
 
@@ -264,7 +265,7 @@ class RewardComponentConfig:
     """One named reward source; the total reward is the weighted sum of all components."""
 
     name: str = "builtin"  # column suffix: reward/<name>
-    kind: str = "builtin_task"  # hf_classifier | python | builtin_task | length | distinct | tfidf
+    kind: str = "builtin_task"  # a name in alol_ray.reward_kinds: hf_classifier, python, builtin_task, length, ...
     weight: float = 1.0
     # hf_classifier: hub id or folder. A folder from `alol rm train` carries its input rendering
     # (alol_reward.json): the pipeline and the scorer fill in the fields left at their defaults.
@@ -288,16 +289,13 @@ class RewardComponentConfig:
             raise ConfigError(f"reward component name {self.name!r} must be non-empty and contain no '/'")
         if self.kind not in REWARD_KINDS:
             raise ConfigError(f"{where}: kind '{self.kind}' is not one of {sorted(REWARD_KINDS)}")
+        REWARD_KINDS[self.kind].validate(self, where)
         if self.transform not in TRANSFORMS:
             raise ConfigError(f"{where}: transform must be raw, sigmoid or standardise")
         if self.truncation_side not in ("left", "right"):
             raise ConfigError(f"{where}: truncation_side must be left or right")
         if self.max_length < 2:
             raise ConfigError(f"{where}: max_length must be >= 2, got {self.max_length}")
-        if self.kind == "hf_classifier" and not self.model:
-            raise ConfigError(f"{where}: kind hf_classifier needs `model` (hub id or folder)")
-        if self.kind == "python" and not re.fullmatch(r"[\w.]+:\w+", self.function or ""):
-            raise ConfigError(f"{where}: kind python needs function 'package.module:function', got {self.function!r}")
 
 
 def from_dict(cls: type, data: dict) -> Any:
@@ -415,7 +413,7 @@ class TrainConfig:
     defined next to the method (``alol_ray/alol_config.py``, ``baselines/{dpo,pro,gold}_config.py``); a run's
     fingerprint holds the keys below and only its own method's knobs (``train.trainer.identity``)."""
 
-    algo: str = "a_lol"  # a method: nll, wbc, r_gold, r_lol, a_lol, a_lol_ref_free, a_lol_seq, a_lol_kl, dpo, pro, gold, ppo
+    algo: str = "a_lol"  # a method of alol_ray.registry (`alol train --help` lists them): a_lol, nll, dpo, ppo, ...
     sampler: str = "auto"  # auto | good_priority | good_random | uniform
     responses: str = "best"  # which rows train the A-LoL family: best (rank 0) | all
     # starting weights: reference (pi_ref, as in the paper) | base | a folder or hub id
@@ -494,7 +492,8 @@ class TrainConfig:
 class GenerationConfig:
     """Sampling settings shared by the vLLM and transformers engines."""
 
-    engine: str = "auto"  # auto (vllm wherever its build runs, CPU or GPU, else transformers) | vllm | transformers
+    # auto (vllm wherever its build runs, CPU or GPU, else transformers) | a name in alol_ray.engines: vllm, transformers
+    engine: str = "auto"
     num_engines: int = runtime_field(1)  # Ray actors, each with its own copy of the policy; prompts are split across them
     tensor_parallel_size: int = 1  # vllm: GPUs one engine shards the model over (one placement group each)
     cpus_per_engine: float = runtime_field(1.0)  # per actor (also its torch threads, at least 1)
@@ -511,8 +510,8 @@ class GenerationConfig:
     trust_remote_code: bool = False  # never run code from a model repo unless set
 
     def __post_init__(self) -> None:
-        if self.engine not in ("auto", "vllm", "transformers"):
-            raise ConfigError(f"generation.engine must be auto, vllm or transformers, got '{self.engine}'")
+        if self.engine not in engine_choices():
+            raise ConfigError(f"generation.engine must be {say_choices(engine_choices())}, got '{self.engine}'")
         if self.num_engines < 1 or self.tensor_parallel_size < 1:
             raise ConfigError("generation.num_engines and generation.tensor_parallel_size must be >= 1")
         if self.batch_size < 1 or self.max_new_tokens < 1:

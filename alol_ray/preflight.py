@@ -23,9 +23,11 @@ import os
 from typing import Optional
 
 from alol_ray.config import check_reward_scales, looks_local, path_fields
+from alol_ray.engines import AUTO, get_engine
 from alol_ray.errors import ConfigError
 from alol_ray.hashing import hub_revision
 from alol_ray.registry import check_method_name
+from alol_ray.reward_kinds import needs_model
 from alol_ray.reward_spec import apply_reward_spec
 
 HUB_TIMEOUT_S = 10.0
@@ -74,7 +76,7 @@ def _used(cfg, key: str) -> bool:
         return cfg.model.init == "pretrained"
     if key.startswith("reward.components."):
         index = int(key.split(".")[2])
-        return cfg.reward.components[index].kind == "hf_classifier"
+        return needs_model(cfg.reward.components[index])
     return True
 
 
@@ -113,15 +115,14 @@ def check_devices(cfg) -> None:
 
 
 def check_engine(cfg) -> None:
-    """``generation.engine=vllm`` needs vLLM where the driver runs (a cluster's driver has the workers' env)."""
-    if cfg.generation.engine != "vllm":
+    """A named ``generation.engine`` can be imported where the driver runs (a cluster's driver has the workers'
+    env)."""
+    if cfg.generation.engine == AUTO:
         return
-    # lazy: importlib.util (the CLI starts without it)
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        raise ConfigError("generation.engine=vllm but vllm is not installed: pip install -e '.[vllm]' (GPU) or see "
-                          "the README's vLLM section for the CPU build, or set generation.engine=auto")
+    engine = get_engine(cfg.generation.engine)
+    if not engine.installed():
+        raise ConfigError(f"generation.engine={engine.name} but {engine.requires} is not installed: "
+                          f"{engine.install_hint}, or set generation.engine=auto")
 
 
 def check_locations(cfg) -> None:

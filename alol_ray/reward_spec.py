@@ -13,6 +13,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from alol_ray.reward_kinds import needs_model
+
 REWARD_SPEC_FILE = "alol_reward.json"
 
 
@@ -64,7 +66,7 @@ def reward_spec_overrides(comp) -> dict[str, Any]:
     trained by `alol rm train` is scored exactly as it was trained with nothing but `model: <folder>`;
     fields set explicitly win. Other kinds, hub ids and folders without the file give {}.
     """
-    if getattr(comp, "kind", None) != "hf_classifier" or not comp.model or not os.path.isdir(comp.model):
+    if not needs_model(comp) or not comp.model or not os.path.isdir(comp.model):
         return {}
     spec = RewardSpec.load(comp.model)
     if spec is None:

@@ -28,6 +28,7 @@ from alol_ray import columns as C
 from alol_ray import faults
 from alol_ray.atomic import read_json, write_json, write_parquet
 from alol_ray.config import RunConfig
+from alol_ray.engines import generation_identity
 from alol_ray.families import prompt_format, prompt_identity
 from alol_ray.generation import Generator
 from alol_ray.hashing import file_sha, fingerprint, model_identity
@@ -66,7 +67,8 @@ def identity(cfg: RunConfig, *, model_path: str, ref_path: Optional[str], split:
     the run's ``reward`` (components and the scored table's statistics) at the reward pool's precision, and the
     statistics' settings (``eval.bootstrap_*``, ``eval.win_rate``)."""
     ev = cfg.eval
-    return {"model": model_identity(model_path), "generation": cfg.generation, "reward": reward.identity(),
+    return {"model": model_identity(model_path), "generation": generation_identity(cfg.generation),
+            "reward": reward.identity(),
             "reward_pool": cfg.scoring.reward_pool, "max_prompt_tokens": cfg.model.max_prompt_tokens,
             "eval": {"bootstrap_samples": ev.bootstrap_samples, "bootstrap_seed": ev.bootstrap_seed,
                      "win_rate": ev.win_rate},
@@ -117,7 +119,8 @@ def extend_cache(cache_path: str, fp: str, cached: pd.DataFrame, fresh: pd.DataF
 
 
 def reference_fingerprint(cfg: RunConfig, ref_path: str) -> str:
-    return fingerprint("ref-replies-v1", model_identity(ref_path), cfg.generation, cfg.model.max_prompt_tokens,
+    return fingerprint("ref-replies-v1", model_identity(ref_path), generation_identity(cfg.generation),
+                       cfg.model.max_prompt_tokens,
                        *prompt_identity(cfg))
 
 

@@ -148,3 +148,70 @@ def test_function_level_imports_give_a_reason():
     """Imports sit at the top of a file, except deliberately lazy ones (torch, ray, vllm, ... kept off a light
     entry point), each with a one-line reason: ``import torch  # lazy: ...`` or a comment line above the block."""
     assert function_level_imports_without_reason() == []
+
+
+# --------------------------------------------------------------------- the layer table of docs/architecture.md
+
+DOC = REPO / "docs" / "architecture.md"
+# Imports against the table's direction that are known and named in the doc (issue 29, item 4 moves the first).
+KNOWN_UPWARD = {("alol_ray.config", "alol_ray.tracking"), ("baselines.methods", "alol_ray.train.checkpoint")}
+
+
+def _expand(pattern: str) -> list[str]:
+    """``a/{b,c}.py`` -> ``a/b.py``, ``a/c.py`` (one brace group)."""
+    head, brace, rest = pattern.partition("{")
+    if not brace:
+        return [pattern]
+    options, _, tail = rest.partition("}")
+    return [f"{head}{option}{tail}" for option in options.split(",")]
+
+
+def layer_table() -> list[tuple[str, list[str]]]:
+    """(layer, file patterns) per row of the "Layers" table, top row first."""
+    import re
+
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("## Layers"):]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("## "):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("layer", "---"):
+            continue
+        rows.append((cells[0], [p for token in re.findall(r"`([^`]+\.py)`", cells[1]) for p in _expand(token)]))
+    return rows
+
+
+def layer_ranks() -> dict[str, int]:
+    """Module -> its row in the table (0 = the command line, at the top)."""
+    import fnmatch
+
+    files = {str(path.relative_to(REPO)): name for name, path in project_modules().items()
+             if path.name != "__init__.py"}
+    ranks: dict[str, int] = {}
+    for rank, (_, patterns) in enumerate(layer_table()):
+        for pattern in patterns:
+            matched = fnmatch.filter(files, pattern)
+            assert matched or "*" in pattern, f"docs/architecture.md lists {pattern}, which matches no module"
+            for file in matched:
+                assert files[file] not in ranks, f"{file} is in two rows of the layer table"
+                ranks[files[file]] = rank
+    return ranks
+
+
+def test_the_layer_table_lists_every_module():
+    missing = sorted(str(path.relative_to(REPO)) for name, path in project_modules().items()
+                     if path.name != "__init__.py" and name not in layer_ranks())
+    assert [row for row, _ in layer_table()] == ["command line", "pipeline", "stages", "services", "definitions",
+                                                 "core"]
+    assert missing == [], f"add these modules to the layer table of docs/architecture.md: {missing}"
+
+
+def test_no_module_imports_one_of_a_higher_layer():
+    ranks, g = layer_ranks(), graph()
+    upward = sorted((m, t) for m, targets in g.items() if m in ranks for t in targets
+                    if t in ranks and ranks[t] < ranks[m] and (m, t) not in KNOWN_UPWARD)
+    assert upward == [], upward
+    still = {(m, t) for m, t in KNOWN_UPWARD if t in g[m]}
+    assert still == KNOWN_UPWARD, f"no longer imported: drop from KNOWN_UPWARD and the doc: {KNOWN_UPWARD - still}"

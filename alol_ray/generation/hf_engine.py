@@ -49,7 +49,10 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: int,
-                 num_threads: Optional[int] = None, prompt_format: Optional[PromptFormat] = None):
+                 num_threads: Optional[int] = None, device: str = "cpu",
+                 prompt_format: Optional[PromptFormat] = None):
+        """``device``: the Generator's choice, a hint only: this actor runs on CUDA when ``gpus_per_engine`` > 0 and
+        it sees a GPU."""
         # lazy: torch (alol_ray.generation.hf_engine imports without it)
         import torch
 

@@ -16,6 +16,9 @@ and each transformed component is kept as ``reward/<name>``; a component whose t
 - ``python``: ``package.module:function`` called as ``fn(prompts, responses, **params)`` -> N floats.
 - ``length`` | ``distinct`` | ``tfidf`` | ``builtin_task``: the built-in scorers of ``scorers``.
 
+The kinds are the table of ``alol_ray.reward_kinds`` (how each scores, whether it loads a model, what its cached
+scores depend on); this module builds and runs them.
+
 Transforms: ``raw``; ``sigmoid`` (e.g. an RM logit -> (0, 1), what A-LoL trains on for HH);
 ``standardise`` ((x - mean) / std with ``params.mean``/``params.std`` if given, else the statistics of
 the scored table, see ``table``).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import string
 from typing import Any, Optional
 
@@ -37,8 +41,8 @@ from alol_ray import columns as C
 from alol_ray.config import RewardComponentConfig, check_component_names, from_dict
 from alol_ray.data.formats import split_turns
 from alol_ray.errors import ConfigError, UserError
+from alol_ray.reward_kinds import kind_of, needs_model, resolve
 from alol_ray.reward_spec import apply_reward_spec
-from alol_ray.scoring import scorers
 
 RAW_PREFIX = "reward_raw/"  # float columns "reward_raw/<component>": a component's score before its transform
 STANDARDISE_KEYS = ("mean", "std")  # params of the standardise transform (not passed to scorers)
@@ -83,19 +87,34 @@ def apply_transform(values: np.ndarray, comp: RewardComponentConfig,
 
 
 def check_components(components: list[RewardComponentConfig]) -> None:
-    """What the config alone cannot check: built-in scorers' params, template fields, and that every python
-    component's function can be imported (in the driver, before any actor starts)."""
+    """What the config alone cannot check, in the driver before any actor starts: a function kind's params
+    (against its signature), and each kind's own check (hf_classifier: template fields; python: the function
+    imports)."""
     check_component_names(components)
     for comp in components:
-        if comp.kind in scorers.BUILTIN_SCORERS:
-            scorers.check_params(comp.kind, scorer_params(comp))
-        if comp.kind == "hf_classifier" and comp.template not in ("pair", "chat", "turns"):
-            fields = {f for _, f, _, _ in string.Formatter().parse(comp.template) if f is not None}
-            if not fields <= {"prompt", "response"} or "response" not in fields:
-                raise ConfigError(f"reward component '{comp.name}': template {comp.template!r} may use only "
-                                  "{prompt} and {response} (and must use {response}), or be 'pair', 'chat' or 'turns'")
-        if comp.kind == "python":
-            PythonFunction(comp)
+        kind = kind_of(comp)
+        if kind.function:
+            check_params(comp.kind, resolve(kind.function), scorer_params(comp))
+        if kind.check:
+            resolve(kind.check)(comp)
+
+
+def check_params(kind: str, fn, params: dict) -> None:
+    """ConfigError naming the valid params when ``params`` has a key the scorer function does not take."""
+    accepted = [p for p, v in inspect.signature(fn).parameters.items() if v.kind == v.KEYWORD_ONLY]
+    unknown = set(params) - set(accepted)
+    if unknown:
+        raise ConfigError(f"{kind} scorer: unknown params {sorted(unknown)}; it takes {accepted}")
+
+
+def check_template(comp: RewardComponentConfig) -> None:
+    """A classifier's template: 'pair', 'chat', 'turns', or a format string over {prompt} and {response}."""
+    if comp.template in ("pair", "chat", "turns"):
+        return
+    fields = {f for _, f, _, _ in string.Formatter().parse(comp.template) if f is not None}
+    if not fields <= {"prompt", "response"} or "response" not in fields:
+        raise ConfigError(f"reward component '{comp.name}': template {comp.template!r} may use only "
+                          "{prompt} and {response} (and must use {response}), or be 'pair', 'chat' or 'turns'")
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -206,9 +225,11 @@ class PythonFunction:
         return out
 
 
-class BuiltinScorer:
+class FunctionScorer:
+    """A function kind (the built-in scorers): ``fn(prompts, responses, **params)``."""
+
     def __init__(self, comp: RewardComponentConfig):
-        self.fn = scorers.BUILTIN_SCORERS[comp.kind]
+        self.fn = resolve(kind_of(comp).function)
         self.params = scorer_params(comp)
 
     def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
@@ -216,12 +237,14 @@ class BuiltinScorer:
 
 
 def build_source(comp: RewardComponentConfig, device: str = "cpu", bf16: bool = False):
-    """The callable (prompts, responses) -> raw scores [N] of one component."""
-    if comp.kind == "hf_classifier":
-        return HFClassifier(comp, device=device, bf16=bf16)
-    if comp.kind == "python":
-        return PythonFunction(comp)
-    return BuiltinScorer(comp)
+    """The callable (prompts, responses) -> raw scores [N] of one component (``device``, ``bf16``: a kind that loads
+    a model)."""
+    kind = kind_of(comp)
+    if kind.function:
+        return FunctionScorer(comp)
+    if kind.needs_model:
+        return resolve(kind.source)(comp, device=device, bf16=bf16)
+    return resolve(kind.source)(comp)
 
 
 # ----------------------------------------------------------------------------------------------- scorer
@@ -243,7 +266,7 @@ class RewardScorer:
             raise ConfigError("RewardScorer needs at least one reward component")
         check_components(self.components)
         device = "cpu"
-        if any(c.kind == "hf_classifier" for c in self.components):  # torch only where a model needs it
+        if any(needs_model(c) for c in self.components):  # torch only where a model needs it
             # lazy: torch (the CLI starts without it)
             import torch
 

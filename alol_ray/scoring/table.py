@@ -52,6 +52,7 @@ from alol_ray.config import ActorPoolConfig, RewardComponentConfig, RunConfig
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.families import TEXT, PromptFormat, prompt_format
 from alol_ray.hashing import model_identity, module_identity
+from alol_ray.reward_kinds import kind_of, needs_model
 from alol_ray.scoring.reference import ReferenceScorer
 from alol_ray.scoring.reward import Reward, RewardScorer, check_components, combine, raw_column, scorer_params
 
@@ -83,17 +84,9 @@ def _precision(pool: ActorPoolConfig) -> str:
 
 def reward_scorer_key(comp: RewardComponentConfig, pool: ActorPoolConfig) -> str:
     """What a component's raw score depends on. Name, weight and transform are not part of it."""
+    kind = kind_of(comp)
     identity: dict[str, Any] = {"v": KEY_VERSION, "kind": comp.kind, "params": scorer_params(comp)}
-    if comp.kind == "hf_classifier":
-        identity.update(model=model_identity(comp.model, comp.revision), label=comp.label, template=comp.template,
-                        max_length=comp.max_length, truncation_side=comp.truncation_side,
-                        precision=_precision(pool))
-    elif comp.kind == "python":
-        identity.update(function=comp.function, source=module_identity(comp.function.split(":")[0]))
-    else:
-        identity.update(source=module_identity("alol_ray.scoring.scorers"))
-        if comp.kind == "builtin_task":
-            identity.update(task=module_identity("alol_ray.tasks.builtin"))
+    identity.update(kind.identity(comp, kind, _precision(pool)))
     return _key(comp.kind, identity)
 
 
@@ -231,7 +224,7 @@ def score_rows(rows: pd.DataFrame, cfg: RunConfig, out_dir: str, *, cache_dir: s
     if needs_reward.any() and not components:
         raise ConfigError(f"{int(needs_reward.sum())} rows carry no reward and reward.components is empty")
     agreement = agreement_sample(rows, needs_reward, components, scoring.agreement_rows)
-    by_model = any(c.kind == "hf_classifier" for c in components)
+    by_model = any(needs_model(c) for c in components)
     to_cache = needs_reward | (agreement if by_model else False)
     pool = scoring.reward_pool
     reward_keys = {c.name: reward_scorer_key(c, pool) for c in components} if to_cache.any() else {}

@@ -28,6 +28,7 @@ import numpy as np
 from alol_ray import columns as C
 from alol_ray import ray_compat, storage, tracking
 from alol_ray.atomic import write_json
+from alol_ray.engines import generation_identity
 from alol_ray.errors import DataError, RowProblem, UserError
 from alol_ray.families import prompt_format
 from alol_ray.hashing import file_sha, model_identity
@@ -72,7 +73,7 @@ def identity(cfg, tc, method: Method, *, init: str, table: str, reward: Reward,
         "knobs": method.identity(tc),
         "ppo": cfg.ppo if method.online else None,
         "model": cfg.model,
-        "evaluation": (cfg.generation, reward.identity()) if evaluates else None,
+        "evaluation": (generation_identity(cfg.generation), reward.identity()) if evaluates else None,
         "init": model_identity(init),
         "table": file_sha(table),
         "reference": model_identity(reference) if reference else None,

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from alol_ray import columns as C
 from alol_ray import faults
 from alol_ray.atomic import write_json, write_parquet
+from alol_ray.engines import generation_identity
 from alol_ray.errors import UserError
 from alol_ray.families import PromptFormat, check_chat_template, prompt_format, prompt_identity
 from alol_ray.generation import generate
@@ -359,7 +360,7 @@ def identity(cfg, *, reference: str, table: str, reward: Reward) -> dict:
     (``model.dtype``, ``model.lora``: 4-bit, and ``lora.enabled`` picks the weight dtype; ``trust_remote_code``);
     the seed; pi_ref and the scored table by content."""
     m = cfg.model
-    return {"value": cfg.value, "generation": cfg.generation, "reward": reward.identity(),
+    return {"value": cfg.value, "generation": generation_identity(cfg.generation), "reward": reward.identity(),
             "reward_pool": cfg.scoring.reward_pool, "prompt": prompt_identity(cfg), "seed": cfg.seed,
             "model": {"max_prompt_tokens": m.max_prompt_tokens, "dtype": m.dtype, "lora": m.lora,
                       "trust_remote_code": m.trust_remote_code},
