@@ -100,8 +100,17 @@ def choose_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None,
 
     ``auto``: vLLM if its build can run here (the CPU build always, the GPU build when ``gpus`` > 0),
     else transformers. ``vllm``: the same, but a ConfigError where vLLM cannot run. ``gpus`` defaults to
-    the running Ray cluster's, ``build`` to ``vllm_build()``.
+    the running Ray cluster's, ``build`` to ``vllm_build()``. ``tensor_parallel_size`` > 1 needs vLLM on
+    GPUs: anything else is a ConfigError.
     """
+    choice = _choose_engine(gen_cfg, gpus, build)
+    if gen_cfg.tensor_parallel_size > 1 and (choice.engine, choice.device) != ("vllm", "cuda"):
+        raise ConfigError(f"generation.tensor_parallel_size={gen_cfg.tensor_parallel_size} needs vLLM on GPUs, but "
+                          f"{choice.reason}: set generation.tensor_parallel_size=1")
+    return choice
+
+
+def _choose_engine(gen_cfg: GenerationConfig, gpus: Optional[float], build: Optional[tuple[str, str]]) -> EngineChoice:
     hf_device = "cuda" if gen_cfg.gpus_per_engine > 0 else "cpu"
     if gen_cfg.engine == "transformers":
         return EngineChoice("transformers", hf_device, "generation.engine=transformers")
@@ -115,9 +124,6 @@ def choose_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None,
         return EngineChoice("transformers", hf_device, "generation.engine=auto and vllm is not installed")
     kind, version = build
     if kind == "cpu":
-        if gen_cfg.tensor_parallel_size > 1:
-            raise ConfigError(f"generation.tensor_parallel_size={gen_cfg.tensor_parallel_size} needs GPUs; the "
-                              f"installed vLLM {version} is its CPU build: set generation.tensor_parallel_size=1")
         return EngineChoice("vllm", "cpu", f"generation.engine={gen_cfg.engine}: vLLM {version} (CPU build)")
     if gpus > 0:
         return EngineChoice("vllm", "cuda", f"generation.engine={gen_cfg.engine}: vLLM {version} on "
@@ -136,12 +142,68 @@ def resolve_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None) -> s
 
 def engine_resources(gen_cfg: GenerationConfig, choice: EngineChoice) -> dict[str, float]:
     """What one engine holds in Ray ({"CPU": .., "GPU": ..}), for callers that check a cluster fits
-    (PPO): vLLM on a GPU takes ``gpus_per_engine`` or one GPU per tensor-parallel shard; on CPU none."""
+    (PPO): a tensor-parallel vLLM engine its placement group's bundles; vLLM on one GPU ``gpus_per_engine``
+    or one GPU; on CPU no GPU."""
+    placement = engine_placement(gen_cfg, choice)
+    if placement is not None:
+        return {key: sum(bundle[key] for bundle in placement.bundles) for key in ("CPU", "GPU")}
     if choice.engine == "vllm":
-        gpus = (gen_cfg.gpus_per_engine or float(gen_cfg.tensor_parallel_size)) if choice.device == "cuda" else 0.0
-        cpus = gen_cfg.cpus_per_engine * (gen_cfg.tensor_parallel_size if choice.device == "cuda" else 1)
-        return {"CPU": cpus, "GPU": gpus}
+        gpus = (gen_cfg.gpus_per_engine or 1.0) if choice.device == "cuda" else 0.0
+        return {"CPU": gen_cfg.cpus_per_engine, "GPU": gpus}
     return {"CPU": gen_cfg.cpus_per_engine, "GPU": gen_cfg.gpus_per_engine}
+
+
+@dataclass(frozen=True)
+class EnginePlacement:
+    """The Ray reservation of one tensor-parallel vLLM engine: a placement group of one bundle per shard.
+
+    STRICT_PACK puts every bundle on one node: the shards exchange activations at every layer (NCCL
+    all-reduce), which across nodes would cost more than the sharding saves. vLLM's Ray executor
+    (``distributed_executor_backend="ray"``) finds the group from inside the engine actor
+    (``ray.util.get_current_placement_group``) and starts one worker in each bundle holding a GPU; it refuses
+    bundles of more than one GPU."""
+
+    bundles: tuple[dict[str, float], ...]
+    strategy: str = "STRICT_PACK"
+
+
+def engine_placement(gen_cfg: GenerationConfig, choice: EngineChoice) -> Optional[EnginePlacement]:
+    """The placement group one engine needs, or None where the actor's own resource request is enough
+    (one GPU or less, or CPU)."""
+    if choice.engine != "vllm" or gen_cfg.tensor_parallel_size == 1:
+        return None
+    shard = {"CPU": gen_cfg.cpus_per_engine, "GPU": 1.0}
+    return EnginePlacement(tuple(dict(shard) for _ in range(gen_cfg.tensor_parallel_size)))
+
+
+def engine_actor_options(gen_cfg: GenerationConfig, choice: EngineChoice, group=None) -> dict[str, Any]:
+    """The ``.options(...)`` of one engine actor: its own CPUs and GPUs; or, in the placement group ``group``
+    (tensor parallelism), none of its own: it sits in bundle 0 and its children (vLLM's shard workers) are
+    scheduled into the group's bundles."""
+    if group is None:
+        resources = engine_resources(gen_cfg, choice)
+        return {"num_cpus": resources["CPU"], "num_gpus": resources["GPU"]}
+    # lazy: ray (alol_ray.generation.generator imports without it)
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=0,
+                                                placement_group_capture_child_tasks=True)
+    return {"num_cpus": 0, "num_gpus": 0, "scheduling_strategy": strategy}
+
+
+def reserve_engine(gen_cfg: GenerationConfig, choice: EngineChoice) -> tuple[Any, dict[str, Any]]:
+    """(placement group or None, actor options) for one engine; a group is created and waited for (Ray holds
+    its GPUs from then on: remove it with ``ray.util.remove_placement_group`` when the engine stops)."""
+    placement = engine_placement(gen_cfg, choice)
+    if placement is None:
+        return None, engine_actor_options(gen_cfg, choice)
+    # lazy: ray (alol_ray.generation.generator imports without it)
+    import ray
+    from ray.util.placement_group import placement_group
+
+    group = placement_group([dict(b) for b in placement.bundles], strategy=placement.strategy)
+    ray.get(group.ready())
+    return group, engine_actor_options(gen_cfg, choice, group)
 
 
 def check_model(model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: int) -> None:
@@ -281,30 +343,14 @@ class Generator:
 
         cfg = self.cfg
         threads = max(1, int(cfg.cpus_per_engine))
-        resources = engine_resources(cfg, self.choice)
+        group, options = reserve_engine(cfg, self.choice)
+        if group is not None:
+            self._placement_groups.append(group)
         if self.engine == "transformers":
-            actor_cls = ray.remote(TransformersEngine)
-            return actor_cls.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"]).remote(
+            return ray.remote(TransformersEngine).options(**options).remote(
                 model_path, cfg, self.max_prompt_tokens, threads, self.prompt_format)
-
-        actor_cls = ray.remote(VLLMEngine)
-        device = self.choice.device
-        if cfg.tensor_parallel_size == 1:
-            return actor_cls.options(num_cpus=cfg.cpus_per_engine, num_gpus=resources["GPU"]).remote(
-                model_path, cfg, self.max_prompt_tokens, threads, device, self.prompt_format)
-        # Tensor parallelism (GPU only): vLLM starts one Ray worker per shard; a placement group keeps an
-        # engine's shards together and the actor itself takes no GPU (its workers do).
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        per_shard = {"GPU": resources["GPU"] / cfg.tensor_parallel_size, "CPU": cfg.cpus_per_engine}
-        group = placement_group([dict(per_shard) for _ in range(cfg.tensor_parallel_size)], strategy="PACK")
-        ray.get(group.ready())
-        self._placement_groups.append(group)
-        strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_capture_child_tasks=True,
-                                                    placement_group_bundle_index=0)
-        return actor_cls.options(num_cpus=0, num_gpus=0, scheduling_strategy=strategy).remote(
-            model_path, cfg, self.max_prompt_tokens, threads, device, self.prompt_format)
+        return ray.remote(VLLMEngine).options(**options).remote(
+            model_path, cfg, self.max_prompt_tokens, threads, self.choice.device, self.prompt_format)
 
     # -- generation ---------------------------------------------------------------------------------
 
