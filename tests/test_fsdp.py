@@ -380,8 +380,9 @@ def test_nll_under_fsdp_equals_ddp_through_ray_train(train_setup):
 def test_fsdp_resumes_from_bucket_storage_and_ends_equal_to_ddp(ddp_and_fsdp, train_setup, s3, alol_cli,  # noqa: F811
                                                                 tmp_path):
     """The FSDP run of ``ddp_and_fsdp`` with ``storage=s3://...`` (moto's server), as a user types it: stopped at
-    step 2, then rerun with its last worker killed at step 3. Both resumes restore the sharded checkpoint from the
-    bucket (the driver's cache holds no checkpoint); per-step losses and best/ equal the DDP straight run's."""
+    step 2, then rerun on a "new machine" with its last worker killed at step 3. Both resumes restore the sharded
+    checkpoint from the bucket (no machine's cache holds one); per-step losses and best/ equal the DDP straight
+    run's."""
     from conftest import armed
     from safetensors.numpy import load as load_safetensors
     from safetensors.numpy import load_file
@@ -408,6 +409,8 @@ def test_fsdp_resumes_from_bucket_storage_and_ends_equal_to_ddp(ddp_and_fsdp, tr
     log = resumed.stdout + resumed.stderr
     assert "[train] a_lol: resuming from the checkpoint at step 2/4" in log, log[-4000:]
     assert any(name.startswith("train.step") for name in fired)
+    # Ray Train wrote the checkpoints to the bucket and restored them from there: no machine's cache holds one.
+    assert not [p for m in ("machine-1", "machine-2") for p in (tmp_path / m).rglob("checkpoint-*")]
 
     published = bucket_files(s3, "fsdp/fsdp/train/a_lol-s0")
     assert "best/model.safetensors" in published and not any("checkpoints/" in f for f in published)
