@@ -47,8 +47,7 @@ def pool_pass(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorP
         batch_size=pool.batch_size,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-        num_cpus=pool.num_cpus,
-        num_gpus=pool.num_gpus,
+        **pool_remote_args(pool),
         # Fault tolerance is Ray Data's default for actor pools (2.60): a dead actor is restarted
         # (max_restarts=-1) and its unfinished blocks retried (max_task_retries=-1).
     )
@@ -59,6 +58,13 @@ def pool_pass(frame: pd.DataFrame, fn_cls: type, ctor_kwargs: dict, pool: ActorP
             done += len(out)
             bar.update(len(out))
     return done
+
+
+def pool_remote_args(pool: ActorPoolConfig) -> dict:
+    """The resources each pooled actor asks Ray for. One actor's request is reserved whole on one node (Ray
+    places no actor across nodes), so a scorer of ``num_gpus: 2`` holds two GPUs of one machine, as a
+    one-bundle placement group would; Ray starts it with only those GPUs visible (CUDA_VISIBLE_DEVICES)."""
+    return {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus}
 
 
 def actor_kwargs(pool: ActorPoolConfig) -> dict:

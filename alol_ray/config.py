@@ -341,12 +341,15 @@ class ActorPoolConfig:
     max_actors: int = runtime_field(2)
     batch_size: int = runtime_field(64)  # rows per call: scores do not depend on it (the score caches ignore it)
     num_cpus: float = runtime_field(1.0)  # per actor; fractional allowed
-    num_gpus: float = 0.0  # per actor; fractional allowed
+    num_gpus: float = 0.0  # per actor, all on one node; a fraction (< 1: actors share a GPU) or a whole number
     bf16: bool = True  # bf16 on GPU (ignored on CPU)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_cpus < 0 or self.num_gpus < 0:
             raise ConfigError("actor pool needs batch_size >= 1 and non-negative num_cpus / num_gpus")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ConfigError(f"actor pool num_gpus={self.num_gpus:g}: above 1 GPU an actor takes whole GPUs "
+                              "(Ray's rule); use a whole number, or a fraction below 1 to share a GPU")
         if not 1 <= self.min_actors <= self.max_actors:
             raise ConfigError(f"actor pool needs 1 <= min_actors <= max_actors, got {self.min_actors}..{self.max_actors}")
 
@@ -495,9 +498,12 @@ class GenerationConfig:
     # auto (vllm wherever its build runs, CPU or GPU, else transformers) | a name in alol_ray.engines: vllm, transformers
     engine: str = "auto"
     num_engines: int = runtime_field(1)  # Ray actors, each with its own copy of the policy; prompts are split across them
-    tensor_parallel_size: int = 1  # vllm: GPUs one engine shards the model over (one placement group each)
-    cpus_per_engine: float = runtime_field(1.0)  # per actor (also its torch threads, at least 1)
-    gpus_per_engine: float = 0.0  # per actor; vllm: 0 = tensor_parallel_size; transformers: > 0 runs on GPU
+    # vllm on GPUs: GPUs one engine shards the model over, reserved as a placement group of that many one-GPU
+    # bundles on one node. Like the batch a request shares in vLLM, it can move the order of a sum's terms, not
+    # the model or the sampling: a runtime field (a rerun that changes only it resumes).
+    tensor_parallel_size: int = runtime_field(1)
+    cpus_per_engine: float = runtime_field(1.0)  # per actor (also its torch threads, at least 1); per shard under TP
+    gpus_per_engine: float = 0.0  # per actor; vllm: 0 = one GPU per shard; transformers: > 0 runs on GPU
     batch_size: int = 32  # transformers: prompts per generate call (vLLM batches continuously itself)
     max_new_tokens: int = 48  # prompt tokens are cut so that prompt + new tokens fit the model's positions
     temperature: float = 0.0  # 0 = greedy
@@ -522,6 +528,13 @@ class GenerationConfig:
             raise ConfigError(f"generation.dtype must be auto, float32, bfloat16 or float16, got '{self.dtype}'")
         if not self.cpus_per_engine > 0 or not self.gpus_per_engine >= 0:
             raise ConfigError("generation.cpus_per_engine must be > 0 and generation.gpus_per_engine >= 0")
+        if self.tensor_parallel_size > 1 and self.engine == "transformers":
+            raise ConfigError(f"generation.tensor_parallel_size={self.tensor_parallel_size} needs generation.engine "
+                              "vllm (or auto) on GPUs: the transformers engine runs one model per GPU")
+        if self.tensor_parallel_size > 1 and self.gpus_per_engine not in (0, self.tensor_parallel_size):
+            raise ConfigError(f"generation.gpus_per_engine={self.gpus_per_engine:g} with tensor_parallel_size="
+                              f"{self.tensor_parallel_size}: vLLM takes one whole GPU per shard; set it to 0 (or "
+                              f"{self.tensor_parallel_size})")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"generation.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if any(not s for s in self.stop):
@@ -774,6 +787,13 @@ class RunConfig:
         if self.train.strategy == "fsdp" and self.model.lora.load_in_4bit:
             raise ConfigError("train.strategy=fsdp cannot shard 4-bit (QLoRA) weights: use train.strategy=ddp with "
                               "model.lora.load_in_4bit, or LoRA on bf16 weights with fsdp")
+        ppo_in = [key for key, names in (("train.algo", [self.train.algo]), ("compare.methods", self.compare.methods))
+                  if "ppo" in names]
+        if self.train.strategy == "fsdp" and ppo_in:
+            # PPO's rank 0 alone sends the policy's weights to the Generator and saves the value head: under FSDP
+            # each rank holds only shards of both (gathering them there is not built yet).
+            raise ConfigError(f"train.strategy=fsdp does not run ppo ({ppo_in[0]}): use train.strategy=ddp for ppo "
+                              "(LoRA, model.lora.enabled=true, for policies that do not fit one device)")
 
 
 def check_chat_markers(cfg: "RunConfig") -> None:

@@ -51,7 +51,7 @@ class Engine:
     # slice per actor (the engine batches itself)
     batching: str = "fixed"
     resources: Callable[[Any, str], dict] = per_actor  # (gen_cfg, device) -> {"CPU", "GPU"} one engine holds
-    # (gen_cfg, device) -> Ray bundles per engine; > 1: a placement group of that many bundles, the actor taking none
+    # (gen_cfg, device) -> shards per engine; > 1: a placement group of that many one-GPU bundles, the actor taking none
     shards: Callable[[Any, str], int] = one_shard
     # (gen_cfg) -> what the replies depend on beyond generation.*; {} adds nothing to any fingerprint
     identity: Callable[[Any], dict] = no_identity
@@ -133,14 +133,15 @@ def auto_engines() -> list[Engine]:
 
 
 def _vllm_resources(gen_cfg, device: str) -> dict[str, float]:
-    """vLLM on a GPU takes ``gpus_per_engine`` or one GPU per tensor-parallel shard, a CPU per shard; on CPU no GPU."""
-    on_gpu = device == "cuda"
-    gpus = (gen_cfg.gpus_per_engine or float(gen_cfg.tensor_parallel_size)) if on_gpu else 0.0
-    return {"CPU": gen_cfg.cpus_per_engine * (gen_cfg.tensor_parallel_size if on_gpu else 1), "GPU": gpus}
+    """One vLLM engine on one device: on a GPU ``gpus_per_engine`` or one GPU; on CPU no GPU (tensor-parallel
+    engines reserve a placement group of ``_vllm_shards`` one-GPU bundles instead: ``generator.engine_placement``)."""
+    gpus = (gen_cfg.gpus_per_engine or 1.0) if device == "cuda" else 0.0
+    return {"CPU": gen_cfg.cpus_per_engine, "GPU": gpus}
 
 
 def _vllm_shards(gen_cfg, device: str) -> int:
-    return gen_cfg.tensor_parallel_size
+    """Tensor-parallel shards: one GPU each, on GPUs only (``choose_engine`` refuses more than one elsewhere)."""
+    return gen_cfg.tensor_parallel_size if device == "cuda" else 1
 
 
 register_engine(Engine(

@@ -86,13 +86,17 @@ def bucket_files(env: dict, prefix: str) -> dict[str, int]:
             if i.type == pafs.FileType.File}
 
 
-def read_object(env: dict, key: str) -> str:
+def read_object_bytes(env: dict, key: str) -> bytes:
     import pyarrow.fs as pafs
 
     fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing",
                            region="us-east-1")
     with fs.open_input_stream(f"{BUCKET}/{key}") as fh:
-        return fh.read().decode("utf-8")
+        return fh.read()
+
+
+def read_object(env: dict, key: str) -> str:
+    return read_object_bytes(env, key).decode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------- push order

@@ -13,13 +13,17 @@ checkpoints, resume after --stop-at-step and after a killed worker, ``best/`` lo
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 
 import pytest
 import torch
 
 from alol_ray.losses import LossInputs, LossParams, get_loss
+
+from test_bucket_storage import BUCKET, bucket_files, read_object, read_object_bytes, s3  # noqa: F401  (s3: moto's S3 server fixture)
 
 WORLD = 2
 STEPS = 3
@@ -242,6 +246,22 @@ def test_strategy_keys_are_checked_and_fsdp_refuses_4bit_weights():
         load_config(None, ["train.strategy=fsdp", "model.lora.enabled=true", "model.lora.load_in_4bit=true"])
 
 
+def test_ppo_under_fsdp_is_refused_in_one_line_before_any_work(alol_cli, tmp_path):
+    """PPO's rank 0 alone syncs the policy to the Generator and saves the value head, which FSDP shards."""
+    proc = subprocess.run([*alol_cli, "train", "--algo", "ppo", "train.strategy=fsdp", "storage=runs"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": "local"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert "train.strategy=fsdp does not run ppo (train.algo)" in lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing was started
+    from alol_ray.config import load_config
+    from alol_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"does not run ppo \(compare.methods\)"):
+        load_config(None, ["train.strategy=fsdp", "compare.methods=[a_lol,ppo]"])
+    load_config(None, ["train.strategy=fsdp", "train.algo=dpo"])  # the offline methods shard
+
+
 def test_strategy_and_precision_enter_the_training_fingerprint_but_checkpointing_does_not():
     """A run resumes with gradient checkpointing switched on (same results); another strategy or precision is
     another run (another checkpoint layout, other numbers)."""
@@ -271,12 +291,17 @@ def train_setup(ray_local, tmp_path_factory, builtin_rows, tiny_policy_dir):
     return {"root": root, "table": str(root / "scored.parquet"), "policy": str(root / "policy")}
 
 
-def _alol_train(setup, *argv):
-    from conftest import in_dir
+def _train_argv(*argv, storage: str = "runs") -> list[str]:
     from test_train import COMMON
 
-    return in_dir(setup["root"], ["train", "--seed", "0", "--table", "scored.parquet", "--init", "policy",
-                                  "storage=runs", "train.num_workers=2", "train.eval_every=2", *COMMON, *argv])
+    return ["train", "--seed", "0", "--table", "scored.parquet", "--init", "policy", f"storage={storage}",
+            "train.num_workers=2", "train.eval_every=2", *COMMON, *argv]
+
+
+def _alol_train(setup, *argv):
+    from conftest import in_dir
+
+    return in_dir(setup["root"], _train_argv(*argv))
 
 
 @pytest.fixture(scope="module")
@@ -348,3 +373,55 @@ def test_nll_under_fsdp_equals_ddp_through_ray_train(train_setup):
     ddp, fsdp = (read_jsonl(str(train_setup["root"] / "runs" / f"nll-{s}" / "train" / "nll-s0" / "metrics.jsonl"))
                  for s in ("ddp", "fsdp"))
     assert [m["loss/policy"] for m in fsdp] == pytest.approx([m["loss/policy"] for m in ddp], rel=TOLERANCE)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1500)
+def test_fsdp_resumes_from_bucket_storage_and_ends_equal_to_ddp(ddp_and_fsdp, train_setup, s3, alol_cli,  # noqa: F811
+                                                                tmp_path):
+    """The FSDP run of ``ddp_and_fsdp`` with ``storage=s3://...`` (moto's server), as a user types it: stopped at
+    step 2, then rerun on a "new machine" with its last worker killed at step 3. Both resumes restore the sharded
+    checkpoint from the bucket (no machine's cache holds one); per-step losses and best/ equal the DDP straight
+    run's."""
+    from conftest import armed
+    from safetensors.numpy import load as load_safetensors
+    from safetensors.numpy import load_file
+    from test_train import max_diff
+
+    storage = f"s3://{BUCKET}/fsdp"
+    # A fresh local Ray per command (not the test's: its workers would not see the bucket's endpoint), and a
+    # cache folder of its own (a new machine): what the rerun resumes from can only come from the bucket.
+    env = {**os.environ, **s3, "RAY_ADDRESS": "local", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def alol_train(cache: str, *argv) -> subprocess.CompletedProcess:
+        return subprocess.run([*alol_cli, *_train_argv(*argv, storage=storage)], cwd=train_setup["root"],
+                              env={**env, "ALOL_LOCAL_STORAGE": str(tmp_path / cache)}, capture_output=True,
+                              text=True, timeout=700, check=False)
+
+    stopped = alol_train("machine-1", "name=fsdp", "train.strategy=fsdp", "--stop-at-step", "2")
+    assert stopped.returncode == 0, stopped.stderr[-4000:]
+    staged = bucket_files(s3, "fsdp/fsdp/train")
+    assert any("/checkpoints/checkpoint-0000002/optimizer/__1_0.distcp" in f for f in staged), sorted(staged)
+    with armed("train.step=3"):
+        resumed = alol_train("machine-2", "name=fsdp", "train.strategy=fsdp", "train.max_failures=1")
+        fired = os.listdir(os.environ["ALOL_FAULTS_DIR"])
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    log = resumed.stdout + resumed.stderr
+    assert "[train] a_lol: resuming from the checkpoint at step 2/4" in log, log[-4000:]
+    assert any(name.startswith("train.step") for name in fired)
+    # Ray Train wrote the checkpoints to the bucket and restored them from there: no machine's cache holds one.
+    assert not [p for m in ("machine-1", "machine-2") for p in (tmp_path / m).rglob("checkpoint-*")]
+
+    published = bucket_files(s3, "fsdp/fsdp/train/a_lol-s0")
+    assert "best/model.safetensors" in published and not any("checkpoints/" in f for f in published)
+    from alol_ray.atomic import read_jsonl
+
+    ddp = read_jsonl(os.path.join(ddp_and_fsdp["ddp"], "metrics.jsonl"))
+    fsdp = [json.loads(line) for line in read_object(s3, "fsdp/fsdp/train/a_lol-s0/metrics.jsonl").splitlines()
+            if line.strip()]
+    assert [m["train/step"] for m in fsdp] == [1, 2, 3, 4]
+    for a, b in zip(ddp, fsdp, strict=True):
+        for key in ("loss/policy", "train/grad_norm", "is_weight/mean"):
+            assert b[key] == pytest.approx(a[key], rel=TOLERANCE), (a["train/step"], key)
+    best = load_safetensors(read_object_bytes(s3, "fsdp/fsdp/train/a_lol-s0/best/model.safetensors"))
+    assert max_diff(best, load_file(os.path.join(ddp_and_fsdp["ddp"], "best", "model.safetensors"))) < TOLERANCE

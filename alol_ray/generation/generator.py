@@ -97,8 +97,16 @@ def choose_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None,
     A named engine: its chooser (ConfigError where it cannot run). ``auto``: the first engine of the table's auto
     order whose chooser says it can run here (vLLM: its CPU build always, its GPU build when ``gpus`` > 0), else
     the last one (transformers), with the reason. ``gpus`` defaults to the running Ray cluster's, ``build`` to
-    ``vllm_build()``.
+    ``vllm_build()``. ``tensor_parallel_size`` > 1 needs vLLM on GPUs: anything else is a ConfigError.
     """
+    choice = _choose_auto(gen_cfg, gpus, build)
+    if gen_cfg.tensor_parallel_size > 1 and (choice.engine, choice.device) != ("vllm", "cuda"):
+        raise ConfigError(f"generation.tensor_parallel_size={gen_cfg.tensor_parallel_size} needs vLLM on GPUs, but "
+                          f"{choice.reason}: set generation.tensor_parallel_size=1")
+    return choice
+
+
+def _choose_auto(gen_cfg: GenerationConfig, gpus, build) -> EngineChoice:
     if gen_cfg.engine != AUTO:
         return _choose(get_engine(gen_cfg.engine), gen_cfg, gpus, build, explicit=True)
     candidates = auto_engines()
@@ -134,9 +142,6 @@ def choose_vllm(gen_cfg: GenerationConfig, gpus: Optional[float], build, explici
         return "generation.engine=auto and vllm is not installed"
     kind, version = build
     if kind == "cpu":
-        if gen_cfg.tensor_parallel_size > 1:
-            raise ConfigError(f"generation.tensor_parallel_size={gen_cfg.tensor_parallel_size} needs GPUs; the "
-                              f"installed vLLM {version} is its CPU build: set generation.tensor_parallel_size=1")
         return EngineChoice("vllm", "cpu", f"generation.engine={gen_cfg.engine}: vLLM {version} (CPU build)")
     if gpus > 0:
         return EngineChoice("vllm", "cuda", f"generation.engine={gen_cfg.engine}: vLLM {version} on "
@@ -153,8 +158,66 @@ def resolve_engine(gen_cfg: GenerationConfig, gpus: Optional[float] = None) -> s
 
 
 def engine_resources(gen_cfg: GenerationConfig, choice: EngineChoice) -> dict[str, float]:
-    """What one engine holds in Ray ({"CPU": .., "GPU": ..}), for callers that check a cluster fits (PPO)."""
+    """What one engine holds in Ray ({"CPU": .., "GPU": ..}), for callers that check a cluster fits (PPO): a
+    tensor-parallel engine its placement group's bundles, else what its entry in the engines' table asks."""
+    placement = engine_placement(gen_cfg, choice)
+    if placement is not None:
+        return {key: sum(bundle[key] for bundle in placement.bundles) for key in ("CPU", "GPU")}
     return get_engine(choice.engine).resources(gen_cfg, choice.device)
+
+
+@dataclass(frozen=True)
+class EnginePlacement:
+    """The Ray reservation of one tensor-parallel vLLM engine: a placement group of one bundle per shard.
+
+    STRICT_PACK puts every bundle on one node: the shards exchange activations at every layer (NCCL
+    all-reduce), which across nodes would cost more than the sharding saves. vLLM's Ray executor
+    (``distributed_executor_backend="ray"``) finds the group from inside the engine actor
+    (``ray.util.get_current_placement_group``) and starts one worker in each bundle holding a GPU; it refuses
+    bundles of more than one GPU."""
+
+    bundles: tuple[dict[str, float], ...]
+    strategy: str = "STRICT_PACK"
+
+
+def engine_placement(gen_cfg: GenerationConfig, choice: EngineChoice) -> Optional[EnginePlacement]:
+    """The placement group one engine needs, or None where the actor's own resource request is enough
+    (one GPU or less, or CPU)."""
+    shards = get_engine(choice.engine).shards(gen_cfg, choice.device)
+    if shards == 1:
+        return None
+    shard = {"CPU": gen_cfg.cpus_per_engine, "GPU": 1.0}
+    return EnginePlacement(tuple(dict(shard) for _ in range(shards)))
+
+
+def engine_actor_options(gen_cfg: GenerationConfig, choice: EngineChoice, group=None) -> dict[str, Any]:
+    """The ``.options(...)`` of one engine actor: its own CPUs and GPUs; or, in the placement group ``group``
+    (tensor parallelism), none of its own: it sits in bundle 0 and its children (vLLM's shard workers) are
+    scheduled into the group's bundles."""
+    if group is None:
+        resources = engine_resources(gen_cfg, choice)
+        return {"num_cpus": resources["CPU"], "num_gpus": resources["GPU"]}
+    # lazy: ray (alol_ray.generation.generator imports without it)
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=0,
+                                                placement_group_capture_child_tasks=True)
+    return {"num_cpus": 0, "num_gpus": 0, "scheduling_strategy": strategy}
+
+
+def reserve_engine(gen_cfg: GenerationConfig, choice: EngineChoice) -> tuple[Any, dict[str, Any]]:
+    """(placement group or None, actor options) for one engine; a group is created and waited for (Ray holds
+    its GPUs from then on: remove it with ``ray.util.remove_placement_group`` when the engine stops)."""
+    placement = engine_placement(gen_cfg, choice)
+    if placement is None:
+        return None, engine_actor_options(gen_cfg, choice)
+    # lazy: ray (alol_ray.generation.generator imports without it)
+    import ray
+    from ray.util.placement_group import placement_group
+
+    group = placement_group([dict(b) for b in placement.bundles], strategy=placement.strategy)
+    ray.get(group.ready())
+    return group, engine_actor_options(gen_cfg, choice, group)
 
 
 def check_model(model_path: str, gen_cfg: GenerationConfig, max_prompt_tokens: int) -> None:
@@ -233,9 +296,6 @@ class Generator:
                  prompt_format: Optional[PromptFormat] = None, show_progress: bool = True,
                  log: Optional[Callable[[str], None]] = None):
         """``prompt_format``: how prompts become ids (``families.prompt_format(cfg)``; None = as text)."""
-        # lazy: ray (alol_ray.generation.generator imports without it)
-        import ray
-
         check_model(node_local(model_path), gen_cfg, max_prompt_tokens)  # this node's copy when given a URI
         model_path = shared(model_path)  # a folder of a bucket run: its URI, which every node can open
         init_ray()
@@ -296,25 +356,11 @@ class Generator:
 
         cfg = self.cfg
         threads = max(1, int(cfg.cpus_per_engine))
-        device = self.choice.device
-        resources = self.spec.resources(cfg, device)
-        shards = self.spec.shards(cfg, device)
-        actor_cls = ray.remote(self.spec.load_class())
-        args = (model_path, cfg, self.max_prompt_tokens, threads, device, self.prompt_format)
-        if shards == 1:
-            return actor_cls.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"]).remote(*args)
-        # Tensor parallelism (vLLM on GPUs): the engine starts one Ray worker per shard; a placement group keeps an
-        # engine's shards together and the actor itself takes no resources (its workers do).
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        per_shard = {"GPU": resources["GPU"] / shards, "CPU": resources["CPU"] / shards}
-        group = placement_group([dict(per_shard) for _ in range(shards)], strategy="PACK")
-        ray.get(group.ready())
-        self._placement_groups.append(group)
-        strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_capture_child_tasks=True,
-                                                    placement_group_bundle_index=0)
-        return actor_cls.options(num_cpus=0, num_gpus=0, scheduling_strategy=strategy).remote(*args)
+        group, options = reserve_engine(cfg, self.choice)
+        if group is not None:
+            self._placement_groups.append(group)
+        return ray.remote(self.spec.load_class()).options(**options).remote(
+            model_path, cfg, self.max_prompt_tokens, threads, self.choice.device, self.prompt_format)
 
     # -- generation ---------------------------------------------------------------------------------
 
