@@ -2,9 +2,10 @@
 
     bash .ci/vllm-venv && bash .ci/vllm-tier          # CPU: vLLM's CPU build in .venv-vllm
 
-The FSDP run is tests/test_fsdp.py's (``alol train`` with train.strategy=fsdp on two Ray Train workers, stopped
-and resumed, a worker killed): its ``best/`` is the folder rank 0 consolidated from every rank's shards. vLLM
-must load it as it loads any checkpoint, and generate what the transformers engine generates from it.
+The FSDP run is tests/test_fsdp.py's setup (``alol train`` with train.strategy=fsdp on two Ray Train workers,
+run straight through: its stops, resumes and killed worker are tested there): its ``best/`` is the folder rank 0
+consolidated from every rank's shards. vLLM must load it as it loads any checkpoint, and generate what the
+transformers engine generates from it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_fsdp import ddp_and_fsdp, train_setup  # noqa: F401  (fixtures: the FSDP run and its inputs)
+from test_fsdp import _alol_train, train_setup  # noqa: F401  (a fixture: the FSDP run's inputs)
 from test_train import MAX_PROMPT
 from test_vllm import _skip_reason
 
@@ -24,8 +25,15 @@ from alol_ray.generation.hf_engine import TransformersEngine
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
 
 
-def test_fsdp_best_loads_in_vllm_and_generates_what_transformers_does(ddp_and_fsdp, builtin_rows):  # noqa: F811
-    best = os.path.join(ddp_and_fsdp["fsdp"], "best")
+@pytest.fixture(scope="module")
+def fsdp_best(train_setup):  # noqa: F811
+    """best/ of one straight FSDP run (a_lol, 2 workers x 4 steps)."""
+    assert _alol_train(train_setup, "name=fsdp", "train.strategy=fsdp") == 0
+    return os.path.join(train_setup["root"], "runs", "fsdp", "train", "a_lol-s0", "best")
+
+
+def test_fsdp_best_loads_in_vllm_and_generates_what_transformers_does(fsdp_best, builtin_rows):
+    best = fsdp_best
     prompts = list(builtin_rows[builtin_rows[C.SPLIT] == "test"].drop_duplicates(C.PROMPT_ID)[C.PROMPT])[:16]
     # Greedy, no stop strings: token ids compare exactly. enforce_eager: no torch.compile warm-up.
     gen_cfg = GenerationConfig(engine="vllm", cpus_per_engine=0.5, max_new_tokens=16, batch_size=8, stop=[],
