@@ -363,7 +363,9 @@ def test_fsdp_best_is_one_hf_folder_that_transformers_loads(ddp_and_fsdp):
     assert out.shape[1] > 0
 
 
-@pytest.mark.e2e
+# slow, not e2e (CI time): nll's sharded steps equal DDP's in the default tier (test_sharded_steps_equal_replicated_steps)
+# and the Ray Train path is a_lol's e2e test above; this one adds nll through `alol train`.
+@pytest.mark.slow
 def test_nll_under_fsdp_equals_ddp_through_ray_train(train_setup):
     from alol_ray.atomic import read_jsonl
 
@@ -375,7 +377,9 @@ def test_nll_under_fsdp_equals_ddp_through_ray_train(train_setup):
     assert [m["loss/policy"] for m in fsdp] == pytest.approx([m["loss/policy"] for m in ddp], rel=TOLERANCE)
 
 
-@pytest.mark.e2e
+# slow, not e2e (CI time: two more `alol train` commands, ~3 min): bucket resumes of Ray Train checkpoints are in
+# the e2e tier already (tests/test_bucket_storage.py, DDP); this adds FSDP's sharded optimizer state in the bucket.
+@pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_fsdp_resumes_from_bucket_storage_and_ends_equal_to_ddp(ddp_and_fsdp, train_setup, s3, alol_cli,  # noqa: F811
                                                                 tmp_path):
