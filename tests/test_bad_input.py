@@ -302,6 +302,32 @@ def _wait_for(predicate, timeout: float, what: str, proc=None) -> None:
         time.sleep(0.5)
 
 
+_NICENESS_PROBE = """
+import os, ray
+from alol_ray.ray_utils import init_ray
+seen = []
+for setting in (None, "5"):
+    if setting is not None:
+        os.environ["RAY_worker_niceness"] = setting
+    init_ray(num_cpus=1)
+    seen.append(ray.get(ray.remote(lambda: os.nice(0)).remote()))
+    ray.shutdown()
+print(os.nice(0), *seen)
+"""
+
+
+def test_local_ray_workers_run_at_the_drivers_priority_unless_the_user_says_otherwise(tmp_path):
+    """Ray starts workers at niceness 15: under one busy loop per core (a shared CI machine) a Train worker got a
+    few percent of a core and the suite crawled. alol's local Ray runs them at the driver's priority; a
+    RAY_worker_niceness the user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_worker_niceness", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", _NICENESS_PROBE], cwd=tmp_path, capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(REPO)}, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    driver, default, user = map(int, proc.stdout.split()[-3:])
+    assert (default, user) == (driver, driver + 5)
+
+
 @pytest.mark.e2e
 def test_train_output_is_quiet_with_another_ray_on_the_machine(alol_cli, tmp_path):
     """A second local Ray on the same machine: Ray Train's placement-group cleaner would find two GCS processes
