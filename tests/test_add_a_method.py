@@ -75,6 +75,11 @@ def plugin_folder(tmp_path_factory):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), str(REPO), old]))
     yield folder
     sys.path.remove(str(folder))
+    # The toy method leaves this process's registry as it found it (later tests compare it with the built-ins).
+    from alol_ray.train.methods import METHODS
+
+    METHODS.pop(NAME, None)
+    sys.modules.pop(f"alol_ray.methods.{NAME}", None)
     if old is None:
         os.environ.pop("PYTHONPATH")
     else:
