@@ -32,10 +32,10 @@ from alol_ray.locations import check_readable, check_writable_folder, os_error_l
 from alol_ray.reward_kinds import REWARD_KINDS
 from alol_ray.tracking import BACKENDS as TRACKING_BACKENDS
 from alol_ray.tracking import check_installed
-from baselines.dpo_config import DPO_LOSS_TYPES, DPOConfig  # noqa: F401  (DPO_LOSS_TYPES: its checks' home)
-from baselines.gold_config import GOLDConfig
-from baselines.ppo_config import PPOConfig
-from baselines.pro_config import PROConfig
+from alol_ray.baselines.dpo_config import DPO_LOSS_TYPES, DPOConfig  # noqa: F401  (DPO_LOSS_TYPES: its checks' home)
+from alol_ray.baselines.gold_config import GOLDConfig
+from alol_ray.baselines.ppo_config import PPOConfig
+from alol_ray.baselines.pro_config import PROConfig
 
 SPLITS = ("train", "val", "test")
 JOB_STORAGE_ENV = "ALOL_JOB_STORAGE"  # where a Ray job's relative `storage` goes (default ~/alol-runs)

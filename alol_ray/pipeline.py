@@ -359,8 +359,8 @@ class Pipeline:
         folder is returned; the ``sampled`` decoding goes to <run>/eval/sampled/<method>-s<seed>/.
         ``model_path`` None = the reference policy. ``prompts`` (prompt_id, prompt) replace the split's
         (``split`` then names them), with their own ``out`` and pi_ref replies cache ``ref_cache``."""
-        # lazy: evaluation.eval_job (pandas, pyarrow) (alol_ray.pipeline imports without them)
-        from evaluation import eval_job
+        # lazy: alol_ray.evaluation.eval_job (pandas, pyarrow) (alol_ray.pipeline imports without them)
+        from alol_ray.evaluation import eval_job
 
         split = split or self.cfg.eval.split
         max_prompts = self.cfg.eval.max_prompts if max_prompts is None else max_prompts

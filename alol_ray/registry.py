@@ -3,8 +3,8 @@
     get_method("a_lol") -> Method     method_names() -> ["a_lol", ..., "ppo"]     check_method_name("dpoo")
 
 Built in: the A-LoL family (``alol_ray.losses``: nll, wbc, r_gold, r_lol, a_lol, a_lol_ref_free,
-a_lol_seq, a_lol_kl), the offline baselines (``baselines.methods``: dpo, dpo_ref_free, pro, gold,
-gold_delta, gold_s, gold_p) and the online one (``baselines.ppo``: ppo), each listed in ``BUILTIN`` below with
+a_lol_seq, a_lol_kl), the offline baselines (``alol_ray.baselines.methods``: dpo, dpo_ref_free, pro, gold,
+gold_delta, gold_s, gold_p) and the online one (``alol_ray.baselines.ppo``: ppo), each listed in ``BUILTIN`` below with
 the module whose import registers it.
 
 A new method is one module ``alol_ray/methods/<name>.py`` (in this package, or under any folder on ``sys.path``:
@@ -28,9 +28,9 @@ ALOL_FAMILY = "alol_ray.losses"
 BUILTIN: dict[str, str] = {
     **{name: ALOL_FAMILY for name in ("nll", "wbc", "r_gold", "r_lol", "a_lol", "a_lol_ref_free", "a_lol_seq",
                                       "a_lol_kl")},
-    **{name: "baselines.methods" for name in ("dpo", "dpo_ref_free", "pro", "gold", "gold_delta", "gold_s",
+    **{name: "alol_ray.baselines.methods" for name in ("dpo", "dpo_ref_free", "pro", "gold", "gold_delta", "gold_s",
                                               "gold_p")},
-    "ppo": "baselines.ppo",
+    "ppo": "alol_ray.baselines.ppo",
 }
 
 

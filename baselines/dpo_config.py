@@ -1,4 +1,4 @@
-"""``train.dpo``: DPO's config section (``baselines.dpo``, registered in ``baselines.methods``).
+"""``train.dpo``: DPO's config section (``alol_ray.baselines.dpo``, registered in ``alol_ray.baselines.methods``).
 
 A dpo run's fingerprint is the ``DPOParams`` made from it (``Method.identity``): a change here retrains dpo
 only. Kept apart from the loss, which imports torch only.
@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from alol_ray.errors import ConfigError
 
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo")  # baselines.dpo.LOSS_TYPES (config imports no torch)
+DPO_LOSS_TYPES = ("sigmoid", "ipo")  # alol_ray.baselines.dpo.LOSS_TYPES (config imports no torch)
 
 
 @dataclass
 class DPOConfig:
-    """DPO (baselines.dpo)."""
+    """DPO (alol_ray.baselines.dpo)."""
 
     beta: float = 0.1  # the implicit reward's temperature; IPO's tau for loss_type ipo
     reference_free: bool = False  # drop the reference term (then the table needs no reference log-probs)

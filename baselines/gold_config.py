@@ -1,4 +1,4 @@
-"""``train.gold``: GOLD's config section (``baselines.gold``, registered in ``baselines.methods``).
+"""``train.gold``: GOLD's config section (``alol_ray.baselines.gold``, registered in ``alol_ray.baselines.methods``).
 
 A gold run's fingerprint is the ``GOLDParams`` made from it (``Method.identity``); R-GOLD's ``u`` is
 ``train.alol.r_gold_u``.
@@ -17,7 +17,7 @@ GOLD_REWARDS = ("delta", "s", "p")
 
 @dataclass
 class GOLDConfig:
-    """GOLD (baselines.gold, Pang & He 2021)."""
+    """GOLD (alol_ray.baselines.gold, Pang & He 2021)."""
 
     u: float = 0.1  # per-token weight max(u, pi~(y_t)) from the stale copy
     sync_every: int = 20  # updates between re-syncs of the stale copy

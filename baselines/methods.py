@@ -36,9 +36,9 @@ from alol_ray import columns as C
 from alol_ray.tokenization import response_token_logps
 from alol_ray.train.checkpoint import unwrap
 from alol_ray.train.methods import Method, TrainBatch, register
-from baselines.dpo import dpo_loss
-from baselines.gold import StaleCopySync, gold_loss
-from baselines.pro import pro_loss
+from alol_ray.baselines.dpo import dpo_loss
+from alol_ray.baselines.gold import StaleCopySync, gold_loss
+from alol_ray.baselines.pro import pro_loss
 
 # ----------------------------------------------------------------------------------------------- DPO
 

@@ -11,7 +11,7 @@ Each iteration, read top to bottom in ``PPOHooks.train_step`` (one step of the w
        ``ppo.reward_service``) and gets pi_ref's token log-probs of the exact rollout tokens from the
        ``ReferencePolicy`` actor (frozen pi_ref, ``ppo.reference_cpus/gpus``); the rollout is broadcast;
     3. every worker computes pi_old's log-probs and the critic's values for its shard, the per-token
-       KL-penalised rewards, GAE and (globally) whitened advantages (baselines.ppo_loss);
+       KL-penalised rewards, GAE and (globally) whitened advantages (alol_ray.baselines.ppo_loss);
     4. ``ppo.ppo_epochs`` passes of clipped-surrogate + clipped-value mini-batch updates (DDP over workers);
     5. the adaptive KL coefficient is updated and the new weights go into the running Generator engines in
        place (``Generator.update_weights``: one copy in Ray's object store, read by every engine; vLLM
@@ -61,7 +61,7 @@ from alol_ray.train.methods import Method, register
 from alol_ray.train.selection import evaluate_policy
 from alol_ray.train.worker import all_reduce_sum, broadcast, mean_over_workers
 from alol_ray.train.worker_loop import Hooks, LoopSpec, LRSchedule, Worker
-from baselines import ppo_loss as P
+from alol_ray.baselines import ppo_loss as P
 
 log = logging.getLogger("alol")
 
@@ -219,7 +219,7 @@ class _Rollouts:
     """Rank 0's role actors: Generator, ReferencePolicy and the reward (in-process or Ray Serve)."""
 
     def __init__(self, spec: "PPOHooks", weights: dict):
-        # lazy: ray, alol_ray.models (transformers) (baselines.ppo imports without them)
+        # lazy: ray, alol_ray.models (transformers) (alol_ray.baselines.ppo imports without them)
         import ray
 
         from alol_ray.models import adapter_base
@@ -241,7 +241,7 @@ class _Rollouts:
             model_cfg=cfg.model, use_gpu=pc.reference_gpus > 0, bf16=cfg.scoring.reference_pool.bf16,
             num_threads=max(1, int(pc.reference_cpus)), prompt_format=self.prompt_format)
         if pc.reward_service:
-            # lazy: alol_ray.scoring.serve (ray, pandas) (baselines.ppo imports without them)
+            # lazy: alol_ray.scoring.serve (ray, pandas) (alol_ray.baselines.ppo imports without them)
             from alol_ray.scoring.serve import RewardClient, start
 
             self.reward = RewardClient(start(cfg, stats=spec.reward_stats)).rewards
@@ -251,7 +251,7 @@ class _Rollouts:
     def collect(self, prompts: list[str], tokenizer, iteration: int = 0) -> dict:
         """Generate, score and reference-score one rollout: token ids, texts, reward columns, ref log-probs.
         Iteration ``i`` samples with the seeds of positions i * len(prompts) on, fresh every iteration."""
-        # lazy: ray (baselines.ppo imports without it)
+        # lazy: ray (alol_ray.baselines.ppo imports without it)
         import ray
 
         t0 = time.perf_counter()
@@ -281,7 +281,7 @@ class _Rollouts:
         self.generator.update_weights(weights)
 
     def shutdown(self) -> None:
-        # lazy: ray (baselines.ppo imports without it)
+        # lazy: ray (alol_ray.baselines.ppo imports without it)
         import ray
 
         self.generator.shutdown()
@@ -313,7 +313,7 @@ class PPOHooks(Hooks):
     reward_stats: dict = field(default_factory=dict)  # standardised reward components' (mean, std)
 
     def build(self, w: Worker, model_dir):
-        # lazy: safetensors, alol_ray.train.policy (transformers) (baselines.ppo imports without them)
+        # lazy: safetensors, alol_ray.train.policy (transformers) (alol_ray.baselines.ppo imports without them)
         from safetensors.torch import load_file
 
         from alol_ray.train.policy import build_policy
@@ -327,7 +327,7 @@ class PPOHooks(Hooks):
         return PolicyWithValueHead.build(policy, head), tokenizer
 
     def make_optimizer(self, w: Worker, trainable):
-        # lazy: alol_ray.train.policy (transformers) (baselines.ppo imports without it)
+        # lazy: alol_ray.train.policy (transformers) (alol_ray.baselines.ppo imports without it)
         from alol_ray.train.policy import make_optimizer
 
         return make_optimizer(trainable, self.train, lr=self.cfg.ppo.lr)
@@ -365,7 +365,7 @@ class PPOHooks(Hooks):
         return {PPO_STATE_KEY: {"kl_coef": self.kl_ctl.value, "score_moments": self.moments.state_dict()}}
 
     def save_extra(self, w: Worker, folder: str) -> None:
-        # lazy: safetensors (baselines.ppo imports without it)
+        # lazy: safetensors (alol_ray.baselines.ppo imports without it)
         from safetensors.torch import save_file
 
         head = self.inner.value_head.state_dict()
@@ -520,7 +520,7 @@ def fit_ppo(cfg, *, train_cfg, rows: str, policy_path: str, ref_path: str, work_
 
     Returns the offline trainer's ``TrainOutcome`` (or ``Unfinished`` after ``stop_at_step``).
     """
-    # lazy: pandas, alol_ray.train.trainer (transformers) (baselines.ppo imports without them)
+    # lazy: pandas, alol_ray.train.trainer (transformers) (alol_ray.baselines.ppo imports without them)
     import pandas as pd
 
     from alol_ray.train.trainer import (

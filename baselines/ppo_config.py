@@ -1,4 +1,4 @@
-"""``ppo``: the online PPO baseline's config section (``baselines.ppo``).
+"""``ppo``: the online PPO baseline's config section (``alol_ray.baselines.ppo``).
 
 A top-level section (not under ``train``) because PPO also reads ``train.*`` for its resources and seed; its
 fingerprint takes this whole section (``alol_ray.pipeline``).

@@ -1,4 +1,4 @@
-"""``train.pro``: PRO's config section (``baselines.pro``, registered in ``baselines.methods``).
+"""``train.pro``: PRO's config section (``alol_ray.baselines.pro``, registered in ``alol_ray.baselines.methods``).
 
 A pro run's fingerprint is the ``PROParams`` made from it (``Method.identity``).
 """
@@ -12,7 +12,7 @@ from alol_ray.errors import ConfigError
 
 @dataclass
 class PROConfig:
-    """PRO (baselines.pro)."""
+    """PRO (alol_ray.baselines.pro)."""
 
     sft_weight: float = 0.05  # times (n-1)^2 * NLL of the best response
 

@@ -57,7 +57,7 @@ import numpy as np
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the tests' sizes (they import each other by module name)
 
-from evaluation.metrics import bootstrap_ci  # noqa: E402
+from alol_ray.evaluation.metrics import bootstrap_ci  # noqa: E402
 from test_alol_loss import SIZES as SAME_ROWS_SIZES  # noqa: E402
 from test_alol_vs_nll import SIZES, paired_differences  # noqa: E402
 

@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     from alol_ray import logs
     from alol_ray.commands.demo import load_sized
     from alol_ray.pipeline import Pipeline
-    from evaluation.compare import run_compare
+    from alol_ray.evaluation.compare import run_compare
 
     logs.setup()
 

@@ -218,7 +218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from alol_ray.cli import main as alol
     from alol_ray.commands.demo import load_sized
     from alol_ray.pipeline import Pipeline
-    from evaluation.compare import run_compare
+    from alol_ray.evaluation.compare import run_compare
 
     logs.setup()
     command = " ".join(shlex.quote(a) for a in ["python", "bench/hh_smollm2.py", *(sys.argv[1:] if argv is None

@@ -4,7 +4,7 @@
     python bench/mutation.py                    # every module (one mutmut run per group below)
     python bench/mutation.py --group losses     # one group
     python bench/mutation.py --keep             # keep the temporary folders (mutmut results/show work there)
-    python bench/mutation.py --group metrics --functions 'evaluation.metrics.x_win_outcomes*'   # one function
+    python bench/mutation.py --group metrics --functions 'alol_ray.evaluation.metrics.x_win_outcomes*'   # one function
 
 mutmut (>= 3.8) rewrites each function of a module into many mutants (an operator, a constant, a
 comparison or an argument changed) and runs the tests that reach that function against each one; a mutant
@@ -31,12 +31,12 @@ metrics 163 s, tokenization 253 s).
 
     module                       killed/total  excluded  share    goal
     alol_ray/losses.py              226/226       11     100.0%   90%
-    baselines/dpo.py                 73/73         0     100.0%   90%
-    baselines/pro.py                120/124        7      96.8%   90%
-    baselines/gold.py               151/151        7     100.0%   90%
-    baselines/ppo_loss.py           421/421        6     100.0%   90%
+    alol_ray/baselines/dpo.py        73/73         0     100.0%   90%
+    alol_ray/baselines/pro.py       120/124        7      96.8%   90%
+    alol_ray/baselines/gold.py      151/151        7     100.0%   90%
+    alol_ray/baselines/ppo_loss.py  421/421        6     100.0%   90%
     alol_ray/train/samplers.py      220/220        6     100.0%   80%
-    evaluation/metrics.py           218/218        6     100.0%   80%
+    alol_ray/evaluation/metrics.py  218/218        6     100.0%   80%
     alol_ray/tokenization.py        274/274       16     100.0%   80%
 
 The 4 survivors (pro.py) build ``rank_loss`` and ``log_eps`` without ``device=lp.device``: on a CPU-only
@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("alol_ray", "baselines", "evaluation")
+PACKAGES = ("alol_ray",)  # its baselines/ and evaluation/ are symlinks: copied as the folders they point at
 # Imported once by mutmut's fork server, before it forks a child per mutant; the project is NOT in this list.
 # torch.testing.assert_close imports torch.distributed.tensor (and sympy) on first use: seconds per child.
 PRELOAD = ("numpy", "torch", "torch.testing", "torch.distributed.tensor", "transformers",
@@ -74,7 +74,7 @@ PRELOAD = ("numpy", "torch", "torch.testing", "torch.distributed.tensor", "trans
 @dataclass(frozen=True)
 class Group:
     """Modules mutated together and the unit tests run against them. ``functions``: mutmut's mutant-name globs
-    (``evaluation.report.x_hierarchical_ci*``) when only some functions of the modules are this group's
+    (``alol_ray.evaluation.report.x_hierarchical_ci*``) when only some functions of the modules are this group's
     subject (empty: every function); ``preload``: modules the group's tests import, for the fork server."""
 
     name: str
@@ -96,29 +96,32 @@ def _functions(module: str, *names: str) -> tuple[str, ...]:
 _TABLES = ("pandas", "pyarrow", "pyarrow.parquet", "pyarrow.fs")
 GROUPS = (
     Group("losses", ("alol_ray/losses.py",), ("tests/test_losses.py",)),
-    Group("baselines", ("baselines/dpo.py", "baselines/pro.py", "baselines/gold.py", "baselines/ppo_loss.py"),
+    Group("baselines", ("alol_ray/baselines/dpo.py", "alol_ray/baselines/pro.py", "alol_ray/baselines/gold.py",
+                        "alol_ray/baselines/ppo_loss.py"),
           ("tests/test_baseline_losses.py", "tests/test_ppo_loss.py")),
     Group("samplers", ("alol_ray/train/samplers.py",), ("tests/test_samplers.py",)),
-    Group("metrics", ("evaluation/metrics.py",), ("tests/test_metrics.py",)),
+    Group("metrics", ("alol_ray/evaluation/metrics.py",), ("tests/test_metrics.py",)),
     Group("tokenization", ("alol_ray/tokenization.py",), ("tests/test_tokenization.py",)),
     # Stage publishing, recovery and manifests; bucket sync; the run lock; content fingerprints.
     Group("integrity", ("alol_ray/stage.py", "alol_ray/storage.py", "alol_ray/runlock.py", "alol_ray/hashing.py"),
           ("tests/test_integrity_guards.py",), preload=_TABLES + ("huggingface_hub",), timeout_constant=2.0),
     # Paired and hierarchical intervals, the pairing by prompt, win rates, the evaluation caches' keys.
-    Group("statistics", ("evaluation/report.py", "evaluation/metrics.py", "evaluation/eval_job.py"),
+    Group("statistics", ("alol_ray/evaluation/report.py", "alol_ray/evaluation/metrics.py",
+                         "alol_ray/evaluation/eval_job.py"),
           ("tests/test_statistics_guards.py", "tests/test_report.py", "tests/test_metrics.py"),
-          functions=_functions("evaluation/report.py", "hierarchical_ci", "paired_hierarchical_ci", "verdict",
+          functions=_functions("alol_ray/evaluation/report.py", "hierarchical_ci", "paired_hierarchical_ci", "verdict",
                                "_per_prompt", "by_method", "paired_rows", "with_paired_columns")
-          + _functions("evaluation/metrics.py", "win_outcomes", "bootstrap_ci")
-          + _functions("evaluation/eval_job.py", "_marker_path", "read_cache", "extend_cache", "reference_fingerprint",
-                       "reference_replies", "rewards_cache_path", "reference_rewards"),
+          + _functions("alol_ray/evaluation/metrics.py", "win_outcomes", "bootstrap_ci")
+          + _functions("alol_ray/evaluation/eval_job.py", "_marker_path", "read_cache", "extend_cache",
+                       "reference_fingerprint", "reference_replies", "rewards_cache_path", "reference_rewards"),
           preload=_TABLES + ("matplotlib", "matplotlib.pyplot", "yaml", "omegaconf")),
 )
-GOALS = {"alol_ray/losses.py": 0.90, "baselines/dpo.py": 0.90, "baselines/pro.py": 0.90, "baselines/gold.py": 0.90,
-         "baselines/ppo_loss.py": 0.90, "alol_ray/train/samplers.py": 0.80, "evaluation/metrics.py": 0.80,
+GOALS = {"alol_ray/losses.py": 0.90, "alol_ray/baselines/dpo.py": 0.90, "alol_ray/baselines/pro.py": 0.90,
+         "alol_ray/baselines/gold.py": 0.90, "alol_ray/baselines/ppo_loss.py": 0.90, "alol_ray/train/samplers.py": 0.80,
+         "alol_ray/evaluation/metrics.py": 0.80,
          "alol_ray/tokenization.py": 0.80, "alol_ray/stage.py": 0.80, "alol_ray/storage.py": 0.80,
-         "alol_ray/runlock.py": 0.80, "alol_ray/hashing.py": 0.80, "evaluation/report.py": 0.80,
-         "evaluation/eval_job.py": 0.80}
+         "alol_ray/runlock.py": 0.80, "alol_ray/hashing.py": 0.80, "alol_ray/evaluation/report.py": 0.80,
+         "alol_ray/evaluation/eval_job.py": 0.80}
 
 
 @dataclass(frozen=True)
@@ -134,13 +137,13 @@ class Equivalent:
 
 
 _L = "alol_ray/losses.py"
-_PPO = "baselines/ppo_loss.py"
-_PRO = "baselines/pro.py"
-_GOLD = "baselines/gold.py"
+_PPO = "alol_ray/baselines/ppo_loss.py"
+_PRO = "alol_ray/baselines/pro.py"
+_GOLD = "alol_ray/baselines/gold.py"
 _T = "alol_ray/tokenization.py"
 _S = "alol_ray/train/samplers.py"
-_M = "evaluation/metrics.py"
-_REP = "evaluation/report.py"
+_M = "alol_ray/evaluation/metrics.py"
+_REP = "alol_ray/evaluation/report.py"
 _PH_AS = "a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(np.asarray(b, dtype=np.float64))"
 _PH_NAN = 'return float("nan"), float("nan"), float("nan")'
 _PH_POINT = "point = float((a.mean(axis=0) - b.mean(axis=0)).mean())"
@@ -154,7 +157,7 @@ _RF = ('return fingerprint("ref-replies-v1", model_identity(ref_path), cfg.gener
        'cfg.model.max_prompt_tokens)')
 _EC = ("cached = pd.concat([cached, fresh], ignore_index=True) if len(cached) else "
        "fresh.reset_index(drop=True)")
-_EVAL = "evaluation/eval_job.py"
+_EVAL = "alol_ray/evaluation/eval_job.py"
 _RR_FP = 'fp = fingerprint("ref-rewards-v1", cfg.reward, stats or {})'
 _RR_EMPTY = ('cached = pd.DataFrame({**{k: pd.Series(dtype=want[k].dtype) for k in key}, '
              'C.REWARD: pd.Series(dtype=float)})')
@@ -634,7 +637,7 @@ def main() -> None:
                         help="run only this group (repeatable); default: all")
     parser.add_argument("--functions", action="append", metavar="GLOB",
                         help="mutate only these functions (mutmut mutant-name globs, repeatable, e.g. "
-                        "'evaluation.metrics.x_win_outcomes*'): a quick run of part of a group")
+                        "'alol_ray.evaluation.metrics.x_win_outcomes*'): a quick run of part of a group")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
     parser.add_argument("--log", default=None, help="write mutmut's own output to this file")
     args = parser.parse_args()

@@ -27,8 +27,8 @@ from alol_ray.registry import get_method
 from alol_ray.runs import GREEDY, SAMPLED, RunPaths
 from alol_ray.stage import intact, read_marker
 from alol_ray.train.trainer import BEST_DIR
-from evaluation.eval_job import EXAMPLES_FILE
-from evaluation.report import REFERENCE, RunEntry, write_report
+from alol_ray.evaluation.eval_job import EXAMPLES_FILE
+from alol_ray.evaluation.report import REFERENCE, RunEntry, write_report
 
 log = logging.getLogger("alol")
 

@@ -9,7 +9,7 @@
 3. rewards: the run's reward (``scoring.reward.run_scorer``), in this process;
 4. the reference policy's replies to the same prompts and their rewards (generated and scored once, cached in
    ``ref_cache`` and beside it) for the win rate;
-5. metrics (``evaluation.metrics``): ``examples.parquet`` + ``summary.json`` in ``out_dir`` + a printed table.
+5. metrics (``alol_ray.evaluation.metrics``): ``examples.parquet`` + ``summary.json`` in ``out_dir`` + a printed table.
 
 Every method is evaluated by this one function, so their numbers line up.
 """
@@ -34,7 +34,7 @@ from alol_ray.generation import Generator
 from alol_ray.hashing import file_sha, fingerprint, model_identity
 from alol_ray.ray_utils import init_ray
 from alol_ray.scoring.reward import Reward
-from evaluation.metrics import format_table, summarize, win_outcomes
+from alol_ray.evaluation.metrics import format_table, summarize, win_outcomes
 
 log = logging.getLogger("alol")
 

@@ -22,7 +22,7 @@ from alol_ray import columns as C
 from alol_ray.atomic import write_text
 from alol_ray.config import non_defaults, portable, portable_path, to_yaml
 from alol_ray.runs import GREEDY, SAMPLED
-from evaluation.metrics import DISTINCT_BLOCK, distinct_n, distinct_n_per_block, repetition
+from alol_ray.evaluation.metrics import DISTINCT_BLOCK, distinct_n, distinct_n_per_block, repetition
 
 REFERENCE = "reference"
 
@@ -369,7 +369,7 @@ def sample_replies(entries: list[RunEntry], n_prompts: int = 3, max_chars: int =
 
 def plot_val_curves(entries: list[RunEntry], path: str) -> Optional[str]:
     """Val reward against training steps, one line per method (mean over seeds)."""
-    # lazy: matplotlib (evaluation.report imports without it)
+    # lazy: matplotlib (alol_ray.evaluation.report imports without it)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -405,7 +405,7 @@ def plot_val_curves(entries: list[RunEntry], path: str) -> Optional[str]:
 
 def plot_reward_distributions(entries: list[RunEntry], path: str) -> str:
     """Per-prompt test reward of every method (all seeds pooled), as box plots."""
-    # lazy: matplotlib (evaluation.report imports without it)
+    # lazy: matplotlib (alol_ray.evaluation.report imports without it)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -430,7 +430,7 @@ def plot_reward_distributions(entries: list[RunEntry], path: str) -> str:
 
 def plot_advantages(scored_table: str, path: str) -> Optional[str]:
     """Histogram of the training rows' advantages (the share A-LoL keeps is the part above 0)."""
-    # lazy: matplotlib (evaluation.report imports without it)
+    # lazy: matplotlib (alol_ray.evaluation.report imports without it)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from alol_ray.losses import gold_token_weight
-from baselines.dpo import dpo_loss
-from baselines.gold import StaleCopySync, gold_loss, token_returns
-from baselines.pro import pro_loss
+from alol_ray.baselines.dpo import dpo_loss
+from alol_ray.baselines.gold import StaleCopySync, gold_loss, token_returns
+from alol_ray.baselines.pro import pro_loss
 
 TOL = dict(atol=1e-6, rtol=0.0)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ def test_dpo_loss_types_are_the_config_choices():
     """The loss knows exactly the loss types the config section accepts; anything else is refused by both."""
     from alol_ray.config import DPO_LOSS_TYPES, DPOConfig
     from alol_ray.errors import ConfigError
-    from baselines.dpo import LOSS_TYPES
+    from alol_ray.baselines.dpo import LOSS_TYPES
 
     assert LOSS_TYPES == DPO_LOSS_TYPES == ("sigmoid", "ipo")
     with pytest.raises(ValueError, match="loss_type must be one of"):
@@ -563,7 +563,7 @@ def test_stale_copy_sync_every_k_steps():
 
 
 def test_baseline_losses_import_no_ray_or_vllm():
-    code = ("import baselines.dpo, baselines.pro, baselines.gold, sys; "
+    code = ("import alol_ray.baselines.dpo, alol_ray.baselines.pro, alol_ray.baselines.gold, sys; "
             "assert 'ray' not in sys.modules and 'vllm' not in sys.modules")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True)

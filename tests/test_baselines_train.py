@@ -23,8 +23,8 @@ from alol_ray.config import RunConfig
 from alol_ray.tokenization import response_token_logps
 from alol_ray.registry import get_method, method_names
 from alol_ray.train.methods import collate_units, training_units
-from baselines.dpo import dpo_loss
-from baselines.pro import pro_loss
+from alol_ray.baselines.dpo import dpo_loss
+from alol_ray.baselines.pro import pro_loss
 
 MAX_PROMPT, MAX_RESPONSE = 64, 40
 
@@ -147,7 +147,7 @@ def test_gold_stale_copy_resyncs_every_k_steps(scored_table, tiny_policy_dir):
     """With gold.sync_every=2 the stale copy keeps the start weights after update 1 and equals the policy
     after update 2; its log-probs (not the current policy's) set the token weights."""
     from alol_ray.models import load_policy
-    from baselines.gold import gold_loss
+    from alol_ray.baselines.gold import gold_loss
 
     model, tok = load_policy(tiny_policy_dir)
     tc = RunConfig().train

@@ -80,7 +80,7 @@ SMOKES: dict[str, list[Smoke]] = {
     "memory.py": [Smoke(("--width", "64", "--layers", "2", "--heads", "2", "--vocab", "300", "--seq", "64",
                          "--step-seq", "16", "--steps", "2"),
                         r"fsdp / ddp = \d\.\d+ \(goal <= 0\.6\)[\s\S]*checkpointing on / off = \d\.\d+")],
-    "mutation.py": [Smoke(("--group", "metrics", "--functions", "evaluation.metrics.x_win_outcomes*"),
+    "mutation.py": [Smoke(("--group", "metrics", "--functions", "alol_ray.evaluation.metrics.x_win_outcomes*"),
                           r"killed: metrics\.py \d+\.\d% \(\d+/\d+\)")],
     "rm_hh.py": [Smoke(("--storage", "{hh}", "data.sources.0.limit=40", "data.sources.1.limit=40",
                         "data.sources.2.limit=40"),

@@ -12,8 +12,8 @@ import pytest
 
 from alol_ray import columns as C
 from alol_ray.config import load_config
-from evaluation import eval_job
-from evaluation.metrics import distinct_n
+from alol_ray.evaluation import eval_job
+from alol_ray.evaluation.metrics import distinct_n
 
 RUN_ARGS = ["data.builtin_train_prompts=60", "data.builtin_eval_prompts=20", "generation.max_new_tokens=16",
             "eval.bootstrap_samples=200"]

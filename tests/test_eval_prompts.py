@@ -23,7 +23,7 @@ from alol_ray.config import SourceConfig
 from alol_ray.data.loaders import load_prompts
 from alol_ray.errors import DataError
 from alol_ray.runs import RunPaths
-from evaluation import eval_job
+from alol_ray.evaluation import eval_job
 
 RUN = ["storage=runs", "name=ev", "data.builtin_train_prompts=60", "data.builtin_eval_prompts=20",
        "generation.max_new_tokens=12", "eval.bootstrap_samples=200"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import baselines.gold
+import alol_ray.baselines.gold
 from alol_ray import losses
 from alol_ray.losses import (
     LOSSES,
@@ -550,7 +550,7 @@ def test_r_gold_uses_gold_token_weight(monkeypatch):
     monkeypatch.setattr(losses, "gold_token_weight", spy)
     loss, _ = losses.r_gold(make_inputs(), LossParams(gold_u=0.15))
     assert calls == [0.15]
-    assert baselines.gold.gold_token_weight is gold_token_weight
+    assert alol_ray.baselines.gold.gold_token_weight is gold_token_weight
 
 
 def test_gold_token_weight_bounds():

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from evaluation.metrics import (
+from alol_ray.evaluation.metrics import (
     DISTINCT_BLOCK,
     bootstrap_ci,
     distinct_n,

@@ -46,7 +46,7 @@ def test_policy_with_value_head_matches_the_shared_tokenisation(tiny_policy_dir,
     """The PPO module's log-probs are exactly ``response_token_logps`` (the offline methods' and the reference
     scorer's), its zero-initialised values are 0, and both are 0 at padding."""
     from alol_ray.models import load_policy
-    from baselines.ppo import PolicyWithValueHead, ReferencePolicy
+    from alol_ray.baselines.ppo import PolicyWithValueHead, ReferencePolicy
 
     model, tok = load_policy(tiny_policy_dir)
     model.eval()
@@ -73,10 +73,10 @@ def test_ppo_epochs_on_rollouts_of_different_lengths(tiny_policy_dir, builtin_ro
     the first mini-batch step starts at ratio 1 (approx_kl 0), the policy and the critic move, metrics are
     finite, and a positive advantage on one reply raises its log-prob."""
     from alol_ray.models import load_policy
-    from baselines import ppo_loss as P
+    from alol_ray.baselines import ppo_loss as P
     from alol_ray.train.memory import precision_policy
     from alol_ray.train.strategy import Replicated
-    from baselines.ppo import PolicyWithValueHead, ppo_epochs
+    from alol_ray.baselines.ppo import PolicyWithValueHead, ppo_epochs
 
     one = Replicated(world_size=1, precision=precision_policy("fp32", on_gpu=False))
     model, tok = load_policy(tiny_policy_dir)
@@ -125,7 +125,7 @@ def test_ppo_takes_the_reference_runs_number_of_steps_by_default():
 
 
 def test_sample_prompts_is_a_function_of_seed_and_iteration():
-    from baselines.ppo import sample_prompts
+    from alol_ray.baselines.ppo import sample_prompts
 
     prompts = [f"p{i}" for i in range(50)]
     a = sample_prompts(prompts, 8, seed=0, iteration=3)
@@ -136,7 +136,7 @@ def test_sample_prompts_is_a_function_of_seed_and_iteration():
 def test_bad_ppo_configs_are_config_errors():
     from alol_ray.config import load_config
     from alol_ray.errors import ConfigError
-    from baselines.ppo import check_config
+    from alol_ray.baselines.ppo import check_config
 
     with pytest.raises(ConfigError, match="multiple of ppo.mini_batch_size"):
         load_config(None, ["ppo.rollout_size=10", "ppo.mini_batch_size=4"])
@@ -227,7 +227,7 @@ def test_ppo_resources_are_checked_before_any_work(ray_local, tiny_policy_dir, b
     wait forever (the workers took both CPUs, the actors never started); now it is a ConfigError naming the
     knobs, before the Train job starts. On a cluster (which may autoscale) the same shortfall is logged."""
     from alol_ray.errors import ConfigError
-    from baselines.ppo import check_resources, fit_ppo, ppo_train_config, resources_needed
+    from alol_ray.baselines.ppo import check_resources, fit_ppo, ppo_train_config, resources_needed
 
     cfg = ppo_config(iterations=1, rollout_size=4, mini_batch_size=2, grad_accum=2)
     cfg.train = dataclasses.replace(cfg.train, cpus_per_worker=2)
@@ -280,7 +280,7 @@ def test_ppo_raises_the_builtin_reward_over_its_starting_policy(ray_local, tiny_
     """PPO from a briefly NLL-trained tiny policy (also pi_ref) raises the greedy val reward of the built-in
     task within 20 iterations (16 rollouts each, 4 epochs of mini-batch 4). Prints the curve and the wall time;
     ALOL_PPO_SLOW_NLL_STEPS / ALOL_PPO_SLOW_ITERATIONS change the start policy's training and the budget."""
-    from baselines.ppo import fit_ppo
+    from alol_ray.baselines.ppo import fit_ppo
 
     t0 = time.time()
     start = nll_pretrain(tiny_policy_dir, builtin_rows, str(tmp_path / "start"), steps=int(os.environ.get(

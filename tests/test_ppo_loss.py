@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from baselines.ppo_loss import (
+from alol_ray.baselines.ppo_loss import (
     AdaptiveKLController,
     FixedKLController,
     RunningMoments,

@@ -175,7 +175,7 @@ def test_an_engines_identity_enters_the_generation_fingerprints(echo_engine):
     from alol_ray.config import RunConfig
     from alol_ray.engines import ENGINES, generation_identity
     from alol_ray.hashing import fingerprint
-    from evaluation.eval_job import reference_fingerprint
+    from alol_ray.evaluation.eval_job import reference_fingerprint
 
     for name in ("auto", "vllm", "transformers", "echo"):
         gen_cfg = GenerationConfig(engine=name)

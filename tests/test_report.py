@@ -11,7 +11,7 @@ import pytest
 
 from alol_ray import columns as C
 from alol_ray.config import load_config
-from evaluation.report import (RunEntry, hierarchical_ci, method_rows, paired_hierarchical_ci, paired_rows,
+from alol_ray.evaluation.report import (RunEntry, hierarchical_ci, method_rows, paired_hierarchical_ci, paired_rows,
                                step_throughput, verdict, write_report)
 
 
@@ -149,7 +149,7 @@ def _pixels(png: str, colour: str) -> int:
 def test_the_plots_draw_every_method(tmp_path):
     """Not only a file of some size: the val-reward plot has a line for each method's curve (a legend sample
     alone is a few dozen pixels, a curve hundreds) and the reward plot a mean marker per method."""
-    from evaluation.report import plot_reward_distributions, plot_val_curves
+    from alol_ray.evaluation.report import plot_reward_distributions, plot_val_curves
 
     entries = []
     for i, method in enumerate(("a_lol", "nll")):

@@ -16,8 +16,8 @@ import pytest
 
 from alol_ray import columns as C
 from alol_ray.config import load_config
-from evaluation import eval_job
-from evaluation.report import (HIGHER, LOWER, OPEN, RunEntry, hierarchical_ci, method_rows,
+from alol_ray.evaluation import eval_job
+from alol_ray.evaluation.report import (HIGHER, LOWER, OPEN, RunEntry, hierarchical_ci, method_rows,
                                paired_hierarchical_ci, paired_rows, verdict)
 
 # ------------------------------------------------------------------------------------------- intervals
@@ -343,7 +343,7 @@ def test_paired_rows_use_the_resamples_asked_for_and_keep_their_columns_when_emp
 
 
 def test_the_method_table_gains_paired_columns_in_the_order_of_the_baselines(tmp_path):
-    from evaluation.report import with_paired_columns
+    from alol_ray.evaluation.report import with_paired_columns
 
     entries = [RunEntry("reference", None, _eval_file(tmp_path / "r.parquet", ["p", "q"], [0.0, 0.0])),
                RunEntry("nll", 0, _eval_file(tmp_path / "n.parquet", ["p", "q"], [1.0, 1.0])),

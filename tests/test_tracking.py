@@ -142,7 +142,7 @@ def test_wandb_offline_run_files_read_back(logged):
 def test_compare_logs_its_final_table(tmp_path, logged):
     from mlflow import MlflowClient
 
-    from evaluation.compare import track_table
+    from alol_ray.evaluation.compare import track_table
 
     uri = logged["spec"].mlflow_tracking_uri  # an existing store: creating one costs seconds
     cfg = _config(tmp_path, "tracking.backends=[tensorboard,mlflow]", f"tracking.mlflow_tracking_uri={uri}",
@@ -276,7 +276,7 @@ def test_ppo_sends_every_metrics_jsonl_name(ray_local, tmp_path, builtin_rows, t
     from test_ppo import ppo_config, rows_file
 
     from alol_ray.config import TrackingConfig
-    from baselines.ppo import fit_ppo
+    from alol_ray.baselines.ppo import fit_ppo
 
     cfg = ppo_config(iterations=1, rollout_size=4, mini_batch_size=2, ppo_epochs=1, grad_accum=1, lr=1e-3,
                      max_new_tokens=8, eval_every=1, checkpoint_every=1)

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.skipif(_skip_reason() is not None, r
 
 
 def test_ppo_rollouts_come_from_a_vllm_engine_updated_in_place(ray_local, tiny_policy_dir, builtin_rows, tmp_path):
-    from baselines.ppo import fit_ppo
+    from alol_ray.baselines.ppo import fit_ppo
 
     cfg = ppo_config(iterations=3, rollout_size=4, mini_batch_size=2, ppo_epochs=1, lr=1e-3, max_new_tokens=12,
                      eval_every=0, checkpoint_every=3, grad_accum=2)

@@ -44,7 +44,7 @@ def lora_step_weights(folder: str, hh_dir) -> dict:
     import pandas as pd
     import torch
 
-    from baselines.ppo import rollout_weights
+    from alol_ray.baselines.ppo import rollout_weights
     from alol_ray.registry import get_method
     from alol_ray.scoring.reference import ReferenceScorer
     from alol_ray.train.methods import collate_units

@@ -23,8 +23,8 @@ def load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace, session) -> int:
-    # lazy: evaluation.compare (torch, transformers) (alol_ray.commands.compare imports without them)
-    from evaluation.compare import run_compare
+    # lazy: alol_ray.evaluation.compare (torch, transformers) (alol_ray.commands.compare imports without them)
+    from alol_ray.evaluation.compare import run_compare
 
     report, table = run_compare(session.pipeline, command=session.command)
     print()

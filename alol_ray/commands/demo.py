@@ -82,8 +82,8 @@ def load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace, session) -> int:
-    # lazy: evaluation.compare (torch, transformers) (alol_ray.commands.demo imports without them)
-    from evaluation.compare import run_compare
+    # lazy: alol_ray.evaluation.compare (torch, transformers) (alol_ray.commands.demo imports without them)
+    from alol_ray.evaluation.compare import run_compare
 
     started = time.time()
     report, table = run_compare(session.pipeline, command=session.command)

@@ -1,4 +1,4 @@
-"""`alol eval`: generate on a split, score, print the metric table (see evaluation.eval_job).
+"""`alol eval`: generate on a split, score, print the metric table (see alol_ray.evaluation.eval_job).
 
     alol eval --config configs/builtin.yaml --model runs/builtin/train/a_lol-s0/best --method a_lol --seed 0
     alol eval --max-prompts 50                         # the run's reference policy on the test split
@@ -101,8 +101,8 @@ def run(args: argparse.Namespace, session) -> int:
         return run_prompts(args, session)
     if args.methods or args.prompts_format != "auto":
         raise UserError("--methods and --prompts-format go with --prompts FILE")
-    # lazy: evaluation.eval_job (pandas, pyarrow) (alol_ray.commands.eval imports without them)
-    from evaluation.eval_job import EXAMPLES_FILE, REFERENCE_METHOD, SUMMARY_FILE
+    # lazy: alol_ray.evaluation.eval_job (pandas, pyarrow) (alol_ray.commands.eval imports without them)
+    from alol_ray.evaluation.eval_job import EXAMPLES_FILE, REFERENCE_METHOD, SUMMARY_FILE
 
     cfg = session.cfg
     if args.split is not None and args.split not in ("train", "val", "test"):
@@ -138,16 +138,16 @@ def run_prompts(args: argparse.Namespace, session) -> int:
     name = os.path.basename(path)
     how = "detected from its first record" if args.prompts_format == "auto" else "--prompts-format"
     log.info(f"[eval] {name}: format {fmt} ({how}), {len(prompts)} distinct prompts")
-    # lazy: evaluation.prompt_sets (pandas) (alol_ray.commands.eval imports without it)
-    from evaluation.prompt_sets import overlap_note, split_overlap
+    # lazy: alol_ray.evaluation.prompt_sets (pandas) (alol_ray.commands.eval imports without it)
+    from alol_ray.evaluation.prompt_sets import overlap_note, split_overlap
 
     overlap = split_overlap(session.pipeline.paths.rows, prompts[C.PROMPT])
     notes = [overlap_note(name, len(prompts), overlap)] if overlap else []
     for note in notes:
         log.warning(f"[eval] warning: {note}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    # lazy: evaluation.compare (torch), after the file is read and checked (a bad file is refused in seconds)
-    from evaluation.compare import run_prompt_eval
+    # lazy: alol_ray.evaluation.compare (torch), after the file is read and checked (a bad file is refused in seconds)
+    from alol_ray.evaluation.compare import run_prompt_eval
 
     report, table = run_prompt_eval(session.pipeline, path, prompts, command=session.command, methods=methods,
                                     notes=notes)

@@ -1,5 +1,5 @@
 """The one worker-loop skeleton every Ray Train job here runs: the offline methods (``train.loop``), PPO
-(``baselines.ppo``) and the reward model (``rm.train``). A method supplies its work as ``Hooks``; the
+(``alol_ray.baselines.ppo``) and the reward model (``rm.train``). A method supplies its work as ``Hooks``; the
 skeleton owns the order of things and every decision the three loops share, once:
 
     resume -> for step in start..total:
