@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from alol_ray.config import (RunConfig, load_config, looks_local, non_defaults, path_fields, portable, resolve_paths,
-                             save_config, to_yaml)
+from alol_ray.config import RunConfig, load_config, non_defaults, save_config, to_yaml
+from alol_ray.config_paths import looks_local, path_fields, portable, resolve_paths
 from alol_ray.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
