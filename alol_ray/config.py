@@ -1,34 +1,38 @@
 """Typed configuration: one dataclass per stage, loaded from YAML and overridden by dotted CLI arguments.
 
 OmegaConf does the YAML/override plumbing and the type checks; this module adds what users need on
-top: an unknown key is an error that names the closest valid key, and ``__post_init__`` cross-checks.
+top: an unknown key is an error that names the closest valid key (or where a moved key went now).
 
     cfg = load_config("configs/builtin.yaml", ["train.lr=1e-5", "train.algo=a_lol"])
 
+A field declares its own checks: its choices are its ``Literal`` type, its bounds are given with ``bounded``,
+and each section's ``__post_init__`` calls ``config_fields.check_fields`` before the rules between its fields.
+A method's section lives next to the method (``alol_ray/alol_config.py``, ``baselines/*_config.py``).
+
 Every field that names something on disk is declared with ``path_field`` (its kind: ``storage``,
 ``output``, ``data`` or ``model``). ``load_config`` resolves those against the working directory once,
-in the driver: actors and Train workers, which run elsewhere, only ever see absolute paths, hub ids or
-URIs, and the run's saved config records them. ``hashing.fingerprint`` reads the same declarations to
-fingerprint a data file or model folder by its content rather than by its name.
+in the driver (``config_paths``): actors and Train workers, which run elsewhere, only ever see absolute paths,
+hub ids or URIs, and the run's saved config records them. ``hashing.fingerprint`` reads the same declarations
+to fingerprint a data file or model folder by its content rather than by its name.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
-import logging
 import math
 import os
 import re
 import string
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 from alol_ray.alol_config import ALoLConfig
 from alol_ray.atomic import write_text
+from alol_ray.config_fields import bounded, check_fields, choice_error, choices_at
+from alol_ray.config_paths import resolve_paths
 from alol_ray.engines import engine_choices, say_choices
 from alol_ray.errors import ConfigError
-from alol_ray.locations import check_readable, check_writable_folder, os_error_line
+from alol_ray.locations import os_error_line
 from alol_ray.reward_kinds import REWARD_KINDS
 from alol_ray.tracking import BACKENDS as TRACKING_BACKENDS
 from alol_ray.tracking import check_installed
@@ -37,8 +41,8 @@ from alol_ray.baselines.gold_config import GOLDConfig
 from alol_ray.baselines.ppo_config import PPOConfig
 from alol_ray.baselines.pro_config import PROConfig
 
-SPLITS = ("train", "val", "test")
-JOB_STORAGE_ENV = "ALOL_JOB_STORAGE"  # where a Ray job's relative `storage` goes (default ~/alol-runs)
+Split = Literal["train", "val", "test"]
+SPLITS = get_args(Split)
 
 
 def path_field(default: str, kind: str, *keywords: str):
@@ -88,24 +92,18 @@ class SourceConfig:
     """One input source; its rows are appended to the run's canonical rows."""
 
     path: str = path_field("", "data", "builtin")  # file, folder or hub dataset name ("builtin": the built-in task)
-    format: str = "auto"  # auto | rows | pairs | messages | chat_pairs | hh_pro | hh_rlhf | builtin
-    split: str = "train"  # split given to rows that carry none
+    format: Literal["auto", "rows", "pairs", "messages", "chat_pairs", "hh_pro", "hh_rlhf", "builtin"] = "auto"
+    split: Split = "train"  # split given to rows that carry none
     hf_split: str = "train"  # which split of a Hugging Face dataset to read
     fields: FieldsConfig = field(default_factory=FieldsConfig)
     template: ChatTemplateConfig = field(default_factory=ChatTemplateConfig)
     clean_abrupt: bool = False  # drop prompts with a reply that ends abruptly with ':' (paper's HH cleaning)
-    limit: Optional[int] = None  # read at most this many records (for quick runs)
+    limit: Optional[int] = bounded(None, ge=1)  # read at most this many records (for quick runs)
 
     def __post_init__(self) -> None:
-        valid = {"auto", "rows", "pairs", "messages", "chat_pairs", "hh_pro", "hh_rlhf", "builtin"}
-        if self.format not in valid:
-            raise ConfigError(f"data source format '{self.format}' is not one of {sorted(valid)}")
         if not self.path:
             raise ConfigError("a data source needs a path (a file, folder, hub dataset name, or 'builtin')")
-        if self.split not in SPLITS:
-            raise ConfigError(f"data source {self.path}: split must be one of {list(SPLITS)}, got '{self.split}'")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"data source {self.path}: limit must be >= 1 (or null), got {self.limit}")
+        check_fields(self, f"data source {self.path}:")
 
 
 @dataclass
@@ -114,25 +112,20 @@ class DataConfig:
 
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(path="builtin", format="builtin")])
     builtin_seed: int = 0  # seed of the built-in task's generator
-    builtin_train_prompts: int = 2400  # size of the built-in task
-    builtin_eval_prompts: int = 200  # val and test prompts each
+    builtin_train_prompts: int = bounded(2400, ge=1)  # size of the built-in task
+    builtin_eval_prompts: int = bounded(200, ge=1)  # val and test prompts each
     skip_invalid: bool = False  # drop invalid rows (reported by reason) instead of failing
     drop_val_overlap: bool = True  # drop training prompts whose text also occurs in the val split
-    holdout_fraction: float = 0.0  # move this fraction of `holdout_from` prompts into `holdout_split`
-    holdout_from: str = "train"
-    holdout_split: str = "test"
+    # move this fraction of `holdout_from` prompts into `holdout_split`
+    holdout_fraction: float = bounded(0.0, ge=0, lt=1)
+    holdout_from: Split = "train"
+    holdout_split: Split = "test"
     holdout_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ConfigError("data.sources is empty: give at least one source (or leave it out for the built-in task)")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        for key in ("holdout_from", "holdout_split"):
-            if getattr(self, key) not in SPLITS:
-                raise ConfigError(f"data.{key} must be one of {list(SPLITS)}, got '{getattr(self, key)}'")
-        if min(self.builtin_train_prompts, self.builtin_eval_prompts) < 1:
-            raise ConfigError("data.builtin_train_prompts and data.builtin_eval_prompts must be >= 1")
+        check_fields(self, "data")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -144,17 +137,14 @@ class DataConfig:
 class TinyModelConfig:
     """A GPT-2-style policy built from config, with a tokenizer trained on the run's own text."""
 
-    vocab_size: int = 2048
-    n_layer: int = 4
-    n_embd: int = 128
-    n_head: int = 4
-    n_positions: int = 256
+    vocab_size: int = bounded(2048, ge=260)  # the tokenizer's 256 bytes and its special tokens at least
+    n_layer: int = bounded(4, ge=1)
+    n_embd: int = bounded(128, ge=1)
+    n_head: int = bounded(4, ge=1)
+    n_positions: int = bounded(256, ge=1)
 
     def __post_init__(self) -> None:
-        if min(self.vocab_size, self.n_layer, self.n_embd, self.n_head, self.n_positions) < 1:
-            raise ConfigError("model.tiny sizes must be >= 1")
-        if self.vocab_size < 260:
-            raise ConfigError(f"model.tiny.vocab_size must be >= 260 (256 bytes + special tokens), got {self.vocab_size}")
+        check_fields(self, "model.tiny")
         if self.n_embd % self.n_head:
             raise ConfigError(f"model.tiny.n_embd ({self.n_embd}) must be divisible by model.tiny.n_head ({self.n_head})")
 
@@ -164,50 +154,44 @@ class LoraConfig:
     """Low-rank adapters (peft). Off unless enabled."""
 
     enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = bounded(16, ge=1)
+    alpha: int = bounded(32, gt=0)
+    dropout: float = bounded(0.05, ge=0, lt=1)
     # [] = every linear layer of the model's decoder layers (attention and MLP; families.lora_target_modules)
     target_modules: list[str] = field(default_factory=list)
     load_in_4bit: bool = False  # QLoRA through bitsandbytes (GPU only)
 
     def __post_init__(self) -> None:
-        if self.r < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("model.lora needs r >= 1, alpha > 0 and dropout in [0, 1)")
+        check_fields(self, "model.lora")
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bf16 on GPU, fp32 on CPU
+DTYPES = get_args(Dtype)
 
 
 @dataclass
 class PolicyConfig:
     """The policy: a Hugging Face causal LM (hub id or folder) or a tiny model built from config."""
 
-    init: str = "tiny"  # "tiny" (built from config) or "pretrained" (load `name_or_path`)
+    init: Literal["tiny", "pretrained"] = "tiny"  # tiny: built from config; pretrained: load `name_or_path`
     name_or_path: str = path_field("", "model")  # hub id (e.g. EleutherAI/pythia-1b) or local folder
     revision: Optional[str] = None
     trust_remote_code: bool = False  # never run code from a model repo unless set
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    dtype: Dtype = "auto"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    max_prompt_tokens: int = 96  # prompts are left-truncated to this many tokens
-    max_response_tokens: int = 48  # responses are right-truncated to this many tokens, EOS included
+    max_prompt_tokens: int = bounded(96, ge=1)  # prompts are left-truncated to this many tokens
+    # responses are right-truncated to this many tokens, EOS included (so at least one token and EOS)
+    max_response_tokens: int = bounded(48, ge=2)
     # Render prompts with the policy tokenizer's own chat template (apply_chat_template, generation prompt added;
     # the turns found by the data's chat template markers); responses then end with its end-of-turn token,
     # and generation stops there. false: the prompt text as it is (after the tokenizer's BOS, if any).
     chat_template: bool = False
 
     def __post_init__(self) -> None:
-        if self.init not in ("tiny", "pretrained"):
-            raise ConfigError(f"model.init must be 'tiny' or 'pretrained', got '{self.init}'")
+        check_fields(self, "model")
         if self.init == "pretrained" and not self.name_or_path:
             raise ConfigError("model.init=pretrained needs model.name_or_path (a hub id or a folder)")
-        if self.max_response_tokens < 2:
-            raise ConfigError("model.max_response_tokens must be >= 2 (one token plus EOS)")
-        if self.max_prompt_tokens < 1:
-            raise ConfigError(f"model.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"model.dtype must be one of {list(DTYPES)}, got '{self.dtype}'")
         if self.chat_template and self.init == "tiny":
             raise ConfigError("model.chat_template=true needs a tokenizer with a chat template, and the tokenizer of "
                               "model.init=tiny has none: use model.init=pretrained with such a model, or "
@@ -257,7 +241,8 @@ class TurnsConfig:
                                   f"got {getattr(self, name)!r}")
 
 
-TRANSFORMS = ("raw", "sigmoid", "standardise")
+Transform = Literal["raw", "sigmoid", "standardise"]
+TRANSFORMS = get_args(Transform)
 
 
 @dataclass
@@ -277,9 +262,9 @@ class RewardComponentConfig:
     # "chat" (the tokenizer's chat template) or "turns" (turn by turn in the model's own format, see turns)
     template: str = "{prompt} {response}"
     turns: TurnsConfig = field(default_factory=TurnsConfig)
-    max_length: int = 512
-    truncation_side: str = "left"
-    transform: str = "raw"  # raw | sigmoid | standardise
+    max_length: int = bounded(512, ge=2)
+    truncation_side: Literal["left", "right"] = "left"
+    transform: Transform = "raw"
     params: dict[str, Any] = field(default_factory=dict)  # extra arguments of builtin scorers
     trust_remote_code: bool = False
 
@@ -289,13 +274,8 @@ class RewardComponentConfig:
             raise ConfigError(f"reward component name {self.name!r} must be non-empty and contain no '/'")
         if self.kind not in REWARD_KINDS:
             raise ConfigError(f"{where}: kind '{self.kind}' is not one of {sorted(REWARD_KINDS)}")
+        check_fields(self, f"{where}:")
         REWARD_KINDS[self.kind].validate(self, where)
-        if self.transform not in TRANSFORMS:
-            raise ConfigError(f"{where}: transform must be raw, sigmoid or standardise")
-        if self.truncation_side not in ("left", "right"):
-            raise ConfigError(f"{where}: truncation_side must be left or right")
-        if self.max_length < 2:
-            raise ConfigError(f"{where}: max_length must be >= 2, got {self.max_length}")
 
 
 def from_dict(cls: type, data: dict) -> Any:
@@ -325,11 +305,11 @@ class RewardConfig:
 
     components: list[RewardComponentConfig] = field(default_factory=lambda: [RewardComponentConfig()])
     rescore: bool = False  # recompute rewards even where the data already has them
-    train_transform: str = "raw"  # applied to data-carried rewards for training: raw | sigmoid (HH logits)
+    # applied to data-carried rewards for training (sigmoid: HH's reward-model logits)
+    train_transform: Literal["raw", "sigmoid"] = "raw"
 
     def __post_init__(self) -> None:
-        if self.train_transform not in ("raw", "sigmoid"):
-            raise ConfigError(f"reward.train_transform must be raw or sigmoid, got '{self.train_transform}'")
+        check_fields(self, "reward")
         check_component_names(self.components)
 
 
@@ -337,16 +317,17 @@ class RewardConfig:
 class ActorPoolConfig:
     """A Ray Data actor pool (`ActorPoolStrategy(min_size, max_size)`) and its per-actor resources."""
 
-    min_actors: int = runtime_field(1)
+    min_actors: int = bounded(1, ge=1, runtime=True)
     max_actors: int = runtime_field(2)
-    batch_size: int = runtime_field(64)  # rows per call: scores do not depend on it (the score caches ignore it)
-    num_cpus: float = runtime_field(1.0)  # per actor; fractional allowed
-    num_gpus: float = 0.0  # per actor, all on one node; a fraction (< 1: actors share a GPU) or a whole number
+    # rows per call: scores do not depend on it (the score caches ignore it)
+    batch_size: int = bounded(64, ge=1, runtime=True)
+    num_cpus: float = bounded(1.0, ge=0, runtime=True)  # per actor; fractional allowed
+    # per actor, all on one node; a fraction (< 1: actors share a GPU) or a whole number
+    num_gpus: float = bounded(0.0, ge=0)
     bf16: bool = True  # bf16 on GPU (ignored on CPU)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.num_cpus < 0 or self.num_gpus < 0:
-            raise ConfigError("actor pool needs batch_size >= 1 and non-negative num_cpus / num_gpus")
+        check_fields(self, "actor pool:")
         if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
             raise ConfigError(f"actor pool num_gpus={self.num_gpus:g}: above 1 GPU an actor takes whole GPUs "
                               "(Ray's rule); use a whole number, or a fraction below 1 to share a GPU")
@@ -361,20 +342,20 @@ class ScoringConfig:
     reward_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)
     reference_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)
     sort_by_length: bool = runtime_field(True)  # bucket rows by length so batches waste little padding
-    batches_per_block: int = runtime_field(4)  # rows reach actors in blocks of this many batches; a finished block is
-    #                             cached at once, so it is also how much an interrupted run can lose
+    # rows reach actors in blocks of this many batches; a finished block is cached at once, so it is also how much
+    # an interrupted run can lose
+    batches_per_block: int = bounded(4, ge=1, runtime=True)
     reference: bool = True  # also compute ref_logp / ref_token_logps (needs pi_ref); `alol score --no-reference`
-    pass_retries: int = runtime_field(2)  # a pass whose actor is lost for good restarts on the rows not cached yet
+    # a pass whose actor is lost for good restarts on the rows not cached yet
+    pass_retries: int = bounded(2, ge=0, runtime=True)
     # Rows that carry a reward are also scored by reward.components on a sample of this many, and the two are
     # compared (correlation in scoring.json): do the value targets and evaluations measure what the data's
     # rewards measure? 0 = off.
-    agreement_rows: int = 256
+    agreement_rows: int = bounded(256, ge=0)
     agreement_warn_below: float = 0.5  # warn when the Pearson correlation of the two is lower
 
     def __post_init__(self) -> None:
-        if self.batches_per_block < 1 or self.pass_retries < 0 or self.agreement_rows < 0:
-            raise ConfigError("scoring.batches_per_block must be >= 1, scoring.pass_retries and "
-                              "scoring.agreement_rows >= 0")
+        check_fields(self, "scoring")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -386,28 +367,17 @@ class ScoringConfig:
 class ValueConfig:
     """The value head V(x) on the frozen reference policy's prompt states (A-LoL's baseline)."""
 
-    max_value: float = 3.0  # sigmoid output scaled to [0, max_value]; set to the reward's range
-    lr: float = 1e-3  # AdamW
-    epochs: int = 20  # the best one (lowest held-out MSE) is kept
-    batch_size: int = 32  # also the batch of pi_ref forward passes for prompt states
-    heads: int = 4  # attention heads of the pooling; must divide the policy's hidden size
-    dropout: float = 0.1
-    holdout_fraction: float = 0.2  # val prompts held out to pick the best epoch
-    max_prompts: Optional[int] = None  # use at most this many val prompts for the fit (None = all)
+    max_value: float = bounded(3.0, gt=0)  # sigmoid output scaled to [0, max_value]; set to the reward's range
+    lr: float = bounded(1e-3, gt=0)  # AdamW
+    epochs: int = bounded(20, ge=1)  # the best one (lowest held-out MSE) is kept
+    batch_size: int = bounded(32, ge=1)  # also the batch of pi_ref forward passes for prompt states
+    heads: int = bounded(4, ge=1)  # attention heads of the pooling; must divide the policy's hidden size
+    dropout: float = bounded(0.1, ge=0, lt=1)
+    holdout_fraction: float = bounded(0.2, gt=0, lt=1)  # val prompts held out to pick the best epoch
+    max_prompts: Optional[int] = bounded(None, ge=2)  # use at most this many val prompts for the fit (None = all)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ConfigError(f"value.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if not self.max_value > 0:
-            raise ConfigError(f"value.max_value must be > 0, got {self.max_value}")
-        if not self.lr > 0:
-            raise ConfigError(f"value.lr must be > 0, got {self.lr}")
-        if self.max_prompts is not None and self.max_prompts < 2:
-            raise ConfigError(f"value.max_prompts must be >= 2 (or null), got {self.max_prompts}")
-        if self.epochs < 1 or self.batch_size < 1 or self.heads < 1:
-            raise ConfigError("value.epochs, value.batch_size and value.heads must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"value.dropout must be in [0, 1), got {self.dropout}")
+        check_fields(self, "value")
 
 
 @dataclass
@@ -417,78 +387,58 @@ class TrainConfig:
     fingerprint holds the keys below and only its own method's knobs (``train.trainer.identity``)."""
 
     algo: str = "a_lol"  # a method of alol_ray.registry (`alol train --help` lists them): a_lol, nll, dpo, ppo, ...
-    sampler: str = "auto"  # auto | good_priority | good_random | uniform
-    responses: str = "best"  # which rows train the A-LoL family: best (rank 0) | all
+    sampler: Literal["auto", "good_priority", "good_random", "uniform"] = "auto"
+    responses: Literal["best", "all"] = "best"  # which rows train the A-LoL family: best (rank 0) or all
     # starting weights: reference (pi_ref, as in the paper) | base | a folder or hub id
     init_from: str = path_field("reference", "model", "reference", "base")
-    steps: int = 300
+    steps: int = bounded(300, ge=1)
     scale_steps_by_positive: bool = True  # A-LoL family: steps *= positive-advantage fraction (the paper)
-    batch_size: int = 16  # per optimizer step, over all workers
-    grad_accum: int = 1
-    lr: float = 5e-4
-    lr_schedule: str = "constant"  # constant | linear | cosine
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
+    batch_size: int = bounded(16, ge=1)  # per optimizer step, over all workers
+    grad_accum: int = bounded(1, ge=1)
+    lr: float = bounded(5e-4, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = bounded(0, ge=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    grad_clip: float = bounded(1.0, ge=0)  # 0 = no clipping (the norm is still logged)
     alol: ALoLConfig = field(default_factory=ALoLConfig)  # the A-LoL family (alol_ray.losses)
     dpo: DPOConfig = field(default_factory=DPOConfig)  # dpo, dpo_ref_free
     pro: PROConfig = field(default_factory=PROConfig)
     gold: GOLDConfig = field(default_factory=GOLDConfig)  # gold, gold_delta, gold_s, gold_p
-    num_workers: int = runtime_field(1)  # data-parallel workers: 2 x batch 4 trains as 1 x batch 8
-    cpus_per_worker: float = runtime_field(1.0)
+    # data-parallel workers: 2 x batch 4 trains as 1 x batch 8
+    num_workers: int = bounded(1, ge=1, runtime=True)
+    cpus_per_worker: float = bounded(1.0, gt=0, runtime=True)
     use_gpu: bool = False
-    checkpoint_every: int = 100
-    eval_every: int = 100  # 0 = no evaluation (the last checkpoint is exported); scaled like steps
+    checkpoint_every: int = bounded(100, ge=1)
+    eval_every: int = bounded(100, ge=0)  # 0 = no evaluation (the last checkpoint is exported); scaled like steps
     eval_prompts: int = 64  # val prompts generated at each eval for model selection
     eval_at_start: bool = False  # also evaluate the starting policy (it can then be the one selected)
-    keep_checkpoints: int = 2  # checkpoints kept besides the latest: the best by val reward
-    log_every: int = runtime_field(10)  # steps between ray.train.report calls (metrics.jsonl gets every step)
-    optimizer: str = "adamw"  # adamw | sgd | paged_adamw_32bit (bitsandbytes, GPU; the paper's QLoRA runs)
-    momentum: float = 0.0  # sgd only
+    keep_checkpoints: int = bounded(2, ge=1)  # checkpoints kept besides the latest: the best by val reward
+    # steps between ray.train.report calls (metrics.jsonl gets every step)
+    log_every: int = bounded(10, ge=1, runtime=True)
+    # paged_adamw_32bit: bitsandbytes, GPU (the paper's QLoRA runs)
+    optimizer: Literal["adamw", "sgd", "paged_adamw_32bit"] = "adamw"
+    momentum: float = bounded(0.0, ge=0, lt=1)  # sgd only
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU): what train.precision=auto does on GPU
-    strategy: str = "ddp"  # ddp (every worker holds the whole model) | fsdp (FSDP2: params, grads, optimizer sharded)
-    precision: str = "auto"  # auto (bf16-mixed on GPU with train.bf16, else fp32) | fp32 | bf16 | bf16-mixed
+    # ddp: every worker holds the whole model; fsdp: FSDP2, parameters, gradients and optimizer state sharded
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    # auto: bf16-mixed on GPU with train.bf16, else fp32
+    precision: Literal["auto", "fp32", "bf16", "bf16-mixed"] = "auto"
     # recompute each decoder layer's activations in backward (same results: a run may resume with it switched on)
     gradient_checkpointing: bool = runtime_field(False)
     disable_dropout: bool = True  # no dropout: the step-0 importance ratio is exactly 1, ratios are not noise
-    max_failures: int = runtime_field(1)  # worker-group restarts from the latest checkpoint before the run fails
+    # worker-group restarts from the latest checkpoint before the run fails; -1 = unlimited
+    max_failures: int = bounded(1, ge=-1, runtime=True)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("train.steps, train.batch_size and train.grad_accum must be >= 1")
-        if self.num_workers < 1 or not self.cpus_per_worker > 0:
-            raise ConfigError(f"train.num_workers must be >= 1 and train.cpus_per_worker > 0, got "
-                              f"{self.num_workers} and {self.cpus_per_worker}")
+        check_fields(self, "train")
         if self.batch_size % (self.num_workers * self.grad_accum) != 0:
             raise ConfigError(
                 f"train.batch_size ({self.batch_size}) must be divisible by train.num_workers x train.grad_accum "
                 f"({self.num_workers} x {self.grad_accum}): every worker and micro-batch gets an equal share"
             )
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.warmup_steps < 0 or not self.weight_decay >= 0 or not self.grad_clip >= 0:
-            raise ConfigError("train.warmup_steps, train.weight_decay and train.grad_clip must be >= 0")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")
-        if self.responses not in ("best", "all"):
-            raise ConfigError(f"train.responses must be 'best' or 'all', got '{self.responses}'")
-        if self.sampler not in ("auto", "good_priority", "good_random", "uniform"):
-            raise ConfigError(f"train.sampler must be auto, good_priority, good_random or uniform, got '{self.sampler}'")
-        if self.lr_schedule not in ("constant", "linear", "cosine"):
-            raise ConfigError(f"train.lr_schedule must be constant, linear or cosine, got '{self.lr_schedule}'")
-        if self.optimizer not in ("adamw", "sgd", "paged_adamw_32bit"):
-            raise ConfigError(f"train.optimizer must be adamw, sgd or paged_adamw_32bit, got '{self.optimizer}'")
-        if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every < 0 or self.keep_checkpoints < 1:
-            raise ConfigError("train.checkpoint_every, log_every, keep_checkpoints must be >= 1; eval_every >= 0")
         if self.eval_every > 0 and self.eval_prompts < 1:
             raise ConfigError("train.eval_every > 0 needs train.eval_prompts >= 1 (val prompts to select by)")
-        if self.max_failures < -1:
-            raise ConfigError(f"train.max_failures must be >= 0 (or -1 = unlimited), got {self.max_failures}")
-        if self.strategy not in ("ddp", "fsdp"):
-            raise ConfigError(f"train.strategy must be ddp or fsdp, got '{self.strategy}'")
-        if self.precision not in ("auto", "fp32", "bf16", "bf16-mixed"):
-            raise ConfigError(f"train.precision must be auto, fp32, bf16 or bf16-mixed, got '{self.precision}'")
 
 
 @dataclass
@@ -497,37 +447,31 @@ class GenerationConfig:
 
     # auto (vllm wherever its build runs, CPU or GPU, else transformers) | a name in alol_ray.engines: vllm, transformers
     engine: str = "auto"
-    num_engines: int = runtime_field(1)  # Ray actors, each with its own copy of the policy; prompts are split across them
+    # Ray actors, each with its own copy of the policy; prompts are split across them
+    num_engines: int = bounded(1, ge=1, runtime=True)
     # vllm on GPUs: GPUs one engine shards the model over, reserved as a placement group of that many one-GPU
     # bundles on one node. Like the batch a request shares in vLLM, it can move the order of a sum's terms, not
     # the model or the sampling: a runtime field (a rerun that changes only it resumes).
-    tensor_parallel_size: int = runtime_field(1)
-    cpus_per_engine: float = runtime_field(1.0)  # per actor (also its torch threads, at least 1); per shard under TP
-    gpus_per_engine: float = 0.0  # per actor; vllm: 0 = one GPU per shard; transformers: > 0 runs on GPU
-    batch_size: int = 32  # transformers: prompts per generate call (vLLM batches continuously itself)
-    max_new_tokens: int = 48  # prompt tokens are cut so that prompt + new tokens fit the model's positions
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0  # nucleus sampling (no top-k cut in either engine)
+    tensor_parallel_size: int = bounded(1, ge=1, runtime=True)
+    # per actor (also its torch threads, at least 1); per shard under TP
+    cpus_per_engine: float = bounded(1.0, gt=0, runtime=True)
+    gpus_per_engine: float = bounded(0.0, ge=0)  # per actor; vllm: 0 = one GPU per shard; transformers: > 0 on GPU
+    batch_size: int = bounded(32, ge=1)  # transformers: prompts per generate call (vLLM batches continuously itself)
+    # prompt tokens are cut so that prompt + new tokens fit the model's positions
+    max_new_tokens: int = bounded(48, ge=1)
+    temperature: float = bounded(0.0, ge=0)  # 0 = greedy
+    top_p: float = bounded(1.0, gt=0, le=1)  # nucleus sampling (no top-k cut in either engine)
     seed: int = 0  # sampling seed; per-request seeds derive from it and the prompt's position
     stop: list[str] = field(default_factory=lambda: ["### Human:"])  # cut the reply at the first of these
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
-    gpu_memory_utilization: float = 0.5  # vllm: fraction of each GPU its KV cache may take
+    dtype: Dtype = "auto"
+    gpu_memory_utilization: float = bounded(0.5, gt=0, le=1)  # vllm: fraction of each GPU its KV cache may take
     enforce_eager: bool = False  # vllm: skip CUDA-graph capture (faster start, slower decode)
     trust_remote_code: bool = False  # never run code from a model repo unless set
 
     def __post_init__(self) -> None:
         if self.engine not in engine_choices():
             raise ConfigError(f"generation.engine must be {say_choices(engine_choices())}, got '{self.engine}'")
-        if self.num_engines < 1 or self.tensor_parallel_size < 1:
-            raise ConfigError("generation.num_engines and generation.tensor_parallel_size must be >= 1")
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ConfigError("generation.batch_size and generation.max_new_tokens must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("generation.temperature must be >= 0 and generation.top_p in (0, 1]")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"generation.dtype must be auto, float32, bfloat16 or float16, got '{self.dtype}'")
-        if not self.cpus_per_engine > 0 or not self.gpus_per_engine >= 0:
-            raise ConfigError("generation.cpus_per_engine must be > 0 and generation.gpus_per_engine >= 0")
+        check_fields(self, "generation")
         if self.tensor_parallel_size > 1 and self.engine == "transformers":
             raise ConfigError(f"generation.tensor_parallel_size={self.tensor_parallel_size} needs generation.engine "
                               "vllm (or auto) on GPUs: the transformers engine runs one model per GPU")
@@ -535,8 +479,6 @@ class GenerationConfig:
             raise ConfigError(f"generation.gpus_per_engine={self.gpus_per_engine:g} with tensor_parallel_size="
                               f"{self.tensor_parallel_size}: vLLM takes one whole GPU per shard; set it to 0 (or "
                               f"{self.tensor_parallel_size})")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"generation.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if any(not s for s in self.stop):
             raise ConfigError("generation.stop must not contain an empty string")
 
@@ -545,26 +487,18 @@ class GenerationConfig:
 class EvalConfig:
     """The evaluation job: generate on a split, score, compute metrics."""
 
-    split: str = "test"
-    max_prompts: Optional[int] = None  # evaluate the first N prompts of the split (by prompt_id); None = all
-    bootstrap_samples: int = 1000  # resamples for the 95% intervals
+    split: Split = "test"
+    max_prompts: Optional[int] = bounded(None, ge=1)  # evaluate the first N prompts of the split (by prompt_id)
+    bootstrap_samples: int = bounded(1000, ge=1)  # resamples for the 95% intervals
     bootstrap_seed: int = 0
     win_rate: bool = True  # also generate with the reference policy (cached) and report the win rate
     # A second evaluation with sampled decoding (temperature, top-p from these; generation.seed), reported next
     # to the greedy one (generation.* as set, greedy by default). None = greedy only.
-    sample_top_p: Optional[float] = None
-    sample_temperature: float = 1.0
+    sample_top_p: Optional[float] = bounded(None, gt=0, le=1)
+    sample_temperature: float = bounded(1.0, gt=0)
 
     def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise ConfigError(f"eval.split must be one of {list(SPLITS)}, got '{self.split}'")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise ConfigError(f"eval.max_prompts must be >= 1 (or null for all), got {self.max_prompts}")
-        if self.bootstrap_samples < 1:
-            raise ConfigError(f"eval.bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
-        if self.sample_top_p is not None and not (0 < self.sample_top_p <= 1 and self.sample_temperature > 0):
-            raise ConfigError(f"eval.sample_top_p must be in (0, 1] and eval.sample_temperature > 0, got "
-                              f"{self.sample_top_p} and {self.sample_temperature}")
+        check_fields(self, "eval")
 
 
 @dataclass
@@ -584,48 +518,35 @@ class RewardModelConfig:
     backbone: str = path_field("minilm", "model", "minilm")
     revision: Optional[str] = None  # hub revision of the backbone
     trust_remote_code: bool = False
-    pooling: str = "auto"  # auto (mean for sentence-transformers folders, else the model's own) | mean | model
-    loss: str = "regression"  # regression (MSE on the rows' reward) | pairwise (Bradley-Terry on rank pairs)
+    pooling: Literal["auto", "mean", "model"] = "auto"  # auto: mean for sentence-transformers folders, else the model's
+    loss: Literal["regression", "pairwise"] = "regression"  # MSE on the rows' reward | Bradley-Terry on rank pairs
     freeze_encoder: bool = True  # train only the head (fast on CPU; encoder features are computed once and cached)
     standardize_targets: bool = True  # regression: fit z-scored rewards, fold mean/std back into the saved head
-    max_length: int = 160
-    truncation_side: str = "left"
+    max_length: int = bounded(160, ge=8)
+    truncation_side: Literal["left", "right"] = "left"
     template: str = "{prompt} {response}"  # model input; "pair" = tokenizer text pair (prompt, response)
-    lr: float = 1e-3  # head only; use ~2e-5 when the whole encoder trains
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    epochs: int = 3
-    batch_size: int = 32  # examples (rows, or pairs for `pairwise`) per optimizer step, over all workers
+    lr: float = bounded(1e-3, gt=0)  # head only; use ~2e-5 when the whole encoder trains
+    weight_decay: float = bounded(0.0, ge=0)
+    grad_clip: float = bounded(1.0, ge=0)
+    epochs: int = bounded(3, ge=1)
+    batch_size: int = bounded(32, ge=1)  # examples (rows, or pairs for `pairwise`) per optimizer step, all workers
     train_split: str = "train"  # rows that train the model (minus the held-out prompts)
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])  # also evaluated, where present
-    holdout_fraction: float = 0.1  # prompts of train_split held out for evaluation (deterministic by seed)
+    holdout_fraction: float = bounded(0.1, ge=0, lt=1)  # prompts of train_split held out for evaluation (by seed)
     seed: int = 0
     output: str = path_field("", "output")  # the HF folder written; "" = <run>/rm/model
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
+    num_workers: int = bounded(1, ge=1)
+    cpus_per_worker: float = bounded(1.0, gt=0)
     use_gpu: bool = False
     max_failures: int = 1
     embed_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)  # frozen-encoder feature pass (Ray Data)
 
     def __post_init__(self) -> None:
-        if self.loss not in ("regression", "pairwise"):
-            raise ConfigError(f"rm.loss must be regression or pairwise, got '{self.loss}'")
-        if self.pooling not in ("auto", "mean", "model"):
-            raise ConfigError(f"rm.pooling must be auto, mean or model, got '{self.pooling}'")
-        if self.truncation_side not in ("left", "right"):
-            raise ConfigError(f"rm.truncation_side must be left or right, got '{self.truncation_side}'")
+        check_fields(self, "rm")
         if self.template != "pair" and ("{prompt}" not in self.template or "{response}" not in self.template):
             raise ConfigError("rm.template must contain {prompt} and {response} (or be 'pair')")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ConfigError(f"rm.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
-            raise ConfigError("rm.epochs and rm.batch_size must be >= 1 and rm.max_length >= 8")
-        if self.num_workers < 1 or not self.cpus_per_worker > 0:
-            raise ConfigError("rm.num_workers must be >= 1 and rm.cpus_per_worker > 0")
         if self.batch_size % self.num_workers != 0:
             raise ConfigError(f"rm.batch_size ({self.batch_size}) must be divisible by rm.num_workers ({self.num_workers})")
-        if not self.lr > 0 or not self.weight_decay >= 0 or not self.grad_clip >= 0:
-            raise ConfigError("rm.lr must be > 0, rm.weight_decay and rm.grad_clip >= 0")
 
 
 @dataclass
@@ -639,42 +560,33 @@ class ServeConfig:
     """
 
     app_name: str = "alol-rewards"  # the Serve application (serve.get_app_handle(app_name) reaches it)
-    min_replicas: int = 1
-    max_replicas: int = 2
-    target_ongoing_requests: float = 8.0  # per replica, queued + running
+    min_replicas: int = bounded(1, ge=0)
+    max_replicas: int = bounded(2, ge=1)
+    target_ongoing_requests: float = bounded(8.0, gt=0)  # per replica, queued + running
     max_ongoing_requests: int = 32  # per replica; more wait at the proxy/handle (>= max_batch_size)
-    upscale_delay_s: float = 1.0
-    downscale_delay_s: float = 10.0
-    look_back_period_s: float = 30.0  # the load is averaged over this window; > 10 (Serve's metrics interval)
+    upscale_delay_s: float = bounded(1.0, ge=0)
+    downscale_delay_s: float = bounded(10.0, ge=0)
+    # the load is averaged over this window, longer than Serve's autoscaling metrics interval (10 s)
+    look_back_period_s: float = bounded(30.0, gt=10)
     access_log: bool = False  # one log line per request (noisy under load)
-    max_batch_size: int = 16  # requests scored together by one replica
-    batch_wait_timeout_s: float = 0.01  # how long a replica waits to fill a batch
-    num_cpus: float = 0.5  # per replica
-    num_gpus: float = 0.0  # per replica; fractional allowed (several replicas share a GPU)
+    max_batch_size: int = bounded(16, ge=1)  # requests scored together by one replica
+    batch_wait_timeout_s: float = bounded(0.01, ge=0)  # how long a replica waits to fill a batch
+    num_cpus: float = bounded(0.5, ge=0)  # per replica
+    num_gpus: float = bounded(0.0, ge=0)  # per replica; fractional allowed (several replicas share a GPU)
     bf16: bool = True  # bf16 reward models on GPU (ignored on CPU)
     host: str = "127.0.0.1"  # HTTP proxy address: localhost unless you put an authenticating proxy in front
-    port: int = 8000
+    port: int = bounded(8000, gt=0, lt=65536)
     route_prefix: str = "/rewards"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
-            raise ConfigError(f"serve needs 0 <= min_replicas <= max_replicas and max_replicas >= 1, "
-                              f"got {self.min_replicas}..{self.max_replicas}")
-        if self.target_ongoing_requests <= 0 or self.max_batch_size < 1:
-            raise ConfigError("serve.target_ongoing_requests must be > 0 and serve.max_batch_size >= 1")
+        check_fields(self, "serve")
+        if self.min_replicas > self.max_replicas:
+            raise ConfigError(f"serve needs min_replicas <= max_replicas, got {self.min_replicas}..{self.max_replicas}")
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError(f"serve.max_ongoing_requests ({self.max_ongoing_requests}) must be >= "
                               f"serve.max_batch_size ({self.max_batch_size}), or batches never fill")
-        if self.upscale_delay_s < 0 or self.downscale_delay_s < 0 or self.batch_wait_timeout_s < 0:
-            raise ConfigError("serve delays and batch_wait_timeout_s must be >= 0")
-        if self.look_back_period_s <= 10:
-            raise ConfigError("serve.look_back_period_s must be > 10 s, Serve's autoscaling metrics interval")
-        if self.num_cpus < 0 or self.num_gpus < 0:
-            raise ConfigError("serve.num_cpus and serve.num_gpus must be >= 0")
         if not self.route_prefix.startswith("/"):
             raise ConfigError(f"serve.route_prefix must start with '/', got '{self.route_prefix}'")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"serve.port must be a TCP port, got {self.port}")
 
 
 @dataclass
@@ -682,16 +594,15 @@ class CompareConfig:
     """`alol compare`: methods x seeds on one scored table, judged by one evaluation job."""
 
     methods: list[str] = field(default_factory=lambda: ["nll", "a_lol", "a_lol_seq", "dpo"])
-    seeds: int = 3
-    max_concurrent: int = 1  # training runs at once (each takes train.num_workers x cpus_per_worker)
+    seeds: int = bounded(3, ge=1)
+    max_concurrent: int = bounded(1, ge=1)  # training runs at once (each takes train.num_workers x cpus_per_worker)
 
     def __post_init__(self) -> None:
         if not self.methods:
             raise ConfigError("compare.methods is empty")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"compare.methods lists a method twice: {self.methods}")
-        if self.seeds < 1 or self.max_concurrent < 1:
-            raise ConfigError("compare.seeds and compare.max_concurrent must be >= 1")
+        check_fields(self, "compare")
 
 
 @dataclass
@@ -703,11 +614,10 @@ class RayConfig:
     dashboard_host: str = "127.0.0.1"  # never expose the dashboard beyond localhost by default
     # How often a Ray Train controller polls its workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S). Each
     # ray.train.report waits for the next poll, so Ray's default of 2 s made every report cost ~2 s.
-    train_poll_s: float = 0.1
+    train_poll_s: float = bounded(0.1, gt=0, le=60)  # seconds
 
     def __post_init__(self) -> None:
-        if not 0 < self.train_poll_s <= 60:
-            raise ConfigError(f"ray.train_poll_s must be in (0, 60] seconds, got {self.train_poll_s}")
+        check_fields(self, "ray")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -715,7 +625,8 @@ class RayConfig:
 # ---------------------------------------------------------------------------------------------------
 
 
-WANDB_MODES = ("online", "offline", "disabled")
+WandbMode = Literal["online", "offline", "disabled"]
+WANDB_MODES = get_args(WandbMode)
 
 
 @dataclass
@@ -731,7 +642,8 @@ class TrackingConfig:
     mlflow_experiment: str = "alol-ray"  # created on first use
     wandb_project: str = "alol-ray"
     wandb_entity: str = ""  # "" = $WANDB_ENTITY, else the API key's default entity
-    wandb_mode: str = "offline"  # online (WANDB_API_KEY) | offline (`wandb sync <dir>/wandb/offline-run-*`) | disabled
+    # online: needs WANDB_API_KEY; offline: `wandb sync <dir>/wandb/offline-run-*` later
+    wandb_mode: WandbMode = "offline"
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in TRACKING_BACKENDS]
@@ -739,8 +651,7 @@ class TrackingConfig:
             raise ConfigError(f"tracking.backends: unknown {unknown}; choose from {list(TRACKING_BACKENDS)}")
         if len(set(self.backends)) != len(self.backends):
             raise ConfigError(f"tracking.backends lists a backend twice: {self.backends}")
-        if self.wandb_mode not in WANDB_MODES:
-            raise ConfigError(f"tracking.wandb_mode must be one of {list(WANDB_MODES)}, got '{self.wandb_mode}'")
+        check_fields(self, "tracking")
         if not self.mlflow_experiment or not self.wandb_project:
             raise ConfigError("tracking.mlflow_experiment and tracking.wandb_project must not be empty")
         uri = self.mlflow_tracking_uri
@@ -988,121 +899,14 @@ def load_config(
         raise
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
+        if choices_at(schema, key):  # a value outside a Literal field's choices
+            raise choice_error(key, getattr(exc, "value", None), choices_at(schema, key)) from None
         msg = str(exc).splitlines()[0]
         raise ConfigError(f"invalid config value{f' for {key}' if key else ''}: {msg}") from None
     _check_finite(cfg)
     if resolve:
         resolve_paths(cfg, cwd)
     return cfg
-
-
-# ---------------------------------------------------------------------------------------------------
-# paths
-# ---------------------------------------------------------------------------------------------------
-
-
-def path_fields(node: Any, prefix: str = ""):
-    """(dotted key, owner dataclass, field name, kind, keywords) of every path field under ``node``."""
-    if is_dataclass(node):
-        for f in fields(node):
-            value = getattr(node, f.name)
-            if "path" in f.metadata:
-                yield f"{prefix}{f.name}", node, f.name, f.metadata["path"], f.metadata.get("keywords", ())
-            else:
-                yield from path_fields(value, f"{prefix}{f.name}.")
-    elif isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from path_fields(item, f"{prefix}{i}.")
-
-
-def is_uri(value: str) -> bool:
-    """``scheme://...`` (s3, gs, file, hdfs, ...): not a local path."""
-    scheme, sep, _ = value.partition("://")
-    return bool(sep) and scheme.isalnum()
-
-
-_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow", ".safetensors", ".bin", ".yaml", ".yml",
-                  ".gguf", ".whl", ".zip")
-
-
-def looks_local(value: str) -> bool:
-    """A path the user means on this machine (a hub id is ``name`` or ``owner/name``)."""
-    return (value.startswith(("/", "./", "../", "~", ".\\")) or value in (".", "..") or value.count("/") > 1
-            or value.lower().endswith(_FILE_SUFFIXES) or (os.sep != "/" and os.sep in value))
-
-
-def in_ray_job() -> bool:
-    """True in the driver of a `ray job submit` job (Ray sets this variable for job drivers only)."""
-    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-
-
-def job_output_base() -> str:
-    """Where relative outputs of a `ray job submit` job go (its working directory is deleted with the job)."""
-    return os.path.expanduser(os.environ.get(JOB_STORAGE_ENV) or os.path.join("~", "alol-runs"))
-
-
-def resolve_path(value: str, kind: str, key: str, cwd: Optional[str] = None, notes: Optional[list] = None) -> str:
-    """One path field resolved (see ``resolve_paths``); ConfigError for a local path that does not exist."""
-    if not value:
-        return value
-    if is_uri(value):
-        named = key if key == value else f"{key}: {value!r}"
-        if kind == "output":
-            raise ConfigError(f"{named} is a URI; give a local folder (only `storage` can be a bucket)")
-        if kind == "data":
-            raise ConfigError(f"{named} is a URI; data sources are local files or folders, or hub dataset names: "
-                              "copy it to this machine first")
-        return value
-    cwd = cwd or os.getcwd()
-    expanded = os.path.expanduser(value)
-    if kind in ("storage", "output"):
-        if in_ray_job() and not os.path.isabs(expanded):
-            resolved = os.path.normpath(os.path.join(job_output_base(), expanded))
-            note = (f"{key}={value} is relative and this is a Ray job, whose working directory Ray deletes with the "
-                    f"job: it goes to {resolved} (set {JOB_STORAGE_ENV} or an absolute {key})")
-            logging.getLogger("alol").info(f"[config] {note}")
-            if notes is not None:
-                notes.append(note)
-            return resolved
-        resolved = os.path.normpath(os.path.join(cwd, expanded))
-        if kind == "output":  # storage is checked by the commands that write a run (preflight.check_locations)
-            check_writable_folder(resolved, key)
-        return resolved
-    local = os.path.join(cwd, expanded)
-    if os.path.exists(local):
-        check_readable(local, key)  # now, not when a stage or an actor first opens it
-        return os.path.normpath(local)
-    if looks_local(value):
-        raise ConfigError(f"{key}: {value!r} is not a file or folder (relative paths are taken from {cwd})")
-    return value  # a hub model or dataset id
-
-
-def local_file(value: str, key: str, cwd: Optional[str] = None) -> str:
-    """A file the user names on the command line, made absolute; ConfigError when there is none."""
-    if is_uri(value):
-        raise ConfigError(f"{key}: {value!r} is a URI; give a local file")
-    path = os.path.normpath(os.path.join(cwd or os.getcwd(), os.path.expanduser(value)))
-    if not os.path.isfile(path):
-        raise ConfigError(f"{key}: no such file: {value} (relative paths are taken from {cwd or os.getcwd()})")
-    check_readable(path, key)
-    return path
-
-
-def resolve_paths(cfg: Any, cwd: Optional[str] = None) -> list[str]:
-    """Make every path field of ``cfg`` absolute (in place), once, in the driver.
-
-    storage / output: joined with ``cwd``; inside a `ray job submit` job a relative one would land in the
-    job's working directory, which Ray deletes with the job, so it goes under ``$ALOL_JOB_STORAGE``
-    (default ``~/alol-runs``) instead. data / model: an existing file or folder becomes absolute; a
-    path-like value that does not exist is an error; anything else is a hub id and stays as it is.
-    Returns (and logs) notes worth telling the user (the job storage rule).
-    """
-    notes: list[str] = []
-    for key, owner, name, kind, keywords in list(path_fields(cfg)):
-        value = getattr(owner, name)
-        if value not in keywords:
-            setattr(owner, name, resolve_path(value, kind, key, cwd, notes))
-    return notes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1120,30 +924,6 @@ def to_yaml(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str) -> None:
     write_text(path, to_yaml(cfg))
-
-
-def portable(cfg: Any, base: Optional[str] = None) -> Any:
-    """A copy of ``cfg`` whose absolute paths read as they would be typed in ``base`` (the working
-    directory): relative below it, ``~/...`` below the home folder. For published reports."""
-    base = os.path.abspath(base or os.getcwd())
-    home = os.path.expanduser("~")
-    out = copy.deepcopy(cfg)
-    for _, owner, name, _, _ in path_fields(out):
-        setattr(owner, name, portable_path(getattr(owner, name), base, home))
-    return out
-
-
-def portable_path(value: str, base: Optional[str] = None, home: Optional[str] = None) -> str:
-    """One absolute path as ``portable`` shows it."""
-    if not value or not os.path.isabs(value):
-        return value
-    base = os.path.abspath(base or os.getcwd())
-    home = home or os.path.expanduser("~")
-    if value == base or value.startswith(base.rstrip(os.sep) + os.sep):
-        return os.path.relpath(value, base)
-    if value.startswith(home.rstrip(os.sep) + os.sep):
-        return "~" + value[len(home.rstrip(os.sep)):]
-    return value
 
 
 def non_defaults(cfg: Any, schema: type = RunConfig) -> dict:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from alol_ray.config import check_reward_scales, looks_local, path_fields
+from alol_ray.config import check_reward_scales
+from alol_ray.config_paths import looks_local, path_fields
 from alol_ray.engines import AUTO, get_engine
 from alol_ray.errors import ConfigError
 from alol_ray.hashing import hub_revision

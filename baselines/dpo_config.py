@@ -7,24 +7,22 @@ only. Kept apart from the loss, which imports torch only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-from alol_ray.errors import ConfigError
+from alol_ray.config_fields import bounded, check_fields
 
-
-DPO_LOSS_TYPES = ("sigmoid", "ipo")  # alol_ray.baselines.dpo.LOSS_TYPES (config imports no torch)
+DPOLossType = Literal["sigmoid", "ipo"]
+DPO_LOSS_TYPES = get_args(DPOLossType)  # alol_ray.baselines.dpo.LOSS_TYPES (config imports no torch)
 
 
 @dataclass
 class DPOConfig:
     """DPO (alol_ray.baselines.dpo)."""
 
-    beta: float = 0.1  # the implicit reward's temperature; IPO's tau for loss_type ipo
+    beta: float = bounded(0.1, gt=0)  # the implicit reward's temperature; IPO's tau for loss_type ipo
     reference_free: bool = False  # drop the reference term (then the table needs no reference log-probs)
     # sigmoid: DPO's -log sigmoid(beta * margin); ipo: IPO's (margin / |y| - 1 / (2 beta))^2, as TRL computes it
-    loss_type: str = "sigmoid"
+    loss_type: DPOLossType = "sigmoid"
 
     def __post_init__(self) -> None:
-        if not self.beta > 0:
-            raise ConfigError(f"train.dpo.beta must be > 0, got {self.beta}")
-        if self.loss_type not in DPO_LOSS_TYPES:
-            raise ConfigError(f"train.dpo.loss_type must be one of {list(DPO_LOSS_TYPES)}, got '{self.loss_type}'")
+        check_fields(self, "train.dpo")

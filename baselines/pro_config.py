@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alol_ray.errors import ConfigError
+from alol_ray.config_fields import bounded, check_fields
 
 
 @dataclass
 class PROConfig:
     """PRO (alol_ray.baselines.pro)."""
 
-    sft_weight: float = 0.05  # times (n-1)^2 * NLL of the best response
+    sft_weight: float = bounded(0.05, ge=0)  # times (n-1)^2 * NLL of the best response
 
     def __post_init__(self) -> None:
-        if not self.sft_weight >= 0:
-            raise ConfigError(f"train.pro.sft_weight must be >= 0, got {self.sft_weight}")
+        check_fields(self, "train.pro")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from alol_ray.config import (RunConfig, load_config, looks_local, non_defaults, path_fields, portable, resolve_paths,
-                             save_config, to_yaml)
+from alol_ray.config import RunConfig, load_config, non_defaults, save_config, to_yaml
+from alol_ray.config_paths import looks_local, path_fields, portable, resolve_paths
 from alol_ray.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -183,3 +183,80 @@ def test_losses_import_without_ray_or_vllm():
     code = "import alol_ray.losses, alol_ray.config, alol_ray.columns, sys; " \
            "bad = [m for m in ('ray', 'vllm') if m in sys.modules]; assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=os.path.dirname(__file__))
+
+
+# -- every declared choice and bound is enforced, with one kind of message (alol_ray/config_fields.py) ---------------
+
+
+def declared_fields():
+    """(section, override key, field name, choices, bounds, whether an int) of every field of the run's schema that
+    declares choices (its Literal type) or bounds, list sections through their first item (data.sources.0)."""
+    from dataclasses import fields, is_dataclass
+    from typing import Optional
+
+    from alol_ray.config_fields import choices_of, type_hints
+
+    found = []
+
+    def walk(node, prefix):
+        hints = type_hints(type(node))
+        for f in fields(node):
+            value, key = getattr(node, f.name), f"{prefix}{f.name}"
+            if is_dataclass(value):
+                walk(value, f"{key}.")
+            elif isinstance(value, list) and value and is_dataclass(value[0]):
+                walk(value[0], f"{key}.0.")
+            elif choices_of(hints[f.name]) or "bounds" in f.metadata:
+                integer = hints[f.name] in (int, Optional[int])
+                found.append((node, key, f.name, choices_of(hints[f.name]), f.metadata.get("bounds"), integer))
+
+    walk(RunConfig(), "")
+    return found
+
+
+def outside(bounds, integer: bool):
+    """A value just outside the bounds (ge, gt, le, lt)."""
+    ge, gt, le, lt = bounds
+    step = 1 if integer else 0.5
+    return ge - step if ge is not None else gt if gt is not None else le + step if le is not None else lt
+
+
+def test_every_declared_choice_and_bound_is_enforced_with_a_message_naming_the_key():
+    """A section that forgot check_fields, or a bound declared and not checked, fails here; so does a message that
+    does not name the field, what it accepts and what it got, or a Literal field whose key load_config cannot find
+    (it words OmegaConf's refusal of a YAML or override value through the same key)."""
+    from dataclasses import replace
+
+    from alol_ray.config_fields import choices_at, describe
+
+    declared = declared_fields()
+    assert len([d for d in declared if d[3]]) >= 20 and len([d for d in declared if d[4]]) >= 80, len(declared)
+    for section, key, name, choices, bounds, integer in declared:
+        if choices:
+            with pytest.raises(ConfigError) as err:
+                replace(section, **{name: "no_such_choice"})
+            assert f"{name} must be one of {list(choices)}, got 'no_such_choice'" in str(err.value), (key, err.value)
+            assert choices_at(RunConfig, key) == choices, key
+        if bounds:
+            bad = outside(bounds, integer)
+            with pytest.raises(ConfigError) as err:
+                replace(section, **{name: bad})
+            assert f"{name} must be {describe(bounds)}" in str(err.value) and f"got {bad}" in str(err.value), (
+                key, str(err.value))
+
+
+def test_a_section_built_in_python_is_checked_as_a_loaded_one():
+    from alol_ray.config import GenerationConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"train.sampler must be one of \[.*\], got 'good_prio'; did you mean "
+                                          r"'good_priority'\?"):
+        TrainConfig(sampler="good_prio")
+    with pytest.raises(ConfigError, match=r"train.sampler must be one of \[.*\], got 'good_prio'; did you mean"):
+        load_config(None, ["train.sampler=good_prio"])
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].format must be one of \[.*'rows'.*\], got 'jsnl'"):
+        load_config(None, ["data.sources.0.format=jsnl"])
+    with pytest.raises(ConfigError, match=r"generation.top_p must be in \(0, 1\], got 0"):
+        GenerationConfig(top_p=0)
+    with pytest.raises(ConfigError, match=r"value.max_prompts must be >= 2 \(or null\), got 1"):
+        load_config(None, ["value.max_prompts=1"])
+    assert load_config(None, ["value.max_prompts=null"]).value.max_prompts is None

@@ -234,7 +234,7 @@ def test_strategy_keys_are_checked_and_fsdp_refuses_4bit_weights():
     from alol_ray.train.fsdp import Sharded
     from alol_ray.train.strategy import Replicated, make_strategy
 
-    with pytest.raises(ConfigError, match="train.strategy must be ddp or fsdp, got 'zero3'"):
+    with pytest.raises(ConfigError, match=r"train.strategy must be one of \['ddp', 'fsdp'\], got 'zero3'"):
         TrainConfig(strategy="zero3")
     with pytest.raises(ConfigError, match="train.precision must be"):
         TrainConfig(precision="fp16")

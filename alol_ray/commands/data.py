@@ -11,7 +11,8 @@ import argparse
 import json
 import sys
 
-from alol_ray.config import SPLITS, DataConfig, FieldsConfig, SourceConfig, load_config, resolve_path
+from alol_ray.config import SPLITS, DataConfig, FieldsConfig, SourceConfig, load_config
+from alol_ray.config_paths import resolve_path
 from alol_ray.data.loaders import load_rows, summarize, write_rows
 from alol_ray.errors import UserError
 

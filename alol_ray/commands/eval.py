@@ -25,7 +25,8 @@ import os
 
 from alol_ray import columns as C
 from alol_ray.cli import add_config_arguments
-from alol_ray.config import ChatTemplateConfig, SourceConfig, load_config, local_file, resolve_path
+from alol_ray.config import ChatTemplateConfig, SourceConfig, load_config
+from alol_ray.config_paths import local_file, resolve_path
 from alol_ray.errors import ConfigError, UserError
 
 log = logging.getLogger("alol")

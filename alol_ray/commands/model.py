@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from alol_ray.config import local_file, resolve_path
+from alol_ray.config_paths import local_file, resolve_path
 
 USES_RUN = False  # reads a file, writes a model folder; no run directory
 

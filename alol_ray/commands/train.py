@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 
 from alol_ray.cli import add_config_arguments
-from alol_ray.config import load_config, local_file, resolve_path
+from alol_ray.config import load_config
+from alol_ray.config_paths import local_file, resolve_path
 from alol_ray.errors import ConfigError
 from alol_ray.registry import get_method, method_names
 

@@ -12,7 +12,7 @@ import json
 import os
 
 from alol_ray.cli import add_config_arguments
-from alol_ray.config import local_file, resolve_path
+from alol_ray.config_paths import local_file, resolve_path
 from alol_ray.errors import UserError
 from alol_ray.hashing import fingerprint
 from alol_ray.stage import run_stage
