@@ -102,9 +102,14 @@ GROUPS = (
     Group("samplers", ("alol_ray/train/samplers.py",), ("tests/test_samplers.py",)),
     Group("metrics", ("alol_ray/evaluation/metrics.py",), ("tests/test_metrics.py",)),
     Group("tokenization", ("alol_ray/tokenization.py",), ("tests/test_tokenization.py",)),
-    # Stage publishing, recovery and manifests; bucket sync; the run lock; content fingerprints.
+    # Stage publishing, recovery and manifests; bucket sync; the run lock; content fingerprints. Of storage.py, the
+    # bucket sync (the rest of it, reaching a bucket and placing folders on Ray nodes, is tested against a real S3
+    # server and Ray cluster in test_bucket_storage.py / test_cluster_storage.py, too slow to run per mutant).
     Group("integrity", ("alol_ray/stage.py", "alol_ray/storage.py", "alol_ray/runlock.py", "alol_ray/hashing.py"),
-          ("tests/test_integrity_guards.py",), preload=_TABLES + ("huggingface_hub",), timeout_constant=2.0),
+          ("tests/test_integrity_guards.py",), preload=_TABLES + ("huggingface_hub",), timeout_constant=2.0,
+          functions=("alol_ray.stage.*", "alol_ray.runlock.*", "alol_ray.hashing.*")
+          + _functions("alol_ray/storage.py", "join", "local_cache_dir", "_listing", "_stale", "_push_order",
+                       "_in_checkpoints", "sync_dir", "_align_mtime", "pull", "push")),
     # Paired and hierarchical intervals, the pairing by prompt, win rates, the evaluation caches' keys.
     Group("statistics", ("alol_ray/evaluation/report.py", "alol_ray/evaluation/metrics.py",
                          "alol_ray/evaluation/eval_job.py"),
