@@ -90,7 +90,7 @@ class Group:
 def _functions(module: str, *names: str) -> tuple[str, ...]:
     """mutmut's mutant-name globs for top-level functions (``name``) and methods (``Class.method``) of a module."""
     dotted = module[:-3].replace("/", ".")
-    return tuple(f"{dotted}.x{'ǁ' + n.replace('.', 'ǁ') if '.' in n else '_' + n}*" for n in names)
+    return tuple(f"{dotted}.x{'ǁ' + n.replace('.', 'ǁ') if '.' in n else '_' + n}__mutmut_*" for n in names)
 
 
 _TABLES = ("pandas", "pyarrow", "pyarrow.parquet", "pyarrow.fs")
