@@ -63,11 +63,20 @@ def check_address(ray_cfg=None) -> Optional[str]:
 # to it runs at 0. The raylet reads this variable when it starts; a value the user set wins.
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
 LOCAL_WORKER_NICENESS = "0"
+# Ray Train 2.60 starts a PreemptionWatcher actor beside every Train job: a worker process of its own that asks the
+# GCS every 5 s whether a node of the job is being drained (spot preemption). A local Ray is one machine that is
+# never drained, and the watcher's start-up (importing Ray Train, ~0.8 CPU s) lands on the first training steps:
+# 82 of the 628 CPU ms per step of a 10-step bench run (bench/step_profile.py --ray). Read by the Train controller,
+# which inherits the raylet's environment; a value the user set wins.
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+LOCAL_RAY_ENV = {WORKER_NICENESS_ENV: LOCAL_WORKER_NICENESS, PREEMPTION_WATCHER_ENV: "0"}
 
 
-def local_worker_priority() -> None:
-    """Workers of the local Ray started next run at the driver's priority (unless ``RAY_worker_niceness`` is set)."""
-    os.environ.setdefault(WORKER_NICENESS_ENV, LOCAL_WORKER_NICENESS)
+def local_ray_environment() -> None:
+    """The environment the local Ray started next runs with, where the user has not set it: workers at the
+    driver's priority, and no Ray Train preemption watcher."""
+    for name, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def init_ray(ray_cfg=None, **overrides):
@@ -94,7 +103,7 @@ def init_ray(ray_cfg=None, **overrides):
                               "(start it with `ray start --head`, fix the address, or unset it for a local Ray)") from None
         return ray
     ray_compat.reap_orphaned_sessions()  # what a killed driver's local Ray left running
-    local_worker_priority()
+    local_ray_environment()
     num_cpus = overrides.pop("num_cpus", None) or (ray_cfg.num_cpus if ray_cfg else None)
     env_vars = {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
     overrides.setdefault("runtime_env", {"worker_process_setup_hook": "alol_ray.ray_compat.quiet_local_ray",

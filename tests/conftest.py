@@ -133,10 +133,10 @@ def ray_local():
     """One local Ray (2 CPUs) shared by the tests of a module: start-up costs seconds."""
     import ray
 
-    from alol_ray.ray_utils import local_worker_priority
+    from alol_ray.ray_utils import local_ray_environment
 
     if not ray.is_initialized():
-        local_worker_priority()  # as init_ray: workers at the driver's priority, so a busy machine starves none
+        local_ray_environment()  # as init_ray: workers at the driver's priority, so a busy machine starves none
         # address="local": always a fresh in-process cluster, never one a test started with `ray start`.
         ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}})

@@ -306,11 +306,12 @@ _NICENESS_PROBE = """
 import os, ray
 from alol_ray.ray_utils import init_ray
 seen = []
-for setting in (None, "5"):
-    if setting is not None:
-        os.environ["RAY_worker_niceness"] = setting
+for niceness, watcher in ((None, None), ("5", "1")):
+    if niceness is not None:
+        os.environ["RAY_worker_niceness"] = niceness
+        os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = watcher
     init_ray(num_cpus=1)
-    seen.append(ray.get(ray.remote(lambda: os.nice(0)).remote()))
+    seen += ray.get(ray.remote(lambda: [os.nice(0), os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")]).remote())
     ray.shutdown()
 print(os.nice(0), *seen)
 """
@@ -318,14 +319,17 @@ print(os.nice(0), *seen)
 
 def test_local_ray_workers_run_at_the_drivers_priority_unless_the_user_says_otherwise(tmp_path):
     """Ray starts workers at niceness 15: under one busy loop per core (a shared CI machine) a Train worker got a
-    few percent of a core and the suite crawled. alol's local Ray runs them at the driver's priority; a
-    RAY_worker_niceness the user set is kept."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_worker_niceness", "RAY_ADDRESS")}
+    few percent of a core and the suite crawled. alol's local Ray runs them at the driver's priority, and its
+    workers (the Train controller among them) see RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0: no preemption-watcher
+    process on a machine that is never drained. What the user set is kept."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_worker_niceness", "RAY_ADDRESS", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")}
     proc = subprocess.run([sys.executable, "-c", _NICENESS_PROBE], cwd=tmp_path, capture_output=True, text=True,
                           env={**env, "PYTHONPATH": str(REPO)}, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    driver, default, user = map(int, proc.stdout.split()[-3:])
-    assert (default, user) == (driver, driver + 5)
+    driver, default, default_watcher, user, user_watcher = proc.stdout.split()[-5:]
+    assert (int(default), int(user)) == (int(driver), int(driver) + 5)
+    assert (default_watcher, user_watcher) == ("0", "1")
 
 
 @pytest.mark.e2e
