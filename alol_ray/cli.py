@@ -232,12 +232,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     module, command = command_module(name), command_line(argv)
     ray_before = _ray_running()  # a caller's Ray (tests, notebooks) is left running
     disarm = _interrupt_watchdog(command)
+    interrupted = False
     try:
         with session_for(args, module, command) as session:
             return int(module.run(args, session) or 0)
     except KeyboardInterrupt:
         print(f"alol {name}: interrupted. Finished stages and checkpoints are kept; rerun `{command}` to go on "
               "from there", file=sys.stderr)
+        interrupted = True
         return EXIT_INTERRUPTED
     except BaseException as err:  # noqa: BLE001 -- a user error may arrive wrapped by Ray
         user = _user_error(err)
@@ -249,6 +251,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not ray_before and _ray_running():
             _stop_ray()
         disarm()
+        if interrupted and argv is None:  # the `alol` command itself, not a caller's main([...])
+            # Everything is stopped and released; what is left is the interpreter's own exit, where the native
+            # threads an interrupted Ray / torch left behind can crash it: under two CPU hogs an interrupted `alol
+            # train` printed this line and then died of SIGSEGV (exit -11, not 130). Leave without that step.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
