@@ -185,6 +185,7 @@ def _input(args: list[str], *needles: str, env: dict | None = None, wrap=None, m
         prefix = wrap(cwd) if wrap else ()
         if wrap and not prefix:
             return False, f"not run: {'; '.join(MISSING.values())}"
+        trained_before = set((cwd / "runs").glob("*/train/*-s*/best"))  # what earlier cases trained stays
         t0 = time.time()
         proc = alol(cwd, *args, env=env, wrap=prefix, timeout=int(max_s) + 60)
         took = time.time() - t0
@@ -192,7 +193,7 @@ def _input(args: list[str], *needles: str, env: dict | None = None, wrap=None, m
         text = proc.stderr if lines_ok else (lines[-1] if lines else "")
         held = (proc.returncode == 2 and "Traceback" not in proc.stderr and all(n in text for n in needles)
                 and (lines_ok or sum(": error: " in line for line in lines) == 1) and took < max_s
-                and not list((cwd / "runs").glob("*/train/*-s*/best")))
+                and not set((cwd / "runs").glob("*/train/*-s*/best")) - trained_before)
         return held, f"exit {proc.returncode} in {took:.0f}s: {(lines[-1] if lines else '')[:150]}"
     return run
 
