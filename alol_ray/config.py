@@ -166,7 +166,6 @@ class LoraConfig:
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bf16 on GPU, fp32 on CPU
-DTYPES = get_args(Dtype)
 
 
 @dataclass
@@ -242,7 +241,6 @@ class TurnsConfig:
 
 
 Transform = Literal["raw", "sigmoid", "standardise"]
-TRANSFORMS = get_args(Transform)
 
 
 @dataclass
@@ -626,7 +624,6 @@ class RayConfig:
 
 
 WandbMode = Literal["online", "offline", "disabled"]
-WANDB_MODES = get_args(WandbMode)
 
 
 @dataclass

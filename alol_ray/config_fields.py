@@ -48,8 +48,9 @@ def choices_of(annotation: Any) -> tuple:
         return typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Union:
         for arg in typing.get_args(annotation):
-            if choices_of(arg):
-                return choices_of(arg)
+            found = choices_of(arg)
+            if found:
+                return found
     return ()
 
 

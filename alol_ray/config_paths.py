@@ -20,8 +20,6 @@ from alol_ray.locations import check_readable, check_writable_folder
 JOB_STORAGE_ENV = "ALOL_JOB_STORAGE"  # where a Ray job's relative `storage` goes (default ~/alol-runs)
 
 
-
-
 def path_fields(node: Any, prefix: str = ""):
     """(dotted key, owner dataclass, field name, kind, keywords) of every path field under ``node``."""
     if is_dataclass(node):

@@ -7,12 +7,11 @@ A gold run's fingerprint is the ``GOLDParams`` made from it (``Method.identity``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, get_args
+from typing import Literal, Optional
 
 from alol_ray.config_fields import bounded, check_fields
 
 GOLDReward = Literal["delta", "s", "p"]
-GOLD_REWARDS = get_args(GOLDReward)
 
 
 @dataclass
