@@ -47,7 +47,9 @@ and A-LoL beats pi_ref by at least half of 0.324), not the paper's direction.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -70,7 +72,7 @@ SMOKE = ["data.builtin_train_prompts=60", "data.builtin_eval_prompts=8", "refere
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    p.add_argument("--storage", default=None, help="where the runs go (default: a temporary folder)")
+    p.add_argument("--storage", default=None, help="where the runs go, kept (default: a temporary folder, deleted at the end)")
     p.add_argument("--same-rows", action="store_true",
                    help="the sizes of tests/test_alol_loss.py: nll with A-LoL's sampler and step budget")
     p.add_argument("--smoke", action="store_true", help="toy sizes on top (the bench's code path, no figure)")
@@ -79,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from alol_ray.cli import main as alol
 
-    storage = args.storage or tempfile.mkdtemp(prefix="alol_vs_nll_")
+    storage = args.storage
+    if storage is None:  # the runs are only read for the table below; a named --storage keeps them
+        storage = tempfile.mkdtemp(prefix="alol_vs_nll_")
+        atexit.register(shutil.rmtree, storage, ignore_errors=True)
     rows = []
     for seed in args.seeds:
         start = time.time()

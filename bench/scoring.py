@@ -33,8 +33,10 @@ Scores agreed exactly in both runs. CI runs this bench at toy size (tests/test_b
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     from alol_ray.scoring.table import row_keys
 
     tmp = tempfile.mkdtemp(prefix="bench-scoring-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the MiniLM classifier built below: ~90 MB
     model = args.model or minilm_classifier(os.path.join(tmp, "rm"))
     records = args.rows  # hh_pro: >= 1 response per record; cut to --rows below
     rows, _ = load_rows(DataConfig(sources=[SourceConfig(path=args.data, format="hh_pro", limit=records)],

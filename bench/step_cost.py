@@ -29,9 +29,11 @@ a pi_ref forward every step (the reference code) is the one clear extra cost.
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -113,7 +115,9 @@ def main(argv=None) -> int:
         from alol_ray.tasks import builtin
 
         rows = builtin.build_rows(seed=0, n_train=400, n_val=8, n_test=8)
-        model_dir = init_tiny_policy(tempfile.mkdtemp(prefix="step_cost_"),
+        tmp = tempfile.mkdtemp(prefix="step_cost_")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        model_dir = init_tiny_policy(tmp,
                                      list(rows[C.PROMPT].unique()) + list(rows[C.RESPONSE]),
                                      vocab_size=args.vocab, n_layer=args.layers, n_embd=args.width, n_head=4,
                                      n_positions=256, seed=0)

@@ -93,6 +93,9 @@ SMOKES: dict[str, list[Smoke]] = {
     "train_report.py": [Smoke(("--workers", "1", "--reports", "2", "--polls", "0.5,0.1"),
                               r"\n +0\.10 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+")],
 }
+# Temporary files other libraries make and delete themselves at their own time (Ray Train's checkpoint
+# downloads, torch's compile caches): not the bench's to clean.
+THIRD_PARTY_TEMP = ("checkpoint_tmp_", "torchinductor_", "pymp-", "ray")
 TIER_MARKS = {"default": (), "e2e": (pytest.mark.e2e,), "vllm": (pytest.mark.vllm,)}
 # Benches whose smoke lives in their own test file, which checks more than a line (run once, not twice in e2e).
 SMOKED_ELSEWHERE = {"vs_trl.py": "tests/test_vs_trl.py::test_the_bench_smoke_runs_both_sides_and_ends_with_the_ratios"}
@@ -131,8 +134,11 @@ def test_bench_runs_at_toy_size(bench, smoke, tmp_path, hh_storage):
         if _skip_reason():
             pytest.skip(_skip_reason())
     args = [a.replace("{tmp}", str(tmp_path / "storage")).replace("{hh}", str(hh_storage)) for a in smoke.args]
+    scratch = tmp_path / "tmpdir"  # the bench's TMPDIR: what it leaves there is left on every user's disk
+    scratch.mkdir()
     env = {**os.environ, "RAY_ADDRESS": "local", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "ALOL_HH_DATA": str(HH_DIR)}
+           "ALOL_HH_DATA": str(HH_DIR), "TMPDIR": str(scratch),
+           "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", "/tmp")}  # Ray's socket paths must stay short
     start = time.time()
     proc = subprocess.run([sys.executable, f"bench/{bench}", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=smoke.timeout)
@@ -140,3 +146,5 @@ def test_bench_runs_at_toy_size(bench, smoke, tmp_path, hh_storage):
     output = proc.stdout + proc.stderr
     assert proc.returncode in smoke.exit_codes, output[-4000:]
     assert re.search(smoke.expect, output), f"no line matching {smoke.expect!r} in:\n{output[-4000:]}"
+    left = sorted(p.name for p in scratch.iterdir() if not p.name.startswith(THIRD_PARTY_TEMP))
+    assert not left, f"python bench/{bench} left {left} in its temporary folder ({scratch})"
