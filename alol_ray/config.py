@@ -34,8 +34,7 @@ from alol_ray.engines import engine_choices, say_choices
 from alol_ray.errors import ConfigError
 from alol_ray.locations import os_error_line
 from alol_ray.reward_kinds import REWARD_KINDS
-from alol_ray.tracking import BACKENDS as TRACKING_BACKENDS
-from alol_ray.tracking import check_installed
+from alol_ray.tracking_backends import check_installed, check_names
 from alol_ray.baselines.dpo_config import DPO_LOSS_TYPES, DPOConfig  # noqa: F401  (DPO_LOSS_TYPES: its checks' home)
 from alol_ray.baselines.gold_config import GOLDConfig
 from alol_ray.baselines.ppo_config import PPOConfig
@@ -643,11 +642,7 @@ class TrackingConfig:
     wandb_mode: WandbMode = "offline"
 
     def __post_init__(self) -> None:
-        unknown = [b for b in self.backends if b not in TRACKING_BACKENDS]
-        if unknown:
-            raise ConfigError(f"tracking.backends: unknown {unknown}; choose from {list(TRACKING_BACKENDS)}")
-        if len(set(self.backends)) != len(self.backends):
-            raise ConfigError(f"tracking.backends lists a backend twice: {self.backends}")
+        check_names(list(self.backends))
         check_fields(self, "tracking")
         if not self.mlflow_experiment or not self.wandb_project:
             raise ConfigError("tracking.mlflow_experiment and tracking.wandb_project must not be empty")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
 import json
 import math
 import os
@@ -34,8 +33,8 @@ from typing import Any, Mapping, Optional
 from alol_ray.atomic import write_json
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.runs import RunPaths
+from alol_ray.tracking_backends import INSTALL_HINT, get_backend
 
-INSTALL_HINT = "pip install 'alol-ray[tracking]'"
 STATE_FILE = ".tracking.json"  # hidden: a model folder's content hash ignores it (alol_ray.hashing)
 TENSORBOARD_DIR = "tensorboard"  # <dir>/tensorboard/<name>/<job>: `tensorboard --logdir <dir>/tensorboard`
 _MLFLOW_PARAMS_PER_CALL = 100  # MLflow's limit of params in one log_batch request
@@ -43,20 +42,11 @@ _MLFLOW_MAX_PARAM_LENGTH = 6000
 _prepare_lock = threading.Lock()  # `alol compare` prepares concurrent runs from threads of one driver
 
 
-def check_installed(backends: list[str]) -> None:
-    """ConfigError naming the extra to install when a backend's package cannot be found (cheap: no import)."""
-    missing = [b for b in backends if importlib.util.find_spec(BACKENDS[b].package) is None]
-    if missing:
-        packages = ", ".join(f"'{BACKENDS[b].package}'" for b in missing)
-        raise ConfigError(f"tracking.backends: {', '.join(missing)} is not installed here (package {packages}): "
-                          f"{INSTALL_HINT}")
-
-
 def _import_backends(backends: list[str]) -> None:
     """Import each backend's package in the driver, so a missing or broken install fails before training."""
     for b in backends:
         try:
-            importlib.import_module(BACKENDS[b].package)
+            importlib.import_module(get_backend(b).package)
         except ImportError as err:
             raise ConfigError(f"tracking.backends: {b} cannot be imported ({err}): {INSTALL_HINT}") from None
 
@@ -197,10 +187,8 @@ def _mlflow_run(spec: TrackingSpec, experiment: str, state: dict) -> str:
 # ------------------------------------------------------------------------------------------ backends
 
 
-class _TensorBoard:
+class TensorBoardBackend:
     """torch.utils.tensorboard's SummaryWriter in <dir>/tensorboard/<name>/<job>; the config as hparams."""
-
-    package = "tensorboard"
 
     def __init__(self, spec: TrackingSpec, first_step: int):
         # lazy: tensorboard is optional (alol-ray[tracking])
@@ -227,10 +215,8 @@ class _TensorBoard:
         self.writer.close()
 
 
-class _MLflow:
+class MLflowBackend:
     """MlflowClient on the run the driver created: metrics by log_batch, a table as a JSON artifact."""
-
-    package = "mlflow"
 
     def __init__(self, spec: TrackingSpec, first_step: int):
         # lazy: mlflow is optional (alol-ray[tracking])
@@ -254,10 +240,8 @@ class _MLflow:
         self.client.set_terminated(self.run_id, status="FINISHED")
 
 
-class _WandB:
+class WandBBackend:
     """wandb.init in ``tracking.wandb_mode`` (offline: files under <dir>/wandb for `wandb sync`)."""
-
-    package = "wandb"
 
     def __init__(self, spec: TrackingSpec, first_step: int):
         # lazy: wandb is optional (alol-ray[tracking])
@@ -281,10 +265,6 @@ class _WandB:
         self.run.finish()
 
 
-# name -> backend class (its ``package`` is what `pip install 'alol-ray[tracking]'` brings)
-BACKENDS: dict[str, type] = {"tensorboard": _TensorBoard, "mlflow": _MLflow, "wandb": _WandB}
-
-
 # ------------------------------------------------------------------------------------------- tracker
 
 
@@ -292,8 +272,8 @@ class Tracker:
     """Fans one metrics dict out to every open backend. With none it does nothing, so a loop calls it on
     every rank and only rank 0's writes anything."""
 
-    def __init__(self, backends: list):
-        self.backends = backends
+    def __init__(self, backends: dict[str, Any]):
+        self.backends = backends  # name -> open backend object
         self._failed: set[str] = set()
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
@@ -305,11 +285,10 @@ class Tracker:
             return
         values = {k: float(v) for k, v in metrics.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        for backend in self.backends:
+        for name, backend in self.backends.items():
             try:
                 backend.log(values, int(step))
             except Exception as err:  # noqa: BLE001 - any client error; the first one of each backend is shown
-                name = type(backend).package
                 if name not in self._failed:
                     self._failed.add(name)
                     # not print(): Ray Train patches it in workers, and the line would show twice
@@ -319,12 +298,12 @@ class Tracker:
 
     def log_table(self, name: str, frame, step: int = 0) -> None:
         """A pandas DataFrame: TensorBoard text (markdown), an MLflow JSON artifact, a W&B Table."""
-        for backend in self.backends:
+        for backend in self.backends.values():
             backend.log_table(name, frame, int(step))
 
     def close(self) -> None:
-        backends, self.backends = self.backends, []
-        for backend in backends:
+        backends, self.backends = self.backends, {}
+        for backend in backends.values():
             backend.close()
 
     def __enter__(self) -> "Tracker":
@@ -338,11 +317,11 @@ def start(spec: Optional[TrackingSpec], *, first_step: int = 0) -> Tracker:
     """Open the spec's backends (in the process that logs: rank 0); ``None`` gives a tracker that does nothing.
     ``first_step``: the first step this attempt writes (0, or the resumed checkpoint's step + 1)."""
     if spec is None or not spec.backends:
-        return Tracker([])
-    opened = []
+        return Tracker({})
+    opened: dict[str, Any] = {}
     for name in spec.backends:
         try:
-            opened.append(BACKENDS[name](spec, first_step))
+            opened[name] = get_backend(name).load_class()(spec, first_step)
         except Exception as err:  # noqa: BLE001 - e.g. W&B online without an API key: one line, not a traceback
             Tracker(opened).close()
             raise UserError(f"tracking: {name} could not start the run {spec.run_name}: "

@@ -21,6 +21,7 @@ from alol_ray import tracking
 from alol_ray.atomic import read_json, read_jsonl
 from alol_ray.config import load_config
 from alol_ray.errors import ConfigError, UserError
+from alol_ray.tracking_backends import Backend, register_backend, unregister_backend
 
 # Nothing leaves the machine: no usage telemetry or error reports (Ray workers inherit this environment).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -197,7 +198,7 @@ def test_tracking_dir_resolves_against_the_working_directory_and_off_costs_nothi
     assert _config(tmp_path, "tracking.dir=tb").tracking.dir == str(tmp_path / "tb")
     assert tracking.prepare(_config(tmp_path), "a_lol-s0", work_dir=str(tmp_path / "w")) is None
     assert not (tmp_path / "w").exists()
-    assert tracking.start(None).backends == []
+    assert tracking.start(None).backends == {}
 
 
 def test_the_driver_reads_mlflow_tracking_uri_from_the_environment(tmp_path, monkeypatch, logged):
@@ -333,16 +334,16 @@ def test_a_backend_that_cannot_start_is_one_line_and_one_that_fails_later_does_n
             pass
 
     try:
-        tracking.BACKENDS["broken"] = Broken
+        register_backend(Backend("broken", "broken", Broken))
         with pytest.raises(UserError, match=r"^tracking: broken could not start the run trk/a_lol-s0: "
                                             r"RuntimeError: api_key not configured \(no-tty\)$"):
             tracking.start(dataclasses.replace(spec, backends=["tensorboard", "broken"]))
-        tracking.BACKENDS["broken"] = GoneAway
+        register_backend(Backend("broken", "broken", GoneAway))
         with tracking.start(dataclasses.replace(spec, backends=["broken", "tensorboard"])) as tracker:
             for step in (1, 2):
                 tracker.log({"loss/policy": 1.0 / step}, step=step)
     finally:
-        del tracking.BACKENDS["broken"]
+        unregister_backend("broken")
     assert capsys.readouterr().err.count("[tracking] broken: could not log step 1 (ConnectionError") == 1
     logdir = os.path.join(spec.dir, "tensorboard", "trk", "a_lol-s0")
     assert tensorboard_scalars(logdir)["loss/policy"] == [(1, 1.0), (2, 0.5)]  # the other backend got every step
