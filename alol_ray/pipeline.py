@@ -22,7 +22,8 @@ from typing import Optional
 
 from alol_ray import columns as C
 from alol_ray.atomic import read_json
-from alol_ray.config import RunConfig, save_config
+from alol_ray.config import RunConfig
+from alol_ray.config_loading import save_config
 from alol_ray.errors import ConfigError, UserError
 from alol_ray.hashing import file_sha, fingerprint
 from alol_ray.preflight import check_run

@@ -168,7 +168,7 @@ def test_ipo_worked_example():
 
 def test_dpo_loss_types_are_the_config_choices():
     """The loss knows exactly the loss types the config section accepts; anything else is refused by both."""
-    from alol_ray.config import DPO_LOSS_TYPES, DPOConfig
+    from alol_ray.baselines.dpo_config import DPO_LOSS_TYPES, DPOConfig
     from alol_ray.errors import ConfigError
     from alol_ray.baselines.dpo import LOSS_TYPES
 

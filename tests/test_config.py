@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from alol_ray.config import RunConfig, load_config, non_defaults, save_config, to_yaml
+from alol_ray.config import RunConfig, load_config, non_defaults
+from alol_ray.config_loading import save_config, to_yaml
 from alol_ray.config_paths import looks_local, path_fields, portable, resolve_paths
 from alol_ray.errors import ConfigError
 
