@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 import re
 import string
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, Optional, get_args
 
 from alol_ray import config_loading
 from alol_ray.alol_config import ALoLConfig
-from alol_ray.config_fields import bounded, check_fields
+from alol_ray.config_fields import bounded, check_fields, path_field, runtime_field
 from alol_ray.engines import engine_choices, say_choices
 from alol_ray.errors import ConfigError
 from alol_ray.reward_kinds import REWARD_KINDS
@@ -40,17 +40,6 @@ from alol_ray.baselines.pro_config import PROConfig
 Split = Literal["train", "val", "test"]
 SPLITS = get_args(Split)
 
-
-def path_field(default: str, kind: str, *keywords: str):
-    """A config field that names a path. ``kind``: storage | output (written) | data | model (read; also a
-    hub id); ``keywords`` are values with a meaning of their own (``builtin``, ``reference``, ``minilm``)."""
-    return field(default=default, metadata={"path": kind, "keywords": keywords})
-
-
-def runtime_field(default: Any = MISSING, *, default_factory: Any = MISSING):
-    """A config field that changes how a stage runs (resources, retries, logging), never what it computes: it
-    enters no fingerprint (``hashing.fingerprint`` leaves it out), so a rerun that changes only it resumes."""
-    return field(default=default, default_factory=default_factory, metadata={"runtime": True})
 
 # ---------------------------------------------------------------------------------------------------
 # data

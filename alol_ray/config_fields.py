@@ -26,14 +26,29 @@ from alol_ray.errors import ConfigError
 Bounds = tuple[Optional[float], Optional[float], Optional[float], Optional[float]]  # ge, gt, le, lt
 
 
+# What a field's metadata says (read by config_paths, hashing and train.trainer under these names):
+#   "path": storage | output | data | model, with "keywords"   (path_field)
+#   "runtime": True: the field enters no fingerprint            (runtime_field, bounded(runtime=True))
+#   "bounds": (ge, gt, le, lt)                                   (bounded; check_fields enforces them)
+
+
 def bounded(default: Any = MISSING, *, ge: Optional[float] = None, gt: Optional[float] = None,
             le: Optional[float] = None, lt: Optional[float] = None, runtime: bool = False) -> Any:
     """A numeric field with its bounds (``None``, where the type allows it, is always accepted). ``runtime``: as
-    ``config.runtime_field``, the field enters no fingerprint."""
-    metadata: dict[str, Any] = {"bounds": (ge, gt, le, lt)}
-    if runtime:
-        metadata["runtime"] = True
-    return field(default=default, metadata=metadata)
+    ``runtime_field``, the field enters no fingerprint."""
+    return field(default=default, metadata={"bounds": (ge, gt, le, lt), **({"runtime": True} if runtime else {})})
+
+
+def runtime_field(default: Any = MISSING, *, default_factory: Any = MISSING):
+    """A config field that changes how a stage runs (resources, retries, logging), never what it computes: it
+    enters no fingerprint (``hashing.fingerprint`` leaves it out), so a rerun that changes only it resumes."""
+    return field(default=default, default_factory=default_factory, metadata={"runtime": True})
+
+
+def path_field(default: str, kind: str, *keywords: str):
+    """A config field that names a path. ``kind``: storage | output (written) | data | model (read; also a
+    hub id); ``keywords`` are values with a meaning of their own (``builtin``, ``reference``, ``minilm``)."""
+    return field(default=default, metadata={"path": kind, "keywords": keywords})
 
 
 @functools.cache

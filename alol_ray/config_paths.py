@@ -1,4 +1,4 @@
-"""Paths in the config: which fields name something on disk (``config.path_field`` declares them, with their
+"""Paths in the config: which fields name something on disk (``config_fields.path_field`` declares them, with their
 kind: ``storage``, ``output``, ``data`` or ``model``), how each is resolved against the working directory once, in
 the driver, and how a report shows them again as a user would type them.
 

@@ -35,10 +35,10 @@ def cache_dir() -> str:
 def fingerprint(*parts: Any) -> str:
     """A stable hash of config sections (dataclasses), mappings, sequences, strings and numbers.
 
-    A config field declared as a path (``config.path_field``) enters by what it names, not by its
+    A config field declared as a path (``config_fields.path_field``) enters by what it names, not by its
     spelling: a data file or model folder by its content (``model_identity``), so an edited file changes
     the fingerprint and a moved one does not; where outputs go (storage, output) and runtime-only fields
-    (``config.runtime_field``: resources, retries, logging) do not enter at all.
+    (``config_fields.runtime_field``: resources, retries, logging) do not enter at all.
     """
 
     def plain(x: Any) -> Any:
@@ -47,7 +47,7 @@ def fingerprint(*parts: Any) -> str:
             for f in dataclasses.fields(x):
                 kind = f.metadata.get("path")
                 if kind in ("storage", "output") or f.metadata.get("runtime"):
-                    continue  # where outputs go, and how a stage runs (config.runtime_field), change no result
+                    continue  # where outputs go, and how a stage runs (config_fields.runtime_field), change no result
                 value = getattr(x, f.name)
                 if kind and value and value not in f.metadata.get("keywords", ()):
                     value = model_identity(value)

@@ -62,7 +62,7 @@ class Pipeline:
         from alol_ray.data.loaders import build_rows
 
         folder = self.paths.data
-        # The sources enter by content (config.path_field): an edited file is read again.
+        # The sources enter by content (config_fields.path_field): an edited file is read again.
         fp = fingerprint("rows-v2", self.cfg.data)
         run_stage("rows", folder, fp, lambda out: build_rows(self.cfg.data, out))
         return os.path.join(folder, "rows.parquet")

@@ -20,7 +20,8 @@ import yaml
 
 from alol_ray import columns as C
 from alol_ray.atomic import write_text
-from alol_ray.config import non_defaults, to_yaml
+from alol_ray.config import non_defaults
+from alol_ray.config_loading import to_yaml
 from alol_ray.config_paths import portable, portable_path
 from alol_ray.runs import GREEDY, SAMPLED
 from alol_ray.evaluation.metrics import DISTINCT_BLOCK, distinct_n, distinct_n_per_block, repetition

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from alol_ray import hashing, runlock, stage, storage
-from alol_ray.config import path_field
+from alol_ray.config_fields import path_field
 from alol_ray.runlock import LOCK_FILE, RunBusy, RunLock
 from alol_ray.stage import STAGE_FILE, Unfinished, is_done, publish, read_marker, recover, run_stage, staging_dir
 

@@ -1,7 +1,7 @@
 """A method owns its config section and its fingerprint: a knob of one method retrains that method only.
 
 A training run's fingerprint (``alol_ray.train.trainer.identity``) holds the shared ``train.*`` keys the loop
-reads, minus the runtime-only ones (``config.runtime_field``: a rerun that changes them resumes), plus
+reads, minus the runtime-only ones (``config_fields.runtime_field``: a rerun that changes them resumes), plus
 ``Method.identity``: the method's own knobs. The A-LoL family's losses declare which ``LossParams`` they read
 (``register_loss(knobs=...)``); ``test_losses_read_only_the_knobs_they_declare`` holds them to it.
 """

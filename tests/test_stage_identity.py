@@ -5,7 +5,7 @@ config whose dataclasses record every attribute read. A stage's reads are split 
 starts to build (the pipeline asking for its inputs and computing its fingerprint: the stage's ``identity``),
 and those made while it builds (``build``, the actors and jobs it starts: a config section shipped to another
 process counts as read whole). A key the build reads and the fingerprint does not is a fault: changing it would
-change the output and leave the stage "up to date". Runtime-only keys (``config.runtime_field``: resources,
+change the output and leave the stage "up to date". Runtime-only keys (``config_fields.runtime_field``: resources,
 retries, logging) and where outputs go (``storage``) are exempt.
 
 Files too: the build must not open a file of the run directory (with Python's ``open``) that its fingerprint does

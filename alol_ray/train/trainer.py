@@ -53,7 +53,7 @@ CHECKPOINTS_DIR = "checkpoints"  # the Ray Train run's name inside the work fold
 def shared_settings(tc) -> dict:
     """The keys of ``train.*`` (or ``reference.train.*``) that a run of any method reads -- its loop, sampler,
     optimizer, step budget, selection -- without the runtime-only ones and without the methods' own sections
-    (``Method.identity`` says what of its own a method reads). Runtime-only keys (``config.runtime_field``:
+    (``Method.identity`` says what of its own a method reads). Runtime-only keys (``config_fields.runtime_field``:
     workers, logging, retries) are left out: a rerun that changes only them resumes."""
     return {f.name: getattr(tc, f.name) for f in fields(tc)
             if not f.metadata.get("runtime") and not is_dataclass(getattr(tc, f.name))}
