@@ -139,18 +139,72 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> PolicyBatc
 def response_token_logps(model, batch: PolicyBatch) -> torch.Tensor:
     """log pi(y_t | x, y_<t) of every response token: [B, R] float32, exactly 0.0 at padding.
 
-    Differentiable when called with grad enabled. Only the logits at response positions are kept and
-    the log-prob is ``logit[target] - logsumexp(logits)``, so no [B, L, V] log-softmax copy is made.
+    Differentiable when called with grad enabled. With ``z = logits at the position that predicts y_t``,
+    ``log pi(y_t) = z[y_t] - logsumexp(z)``: only the response positions' logits are made ([B, R, V], see
+    ``response_logits``), never a [B, L, V] log-softmax.
     """
     import torch  # lazy: see collate
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # [B, L, V]
-    vocab = logits.shape[-1]
-    index = batch.response_index
-    picked = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, vocab)).float()  # [B, R, V]
-    targets = batch.input_ids[:, 1:].gather(1, index)  # [B, R]
+
+    picked = response_logits(model, batch).float()  # [B, R, V]
+    targets = batch.input_ids[:, 1:].gather(1, batch.response_index)  # [B, R]
     token_logps = picked.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
     # where, not multiply: a NaN/inf at a padded position must not leak into sums or gradients.
     return torch.where(batch.response_mask > 0, token_logps, torch.zeros_like(token_logps))
+
+
+# Attribute a model instance carries once ``response_logits`` has checked whether its forward honours
+# ``logits_to_keep`` as [B, R] positions.
+_KEEPS_POSITIONS = "_alol_logits_to_keep_positions"
+
+
+def response_logits(model, batch: PolicyBatch) -> torch.Tensor:
+    """The logits at the response positions, [B, R, V] in the model's dtype (row b, column j: the logits that
+    predict response token j of sequence b; padded columns hold position 0's).
+
+    The LM head runs on those B x R positions alone where the model's forward takes ``logits_to_keep`` as a
+    [B, R] tensor of positions (transformers 5's causal LMs): its matmul over the prompt positions, the
+    [B, L, V] logits and their gradient are never made (prompts are most of a sequence; the head of a small
+    model is a fifth of its forward). Other forwards give the full logits, gathered here. Which one a model
+    does is checked on its first call, against the full logits, and remembered on the model.
+    """
+    import torch  # lazy: see collate
+
+    index = batch.response_index
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    keeps = getattr(model, _KEEPS_POSITIONS, None)
+    if keeps is None:
+        keeps = _keeps_positions(model, inputs, index)
+        try:
+            setattr(model, _KEEPS_POSITIONS, keeps)
+        except AttributeError:  # a model that takes no attributes: checked again next time
+            pass
+    if keeps:
+        return model(**inputs, logits_to_keep=index).logits
+    logits = model(**inputs).logits  # [B, L, V]
+    return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+
+
+def _keeps_positions(model, inputs: dict, index: torch.Tensor) -> bool:
+    """Whether ``model(**inputs, logits_to_keep=index)`` gives the full logits' rows at ``index``: older
+    transformers read a tensor there as 1-D positions (or not at all), a remote-code model may not take it.
+    Both forwards draw the same dropout masks (the same seed, the caller's RNG state left as it was)."""
+    import torch  # lazy: see collate
+
+    devices = [index.device.index or 0] if index.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)
+        full = model(**inputs).logits
+        torch.manual_seed(0)
+        try:
+            kept = model(**inputs, logits_to_keep=index).logits
+        except (TypeError, ValueError, IndexError, RuntimeError):
+            return False
+        if kept.shape != (*index.shape, full.shape[-1]):
+            return False
+        expected = full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1])).float()
+        # loose enough for another summation order in bf16, far tighter than the logits of another position
+        tol = 1e-2 if full.dtype in (torch.float16, torch.bfloat16) else 1e-4
+        return bool(torch.allclose(kept.float(), expected, rtol=tol, atol=tol * float(expected.abs().max())))
 
 
 def prompt_batch(tokenizer, prompts: list[str], max_prompt_tokens: int,

@@ -7,6 +7,7 @@ import torch
 from tokenizers.processors import TemplateProcessing
 
 from alol_ray.models import build_tiny_policy, train_tokenizer
+from alol_ray import tokenization
 from alol_ray.tokenization import PolicyBatch, collate, encode_pair, prompt_batch, response_token_logps
 
 torch.set_num_threads(1)
@@ -164,6 +165,63 @@ def test_logps_are_differentiable_and_padding_gets_no_gradient(tokenizer, model)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[n], atol=1e-5, rtol=1e-4)
     model.zero_grad()
+
+
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward takes the ids and the mask only (as some remote-code models)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask):
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask)
+
+
+class _IgnoresLogitsToKeep(_NoLogitsToKeep):
+    """One that swallows unknown arguments and gives the full logits anyway."""
+
+    def forward(self, input_ids, attention_mask, **unused):
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_the_lm_head_runs_on_the_response_positions_alone_and_other_forwards_fall_back(tokenizer, model):
+    """A transformers causal LM gets ``logits_to_keep`` = the response positions: its LM head sees B x R rows, not
+    B x L, and the log-probs are those of the full logits. Forwards that refuse or ignore the argument are found
+    out on their first call and give the same numbers from the full logits. The first call's check draws the
+    same dropout masks for both of its forwards and leaves the caller's RNG as it was."""
+    pairs = _pairs(tokenizer)
+    batch = collate(pairs, tokenizer.pad_token_id)
+    width = batch.response_mask.shape[1]
+    expected = torch.stack([torch.cat([_slow_logps(model, p, r), torch.zeros(width - len(r))]) for p, r in pairs])
+    for cls in (_NoLogitsToKeep, _IgnoresLogitsToKeep):
+        other = cls(model)
+        with torch.no_grad():
+            torch.testing.assert_close(response_token_logps(other, batch), expected, atol=1e-5, rtol=0)
+        assert getattr(other, tokenization._KEEPS_POSITIONS) is False
+
+    def policy_with_dropout():
+        return build_tiny_policy(tokenizer, n_layer=2, n_embd=32, n_head=2, n_positions=128, seed=0).train()
+
+    trained = policy_with_dropout()
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in trained.modules())  # dropout on
+    head_rows = []
+    trained.lm_head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[:-1]))
+    torch.manual_seed(7)
+    logps = response_token_logps(trained, batch)  # the first call: checked (no grad), then run
+    assert logps.requires_grad
+    assert getattr(trained, tokenization._KEEPS_POSITIONS) is True
+    assert head_rows[0] == batch.input_ids.shape  # the check's full logits, once
+    assert head_rows[-1] == batch.response_index.shape  # then B x R rows through the head
+    # The same draws as a model that was checked before: the check left the caller's RNG as it was.
+    checked = policy_with_dropout()
+    setattr(checked, tokenization._KEEPS_POSITIONS, True)
+    torch.manual_seed(7)
+    assert torch.equal(response_token_logps(checked, batch), logps)
+    trained.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(response_token_logps(trained, batch),
+                                   response_token_logps(_NoLogitsToKeep(trained), batch), atol=1e-6, rtol=0)
 
 
 def test_prompt_batch_matches_encode_pair(tokenizer):
