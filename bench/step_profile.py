@@ -2,18 +2,22 @@
 on the same model, token ids, batches and optimizer as ``bench/vs_trl.py``, all in THIS process, without Ray.
 
     python bench/step_profile.py                          # GPT-2 on the built-in task, 1 thread
-    python bench/step_profile.py --configs llama/hh --hh DIR
-    python bench/step_profile.py --cprofile               # also the regions of each step (cProfile)
+    python bench/step_profile.py --configs gpt2/builtin,llama/hh --hh DIR --cprofile   # + the regions of a step
+    python bench/step_profile.py --kinds "" --processes nll,trl_sft,nll@nice15        # vs_trl.py's runs instead
 
 alol-ray's side is the step the Ray Train worker runs: ``OfflineHooks.train_step`` (collation, the method's
 ``compute``, backward, clip, AdamW, the metrics) and the skeleton's logging of a step (``record_step``: the
-metrics.jsonl line); what is left out is Ray's own share (``ray.train.report`` every ``log_every`` steps and
-Ray's processes). TRL's side is ``SFTTrainer.train()`` with the bench's settings, timed from the end of one step
-to the end of the next (its data loading, step and callbacks). Runs alternate (alol-ray's nll, a_lol, TRL's
-SFT; reversed every round); every figure is CPU time of this process (``time.process_time``), which moves far
-less than wall time with the machine's other load. Prints the median CPU ms per step of each run kind and, with
-``--cprofile``, the CPU ms per step of each region (inclusive; cProfile's own overhead inflates the Python-heavy
-regions of both sides alike).
+metrics.jsonl line); left out is Ray's own share (``ray.train.report`` every ``log_every`` steps and Ray's
+processes). TRL's side is ``SFTTrainer.train()`` with the bench's settings, timed from the end of one step to
+the end of the next (its data loading, step and callbacks). Runs alternate (alol-ray's nll, a_lol, TRL's SFT;
+reversed every round); every figure is CPU time of this process (``time.process_time``), which moves far less
+than wall time with the machine's other load. Prints the median CPU ms per step of each run kind and, with
+``--cprofile`` (the first round), the CPU ms per step of each region (``REGIONS``; cProfile's own overhead
+inflates the Python-heavy regions of both sides alike).
+
+``--processes`` runs bench/vs_trl.py's own runs of the kinds named (``alol train`` under Ray, TRL in its own
+process; ``KIND@niceN``: Ray's workers at niceness N), alternated, with the bench's CPU time per step of all
+the run's processes; ``--ray`` splits one ``alol train`` run's CPU time per step by Ray process.
 """
 
 from __future__ import annotations
@@ -34,29 +38,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import vs_trl  # noqa: E402  (this folder: the bench's models, data, TRL settings and examples)
 
-# region -> (file name ending, function name) whose inclusive time is the region's; the first match wins
+# region -> the functions (file name ending, function name) whose inclusive CPU time it is, alol-ray's and TRL's;
+# a region of several functions is the largest of them. "loss + metrics" is the method's compute (alol-ray) or
+# compute_loss (TRL) less its forward; "other" is the rest of the profiled steps (Python around the step, TRL's
+# data loader and callbacks).
 REGIONS = {
-    "collate": [("methods.py", "collate_units"), ("data_utils.py", "__call__"), ("sft_trainer.py", "torch_call"),
-                ("sft_trainer.py", "__call__")],
-    "forward (transformer)": [("modeling_gpt2.py", "forward", "GPT2Model"), ("modeling_llama.py", "forward", "LlamaModel")],
-    "log-probs (lm head)": [("tokenization.py", "response_token_logps"), ("chunked_logprob.py", "forward")],
-    "loss + metrics": [("losses.py", "nll"), ("losses.py", "a_lol"), ("sft_trainer.py", "compute_loss")],
+    "collate": [("methods.py", "collate_units"), ("sft_trainer.py", "torch_call"), ("sft_trainer.py", "__call__")],
+    "forward + log-probs": [("tokenization.py", "response_token_logps"), ("utils.py", "_fused_forward")],
+    "loss + metrics": [("methods.py", "compute"), ("sft_trainer.py", "compute_loss")],
     "backward": [("_tensor.py", "backward")],
-    "clip grad norm": [("clip_grad.py", "clip_grad_norm_")],
-    "optimizer step": [("adamw.py", "step"), ("adam.py", "step")],
-    "zero_grad": [("optimizer.py", "zero_grad")],
+    "clip grad norm": [("strategy.py", "clip_grad_norm"), ("trainer.py", "_clip_grad_norm")],
+    "optimizer step": [("adam.py", "step"), ("adamw.py", "step")],
+    "zero_grad": [("optimizer.py", "zero_grad"), ("module.py", "zero_grad")],
     "log a step": [("worker.py", "record_step"), ("trainer.py", "_maybe_log_save_evaluate")],
 }
 
 
 def region_ms(stats: pstats.Stats, steps: int) -> dict[str, float]:
-    """CPU ms per step of each region: the largest inclusive time among the functions that match it."""
+    """CPU ms per step of each region (see REGIONS) and of the profiled steps in all ("total")."""
     found: dict[str, float] = {}
     for (path, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
         for region, keys in REGIONS.items():
-            for key in keys:
-                if path.endswith(key[0]) and func == key[1]:
-                    found[region] = max(found.get(region, 0.0), ct)
+            if any(path.endswith(file) and func == name for file, name in keys):
+                found[region] = max(found.get(region, 0.0), ct)
+    if "loss + metrics" in found:
+        found["loss + metrics"] -= found.get("forward + log-probs", 0.0)
+    found["other"] = stats.total_tt - sum(found.values())
+    found["total"] = stats.total_tt
     return {k: 1e3 * v / steps for k, v in found.items()}
 
 
@@ -286,7 +294,7 @@ def main(argv=None) -> int:
         if any(regions.values()):
             print(f"\n{config.name}: CPU ms per step by region (cProfile, inclusive)")
             print(f"  {'region':<24}" + "".join(f"{k:>10}" for k in kinds))
-            for region in REGIONS:
+            for region in [*REGIONS, "other", "total"]:
                 print(f"  {region:<24}" + "".join(f"{regions[k].get(region, float('nan')):>10.1f}" for k in kinds))
         if args.ray:
             for kind in kinds:
