@@ -248,6 +248,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--kinds", default="nll,a_lol,trl_sft")
+    parser.add_argument("--smoke", action="store_true", help="bench/vs_trl.py's toy sizes: every path runs, no figure")
     parser.add_argument("--cprofile", action="store_true", help="also each region's CPU ms per step (cProfile)")
     parser.add_argument("--ray", action="store_true",
                         help="also one `alol train` per alol-ray kind: CPU ms per step of each Ray process")
@@ -258,7 +259,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    sizes = replace(vs_trl.Sizes(), threads=args.threads, steps=args.steps, warmup=args.warmup)
+    sizes = replace(vs_trl.SMOKE if args.smoke else vs_trl.Sizes(), threads=args.threads, steps=args.steps,
+                    warmup=args.warmup)
     configs = vs_trl.parse_configs(args.configs)
     work = os.path.abspath(args.work)
     vs_trl.prepare(work, configs, sizes, args.hh)
