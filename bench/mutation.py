@@ -436,6 +436,10 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     *(Equivalent(_STAGE, "recover", 'shutil.rmtree(replaced, ignore_errors=True)', f"shutil.rmtree(replaced, {after}",
                  "reached only when the folder exists: rmtree fails only if another process deletes it meanwhile")
       for after in ("ignore_errors=None)", ")", "ignore_errors=False)")),
+    Equivalent(_STAGE, "_failed",
+               'kept = f"; its checkpoints in {staging} are kept for the rerun" if resumable and os.path.isdir(staging) else ""',
+               'kept = f"; its checkpoints in {staging} are kept for the rerun" if resumable or os.path.isdir(staging) else ""',
+               "a build that is not resumable had its staging folder removed two lines above: isdir decides alone"),
     Equivalent(_STAGE, "recover", 'if os.path.exists(replaced) and os.path.exists(folder):',
                'if os.path.exists(replaced) or os.path.exists(folder):',
                "the block above leaves no aside folder without the folder: either both exist or the folder does"),

@@ -11,12 +11,14 @@ another host, a staging folder without its marker.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import shutil
 import time
 from pathlib import Path
 
@@ -24,6 +26,8 @@ import pytest
 
 from alol_ray import hashing, runlock, stage, storage
 from alol_ray.config_fields import path_field
+from alol_ray.errors import UserError
+from alol_ray.locations import mount_point
 from alol_ray.runlock import LOCK_FILE, RunBusy, RunLock
 from alol_ray.stage import STAGE_FILE, Unfinished, is_done, publish, read_marker, recover, run_stage, staging_dir
 
@@ -149,6 +153,48 @@ def test_a_non_resumable_build_starts_empty_and_a_resumable_one_finds_its_files(
     run_stage("train", str(folder), "fp", stop_early, resumable=True)
     run_stage("train", str(folder), "fp", look)  # not resumable unless said so
     assert seen[-1] == []
+
+
+def test_a_full_disk_is_one_line_and_only_a_resumable_build_keeps_its_checkpoints(tmp_path):
+    """A build that runs out of space (ENOSPC or EDQUOT where the write failed, or wrapped by Ray in another
+    error, or only in an error's text as safetensors says it): one UserError naming the file system and the
+    stage. A build that starts from empty anyway leaves no staging folder; a resumable one keeps its checkpoints
+    and says where. Any other failure goes on as it was, and still leaves no staging folder behind."""
+    folder = tmp_path / "out"
+    staging = Path(staging_dir(str(folder), "fp"))
+
+    def writes_then(error):
+        def build(out):
+            (Path(out) / "ckpt").write_text("1")
+            raise error
+        return build
+
+    def wrapped(out):
+        try:
+            writes_then(OSError(errno.ENOSPC, "No space left on device"))(out)
+        except OSError as err:
+            raise RuntimeError("the Train worker died") from err
+
+    full = [writes_then(OSError(errno.ENOSPC, "No space left on device")), writes_then(OSError(errno.EDQUOT, "quota")),
+            wrapped, writes_then(RuntimeError("SafetensorError: Error while serializing: IoError(Os { code: 28, "
+                                              "kind: StorageFull, message: \"No space left on device\" })"))]
+    said = f"no space left on the device holding {mount_point(str(folder))} while building train ({tmp_path})"
+    for build in full:
+        with pytest.raises(UserError) as err:
+            run_stage("train", str(folder), "fp", build)
+        assert str(err.value).startswith(said) and "kept" not in str(err.value), err.value
+        assert not staging.exists()
+        with pytest.raises(UserError) as err:
+            run_stage("train", str(folder), "fp", build, resumable=True)
+        assert str(err.value).startswith(said), err.value
+        assert str(err.value).endswith(f"then rerun to go on; its checkpoints in {staging} are kept for the rerun")
+        assert (staging / "ckpt").read_text() == "1"
+        shutil.rmtree(staging)
+    for resumable in (False, True):
+        with pytest.raises(RuntimeError, match="^boom$"):
+            run_stage("train", str(folder), "fp", writes_then(RuntimeError("boom")), resumable=resumable)
+        assert staging.exists() is resumable  # a resumable build's checkpoints stay for the rerun
+    assert not folder.exists()
 
 
 def test_discard_forgets_an_output_and_every_attempt_at_it_but_nothing_else(tmp_path):
