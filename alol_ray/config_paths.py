@@ -34,8 +34,9 @@ def path_fields(node: Any, prefix: str = ""):
             yield from path_fields(item, f"{prefix}{i}.")
 
 
-def is_uri(value: str) -> bool:
-    """``scheme://...`` (s3, gs, file, hdfs, ...): not a local path."""
+def has_scheme(value: str) -> bool:
+    """``scheme://...`` with any scheme (s3, gs, hf, http, ...): not a local path. Whether storage can live
+    there is ``storage.is_uri`` (the schemes pyarrow opens)."""
     scheme, sep, _ = value.partition("://")
     return bool(sep) and scheme.isalnum()
 
@@ -64,7 +65,7 @@ def resolve_path(value: str, kind: str, key: str, cwd: Optional[str] = None, not
     """One path field resolved (see ``resolve_paths``); ConfigError for a local path that does not exist."""
     if not value:
         return value
-    if is_uri(value):
+    if has_scheme(value):
         named = key if key == value else f"{key}: {value!r}"
         if kind == "output":
             raise ConfigError(f"{named} is a URI; give a local folder (only `storage` can be a bucket)")
@@ -98,7 +99,7 @@ def resolve_path(value: str, kind: str, key: str, cwd: Optional[str] = None, not
 
 def local_file(value: str, key: str, cwd: Optional[str] = None) -> str:
     """A file the user names on the command line, made absolute; ConfigError when there is none."""
-    if is_uri(value):
+    if has_scheme(value):
         raise ConfigError(f"{key}: {value!r} is a URI; give a local file")
     path = os.path.normpath(os.path.join(cwd or os.getcwd(), os.path.expanduser(value)))
     if not os.path.isfile(path):
