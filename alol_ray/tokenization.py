@@ -19,7 +19,7 @@ for token.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from alol_ray.families import TEXT, PromptFormat, chat_prompt_ids, response_end_id
 
@@ -143,11 +143,20 @@ def response_token_logps(model, batch: PolicyBatch) -> torch.Tensor:
     ``log pi(y_t) = z[y_t] - logsumexp(z)``: only the response positions' logits are made ([B, R, V], see
     ``response_logits``), never a [B, L, V] log-softmax.
     """
+    picked, _ = response_logits(model, batch)
+    return logps_from_logits(picked.float(), batch)
+
+
+def logps_from_logits(picked: torch.Tensor, batch: PolicyBatch,
+                      log_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Token log-probs [B, R] from the response positions' logits ``picked`` [B, R, V] (float32): ``z[y_t] -
+    logsumexp(z)`` (``log_norm``: that logsumexp, when the caller has it), exactly 0.0 at padding."""
     import torch  # lazy: see collate
 
-    picked = response_logits(model, batch).float()  # [B, R, V]
     targets = batch.input_ids[:, 1:].gather(1, batch.response_index)  # [B, R]
-    token_logps = picked.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+    if log_norm is None:
+        log_norm = torch.logsumexp(picked, dim=-1)
+    token_logps = picked.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
     # where, not multiply: a NaN/inf at a padded position must not leak into sums or gradients.
     return torch.where(batch.response_mask > 0, token_logps, torch.zeros_like(token_logps))
 
@@ -157,9 +166,10 @@ def response_token_logps(model, batch: PolicyBatch) -> torch.Tensor:
 _KEEPS_POSITIONS = "_alol_logits_to_keep_positions"
 
 
-def response_logits(model, batch: PolicyBatch) -> torch.Tensor:
+def response_logits(model, batch: PolicyBatch, **forward_kwargs) -> tuple[torch.Tensor, Any]:
     """The logits at the response positions, [B, R, V] in the model's dtype (row b, column j: the logits that
-    predict response token j of sequence b; padded columns hold position 0's).
+    predict response token j of sequence b; padded columns hold position 0's), and the forward's whole output
+    (``forward_kwargs`` go to the forward: ``output_hidden_states=True`` for PPO's value head).
 
     The LM head runs on those B x R positions alone where the model's forward takes ``logits_to_keep`` as a
     [B, R] tensor of positions (transformers 5's causal LMs): its matmul over the prompt positions, the
@@ -167,8 +177,6 @@ def response_logits(model, batch: PolicyBatch) -> torch.Tensor:
     model is a fifth of its forward). Other forwards give the full logits, gathered here. Which one a model
     does is checked on its first call, against the full logits, and remembered on the model.
     """
-    import torch  # lazy: see collate
-
     index = batch.response_index
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     keeps = getattr(model, _KEEPS_POSITIONS, None)
@@ -179,9 +187,11 @@ def response_logits(model, batch: PolicyBatch) -> torch.Tensor:
         except AttributeError:  # a model that takes no attributes: checked again next time
             pass
     if keeps:
-        return model(**inputs, logits_to_keep=index).logits
-    logits = model(**inputs).logits  # [B, L, V]
-    return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        out = model(**inputs, **forward_kwargs, logits_to_keep=index)
+        return out.logits, out
+    out = model(**inputs, **forward_kwargs)
+    logits = out.logits  # [B, L, V]
+    return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])), out
 
 
 def _keeps_positions(model, inputs: dict, index: torch.Tensor) -> bool:

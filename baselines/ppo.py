@@ -56,7 +56,7 @@ from alol_ray.generation.generator import choose_engine, engine_resources
 from alol_ray.ray_utils import init_ray, is_local_ray
 from alol_ray.scoring.reference import ReferenceScorer
 from alol_ray.scoring.reward import run_scorer
-from alol_ray.tokenization import PolicyBatch, collate, response_token_logps
+from alol_ray.tokenization import PolicyBatch, collate, logps_from_logits, response_logits, response_token_logps
 from alol_ray.train.methods import Method, register
 from alol_ray.train.selection import evaluate_policy
 from alol_ray.train.worker import all_reduce_sum, broadcast, mean_over_workers
@@ -99,15 +99,12 @@ class PolicyWithValueHead:
             def forward(self, batch, with_entropy: bool = False):
                 """(token log-probs [B, R], values [B, R], entropy [B, R] or None) at the response positions:
                 the value of the state that emits token t is read at the position whose logits predict t."""
-                out = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  output_hidden_states=True)
+                # the LM head on the response positions alone where the forward allows it (response_logits)
+                picked, out = response_logits(self.policy, batch, output_hidden_states=True)
+                picked = picked.float()  # [B, R, V]
                 index = batch.response_index
-                logits = out.logits
-                vocab = logits.shape[-1]
-                picked = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, vocab)).float()  # [B, R, V]
-                targets = batch.input_ids[:, 1:].gather(1, index)
                 log_norm = torch.logsumexp(picked, dim=-1)
-                logps = picked.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
+                logps = logps_from_logits(picked, batch, log_norm)
                 hidden = out.hidden_states[-1]
                 hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
                 values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
@@ -118,8 +115,7 @@ class PolicyWithValueHead:
                         probs = torch.softmax(picked, dim=-1)
                         entropy = log_norm - (probs * picked).sum(-1)
                         entropy = torch.where(real, entropy, torch.zeros_like(entropy))
-                zeros = torch.zeros_like(logps)
-                return torch.where(real, logps, zeros), torch.where(real, values, zeros), entropy
+                return logps, torch.where(real, values, torch.zeros_like(values)), entropy
 
         if value_head is None:
             value_head = _value_head_module(policy.config.hidden_size)

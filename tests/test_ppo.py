@@ -44,7 +44,8 @@ def pairs_of(tok, rows, n):
 
 def test_policy_with_value_head_matches_the_shared_tokenisation(tiny_policy_dir, builtin_rows):
     """The PPO module's log-probs are exactly ``response_token_logps`` (the offline methods' and the reference
-    scorer's), its zero-initialised values are 0, and both are 0 at padding."""
+    scorer's), its zero-initialised values are 0, and both are 0 at padding. Its LM head runs on the response
+    positions alone, and the entropy is that of the full forward's distribution at each response position."""
     from alol_ray.models import load_policy
     from alol_ray.baselines.ppo import PolicyWithValueHead, ReferencePolicy
 
@@ -52,13 +53,21 @@ def test_policy_with_value_head_matches_the_shared_tokenisation(tiny_policy_dir,
     model.eval()
     batch = collate(pairs_of(tok, builtin_rows, 6), tok.pad_token_id)
     module = PolicyWithValueHead.build(model)
+    head_rows = []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[:-1]))
     with torch.no_grad():
+        expected = response_token_logps(model, batch)  # the first call checks the model's logits_to_keep
+        head_rows.clear()
         logps, values, entropy = module(batch, with_entropy=True)
-        expected = response_token_logps(model, batch)
+        assert head_rows == [batch.response_index.shape]
+        full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     torch.testing.assert_close(logps, expected, atol=1e-5, rtol=0)
     assert torch.count_nonzero(values) == 0
     real = batch.response_mask > 0
     assert bool((entropy[real] > 0).all()) and bool((entropy[~real] == 0).all())
+    at = full.gather(1, batch.response_index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    want = torch.distributions.Categorical(logits=at).entropy()
+    torch.testing.assert_close(entropy[real], want[real], atol=1e-5, rtol=0)
     # The reference actor's log-probs of token ids (not re-tokenised text) are the same numbers.
     ref = ReferencePolicy(tiny_policy_dir, max_prompt_tokens=MAX_PROMPT, max_response_tokens=32,
                           model_cfg=RunConfig().model, use_gpu=False, bf16=False, num_threads=1)
