@@ -164,6 +164,7 @@ _EC = ("cached = pd.concat([cached, fresh], ignore_index=True) if len(cached) el
        "fresh.reset_index(drop=True)")
 _EVAL = "alol_ray/evaluation/eval_job.py"
 _RR_FP = 'fp = fingerprint("ref-rewards-v1", cfg.reward, stats or {})'
+_RF_FP = 'return fingerprint("ref-replies-v1", model_identity(ref_path), generation_identity(cfg.generation),'
 _RR_EMPTY = ('cached = pd.DataFrame({**{k: pd.Series(dtype=want[k].dtype) for k in key}, '
              'C.REWARD: pd.Series(dtype=float)})')
 _RR_MERGE = 'rewards = want.merge(cached, on=key, how="left")[C.REWARD].to_numpy(dtype=float, copy=True)'
@@ -355,6 +356,15 @@ EQUIVALENT: tuple[Equivalent, ...] = (
       for after in (_RR_FP.replace('"ref-rewards-v1"', "None"), _RR_FP.replace('"ref-rewards-v1", ', ""),
                     _RR_FP.replace("ref-rewards-v1", "XXref-rewards-v1XX"),
                     _RR_FP.replace("ref-rewards-v1", "REF-REWARDS-V1"))),
+    *(Equivalent(_EVAL, "reference_fingerprint", _RF_FP, after,
+                 "the tag only names the cache's format: another spelling gives every cache another fingerprint, "
+                 "read and written alike")
+      for after in (_RF_FP.replace('"ref-replies-v1"', "None"), _RF_FP.replace('"ref-replies-v1", ', ""),
+                    _RF_FP.replace("ref-replies-v1", "XXref-replies-v1XX"),
+                    _RF_FP.replace("ref-replies-v1", "REF-REPLIES-V1"))),
+    Equivalent(_EVAL, "reference_rewards", _RR_EMPTY, _RR_EMPTY.replace("pd.Series(dtype=want[k].dtype)",
+                                                                         "pd.Series(dtype=None)"),
+               "an empty key column of object dtype merges with the string keys alike: no row to compare"),
     Equivalent(_EVAL, "reference_rewards", _RR_EMPTY, _RR_EMPTY.replace("C.REWARD: pd.Series(dtype=float)",
                                                                          "C.REWARD: pd.Series(dtype=None)"),
                "the empty frame's reward column only meets NaN from the left merge and to_numpy(dtype=float)"),

@@ -179,7 +179,7 @@ def test_reference_rewards_are_scored_again_when_the_reward_statistics_change(cf
     np.testing.assert_allclose(again, second, atol=1e-12)  # from the cache: `known` is not asked
 
 
-def test_the_reference_replies_fingerprint_covers_pi_ref_and_the_generation_settings(cfg, tmp_path):
+def test_the_reference_replies_fingerprint_covers_pi_ref_the_generation_settings_and_prompt_format(cfg, tmp_path):
     model = tmp_path / "pi_ref"
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"\x00" * 32)
@@ -193,7 +193,7 @@ def test_the_reference_replies_fingerprint_covers_pi_ref_and_the_generation_sett
     assert eval_job.reference_fingerprint(cfg, str(model)) != base
     edited = eval_job.reference_fingerprint(cfg, str(model))
     for section, field, value in (("generation", "top_p", 0.9), ("generation", "max_new_tokens", 7),
-                                  ("model", "max_prompt_tokens", 11)):
+                                  ("model", "max_prompt_tokens", 11), ("model", "chat_template", True)):
         old = getattr(getattr(cfg, section), field)
         setattr(getattr(cfg, section), field, value)
         assert eval_job.reference_fingerprint(cfg, str(model)) != edited, f"{section}.{field}"
