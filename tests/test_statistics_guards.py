@@ -320,8 +320,14 @@ def test_intervals_are_reproducible_from_their_inputs_and_seed():
     b = np.array([[0.0, 1.0, 5.0, 0.0]])
     assert paired_hierarchical_ci(a, b, n_samples=7, seed=3, chunk=3) == pytest.approx(GOLDEN_PAIRED, abs=1e-12)
     assert hierarchical_ci(list(a), n_samples=7, seed=3) == pytest.approx(GOLDEN_HIERARCHICAL, abs=1e-12)
-    assert paired_hierarchical_ci(a, b) == paired_hierarchical_ci(a, b, 2000, 0, 250)
-    assert hierarchical_ci(list(a)) == hierarchical_ci(list(a), 2000, 0)
+    # The defaults, on 30 prompts of many values (where another count or seed moves the interval's ends):
+    rng = np.random.default_rng(1)
+    c, d = rng.normal(size=(2, 30)), rng.normal(size=(1, 30))
+    assert paired_hierarchical_ci(c, d) == paired_hierarchical_ci(c, d, 2000, 0, 250)
+    assert paired_hierarchical_ci(c, d) not in (paired_hierarchical_ci(c, d, 2001, 0, 250),
+                                                paired_hierarchical_ci(c, d, 2000, 1, 250))
+    assert hierarchical_ci(list(c)) == hierarchical_ci(list(c), 2000, 0)
+    assert hierarchical_ci(list(c)) not in (hierarchical_ci(list(c), 2001, 0), hierarchical_ci(list(c), 2000, 1))
     # One prompt is enough for an interval (the seeds' spread): seeds 1 and 2 against 0.
     assert paired_hierarchical_ci(a[:, :1], b[:, :1], 50) == (1.5, 1.0, 2.0)
 
@@ -331,11 +337,15 @@ GOLDEN_HIERARCHICAL = (2.0, 1.421875, 2.640625)
 
 
 def test_paired_rows_use_the_resamples_asked_for_and_keep_their_columns_when_empty(tmp_path):
-    entries = [RunEntry("nll", 0, _eval_file(tmp_path / "n.parquet", ["p", "q", "r"], [1.0, 2.0, 0.0])),
-               RunEntry("a_lol", 0, _eval_file(tmp_path / "a.parquet", ["p", "q", "r"], [2.0, 2.0, 3.0]))]
+    # 40 prompts with rewards of many values: 300 resamples give another interval than the default 2000
+    ids, rng = [f"p{i}" for i in range(40)], np.random.default_rng(0)
+    nll, a_lol = rng.normal(size=40), rng.normal(size=40)
+    entries = [RunEntry("nll", 0, _eval_file(tmp_path / "n.parquet", ids, nll)),
+               RunEntry("a_lol", 0, _eval_file(tmp_path / "a.parquet", ids, a_lol))]
     paired = paired_rows(entries, n_bootstrap=300)  # no reference among them: pairs against nll only
     assert list(zip(paired["method"], paired["versus"])) == [("a_lol", "nll")]
-    want = paired_hierarchical_ci(np.array([[2.0, 2.0, 3.0]]), np.array([[1.0, 2.0, 0.0]]), 300)
+    want = paired_hierarchical_ci(a_lol[None, :], nll[None, :], 300)
+    assert want != paired_hierarchical_ci(a_lol[None, :], nll[None, :])  # the fixture tells the two apart
     assert (paired.loc[0, "difference"], paired.loc[0, "lo"], paired.loc[0, "hi"]) == want
     assert paired_rows(entries[:1]).columns.tolist() == ["method", "versus", "seeds", "versus_seeds", "prompts",
                                                          "difference", "lo", "hi", "verdict"]
