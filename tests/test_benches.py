@@ -59,7 +59,7 @@ SMOKES: dict[str, list[Smoke]] = {
     "checkpoint_bytes.py": [Smoke(("model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2",
                                    "model.tiny.vocab_size=300", "data.builtin_train_prompts=40"),
                                   r"one checkpoint: \d+ files, [\d,]+ bytes .* pushed to a local S3 server")],
-    "demo_budget.py": [Smoke(("--storage", "{tmp}", "--", *TOY_RUN, "compare.methods=[nll]"),
+    "demo_budget.py": [Smoke(("--storage", "{tmp}", "--out", "{tmp}.json", "--", *TOY_RUN, "compare.methods=[nll]"),
                              r"wall \d+\.\d min \(budget 10\), peak PSS [\d.]+ GiB .* -> within budget")],
     "generation.py": [
         Smoke(("--engines", "transformers", "--sizes", "demo", "--prompts", "4", "--max-new-tokens", "4",
