@@ -687,8 +687,8 @@ def main() -> None:
     below = [m for m, e in summary.items() if e["total"] and e["killed"] / e["total"] < GOALS[m]]
     if below:
         print("below goal: " + ", ".join(below))
-    parts = [f"{Path(m).name} {100 * e['killed'] / max(e['total'], 1):.1f}% ({e['killed']}/{e['total']})"
-             for m, e in summary.items()]
+    parts = [f"{Path(m).name} {100 * e['killed'] / e['total']:.1f}% ({e['killed']}/{e['total']})"
+             for m, e in summary.items() if e["total"]]  # --functions may leave a module no mutant
     print("killed: " + ", ".join(parts))
 
 
