@@ -445,7 +445,7 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                  "write_parquet stores no index, and every caller merges on columns: the index is never read")
       for after in ("ignore_index=None", "", "ignore_index=False")),
     # integrity
-    *(Equivalent(_STAGE, "publish", 'shutil.rmtree(stale, ignore_errors=True)', f"shutil.rmtree(stale, {after})",
+    *(Equivalent(_STAGE, "publish", 'shutil.rmtree(stale, ignore_errors=True)', f"shutil.rmtree(stale, {after}",
                  "the folder was just listed by glob: rmtree fails only if another process deletes it meanwhile")
       for after in ("ignore_errors=None)", ")", "ignore_errors=False)")),
     *(Equivalent(_STAGE, "recover", 'shutil.rmtree(replaced, ignore_errors=True)', f"shutil.rmtree(replaced, {after}",

@@ -182,7 +182,7 @@ def test_a_full_disk_is_one_line_and_only_a_resumable_build_keeps_its_checkpoint
     for build in full:
         with pytest.raises(UserError) as err:
             run_stage("train", str(folder), "fp", build)
-        assert str(err.value).startswith(said) and "kept" not in str(err.value), err.value
+        assert str(err.value).startswith(said) and str(err.value).endswith("then rerun to go on"), err.value
         assert not staging.exists()
         with pytest.raises(UserError) as err:
             run_stage("train", str(folder), "fp", build, resumable=True)
@@ -194,6 +194,13 @@ def test_a_full_disk_is_one_line_and_only_a_resumable_build_keeps_its_checkpoint
         with pytest.raises(RuntimeError, match="^boom$"):
             run_stage("train", str(folder), "fp", writes_then(RuntimeError("boom")), resumable=resumable)
         assert staging.exists() is resumable  # a resumable build's checkpoints stay for the rerun
+
+    def removes_its_folder_then_fails(out):
+        shutil.rmtree(out)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="^boom$"):  # the build's own error, not one from cleaning up after it
+        run_stage("train", str(folder), "fp", removes_its_folder_then_fails)
     assert not folder.exists()
 
 
