@@ -1,6 +1,6 @@
 """Experiment-tracking backends by name: the package each needs and the class that writes to it.
 
-    backend_names() -> ["tensorboard", "mlflow", "wandb"]
+    get_backend("wandb") -> Backend("wandb", "wandb", "alol_ray.tracking:WandBBackend")
     check_names(["wandb"]); check_installed(["wandb"])  # ConfigError: unknown or twice; not installed here
     register_backend(Backend("my_tracker", "my_pkg", "my_pkg.tracking:MyBackend"))
 
@@ -53,10 +53,6 @@ def register_backend(backend: Backend) -> Backend:
 
 def unregister_backend(name: str) -> None:
     BACKENDS.pop(name, None)
-
-
-def backend_names() -> list[str]:
-    return list(BACKENDS)
 
 
 def get_backend(name: str) -> Backend:
