@@ -96,9 +96,9 @@ SMOKES: dict[str, list[Smoke]] = {
     "train_report.py": [Smoke(("--workers", "1", "--reports", "2", "--polls", "0.5,0.1"),
                               r"\n +0\.10 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+")],
 }
-# Temporary files other libraries make and delete themselves at their own time (Ray Train's checkpoint
-# downloads, torch's compile caches): not the bench's to clean.
-THIRD_PARTY_TEMP = ("checkpoint_tmp_", "torchinductor_", "pymp-", "ray")
+# Temporary files other libraries make and delete (or leave) at their own time (Ray Train's checkpoint downloads,
+# torch's compile caches, vLLM's distributed-init folder): not the bench's to clean.
+THIRD_PARTY_TEMP = ("checkpoint_tmp_", "torchinductor_", "pymp-", "ray", "vllm_dist_")
 TIER_MARKS = {"default": (), "e2e": (pytest.mark.e2e,), "vllm": (pytest.mark.vllm,)}
 # Benches whose smoke lives in their own test file, which checks more than a line (run once, not twice in e2e).
 SMOKED_ELSEWHERE = {"vs_trl.py": "tests/test_vs_trl.py::test_the_bench_smoke_runs_both_sides_and_ends_with_the_ratios"}
