@@ -68,12 +68,7 @@ class Engine:
 
     def installed(self) -> bool:
         """Whether ``requires`` can be imported here (checked without importing it)."""
-        if not self.requires:
-            return True
-        try:
-            return importlib.util.find_spec(self.requires) is not None
-        except (ImportError, ValueError):
-            return False
+        return not self.requires or module_installed(self.requires)
 
     def check_installed(self) -> None:
         if not self.installed():
@@ -82,6 +77,15 @@ class Engine:
 
     def load_class(self) -> type:
         return resolve(self.engine_class)
+
+
+def module_installed(module: str) -> bool:
+    """Whether ``module`` can be imported here, found without importing it (a missing parent package, or one
+    that is not a package, counts as not installed)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def resolve(ref: Any) -> Any:

@@ -15,11 +15,10 @@ Standard library only: the config checks names and installs without importing te
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from alol_ray.engines import resolve, say_choices
+from alol_ray.engines import module_installed, resolve, say_choices
 from alol_ray.errors import ConfigError
 
 INSTALL_HINT = "pip install 'alol-ray[tracking]'"
@@ -34,10 +33,7 @@ class Backend:
     backend_class: Any  # "package.module:Class" (imported where a run opens) or the class itself
 
     def installed(self) -> bool:
-        try:
-            return importlib.util.find_spec(self.package) is not None
-        except (ImportError, ValueError):
-            return False
+        return module_installed(self.package)
 
     def load_class(self) -> type:
         return resolve(self.backend_class)

@@ -72,7 +72,8 @@ SMOKE = ["data.builtin_train_prompts=60", "data.builtin_eval_prompts=8", "refere
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    p.add_argument("--storage", default=None, help="where the runs go, kept (default: a temporary folder, deleted at the end)")
+    p.add_argument("--storage", default=None,
+                   help="where the runs go, kept (default: a temporary folder, deleted at the end)")
     p.add_argument("--same-rows", action="store_true",
                    help="the sizes of tests/test_alol_loss.py: nll with A-LoL's sampler and step budget")
     p.add_argument("--smoke", action="store_true", help="toy sizes on top (the bench's code path, no figure)")
