@@ -34,7 +34,7 @@ from alol_ray.ray_compat import remote_error, wrapped_errors
 from alol_ray.ray_utils import check_address
 from alol_ray.runlock import RunLock, release_all
 from alol_ray.runs import RunPaths
-from alol_ray.storage import bucket_failure, synced
+from alol_ray.storage import bucket_failure, is_uri, synced, watch
 
 log = logging.getLogger("alol")
 
@@ -128,11 +128,28 @@ def session_for(args: argparse.Namespace, module, command: str) -> Iterator[Opti
     cfg = module.load(args) if hasattr(module, "load") else load_config(args.config, list(args.overrides or []))
     check_address(cfg.ray)  # a Ray address no stage can use is an error now, not when the first actor starts
     check_early(cfg)  # the run's folders can be written, bucket storage answers, methods and engine exist
-    with synced(cfg) as local_cfg:
+    with _bucket_watch(cfg.storage, getattr(args, "_command", command)), synced(cfg) as local_cfg:
         lock = RunLock(RunPaths.from_config(local_cfg).root, command) if getattr(module, "LOCKS_RUN", True) \
             else contextlib.nullcontext()
         with lock:
             yield Session(local_cfg, command)
+
+
+@contextlib.contextmanager
+def _bucket_watch(storage: str, name: str) -> Iterator[None]:
+    """A bucket run whose bucket stops answering ends as one line and exit code 2 once it has been silent for
+    ``storage.silence_s()`` (ALOL_BUCKET_SILENCE_S, default 120 s; plus Ray's bounded stop), wherever the command
+    waits on it: an upload in a Train worker, Ray Train's own bookkeeping, the push back."""
+    if not is_uri(storage):
+        yield
+        return
+    stop = watch(storage, lambda why: _end_now(
+        f"alol {name}: error: bucket storage stopped answering ({why}); finished stages and checkpoints are kept "
+        "in the bucket and this machine's copy: rerun the command once the bucket answers", EXIT_USER_ERROR))
+    try:
+        yield
+    finally:
+        stop()
 
 
 def _user_error(err: BaseException) -> Optional[UserError]:
@@ -170,6 +187,41 @@ def _stop_ray() -> None:
     ray.shutdown()
 
 
+# Held by whoever ends the command with a line on stderr: main() with the command's own error, or a watchdog
+# thread that ends it (_end_now); the other one then says nothing.
+_ENDING = threading.Lock()
+_ended = threading.Event()  # main() has said how the command ended: a watchdog that wakes up later is quiet
+
+
+def _end_now(line: str, code: int) -> None:
+    """From a watchdog thread: say ``line``, release the run's lock, stop Ray (bounded) and exit with ``code``
+    now, whatever the main thread waits on. Nothing, when main() has already said how the command ended."""
+    with _ENDING:
+        if _ended.is_set():
+            return
+        sys.stdout.flush()
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        # The line stays the command's last: what Ray's log monitor still forwards from the actors and workers
+        # being stopped (their own tracebacks) goes nowhere.
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        release_all()
+        if _ray_running():
+            stopper = threading.Thread(target=_stop_ray, daemon=True)
+            stopper.start()
+            stopper.join(30)
+        os._exit(code)
+
+
+def _say_end(line: str) -> None:
+    """main()'s last line (an error, an interrupt); a watchdog ending the command at the same time is quiet."""
+    with _ENDING:
+        _ended.set()
+        print(line, file=sys.stderr)
+
+
 def _interrupt_watchdog(command: str):
     """Make sure Ctrl-C ends the command. Normally it raises KeyboardInterrupt in the main thread and main()
     returns 130. But Python runs signal handlers only between bytecodes of the main thread: one blocked in
@@ -196,15 +248,8 @@ def _interrupt_watchdog(command: str):
                     continue
                 if int(signal.SIGINT) not in reader.recv(64) or done.wait(INTERRUPT_GRACE_S):
                     continue
-                sys.stderr.write(f"alol: interrupted, and the command did not stop within {INTERRUPT_GRACE_S:.0f} s: "
-                                 f"stopping it. Finished stages and checkpoints are kept; rerun `{command}`\n")
-                sys.stderr.flush()
-                release_all()
-                if _ray_running():
-                    stopper = threading.Thread(target=_stop_ray, daemon=True)
-                    stopper.start()
-                    stopper.join(30)
-                os._exit(EXIT_INTERRUPTED)
+                _end_now(f"alol: interrupted, and the command did not stop within {INTERRUPT_GRACE_S:.0f} s: "
+                         f"stopping it. Finished stages and checkpoints are kept; rerun `{command}`", EXIT_INTERRUPTED)
         except (OSError, ValueError):  # disarmed: the socket was closed under select
             return
 
@@ -231,21 +276,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_USER_ERROR
     module, command = command_module(name), command_line(argv)
     ray_before = _ray_running()  # a caller's Ray (tests, notebooks) is left running
+    _ended.clear()
     disarm = _interrupt_watchdog(command)
     interrupted = False
     try:
         with session_for(args, module, command) as session:
             return int(module.run(args, session) or 0)
     except KeyboardInterrupt:
-        print(f"alol {name}: interrupted. Finished stages and checkpoints are kept; rerun `{command}` to go on "
-              "from there", file=sys.stderr)
+        _say_end(f"alol {name}: interrupted. Finished stages and checkpoints are kept; rerun `{command}` to go on "
+                 "from there")
         interrupted = True
         return EXIT_INTERRUPTED
     except BaseException as err:  # noqa: BLE001 -- a user error may arrive wrapped by Ray
         user = _user_error(err)
         if user is None:
             raise
-        print(f"alol {name}: error: {user}", file=sys.stderr)
+        _say_end(f"alol {name}: error: {user}")
         return EXIT_USER_ERROR
     finally:
         if not ray_before and _ray_running():

@@ -199,6 +199,63 @@ def _reaching(uri: str, action: str) -> Iterator[None]:
                            "bucket and in this machine's copy: rerun the command once the bucket answers") from None
 
 
+# A bucket run ends (one line, exit code 2) once its bucket has not answered for this long: a stopped server
+# holds connections open, and an upload that waits on one (Ray Train's, in a worker) has no deadline of its own.
+# ALOL_BUCKET_SILENCE_S sets it (a network that drops out for minutes, a test that stops its server).
+SILENCE_S = 120.0
+SILENCE_ENV = "ALOL_BUCKET_SILENCE_S"
+PROBE_EVERY_S = 10.0
+
+
+def silence_s() -> float:
+    """How long a bucket run waits for a silent bucket: ALOL_BUCKET_SILENCE_S, else SILENCE_S."""
+    text = os.environ.get(SILENCE_ENV, "").strip()
+    if not text:
+        return SILENCE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{SILENCE_ENV}={text!r}: expected a number of seconds above 0")
+    return value
+
+
+def watch(uri: str, on_silence: Callable[[str], None], silence: Optional[float] = None,
+          every_s: float = PROBE_EVERY_S) -> Callable[[], None]:
+    """Probe ``uri`` (one metadata request, bounded) every ``every_s`` seconds in a daemon thread; once nothing
+    has answered for ``silence`` seconds (default: ``silence_s()``), call ``on_silence(why)`` there, once.
+    Returns the function that stops the watch."""
+    # lazy: threading, time (the CLI starts without them)
+    import threading
+    import time
+
+    silence = silence_s() if silence is None else silence
+    every_s = min(every_s, silence / 2)
+    filesystem, path = resolve(uri)
+    stop = threading.Event()
+
+    def probe() -> Optional[str]:
+        try:
+            answered, _ = _within(every_s * 2, lambda: filesystem.get_file_info(path))
+        except Exception as exc:  # noqa: BLE001 -- refused, reset, access denied: not usable either
+            return _first_line(exc)
+        return None if answered else f"no answer within {every_s * 2:g} s"
+
+    def run() -> None:
+        last_answer = time.monotonic()
+        while not stop.wait(every_s):
+            why = probe()
+            if why is None:
+                last_answer = time.monotonic()
+            elif time.monotonic() - last_answer >= silence and not stop.is_set():
+                on_silence(f"{uri} has not answered for {silence:g} s: {why}")
+                return
+
+    threading.Thread(target=run, name="alol-bucket-watch", daemon=True).start()
+    return stop.set
+
+
 # How a bucket's failure reads when it arrives as text (raised in Ray Train's own checkpoint upload, in a worker):
 # pyarrow's S3 and GCS errors.
 _BUCKET_FAILURE = re.compile(r"^.*(AWS Error [A-Z_]+|google::cloud::Status).*$", re.MULTILINE)

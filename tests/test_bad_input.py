@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from alol_ray.errors import ConfigError
 from tests.test_bucket_storage import BUCKET, bucket_files, s3  # noqa: F401  (s3: the moto S3 server fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -404,11 +405,44 @@ def stoppable_s3(tmp_path):
         server.wait(timeout=30)
 
 
+def test_the_bucket_watch_tells_once_when_the_bucket_has_been_silent_past_its_deadline(stoppable_s3, monkeypatch):
+    """What ends a bucket run whose bucket stops answering (an upload in a Train worker waits on such a bucket
+    with no deadline of its own): nothing is told while the bucket answers, one call once it has been silent
+    for ``silence`` seconds, none from a watch that was stopped."""
+    from alol_ray import storage
+
+    env, server = stoppable_s3
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    told, stopped_told = [], []
+    stop = storage.watch(f"s3://{BUCKET}/watched", told.append, silence=3, every_s=0.5)
+    stop_early = storage.watch(f"s3://{BUCKET}/watched", stopped_told.append, silence=3, every_s=0.5)
+    try:
+        time.sleep(5)  # past the deadline, with the bucket answering
+        assert told == [] and stopped_told == []
+        stop_early()
+        server.send_signal(19)  # SIGSTOP: connections are accepted and never answered
+        silent_since = time.monotonic()
+        _wait_for(lambda: told, 60, "the watch to tell the silence")
+        waited = time.monotonic() - silent_since
+        time.sleep(2)
+    finally:
+        stop()
+        server.send_signal(18)
+    assert len(told) == 1 and told[0].startswith(f"s3://{BUCKET}/watched has not answered for 3 s"), told
+    assert 3 <= waited < 30, waited
+    assert stopped_told == []
+    monkeypatch.setenv(storage.SILENCE_ENV, "soon")
+    with pytest.raises(ConfigError, match=f"{storage.SILENCE_ENV}='soon': expected a number of seconds"):
+        storage.watch(f"s3://{BUCKET}/watched", told.append)
+
+
 @pytest.mark.e2e
 def test_a_bucket_that_stops_answering_mid_training_is_one_line_and_the_rerun_resumes(alol_cli, tmp_path,
                                                                                        stoppable_s3):
     env, server = stoppable_s3
-    env = {**env, "ALOL_LOCAL_STORAGE": str(tmp_path / "cache")}
+    # A silent bucket ends the run after ALOL_BUCKET_SILENCE_S (120 s by default), whatever waits on it.
+    env = {**env, "ALOL_LOCAL_STORAGE": str(tmp_path / "cache"), "ALOL_BUCKET_SILENCE_S": "30"}
     args = ["train", "--algo", "nll", "--reference", f"storage=s3://{BUCKET}/mid", *TRAIN_SMALL,
             "reference.train.steps=400", "reference.train.checkpoint_every=5"]
     first = subprocess.Popen([*alol_cli, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -418,7 +452,7 @@ def test_a_bucket_that_stops_answering_mid_training_is_one_line_and_the_rerun_re
         _wait_for(lambda: len({m.group(0) for m in (re.search(r"checkpoint-\d+/", key) for key in
                                                       bucket_files(env, "mid")) if m}) >= 2, 400, "checkpoint", first)
         server.send_signal(19)  # SIGSTOP: the bucket stops answering (connections hang)
-        out, err = first.communicate(timeout=500)
+        out, err = first.communicate(timeout=300)
     finally:
         server.send_signal(18)
         if first.poll() is None:
