@@ -676,13 +676,6 @@ class RunConfig:
         if self.train.strategy == "fsdp" and self.model.lora.load_in_4bit:
             raise ConfigError("train.strategy=fsdp cannot shard 4-bit (QLoRA) weights: use train.strategy=ddp with "
                               "model.lora.load_in_4bit, or LoRA on bf16 weights with fsdp")
-        ppo_in = [key for key, names in (("train.algo", [self.train.algo]), ("compare.methods", self.compare.methods))
-                  if "ppo" in names]
-        if self.train.strategy == "fsdp" and ppo_in:
-            # PPO's rank 0 alone sends the policy's weights to the Generator and saves the value head: under FSDP
-            # each rank holds only shards of both (gathering them there is not built yet).
-            raise ConfigError(f"train.strategy=fsdp does not run ppo ({ppo_in[0]}): use train.strategy=ddp for ppo "
-                              "(LoRA, model.lora.enabled=true, for policies that do not fit one device)")
 
 
 def check_chat_markers(cfg: "RunConfig") -> None:

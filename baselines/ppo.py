@@ -15,7 +15,9 @@ Each iteration, read top to bottom in ``PPOHooks.train_step`` (one step of the w
     4. ``ppo.ppo_epochs`` passes of clipped-surrogate + clipped-value mini-batch updates (DDP over workers);
     5. the adaptive KL coefficient is updated and the new weights go into the running Generator engines in
        place (``Generator.update_weights``: one copy in Ray's object store, read by every engine; vLLM
-       reloads them with its own ``reload_weights``; no engine restarts);
+       reloads them with its own ``reload_weights``; no engine restarts). Under ``train.strategy: fsdp`` every
+       rank sends its shards and rank 0 loads them into its CPU copy of the policy first
+       (``PPOHooks.current_weights``); the value head is gathered the same way at each checkpoint;
     6. every ``ppo.eval_every`` iterations the greedy val reward (the offline trainer's selection) is measured
        and a checkpoint is reported; the best one is exported as an HF folder like every other method.
 
@@ -67,6 +69,7 @@ log = logging.getLogger("alol")
 
 METHOD = "ppo"
 VALUE_HEAD_FILE = "value_head.safetensors"
+POLICY_PREFIX = "policy."  # the policy's entries in the state dict of the policy + value head module
 PPO_STATE_KEY = "ppo"  # trainer_state.json entry with the KL coefficient and score moments
 
 
@@ -91,10 +94,18 @@ class PolicyWithValueHead:
                 self.policy = policy
                 self.value_head = head
 
-            def save_pretrained(self, folder: str, **kwargs) -> None:
+            def save_pretrained(self, folder: str, state_dict: Optional[dict] = None, **kwargs) -> None:
                 """A checkpoint's model/ is the policy alone (build_policy and export_policy load it); the value
-                head is saved beside it (``PPOHooks.save_extra``)."""
-                self.policy.save_pretrained(folder, **kwargs)
+                head is saved beside it (``PPOHooks.save_extra``). A ``state_dict`` given (FSDP's gathered one)
+                is this module's: its ``policy.`` entries are the policy's."""
+                if state_dict is not None:
+                    state_dict = {k[len(POLICY_PREFIX):]: v for k, v in state_dict.items()
+                                  if k.startswith(POLICY_PREFIX)}
+                self.policy.save_pretrained(folder, state_dict=state_dict, **kwargs)
+
+            def get_base_model(self):
+                """The transformers model inside (as peft's wrapper has it): where FSDP finds the decoder layers."""
+                return self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
 
             def forward(self, batch, with_entropy: bool = False):
                 """(token log-probs [B, R], values [B, R], entropy [B, R] or None) at the response positions:
@@ -209,6 +220,11 @@ def rollout_weights(policy) -> dict:
     with torch.no_grad():
         model = copy.deepcopy(policy).merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
         return {name: tensor.detach().to("cpu") for name, tensor in model.state_dict().items()}
+
+
+def full_tensors(state: dict) -> dict:
+    """``state`` with every sharded tensor (FSDP's DTensor) gathered whole: a collective, every rank calls it."""
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu() for k, v in state.items()}
 
 
 class _Rollouts:
@@ -341,10 +357,38 @@ class PPOHooks(Hooks):
         self.reduce = all_reduce_sum(w.world)
         tok = w.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.rollouts = _Rollouts(self, rollout_weights(self.inner.policy)) if w.lead else None
+        self.mirror = None  # FSDP: rank 0's whole copy of the policy that the gathered weights are loaded into
+        weights = self.current_weights(w)
+        self.rollouts = _Rollouts(self, weights) if w.lead else None
         self.reward_fn = None
         if w.lead and pc.eval_every > 0 and self.val_prompts:
             self.reward_fn = run_scorer(self.cfg.reward, stats=self.reward_stats).rewards
+
+    def current_weights(self, w: Worker) -> Optional[dict]:
+        """The policy's weights for the rollout engines, on rank 0 (None elsewhere). Called on every rank: under
+        FSDP (``train.strategy: fsdp``) every rank sends its shards and rank 0 loads the whole weights into a
+        copy of the policy on its CPU (``self.mirror``, built once; with LoRA, merged from there as under DDP).
+        That copy costs rank 0 one policy's weights in CPU memory, as the engines' own copy does."""
+        if w.strategy.name != "fsdp":
+            return rollout_weights(self.inner.policy) if w.lead else None
+        # lazy: torch.distributed.checkpoint, alol_ray.train.policy (alol_ray.baselines.ppo imports without them)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from alol_ray.train.policy import build_policy
+
+        full = get_model_state_dict(w.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not w.lead:
+            return None
+        if self.mirror is None:
+            self.mirror = build_policy(self.cfg.model, self.train, self.policy_path, None, torch.device("cpu"))[0]
+        policy_state = {k[len(POLICY_PREFIX):]: v for k, v in full.items() if k.startswith(POLICY_PREFIX)}
+        missing, unexpected = self.mirror.load_state_dict(policy_state, strict=False)
+        tied = {name for name, _ in self.mirror.named_parameters(remove_duplicate=False)} - \
+            {name for name, _ in self.mirror.named_parameters()}  # a tied weight's second name may be left out
+        if unexpected or set(missing) - tied:
+            raise RuntimeError(f"ppo under fsdp: the gathered weights do not fit the policy: missing "
+                               f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        return rollout_weights(self.mirror)
 
     def evaluate(self, w: Worker, step: int):
         if self.reward_fn is None:
@@ -364,8 +408,10 @@ class PPOHooks(Hooks):
         # lazy: safetensors (alol_ray.baselines.ppo imports without it)
         from safetensors.torch import save_file
 
-        head = self.inner.value_head.state_dict()
-        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, os.path.join(folder, VALUE_HEAD_FILE))
+        # Under FSDP every rank is here (writes_on_every_rank) and gathers the head's shards; rank 0 writes.
+        head = full_tensors(self.inner.value_head.state_dict())
+        if w.lead:
+            save_file({k: v.contiguous() for k, v in head.items()}, os.path.join(folder, VALUE_HEAD_FILE))
 
     def train_step(self, w: Worker, it: int, lr: float) -> dict[str, float]:
         pc, tc, device, reduce, kl_ctl = self.cfg.ppo, self.train, w.device, self.reduce, self.kl_ctl
@@ -413,9 +459,10 @@ class PPOHooks(Hooks):
             "values/mean": float(P.masked_mean(old_values, mask, reduce)),
         })
         stats = mean_over_workers(stats, w.world, device)
+        t_sync = time.perf_counter()
+        weights = self.current_weights(w)  # every rank: under FSDP a collective
         if w.lead:
-            t_sync = time.perf_counter()
-            self.rollouts.update_weights(rollout_weights(self.inner.policy))
+            self.rollouts.update_weights(weights)
             lengths = [len(r) for _, r in rollout["pairs"]]
             stats.update({
                 "reward/mean": float(np.mean(rollout["scores"])),

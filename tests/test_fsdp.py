@@ -246,22 +246,6 @@ def test_strategy_keys_are_checked_and_fsdp_refuses_4bit_weights():
         load_config(None, ["train.strategy=fsdp", "model.lora.enabled=true", "model.lora.load_in_4bit=true"])
 
 
-def test_ppo_under_fsdp_is_refused_in_one_line_before_any_work(alol_cli, tmp_path):
-    """PPO's rank 0 alone syncs the policy to the Generator and saves the value head, which FSDP shards."""
-    proc = subprocess.run([*alol_cli, "train", "--algo", "ppo", "train.strategy=fsdp", "storage=runs"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": "local"})
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
-    assert "train.strategy=fsdp does not run ppo (train.algo)" in lines[0]
-    assert not (tmp_path / "runs").exists()  # nothing was started
-    from alol_ray.config import load_config
-    from alol_ray.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"does not run ppo \(compare.methods\)"):
-        load_config(None, ["train.strategy=fsdp", "compare.methods=[a_lol,ppo]"])
-    load_config(None, ["train.strategy=fsdp", "train.algo=dpo"])  # the offline methods shard
-
-
 def test_strategy_and_precision_enter_the_training_fingerprint_but_checkpointing_does_not():
     """A run resumes with gradient checkpointing switched on (same results); another strategy or precision is
     another run (another checkpoint layout, other numbers)."""
@@ -361,6 +345,51 @@ def test_fsdp_best_is_one_hf_folder_that_transformers_loads(ddp_and_fsdp):
     out = model.generate(**tok(["### Human: Any tips for cooking? ### Assistant:"], return_tensors="pt"),
                          max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > 0
+
+
+@pytest.fixture(scope="module")
+def ppo_ddp_and_fsdp(train_setup):
+    """PPO, 2 workers x 2 iterations (rollouts from the Generator actor, pi_ref's actor, a value head): DDP
+    straight; FSDP stopped after iteration 1, then rerun from its sharded checkpoint."""
+    from conftest import in_dir
+    from test_ppo import PPO_CLI
+
+    # 2 workers x 0.5 CPU + the Generator (0.5) + pi_ref (0.5): the module's 2-CPU Ray holds them all at once.
+    argv = ["train", "--algo", "ppo", "--init", "policy", "storage=runs", "reference.path=policy", *PPO_CLI,
+            "train.num_workers=2", "ppo.cpus_per_worker=0.5", "ppo.checkpoint_every=1"]
+    assert in_dir(train_setup["root"], [*argv, "name=ppo_ddp", "train.strategy=ddp"]) == 0
+    assert in_dir(train_setup["root"], [*argv, "name=ppo_fsdp", "train.strategy=fsdp", "--stop-at-step", "1"]) == 0
+    assert in_dir(train_setup["root"], [*argv, "name=ppo_fsdp", "train.strategy=fsdp"]) == 0
+    runs = train_setup["root"] / "runs"
+    return {k: str(runs / f"ppo_{k}" / "train" / "ppo-s0") for k in ("ddp", "fsdp")}
+
+
+@pytest.mark.e2e
+def test_ppo_under_fsdp_equals_ddp_and_resumes_from_its_sharded_checkpoint(ppo_ddp_and_fsdp):
+    """Under FSDP every rank gathers the policy for the rollout engines and the value head for the checkpoint
+    (rank 0 alone held whole copies under DDP): the same rollouts, losses, KL and rewards as DDP at every
+    iteration, also across the stop after iteration 1, and the same value head and best/ at the end."""
+    import numpy as np
+    from safetensors.numpy import load_file
+    from test_train import max_diff
+
+    from alol_ray.atomic import read_jsonl
+    from alol_ray.baselines.ppo import VALUE_HEAD_FILE
+
+    ddp, fsdp = (read_jsonl(os.path.join(ppo_ddp_and_fsdp[k], "metrics.jsonl")) for k in ("ddp", "fsdp"))
+    assert [m["train/step"] for m in fsdp] == [1, 2]
+    for a, b in zip(ddp, fsdp, strict=True):
+        assert b["response/tokens_mean"] == a["response/tokens_mean"], a["train/step"]  # the same rollouts
+        for key in ("loss/policy", "loss/value", "objective/kl", "reward/mean", "train/grad_norm", "values/mean"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["train/step"], key)
+    heads = {k: load_file(os.path.join(v, "checkpoints", "checkpoint-0000002", VALUE_HEAD_FILE))
+             for k, v in ppo_ddp_and_fsdp.items()}
+    assert float(np.abs(heads["ddp"]["weight"]).max()) > 0  # trained away from its zero start
+    assert max_diff(heads["fsdp"], heads["ddp"]) < 1e-5
+    best = {k: load_file(os.path.join(v, "best", "model.safetensors")) for k, v in ppo_ddp_and_fsdp.items()}
+    assert max_diff(best["fsdp"], best["ddp"]) < 1e-5
+    shards = os.path.join(ppo_ddp_and_fsdp["fsdp"], "checkpoints", "checkpoint-0000002", "optimizer")
+    assert sorted(os.listdir(shards)) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
 
 # slow, not e2e (CI time): nll's sharded steps equal DDP's in the default tier (test_sharded_steps_equal_replicated_steps)

@@ -66,6 +66,12 @@ class Sharded:
         for unit in self.units:
             fully_shard(unit, mesh=mesh, mp_policy=mp)
         fully_shard(model, mesh=mesh, mp_policy=mp)
+        # FSDP takes the first unit to run forward as the root. Make it the root now: rank 0 may first run a
+        # module below it alone (PPO evaluates the policy inside its policy + value head module), which would
+        # otherwise make a decoder layer the root and fail the next forward through the whole model.
+        get_state = getattr(model, "_get_fsdp_state", None)  # torch's own (private) lazy init, as forward runs it
+        if get_state is not None:
+            get_state()._lazy_init()
         return model
 
     def accumulate(self, model, last: bool) -> ContextManager:
