@@ -522,12 +522,18 @@ class RewardModelConfig:
     cpus_per_worker: float = bounded(1.0, gt=0)
     use_gpu: bool = False
     max_failures: int = 1
+    # ddp: every worker holds the whole classifier; fsdp: FSDP2 shards it over the workers, one unit per encoder
+    # layer (as train.strategy does for the policy); for a whole encoder that trains (freeze_encoder: false)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     embed_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)  # frozen-encoder feature pass (Ray Data)
 
     def __post_init__(self) -> None:
         check_fields(self, "rm")
         if self.template != "pair" and ("{prompt}" not in self.template or "{response}" not in self.template):
             raise ConfigError("rm.template must contain {prompt} and {response} (or be 'pair')")
+        if self.strategy == "fsdp" and self.freeze_encoder:
+            raise ConfigError("rm.strategy=fsdp shards an encoder that trains: set rm.freeze_encoder=false (a frozen "
+                              "encoder's head trains on cached features and is kept whole on every worker)")
         if self.batch_size % self.num_workers != 0:
             raise ConfigError(f"rm.batch_size ({self.batch_size}) must be divisible by rm.num_workers ({self.num_workers})")
 

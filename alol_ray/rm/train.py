@@ -159,28 +159,33 @@ class RewardModelHooks(Hooks):
 
         return torch.optim.AdamW(trainable, lr=self.rm.lr, weight_decay=self.rm.weight_decay)
 
-    def rewards(self, w: Worker, rows: np.ndarray, source: dict):
-        """The model's output for rows (positions into ``source``): from features or from text."""
+    def rewards(self, w: Worker, rows: np.ndarray, source: dict, model=None):
+        """The output of ``model`` (default: the trained one) for rows (positions into ``source``): from
+        features or from text."""
         # lazy: torch (alol_ray.rm.train imports without it)
         import torch
 
+        model = w.model if model is None else model
         if self.mode == "head":
-            return w.model(torch.as_tensor(source["X"][rows], device=w.device))
+            return model(torch.as_tensor(source["X"][rows], device=w.device))
         rm = self.rm
         enc = encode(self.tok, rm.template, [source["prompts"][i] for i in rows],
                      [source["responses"][i] for i in rows], rm.max_length, rm.truncation_side)
-        return w.model(**enc.to(w.device)).logits.squeeze(-1)
+        return model(**enc.to(w.device)).logits.squeeze(-1)
 
     def evaluate_holdout(self, w: Worker) -> dict[str, float]:
+        """Rank 0 alone. Through the module inside DDP: DDP's own forward broadcasts buffers to the other
+        workers (a collective they do not join here, which hung 2-worker runs)."""
         # lazy: torch (alol_ray.rm.train imports without it)
         import torch
 
         held = self.held
-        w.model.eval()
+        model = getattr(w.model, "module", w.model)
+        model.eval()
         with torch.no_grad():
-            scores = np.concatenate([self.rewards(w, np.arange(i, min(i + 256, held["n"])), held).cpu().numpy()
+            scores = np.concatenate([self.rewards(w, np.arange(i, min(i + 256, held["n"])), held, model).cpu().numpy()
                                      for i in range(0, held["n"], 256)])
-        w.model.train()
+        model.train()
         frame = pd.DataFrame({C.PROMPT_ID: held["pid"], C.RANK: held["rank"]})
         out = {"holdout/pairwise_acc": pairwise_accuracy(frame, scores)[0]}
         labelled = ~np.isnan(held["reward"])
@@ -218,9 +223,11 @@ class RewardModelHooks(Hooks):
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / steps
         report = {"epoch": epoch + 1, **totals}
-        if self.held is not None and w.lead:
+        if self.held is not None:
+            with w.strategy.unsharded(w.model):  # every rank: FSDP gathers the weights the lead scores with
+                held = self.evaluate_holdout(w) if w.lead else {}
             # A metric undefined on this slice (constant labels, no pair) is left out: step metrics are finite.
-            report.update({k: v for k, v in self.evaluate_holdout(w).items() if np.isfinite(v)})
+            report.update({k: v for k, v in held.items() if np.isfinite(v)})
         return report
 
     def progress(self, w: Worker, epoch: int, metrics: dict[str, float]) -> str:
@@ -230,9 +237,9 @@ class RewardModelHooks(Hooks):
 
 def loop_spec(rm: RewardModelConfig, track=None) -> LoopSpec:
     """The skeleton's settings of a reward-model run: rm.epochs steps of one epoch, a checkpoint after each,
-    a constant learning rate, DDP over ``rm.num_workers`` (no autocast)."""
+    a constant learning rate, ``rm.strategy`` (DDP or FSDP) over ``rm.num_workers`` (no autocast)."""
     parallel = TrainConfig(num_workers=rm.num_workers, cpus_per_worker=rm.cpus_per_worker, use_gpu=rm.use_gpu,
-                           bf16=False)
+                           bf16=False, strategy=rm.strategy)
     return LoopSpec(name="reward model", total_steps=rm.epochs, schedule=LRSchedule(lr=rm.lr), parallel=parallel,
                     checkpoint_every=1, seed=rm.seed, cpus_per_worker=rm.cpus_per_worker, tracking=track,
                     unit="epoch", tag="[rm]", fault_point="rm.epoch")
