@@ -325,10 +325,16 @@ def test_cli_pairwise_whole_model(alol_cli, tmp_path, tiny_bert):
         assert summary["slices"][name]["length"]["pairs"] == summary["slices"][name]["model"]["pairs"] > 0
 
 
-def test_rm_fsdp_needs_an_encoder_that_trains():
+def test_rm_fsdp_needs_an_encoder_that_trains_and_ddp_keeps_the_fingerprints_of_before():
     with pytest.raises(ConfigError, match="rm.strategy=fsdp shards an encoder that trains"):
         load_config(None, ["rm.strategy=fsdp"])
-    assert load_config(None, ["rm.strategy=fsdp", "rm.freeze_encoder=false"]).rm.strategy == "fsdp"
+    fsdp = load_config(None, ["rm.strategy=fsdp", "rm.freeze_encoder=false"]).rm
+    assert fsdp.strategy == "fsdp"
+    # The setting came after reward models were trained: at its default it leaves their fingerprints as they were.
+    from alol_ray.rm.train import learned_settings
+
+    assert "strategy" not in learned_settings(RewardModelConfig())
+    assert learned_settings(fsdp)["strategy"] == "fsdp"
 
 
 # slow, not e2e (CI time: two 2-worker Ray Train jobs, ~3 min on 2 idle cores, ~10 under load); the e2e tier has

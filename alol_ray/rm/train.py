@@ -248,9 +248,15 @@ def loop_spec(rm: RewardModelConfig, track=None) -> LoopSpec:
 # --------------------------------------------------------------------------------------- orchestration
 
 
+# Settings added after reward models were trained, with the default they were trained under: at that default a
+# setting stays out of the fingerprint, so a reward model trained before it existed is still up to date.
+ADDED_LATER = {"strategy": "ddp"}
+
+
 def learned_settings(rm: RewardModelConfig) -> dict:
     """The rm settings that change what is learned (resources and the output folder do not)."""
-    return {k: v for k, v in dataclasses.asdict(rm).items() if k not in RESOURCE_FIELDS}
+    return {k: v for k, v in dataclasses.asdict(rm).items()
+            if k not in RESOURCE_FIELDS and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def _payload(frame: pd.DataFrame, features: Optional[np.ndarray]) -> dict[str, Any]:
