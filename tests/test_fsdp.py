@@ -349,14 +349,16 @@ def test_fsdp_best_is_one_hf_folder_that_transformers_loads(ddp_and_fsdp):
 
 @pytest.fixture(scope="module")
 def ppo_ddp_and_fsdp(train_setup):
-    """PPO, 2 workers x 2 iterations (rollouts from the Generator actor, pi_ref's actor, a value head): DDP
-    straight; FSDP stopped after iteration 1, then rerun from its sharded checkpoint."""
+    """PPO with LoRA, 2 workers x 2 iterations (rollouts from the Generator actor, pi_ref's actor, a value head):
+    DDP straight; FSDP stopped after iteration 1, then rerun from its sharded checkpoint. LoRA: the rollout engines
+    get the adapters merged into the gathered weights, and both runs draw the same fresh adapters from the seed
+    (unseeded, FSDP's ranks each sharded their own random draw and the losses parted from DDP's at 1e-2)."""
     from conftest import in_dir
     from test_ppo import PPO_CLI
 
     # 2 workers x 0.5 CPU + the Generator (0.5) + pi_ref (0.5): the module's 2-CPU Ray holds them all at once.
     argv = ["train", "--algo", "ppo", "--init", "policy", "storage=runs", "reference.path=policy", *PPO_CLI,
-            "train.num_workers=2", "ppo.cpus_per_worker=0.5", "ppo.checkpoint_every=1"]
+            "train.num_workers=2", "ppo.cpus_per_worker=0.5", "ppo.checkpoint_every=1", "model.lora.enabled=true"]
     assert in_dir(train_setup["root"], [*argv, "name=ppo_ddp", "train.strategy=ddp"]) == 0
     assert in_dir(train_setup["root"], [*argv, "name=ppo_fsdp", "train.strategy=fsdp", "--stop-at-step", "1"]) == 0
     assert in_dir(train_setup["root"], [*argv, "name=ppo_fsdp", "train.strategy=fsdp"]) == 0

@@ -229,6 +229,9 @@ def run(spec: LoopSpec, hooks: Hooks, session=None) -> None:
     resumed = opened is not None
     state: dict[str, Any] = {"step": 0, "best_val_reward": None, "best_step": None}
     with opened or contextlib.nullcontext() as resume_dir:
+        # What build draws at random (fresh LoRA adapters) comes from the run's seed, the same on every rank: a
+        # run is reproducible, and FSDP's ranks (which, unlike DDP, broadcast nothing) shard one initialisation.
+        torch.manual_seed(spec.seed)
         model, w.tokenizer = hooks.build(w, os.path.join(resume_dir, ckpt.MODEL_DIR) if resume_dir else None)
         w.model = w.strategy.wrap(model, w.device)
         w.trainable = [p for p in w.model.parameters() if p.requires_grad]
