@@ -98,9 +98,7 @@ class PolicyWithValueHead:
                 """A checkpoint's model/ is the policy alone (build_policy and export_policy load it); the value
                 head is saved beside it (``PPOHooks.save_extra``). A ``state_dict`` given (FSDP's gathered one)
                 is this module's: its ``policy.`` entries are the policy's."""
-                if state_dict is not None:
-                    state_dict = {k[len(POLICY_PREFIX):]: v for k, v in state_dict.items()
-                                  if k.startswith(POLICY_PREFIX)}
+                state_dict = None if state_dict is None else policy_entries(state_dict)
                 self.policy.save_pretrained(folder, state_dict=state_dict, **kwargs)
 
             def get_base_model(self):
@@ -220,6 +218,11 @@ def rollout_weights(policy) -> dict:
     with torch.no_grad():
         model = copy.deepcopy(policy).merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
         return {name: tensor.detach().to("cpu") for name, tensor in model.state_dict().items()}
+
+
+def policy_entries(state: dict) -> dict:
+    """The policy's part of a policy + value head state dict, in the policy's own names."""
+    return {k[len(POLICY_PREFIX):]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
 
 
 def full_tensors(state: dict) -> dict:
@@ -381,8 +384,7 @@ class PPOHooks(Hooks):
             return None
         if self.mirror is None:
             self.mirror = build_policy(self.cfg.model, self.train, self.policy_path, None, torch.device("cpu"))[0]
-        policy_state = {k[len(POLICY_PREFIX):]: v for k, v in full.items() if k.startswith(POLICY_PREFIX)}
-        missing, unexpected = self.mirror.load_state_dict(policy_state, strict=False)
+        missing, unexpected = self.mirror.load_state_dict(policy_entries(full), strict=False)
         tied = {name for name, _ in self.mirror.named_parameters(remove_duplicate=False)} - \
             {name for name, _ in self.mirror.named_parameters()}  # a tied weight's second name may be left out
         if unexpected or set(missing) - tied:
