@@ -6,6 +6,10 @@ run falls back to transformers under ``engine: auto`` and is one line under ``en
 
 One engine per family (start-up dominates): it starts fresh on the new weights, takes the old ones in place, then
 the new ones again, which must give exactly the fresh engine's replies.
+
+The vllm tier (CI) runs Llama, GPT-NeoX and Gemma: three distinct model classes in vLLM, with three ways of mapping
+Hugging Face names onto vLLM's weights. Mistral and Qwen2 load through the same stacked q/k/v and gate/up mapping
+as Llama in vLLM, so they are in the slow tier (``pytest -m "vllm and slow"``) to keep CI's time down.
 """
 
 from __future__ import annotations
@@ -97,7 +101,11 @@ def assert_same_greedy(vllm_out, hf_out, folder: str, fmt: PromptFormat):
     assert sum(a == b for a, b in zip(vllm_out, hf_out)) >= len(PROMPTS) - 1
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+# Same weight mapping as Llama in vLLM (see the docstring): run with -m "vllm and slow".
+LLAMA_LIKE = ("mistral", "qwen2")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LLAMA_LIKE else n for n in FAMILIES])
 def test_greedy_ids_and_in_place_updates_match_on_vllm(ray_local, tmp_path, name):
     base = build_family(name, tmp_path / "base")
     fmt = PromptFormat(chat_template=True) if has_chat_template(
