@@ -21,8 +21,10 @@ import os
 from typing import Any, Optional
 
 CACHE_ENV = "ALOL_CACHE_DIR"
-# Bookkeeping files inside stage outputs: they carry timestamps, not content.
-IGNORED_FILES = ("stage.json",)
+# Files inside stage outputs that say how the output was made, not what it is: stage markers (timestamps) and a
+# reward model's evaluation report (rm.backbone.EVAL_FILE: held-out metrics and timings, rewritten by every
+# training of the same model), so a judge retrained to the same weights leaves every stage it feeds up to date.
+IGNORED_FILES = ("stage.json", "alol_rm_eval.json")
 
 _MEMO: dict[tuple, str] = {}
 
@@ -100,8 +102,8 @@ def file_sha(path: str) -> str:
 
 
 def folder_hash(folder: str) -> str:
-    """Hash of a folder: every file's relative path and content. Hidden entries, stage markers and
-    ``__pycache__`` are skipped (they hold timestamps and resumable work, not what the folder *is*)."""
+    """Hash of a folder: every file's relative path and content. Hidden entries, ``IGNORED_FILES`` and
+    ``__pycache__`` are skipped (they hold timestamps, reports and resumable work, not what the folder *is*)."""
     h = hashlib.sha256()
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")

@@ -701,14 +701,31 @@ def test_a_model_folder_edited_in_place_changes_its_hash(tmp_path, hash_cache):
     (folder / "sub" / "weights.bin").rename(folder / "sub" / "weights2.bin")  # a renamed file: another folder
     assert hashing.folder_hash(str(folder)) != before
     (folder / "sub" / "weights2.bin").rename(folder / "sub" / "weights.bin")
-    # What a folder *is* ignores bookkeeping: hidden entries, stage markers, __pycache__.
-    for rel in (".lock", ".staging/x", "stage.json", "__pycache__/m.pyc", "sub/.hidden"):
+    # What a folder *is* ignores bookkeeping: hidden entries, stage markers, __pycache__, and a reward model's
+    # evaluation report (timings that change with every training of the same weights).
+    for rel in (".lock", ".staging/x", "stage.json", "__pycache__/m.pyc", "sub/.hidden", "alol_rm_eval.json"):
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_text("noise")
     assert hashing.folder_hash(str(folder)) == before
     # Moved elsewhere: the same content, the same hash.
     os.rename(folder, tmp_path / "moved")
     assert hashing.folder_hash(str(tmp_path / "moved")) == before
+
+
+def test_a_retrained_reward_model_with_the_same_weights_keeps_its_identity(tmp_path, hash_cache):
+    """The judge folder's identity is its weights, tokenizer and input rendering: the evaluation report that
+    ``alol rm train`` writes beside them (its name is the reward model's own constant) holds timings, and a rerun
+    of the same training must not make every stage that the judge feeds out of date."""
+    from alol_ray.rm.backbone import EVAL_FILE
+
+    folder = _model_folder(tmp_path / "rm")
+    (folder / "alol_reward.json").write_text('{"input": "prompt_response"}')
+    (folder / EVAL_FILE).write_text('{"pearson": 0.66, "seconds": 501.2}')
+    before = hashing.model_identity(str(folder))
+    (folder / EVAL_FILE).write_text('{"pearson": 0.66, "seconds": 88.9}')  # another size: no stat-cache hit
+    assert hashing.model_identity(str(folder)) == before
+    (folder / "alol_reward.json").write_text('{"input": "response"}')  # another input rendering: another judge
+    assert hashing.model_identity(str(folder)) != before
 
 
 def test_the_hash_cache_lives_in_the_users_cache_folder_unless_told(tmp_path, monkeypatch):
