@@ -27,7 +27,7 @@ from typing import Any, Literal, Optional, get_args
 
 from alol_ray import config_loading
 from alol_ray.alol_config import ALoLConfig
-from alol_ray.config_fields import bounded, check_fields, path_field, runtime_field
+from alol_ray.config_fields import added_field, bounded, check_fields, path_field, runtime_field
 from alol_ray.engines import engine_choices, say_choices
 from alol_ray.errors import ConfigError
 from alol_ray.reward_kinds import REWARD_KINDS
@@ -524,7 +524,7 @@ class RewardModelConfig:
     max_failures: int = 1
     # ddp: every worker holds the whole classifier; fsdp: FSDP2 shards it over the workers, one unit per encoder
     # layer (as train.strategy does for the policy); for a whole encoder that trains (freeze_encoder: false)
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    strategy: Literal["ddp", "fsdp"] = added_field("ddp")
     embed_pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)  # frozen-encoder feature pass (Ray Data)
 
     def __post_init__(self) -> None:

@@ -30,6 +30,7 @@ Bounds = tuple[Optional[float], Optional[float], Optional[float], Optional[float
 #   "path": storage | output | data | model, with "keywords"   (path_field)
 #   "runtime": True: the field enters no fingerprint            (runtime_field, bounded(runtime=True))
 #   "bounds": (ge, gt, le, lt)                                   (bounded; check_fields enforces them)
+#   "added": True: at its default the field enters no fingerprint  (added_field)
 
 
 def bounded(default: Any = MISSING, *, ge: Optional[float] = None, gt: Optional[float] = None,
@@ -43,6 +44,17 @@ def runtime_field(default: Any = MISSING, *, default_factory: Any = MISSING):
     """A config field that changes how a stage runs (resources, retries, logging), never what it computes: it
     enters no fingerprint (``hashing.fingerprint`` leaves it out), so a rerun that changes only it resumes."""
     return field(default=default, default_factory=default_factory, metadata={"runtime": True})
+
+
+def added_field(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = None,
+                le: Optional[float] = None, lt: Optional[float] = None) -> Any:
+    """A setting added after runs were made with a fixed behaviour, with that behaviour as its default: at the
+    default it enters no fingerprint (``hashing.fingerprint`` leaves it out), so the stages built before it
+    existed stay up to date; any other value enters as usual. Declare every new field that changes results this
+    way (a plain field would make every existing run out of date on its next rerun). Bounds as ``bounded``."""
+    bounds = (ge, gt, le, lt)
+    return field(default=default, metadata={"added": True, **({"bounds": bounds} if any(
+        b is not None for b in bounds) else {})})
 
 
 def path_field(default: str, kind: str, *keywords: str):

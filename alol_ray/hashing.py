@@ -40,7 +40,8 @@ def fingerprint(*parts: Any) -> str:
     A config field declared as a path (``config_fields.path_field``) enters by what it names, not by its
     spelling: a data file or model folder by its content (``model_identity``), so an edited file changes
     the fingerprint and a moved one does not; where outputs go (storage, output) and runtime-only fields
-    (``config_fields.runtime_field``: resources, retries, logging) do not enter at all.
+    (``config_fields.runtime_field``: resources, retries, logging) do not enter at all, nor does a field added
+    later (``config_fields.added_field``) while it holds its default.
     """
 
     def plain(x: Any) -> Any:
@@ -51,6 +52,8 @@ def fingerprint(*parts: Any) -> str:
                 if kind in ("storage", "output") or f.metadata.get("runtime"):
                     continue  # where outputs go, and how a stage runs (config_fields.runtime_field), change no result
                 value = getattr(x, f.name)
+                if f.metadata.get("added") and value == f.default:
+                    continue  # a setting added later, at the behaviour that runs made before it had (added_field)
                 if kind and value and value not in f.metadata.get("keywords", ()):
                     value = model_identity(value)
                 out[f.name] = plain(value)

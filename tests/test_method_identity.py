@@ -62,6 +62,37 @@ def test_a_knob_changes_the_fingerprints_of_the_methods_that_read_it_only(defaul
     assert {m for m in OFFLINE if after[m] != default_identities[m]} == retrained
 
 
+def test_a_setting_added_later_keeps_older_fingerprints_at_its_default():
+    """``config_fields.added_field``: a field added to a section after runs were made enters no fingerprint at its
+    default (the behaviour those runs had), so they stay up to date; any other value enters. Without the rule a new
+    field would make every existing run out of date on its next rerun."""
+    from typing import Literal
+
+    from alol_ray.config_fields import added_field, bounded
+
+    @dataclasses.dataclass
+    class Before:
+        lr: float = bounded(1e-3, gt=0)
+
+    @dataclasses.dataclass
+    class After:
+        lr: float = bounded(1e-3, gt=0)
+        strategy: Literal["ddp", "fsdp"] = added_field("ddp")
+        width: int = added_field(4, ge=1)
+
+    assert fingerprint(After()) == fingerprint(Before())
+    assert fingerprint(After(strategy="fsdp")) != fingerprint(Before())
+    assert fingerprint(After(width=8)) not in (fingerprint(Before()), fingerprint(After(strategy="fsdp")))
+    assert fingerprint(After(lr=2e-3)) == fingerprint(Before(lr=2e-3))
+    # The reward model's strategy is such a setting: its fingerprint at ddp is the one reward models trained
+    # before the setting existed have (the learned settings leave it out), fsdp enters.
+    from alol_ray.config import RewardModelConfig
+    from alol_ray.rm.train import learned_settings
+
+    assert "strategy" not in learned_settings(RewardModelConfig())
+    assert learned_settings(RewardModelConfig(strategy="fsdp", freeze_encoder=False))["strategy"] == "fsdp"
+
+
 def test_losses_read_only_the_knobs_they_declare():
     """Each A-LoL-family loss, given LossParams whose undeclared fields are far from their defaults, computes
     exactly what it computes with the defaults: what its runs' fingerprints leave out, it does not read."""

@@ -248,15 +248,12 @@ def loop_spec(rm: RewardModelConfig, track=None) -> LoopSpec:
 # --------------------------------------------------------------------------------------- orchestration
 
 
-# Settings added after reward models were trained, with the default they were trained under: at that default a
-# setting stays out of the fingerprint, so a reward model trained before it existed is still up to date.
-ADDED_LATER = {"strategy": "ddp"}
-
-
 def learned_settings(rm: RewardModelConfig) -> dict:
-    """The rm settings that change what is learned (resources and the output folder do not)."""
-    return {k: v for k, v in dataclasses.asdict(rm).items()
-            if k not in RESOURCE_FIELDS and not (k in ADDED_LATER and v == ADDED_LATER[k])}
+    """The rm settings that change what is learned (resources and the output folder do not); a setting added
+    after reward models were trained (``config_fields.added_field``) only when it is not at its default, so a
+    reward model trained before it existed is still up to date."""
+    later = {f.name for f in dataclasses.fields(rm) if f.metadata.get("added") and getattr(rm, f.name) == f.default}
+    return {k: v for k, v in dataclasses.asdict(rm).items() if k not in RESOURCE_FIELDS and k not in later}
 
 
 def _payload(frame: pd.DataFrame, features: Optional[np.ndarray]) -> dict[str, Any]:
