@@ -347,6 +347,10 @@ def test_paired_rows_use_the_resamples_asked_for_and_keep_their_columns_when_emp
     want = paired_hierarchical_ci(a_lol[None, :], nll[None, :], 300)
     assert want != paired_hierarchical_ci(a_lol[None, :], nll[None, :])  # the fixture tells the two apart
     assert (paired.loc[0, "difference"], paired.loc[0, "lo"], paired.loc[0, "hi"]) == want
+    # Without a count, the report's 2000 resamples (a count of 2001 moves an end of this interval).
+    default = paired_rows(entries).loc[0, ["difference", "lo", "hi"]].tolist()
+    assert default == list(paired_hierarchical_ci(a_lol[None, :], nll[None, :], 2000))
+    assert default != list(paired_hierarchical_ci(a_lol[None, :], nll[None, :], 2001))
     assert paired_rows(entries[:1]).columns.tolist() == ["method", "versus", "seeds", "versus_seeds", "prompts",
                                                          "difference", "lo", "hi", "verdict"]
     assert paired_rows(entries[:1]).empty
