@@ -462,6 +462,10 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                  "the cache entry is a hex digest: every encoding reads it alike")
       for after in ('with open(disk, encoding=None) as fh:', 'with open(disk, ) as fh:',
                     'with open(disk, encoding="ASCII") as fh:')),
+    *(Equivalent(_H, "file_sha", 'with open(tmp, "w", encoding="ascii") as fh:', after,
+                 "the cache entry written is a hex digest: every encoding writes it alike")
+      for after in ('with open(tmp, "w", encoding=None) as fh:', 'with open(tmp, "w", ) as fh:',
+                    'with open(tmp, "w", encoding="ASCII") as fh:')),
     *(Equivalent(_H, "file_sha", 'for chunk in iter(lambda: fh.read(1 << 20), b""):',
                  f'for chunk in iter(lambda: fh.read({size}), b""):',
                  "the chunk size changes how the bytes are fed to the hash, not the digest")

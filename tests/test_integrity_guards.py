@@ -96,8 +96,12 @@ def test_a_crash_between_publishs_renames_leaves_nothing_behind_once_recovered(t
     a stale aside folder of an older crash is in the way too. Recovery puts the new output in place and
     leaves no folder behind."""
     folder = tmp_path / "out"
+    old = Path(staging_dir(str(folder), "fp0"))  # the old output, published here (before the fork: so a
+    old.mkdir()                                  # mutation tool that maps tests to code sees publish reached)
+    (old / "a.txt").write_text("old")
+    publish(str(old), str(folder), "fp0")
     staging = Path(staging_dir(str(folder), "fp"))
-    for path, text in ((folder, "old"), (staging, "new"), (tmp_path / ".out.replaced", "older")):
+    for path, text in ((staging, "new"), (tmp_path / ".out.replaced", "older")):
         path.mkdir()
         (path / "a.txt").write_text(text)
     pid = os.fork()
@@ -356,6 +360,8 @@ def test_the_push_fault_point_is_on_the_way_to_an_object_store_only(tmp_path):
     (tmp_path / "run" / "sub").mkdir(parents=True)
     (tmp_path / "run" / "sub" / "b.txt").write_text("b")
     disk, store = pafs.LocalFileSystem(), pafs._MockFileSystem()
+    (tmp_path / "empty").mkdir()  # an empty folder copies nothing (here, in this process: a mutation tool that maps
+    assert storage.sync_dir(disk, str(tmp_path / "empty"), store, "bucket/none") == []  # tests to code sees it)
     assert _dies_at("push=sub/b.txt", lambda: storage.sync_dir(disk, str(tmp_path / "run"), store, "bucket/run"))
     assert not _dies_at("push=sub/b.txt", lambda: storage.sync_dir(disk, str(tmp_path / "run"), disk,
                                                                     str(tmp_path / "copy")))
@@ -726,6 +732,43 @@ def test_a_retrained_reward_model_with_the_same_weights_keeps_its_identity(tmp_p
     assert hashing.model_identity(str(folder)) == before
     (folder / "alol_reward.json").write_text('{"input": "response"}')  # another input rendering: another judge
     assert hashing.model_identity(str(folder)) != before
+
+
+def test_fingerprints_leave_out_runtime_fields_and_fields_added_later_at_their_default():
+    from alol_ray.config_fields import added_field, runtime_field
+
+    @dataclasses.dataclass
+    class Before:
+        lr: float = 1e-3
+
+    @dataclasses.dataclass
+    class After:  # the added field first: the fields after it must still enter
+        strategy: str = added_field("ddp")
+        workers: int = runtime_field(1)
+        lr: float = 1e-3
+
+    @dataclasses.dataclass
+    class OtherDefault:
+        lr: float = 9.0
+
+    assert hashing.fingerprint(After()) == hashing.fingerprint(Before())
+    assert hashing.fingerprint(After(workers=4)) == hashing.fingerprint(Before())  # runtime: never enters
+    assert hashing.fingerprint(After(strategy="fsdp")) != hashing.fingerprint(Before())
+    assert hashing.fingerprint(After(lr=2e-3)) == hashing.fingerprint(Before(lr=2e-3)) != hashing.fingerprint(Before())
+    # A plain field enters at its default too: by its value, whatever the default is.
+    assert hashing.fingerprint(OtherDefault(lr=1e-3)) == hashing.fingerprint(Before())
+
+
+def test_the_hashing_scheme_is_stable_across_releases(tmp_path, hash_cache):
+    """Fingerprints and folder hashes are stored in every stage.json: a change of the scheme makes every existing
+    run out of date. These literals change only with the scheme, on purpose (and with a README note)."""
+    folder = _model_folder(tmp_path / "model")
+    assert hashing.folder_hash(str(folder)) == GOLDEN_FOLDER_HASH
+    assert hashing.fingerprint({"b": [1, 2.5, "x"], "a": None}, "tag") == GOLDEN_FINGERPRINT
+
+
+GOLDEN_FOLDER_HASH = "ced81f755ef0b3f22e1cc73c"
+GOLDEN_FINGERPRINT = "9e268ba1c9695f79b30f"
 
 
 def test_the_hash_cache_lives_in_the_users_cache_folder_unless_told(tmp_path, monkeypatch):
