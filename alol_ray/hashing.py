@@ -52,8 +52,8 @@ def fingerprint(*parts: Any) -> str:
                 if kind in ("storage", "output") or f.metadata.get("runtime"):
                     continue  # where outputs go, and how a stage runs (config_fields.runtime_field), change no result
                 value = getattr(x, f.name)
-                if f.metadata.get("added") and value == f.default:
-                    continue  # a setting added later, at the behaviour that runs made before it had (added_field)
+                if added_at_default(f, value):
+                    continue  # a setting added later, at the behaviour that runs made before it had
                 if kind and value and value not in f.metadata.get("keywords", ()):
                     value = model_identity(value)
                 out[f.name] = plain(value)
@@ -66,6 +66,12 @@ def fingerprint(*parts: Any) -> str:
 
     blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def added_at_default(f: dataclasses.Field, value: Any) -> bool:
+    """Whether a config field declared with ``config_fields.added_field`` holds its default, the behaviour that
+    runs made before the field existed had: then it enters no fingerprint."""
+    return bool(f.metadata.get("added")) and value == f.default
 
 
 def _stat_key(path: str) -> tuple:

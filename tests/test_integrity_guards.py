@@ -96,8 +96,10 @@ def test_a_crash_between_publishs_renames_leaves_nothing_behind_once_recovered(t
     a stale aside folder of an older crash is in the way too. Recovery puts the new output in place and
     leaves no folder behind."""
     folder = tmp_path / "out"
-    old = Path(staging_dir(str(folder), "fp0"))  # the old output, published here (before the fork: so a
-    old.mkdir()                                  # mutation tool that maps tests to code sees publish reached)
+    # The old output is published in this process, before the fork: a mutation tool that maps tests to the code
+    # they reach (mutmut records no call from a forked child) then sees this test reach publish.
+    old = Path(staging_dir(str(folder), "fp0"))
+    old.mkdir()
     (old / "a.txt").write_text("old")
     publish(str(old), str(folder), "fp0")
     staging = Path(staging_dir(str(folder), "fp"))
@@ -360,8 +362,10 @@ def test_the_push_fault_point_is_on_the_way_to_an_object_store_only(tmp_path):
     (tmp_path / "run" / "sub").mkdir(parents=True)
     (tmp_path / "run" / "sub" / "b.txt").write_text("b")
     disk, store = pafs.LocalFileSystem(), pafs._MockFileSystem()
-    (tmp_path / "empty").mkdir()  # an empty folder copies nothing (here, in this process: a mutation tool that maps
-    assert storage.sync_dir(disk, str(tmp_path / "empty"), store, "bucket/none") == []  # tests to code sees it)
+    # An empty folder copies nothing; synced in this process, so that a mutation tool that maps tests to the code
+    # they reach (mutmut records no call from a forked child) sees this test reach sync_dir.
+    (tmp_path / "empty").mkdir()
+    assert storage.sync_dir(disk, str(tmp_path / "empty"), store, "bucket/none") == []
     assert _dies_at("push=sub/b.txt", lambda: storage.sync_dir(disk, str(tmp_path / "run"), store, "bucket/run"))
     assert not _dies_at("push=sub/b.txt", lambda: storage.sync_dir(disk, str(tmp_path / "run"), disk,
                                                                     str(tmp_path / "copy")))

@@ -25,7 +25,7 @@ from alol_ray import ray_compat, storage, tracking
 from alol_ray.atomic import write_json
 from alol_ray.config import RewardModelConfig, RunConfig, TrainConfig
 from alol_ray.errors import UserError
-from alol_ray.hashing import fingerprint, model_identity
+from alol_ray.hashing import added_at_default, fingerprint, model_identity
 from alol_ray.ray_utils import init_ray
 from alol_ray.reward_spec import RewardSpec
 from alol_ray.rm.backbone import (
@@ -252,7 +252,7 @@ def learned_settings(rm: RewardModelConfig) -> dict:
     """The rm settings that change what is learned (resources and the output folder do not); a setting added
     after reward models were trained (``config_fields.added_field``) only when it is not at its default, so a
     reward model trained before it existed is still up to date."""
-    later = {f.name for f in dataclasses.fields(rm) if f.metadata.get("added") and getattr(rm, f.name) == f.default}
+    later = {f.name for f in dataclasses.fields(rm) if added_at_default(f, getattr(rm, f.name))}
     return {k: v for k, v in dataclasses.asdict(rm).items() if k not in RESOURCE_FIELDS and k not in later}
 
 
